@@ -1,0 +1,285 @@
+"""The ``bioimage-cte`` command line.
+
+Each command parses its options, calls library functions and renders the result with rich.
+torch and bioimageio are imported inside the commands, so ``bioimage-cte --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="bioimage-cte",
+    help="Rank BioImage Model Zoo segmentation models on your own unlabeled images (CTE, arXiv 2503.00450).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+ESTIMATOR_NAMES = ("cte-dropout", "cte-input", "confidence", "entropy", "tta", "mc-dropout", "consensus", "random")
+Estimator = Enum("Estimator", {n.replace("-", "_"): n for n in ESTIMATOR_NAMES}, type=str)  # type: ignore[misc]
+
+
+class Task(str, Enum):
+    semantic = "semantic"
+    instance = "instance"
+
+
+class Perturbation(str, Enum):
+    gaussian = "gaussian"
+    brightness = "brightness"
+    contrast = "contrast"
+    gamma = "gamma"
+
+
+ModelsArg = Annotated[
+    list[str],
+    typer.Argument(help="Models: rdf.yaml files, package folders or zips, folders of packages, a collection "
+                   "index JSON (path or URL), or RDF URLs.", show_default=False),
+]
+ImagesOpt = Annotated[str, typer.Option("--images", "-i", help="Folder, glob ('data/*.tif') or file of target "
+                                        "images (.tif, .tiff, .png, .npy).", show_default=False)]
+AxesOpt = Annotated[str | None, typer.Option(help="Axes of the image files when ambiguous, e.g. 'yx', 'cyx', "
+                                             "'zyx', 'yxc'.")]
+TaskOpt = Annotated[Task, typer.Option(help="semantic: 1 - IoU of thresholded masks; instance: 1 - adapted "
+                                       "Rand error of instance labels.")]
+PerturbationOpt = Annotated[Perturbation, typer.Option(help="Input perturbation for cte-input (applied before "
+                                                       "the model's own preprocessing).")]
+StrengthOpt = Annotated[float | None, typer.Option(help="Perturbation strength: dropout rate p for cte-dropout "
+                                                   "(default 0.2), fraction of the image range for cte-input "
+                                                   "(default 0.1).")]
+DeviceOpt = Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda:0.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed for perturbations; the same seed reproduces scores exactly.")]
+LayerOpt = Annotated[str | None, typer.Option(help="Layer to perturb for grey-box estimators (module name); "
+                                              "default: the bottleneck, found automatically.")]
+WeightsOpt = Annotated[str | None, typer.Option("--weight-format", help="Weights format for black-box "
+                                                "prediction (e.g. torchscript, onnx); default: bioimageio's "
+                                                "priority order.")]
+RepeatsOpt = Annotated[int, typer.Option(help="Perturbed runs per image (their consistencies are averaged).")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+
+
+def _fail(e: BaseException, debug: bool) -> None:
+    if debug:
+        raise e
+    err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _quiet_libraries() -> None:
+    # bioimageio.core draws a tqdm bar per tiled image; our own progress bar is the one that matters.
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def _estimator(name: str, task: Task, perturbation: Perturbation, strength: float | None, repeats: int):
+    from bioimage_cte.estimators import make_estimator
+
+    consistency = "instance" if task is Task.instance else "hard"
+    return make_estimator(name, p=strength, strength=strength, kind=perturbation.value, consistency=consistency,
+                          repeats=repeats)
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err_console, transient=False, disable=not err_console.is_terminal)
+
+
+def _run(models: list[str], images: str, estimators: list, *, labels_spec: str | None = None,
+         axes: str | None, device: str, seed: int, layer: str | None, weight_format: str | None):
+    """Find models and images, then score every model (with a progress bar over models x images)."""
+    from bioimage_cte.images import list_images, load_labels
+    from bioimage_cte.ranking import load_target, rank_models
+    from bioimage_cte.sources import find_models
+
+    sources = find_models(models)
+    paths = list_images(images)
+    for path in paths:  # fail on a bad image before any model is loaded
+        load_target(path, axes=axes)
+    labels = load_labels(paths, labels_spec, axes=axes) if labels_spec else None
+    with _progress() as progress:
+        task = progress.add_task("scoring", total=len(sources) * len(paths))
+        results, failures = rank_models(
+            sources, paths, estimators, labels=labels, axes=axes, devices=[device], seed=seed, layer=layer,
+            weight_format=weight_format, on_image=lambda: progress.advance(task),
+            on_model=lambda s: progress.update(task, description=f"scoring {s.name}"),
+        )
+    return sources, paths, results, failures
+
+
+def _ranking_table(ranking, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column, justify in (("rank", "right"), ("model", "left"), ("score", "right"), ("images", "right"),
+                            ("empty", "right"), ("note", "left")):
+        table.add_column(column, justify=justify)
+    for s in ranking.scores:
+        score = "n/a" if s.score != s.score else f"{s.score:.4f}"
+        table.add_row(str(s.rank), s.name, score, str(s.n_images), str(s.n_empty), s.note)
+    return table
+
+
+def _print_failures(failures) -> None:
+    for f in failures:
+        err_console.print(f"[yellow]failed[/] {f.name} ({f.stage}): {f.reason}", highlight=False, soft_wrap=True)
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    tmp.replace(path)  # atomic: a crash never leaves half a file where the user expects a result
+
+
+@app.command()
+def rank(
+    models: ModelsArg,
+    images: ImagesOpt,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the ranking as JSON here.")] = None,
+    estimator: Annotated[Estimator, typer.Option(help="Transferability estimator.")] = "cte-dropout",  # type: ignore[assignment]
+    task: TaskOpt = Task.semantic,
+    perturbation: PerturbationOpt = Perturbation.gaussian,
+    strength: StrengthOpt = None,
+    repeats: RepeatsOpt = 1,
+    axes: AxesOpt = None,
+    device: DeviceOpt = "cpu",
+    seed: SeedOpt = 0,
+    layer: LayerOpt = None,
+    weight_format: WeightsOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Rank models by estimated transferability to the target images (no labels needed)."""
+    _quiet_libraries()
+    try:
+        from bioimage_cte.ranking import build_ranking
+
+        est = _estimator(Estimator(estimator).value, task, perturbation, strength, repeats)
+        sources, paths, results, failures = _run(models, images, [est], axes=axes, device=device, seed=seed,
+                                                 layer=layer, weight_format=weight_format)
+        ranking = build_ranking(results, est, failures=failures, seed=seed)
+    except Exception as e:
+        _fail(e, debug)
+    console.print(_ranking_table(ranking, f"{est.name} ranking of {len(sources)} models on {len(paths)} images"))
+    _print_failures(ranking.failures)
+    if output is not None:
+        payload = ranking.to_json_dict()
+        payload["settings"].update({"images": images, "n_images": len(paths), "task": task.value, "seed": seed,
+                                    "device": device, "layer": layer, "weight_format": weight_format})
+        _write_json(output, payload)
+        console.print(f"ranking written to {output}")
+
+
+@app.command()
+def evaluate(
+    models: ModelsArg,
+    images: ImagesOpt,
+    labels: Annotated[str, typer.Option("--labels", "-l", help="Folder of label images with the same file "
+                                        "stems as the images (instance labels, 0 = background).",
+                                        show_default=False)],
+    estimators: Annotated[list[Estimator] | None, typer.Option("--estimator", "-e", help="Estimators to "
+                                                               "compare (repeat the option); default: all "
+                                                               "label-free ones.")] = None,
+    few_label: Annotated[int, typer.Option(help="Also report the few-label oracle: true Dice on the first k "
+                                           "labelled images (0 to skip).")] = 2,
+    metric: Annotated[str | None, typer.Option(help="True-performance metric to rank by: dice, f1 or map "
+                                               "(default: dice for semantic, map for instance).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the evaluation as JSON here.")] = None,
+    task: TaskOpt = Task.semantic,
+    perturbation: PerturbationOpt = Perturbation.gaussian,
+    strength: StrengthOpt = None,
+    repeats: RepeatsOpt = 1,
+    axes: AxesOpt = None,
+    device: DeviceOpt = "cpu",
+    seed: SeedOpt = 0,
+    layer: LayerOpt = None,
+    weight_format: WeightsOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Compare every estimator's ranking with the ranking by true performance on labelled images."""
+    _quiet_libraries()
+    try:
+        from bioimage_cte.estimators import LABEL_FREE, make_estimator
+        from bioimage_cte.ranking import evaluate_rankings
+
+        names = [Estimator(e).value for e in estimators] if estimators else list(LABEL_FREE)
+        ests = [_estimator(n, task, perturbation, strength, repeats) for n in names]
+        if few_label > 0:
+            ests.append(make_estimator("few-label", k=few_label))
+        sources, paths, results, failures = _run(models, images, ests, labels_spec=labels, axes=axes,
+                                                 device=device, seed=seed, layer=layer,
+                                                 weight_format=weight_format)
+        chosen = metric or ("map" if task is Task.instance else "dice")
+        evaluation = evaluate_rankings(results, ests, metric=chosen, failures=failures, seed=seed)
+    except Exception as e:
+        _fail(e, debug)
+    console.print(_agreement_table(evaluation, len(sources), len(paths)))
+    _print_failures(next(iter(evaluation.rankings.values())).failures if evaluation.rankings else failures)
+    if output is not None:
+        _write_json(output, evaluation.to_json_dict())
+        console.print(f"evaluation written to {output}")
+
+
+def _agreement_table(evaluation, n_models: int, n_images: int) -> Table:
+    table = Table(title=f"Agreement with true {evaluation.metric} ({n_models} models, {n_images} images)",
+                  title_justify="left")
+    for column in ("estimator", "pearson", "spearman", "spearman 95% CI", "kendall", "weighted tau", "top-1",
+                   "regret", "picked"):
+        table.add_column(column, justify="left" if column in ("estimator", "picked") else "right")
+    for name, a in evaluation.agreement.items():
+        picked = evaluation.rankings[name].scores[0].name if evaluation.rankings[name].scores else "-"
+        ci = "-" if a.spearman_ci is None else f"[{a.spearman_ci[0]:.2f}, {a.spearman_ci[1]:.2f}]"
+        table.add_row(name, f"{a.pearson:.3f}", f"{a.spearman:.3f}", ci, f"{a.kendall:.3f}",
+                      f"{a.weighted_tau:.3f}", "yes" if a.top1_hit else "no", f"{a.regret:.3f}", picked)
+    return table
+
+
+@app.command("transfer-matrix")
+def transfer_matrix(
+    zoo: Annotated[Path, typer.Option(help="Folder of model packages.")] = Path("resources/zoo"),
+    data: Annotated[Path, typer.Option(help="Folder of targets, each with images/ and labels/.")] = Path(
+        "resources/data"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="CSV to write (model, target, metric, value).")] = Path(
+        "resources/zoo/transfer_matrix.csv"),
+    device: DeviceOpt = "cpu",
+    debug: DebugOpt = False,
+) -> None:
+    """Evaluate every zoo model on every labelled target: the ground truth rankings are judged against."""
+    _quiet_libraries()
+    try:
+        from bioimage_cte.transfer import compute_transfer_matrix, summarize, write_transfer_matrix
+
+        with _progress() as progress:
+            task = progress.add_task("evaluating", total=None)
+            rows, failures = compute_transfer_matrix(zoo, data, devices=[device],
+                                                     on_image=lambda: progress.advance(task))
+        write_transfer_matrix(rows, output)
+    except Exception as e:
+        _fail(e, debug)
+    table = Table(title=f"Foreground Dice per target ({output})", title_justify="left")
+    for column in ("target", "best", "median", "worst", "spread"):
+        table.add_column(column, justify="left" if column == "target" else "right")
+    for target, s in summarize(rows, metric="dice").items():
+        table.add_row(target, f"{s['best']:.3f} ({s['best_model']})", f"{s['median']:.3f}",
+                      f"{s['worst']:.3f} ({s['worst_model']})", f"{s['best'] - s['worst']:.3f}")
+    console.print(table)
+    _print_failures(failures)
+
+
+def main() -> None:
+    """Entry point of the ``bioimage-cte`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""Consistency between a clean and a perturbed prediction of the same image (CTE).
+
+The clean (unperturbed) prediction plays the role of the ground truth, as in the CTE
+companion code (Talks & Kreshuk, arXiv 2503.00450). Every score is in [0, 1] and higher
+means more consistent. Scores are computed on the union of the two foregrounds only, so
+an image where neither prediction has any foreground has no score: the functions return
+``nan`` and :func:`aggregate` counts such images in ``n_empty`` instead of averaging them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+from skimage.metrics import adapted_rand_error
+
+from bioimage_cte.errors import InvalidImageError
+
+__all__ = [
+    "CONSISTENCY_FUNCTIONS",
+    "Aggregate",
+    "aggregate",
+    "hard_consistency",
+    "instance_consistency",
+    "soft_consistency",
+]
+
+
+def _check_threshold(threshold: float) -> None:
+    if not (np.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+        raise InvalidImageError(f"threshold must be a number in [0, 1], got {threshold!r}; use e.g. 0.5.")
+
+
+def _probability_pair(
+    clean: npt.ArrayLike, perturbed: npt.ArrayLike, *, probabilities: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(clean), np.asarray(perturbed)
+    if a.shape != b.shape or a.ndim == 0:
+        raise InvalidImageError(
+            f"clean and perturbed must be arrays of the same shape, got {a.shape} and {b.shape}; "
+            "predict the same image (same crop, same channel) with and without perturbation."
+        )
+    for name, arr in (("clean", a), ("perturbed", b)):
+        if arr.dtype.kind not in "biuf" or (arr.dtype.kind == "f" and not np.isfinite(arr).all()):
+            raise InvalidImageError(
+                f"{name} (shape {arr.shape}, dtype {arr.dtype}) must hold finite real numbers; "
+                "replace NaN/inf in the prediction, e.g. with np.nan_to_num."
+            )
+        if probabilities and arr.size and (arr.min() < 0 or arr.max() > 1):
+            raise InvalidImageError(
+                f"{name} must hold probabilities in [0, 1], got values in [{arr.min()}, {arr.max()}]; "
+                "apply the model's sigmoid/softmax first."
+            )
+    return a, b
+
+
+def hard_consistency(clean: npt.ArrayLike, perturbed: npt.ArrayLike, *, threshold: float = 0.5) -> float:
+    """Hard CTE: IoU of the thresholded clean and perturbed foregrounds.
+
+    With ``A = clean > threshold`` and ``B = perturbed > threshold`` the score is
+    ``|A & B| / |A | B|``, i.e. one minus the Hamming disagreement on the union foreground.
+
+    Parameters
+    ----------
+    clean, perturbed : array_like
+        Foreground probability maps of the same shape.
+    threshold : float, optional
+        Pixels strictly above it are foreground. Default 0.5.
+
+    Returns
+    -------
+    float
+        In [0, 1]; ``nan`` if neither map has foreground.
+
+    Raises
+    ------
+    InvalidImageError
+        If the shapes differ, a map is not finite, or ``threshold`` is outside [0, 1].
+
+    Examples
+    --------
+    >>> hard_consistency([0.9, 0.8, 0.1, 0.0], [0.9, 0.1, 0.7, 0.0])
+    0.3333333333333333
+    """
+    _check_threshold(threshold)
+    a, b = _probability_pair(clean, perturbed, probabilities=False)
+    fa, fb = a > threshold, b > threshold
+    union = np.count_nonzero(fa | fb)
+    if union == 0:
+        return math.nan
+    return float(np.count_nonzero(fa & fb) / union)
+
+
+def soft_consistency(clean: npt.ArrayLike, perturbed: npt.ArrayLike, *, threshold: float = 0.5) -> float:
+    """Soft CTE: pixel-wise Effective Invariance (Deng et al. 2022) on the union foreground.
+
+    Per pixel, with classes ``c = clean > threshold`` and ``d = perturbed > threshold`` and the
+    probability of the predicted class ``q = p if class 1 else 1 - p`` for each map,
+    ``EI = sqrt(q_clean * q_perturbed)`` where ``c == d`` and 0 elsewhere. The score is the
+    mean of EI over the pixels that are foreground in either map.
+
+    Parameters
+    ----------
+    clean, perturbed : array_like
+        Foreground probability maps of the same shape, values in [0, 1].
+    threshold : float, optional
+        Pixels strictly above it are foreground. Default 0.5.
+
+    Returns
+    -------
+    float
+        In [0, 1]; ``nan`` if neither map has foreground.
+
+    Raises
+    ------
+    InvalidImageError
+        If the shapes differ, a value is outside [0, 1], or ``threshold`` is outside [0, 1].
+
+    Examples
+    --------
+    >>> round(soft_consistency([1.0, 0.81, 0.2], [1.0, 1.0, 0.9]), 6)
+    0.633333
+    """
+    _check_threshold(threshold)
+    a, b = _probability_pair(clean, perturbed, probabilities=True)
+    ca, cb = a > threshold, b > threshold
+    union = ca | cb
+    if not union.any():
+        return math.nan
+    pa, pb = a[union].astype(np.float64), b[union].astype(np.float64)
+    qa = np.where(ca[union], pa, 1.0 - pa)
+    qb = np.where(cb[union], pb, 1.0 - pb)
+    ei = np.where(ca[union] == cb[union], np.sqrt(qa * qb), 0.0)
+    return float(ei.mean())
+
+
+def _label_pair(
+    clean_labels: npt.ArrayLike, perturbed_labels: npt.ArrayLike
+) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(clean_labels), np.asarray(perturbed_labels)
+    if a.shape != b.shape or a.ndim == 0:
+        raise InvalidImageError(
+            f"clean_labels and perturbed_labels must have the same shape, got {a.shape} and {b.shape}; "
+            "segment the same image with and without perturbation."
+        )
+    for name, arr in (("clean_labels", a), ("perturbed_labels", b)):
+        if arr.dtype.kind not in "biu" or (arr.size and arr.min() < 0):
+            raise InvalidImageError(
+                f"{name} must be a non-negative integer label image (0 = background), got dtype "
+                f"{arr.dtype}; build it with bioimage_cte.segmentation.label_foreground."
+            )
+    return a.astype(np.int64), b.astype(np.int64)
+
+
+def _ids_with_singleton_background(labels: np.ndarray) -> np.ndarray:
+    """Give each background pixel its own id above all object ids, so that no 0 remains."""
+    out = labels.copy()
+    background = out == 0
+    start = int(out.max(initial=0)) + 1
+    out[background] = np.arange(start, start + np.count_nonzero(background))
+    return out
+
+
+def instance_consistency(
+    clean_labels: npt.ArrayLike, perturbed_labels: npt.ArrayLike, *, border_width: int = 1
+) -> float:
+    """Instance CTE: one minus the adapted Rand error between two label images.
+
+    The clean segmentation is the reference. The score is computed on the pixels that are
+    foreground (label > 0) in either image, minus a band of about ``border_width`` pixels
+    around the boundaries of the clean instances: pixels where the grey dilation of the
+    clean labels differs from their grey erosion, both with a diamond (city-block) footprint of
+    radius ``border_width``. Boundaries between touching instances are in the band too. Inside
+    the mask every background pixel is its own singleton segment, so foreground/background
+    disagreement counts as error. Label values themselves do not matter (permutation invariant).
+
+    Parameters
+    ----------
+    clean_labels, perturbed_labels : array_like of int
+        Non-negative instance label images of the same shape (any ndim), 0 = background.
+    border_width : int, optional
+        Half-width of the ignored band; 0 ignores nothing. Default 1.
+
+    Returns
+    -------
+    float
+        The adapted Rand F-score in [0, 1]; ``nan`` if the mask is empty.
+
+    Raises
+    ------
+    InvalidImageError
+        If the shapes differ, the labels are not non-negative integers, or ``border_width`` < 0.
+
+    Examples
+    --------
+    >>> clean = [[1, 1, 1, 1, 2, 2]]
+    >>> instance_consistency(clean, [[5, 5, 5, 5, 5, 5]], border_width=0)  # 2 * 7 / (7 + 15)
+    0.6363636363636364
+    >>> instance_consistency(clean, [[2, 2, 2, 2, 1, 1]], border_width=0)
+    1.0
+    """
+    if isinstance(border_width, bool) or not isinstance(border_width, int | np.integer) or border_width < 0:
+        raise InvalidImageError(f"border_width must be an integer >= 0 (pixels), got {border_width!r}.")
+    a, b = _label_pair(clean_labels, perturbed_labels)
+    mask = (a > 0) | (b > 0)
+    if border_width > 0:
+        footprint = ndimage.iterate_structure(ndimage.generate_binary_structure(a.ndim, 1), border_width)
+        band = ndimage.grey_dilation(a, footprint=footprint) != ndimage.grey_erosion(a, footprint=footprint)
+        mask &= ~band
+    if not mask.any():
+        return math.nan
+    ta = _ids_with_singleton_background(a[mask])
+    tb = _ids_with_singleton_background(b[mask])
+    # With only singleton segments there are no pixel pairs and skimage divides 0 by 0;
+    # two all-singleton partitions of the same pixels are identical, hence 1.0.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        error, _, _ = adapted_rand_error(ta, tb, ignore_labels=())
+    return 1.0 if np.isnan(error) else float(1.0 - error)
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """One model's consistency over a set of images.
+
+    Attributes
+    ----------
+    score : float
+        Median or mean of the valid per-image values; ``nan`` if there is none.
+    n_images : int
+        Number of per-image values given.
+    n_valid : int
+        Images with a score (non-empty union foreground).
+    n_empty : int
+        Images without a score (``nan``: neither prediction had foreground).
+    mean, std : float
+        Mean and population standard deviation (ddof=0) of the valid values; ``nan`` if none.
+    """
+
+    score: float
+    n_images: int
+    n_valid: int
+    n_empty: int
+    mean: float
+    std: float
+
+
+def aggregate(values: Sequence[float], *, how: Literal["median", "mean"] = "median") -> Aggregate:
+    """Summarise per-image consistency values into one score, counting empty images.
+
+    ``nan`` values mark images whose union foreground was empty. They are left out of
+    every statistic and counted in ``n_empty``. If no value is valid, ``score`` is ``nan``.
+
+    Parameters
+    ----------
+    values : sequence of float
+        Per-image scores in [0, 1] or ``nan``.
+    how : {"median", "mean"}, optional
+        Statistic used for ``score``. Default "median", as in the CTE analysis notebooks.
+
+    Returns
+    -------
+    Aggregate
+
+    Raises
+    ------
+    InvalidImageError
+        If ``how`` is unknown, ``values`` is empty or not 1-D, or holds an infinite value.
+
+    Examples
+    --------
+    >>> aggregate([1.0, float("nan"), 0.5, 0.0])
+    Aggregate(score=0.5, n_images=4, n_valid=3, n_empty=1, mean=0.5, std=0.408248290463863)
+    """
+    if how not in ("median", "mean"):
+        raise InvalidImageError(f"how must be 'median' or 'mean', got {how!r}.")
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1 or arr.size == 0:
+        raise InvalidImageError(
+            f"values must be a non-empty 1-D sequence of per-image scores, got shape {arr.shape}; "
+            "score at least one image."
+        )
+    if np.isinf(arr).any():
+        raise InvalidImageError(
+            f"values holds an infinite score ({arr.tolist()}); consistency scores are in [0, 1] or nan."
+        )
+    valid = arr[~np.isnan(arr)]
+    if valid.size == 0:
+        return Aggregate(math.nan, arr.size, 0, arr.size, math.nan, math.nan)
+    score = np.median(valid) if how == "median" else valid.mean()
+    return Aggregate(
+        score=float(score),
+        n_images=int(arr.size),
+        n_valid=int(valid.size),
+        n_empty=int(arr.size - valid.size),
+        mean=float(valid.mean()),
+        std=float(valid.std()),
+    )
+
+
+CONSISTENCY_FUNCTIONS: dict[str, Callable[..., float]] = {
+    "hard": hard_consistency,
+    "soft": soft_consistency,
+}
+"""Semantic consistency functions by name; each is ``f(clean, perturbed, *, threshold) -> float``.
+
+:func:`instance_consistency` is not listed because it takes label images, not probabilities.
+"""

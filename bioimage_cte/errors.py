@@ -1,0 +1,27 @@
+"""The errors bioimage-cte raises on bad input.
+
+Every error derives from :class:`BioimageCteError` and from the builtin that fits, so
+``except ValueError`` keeps working. Messages name the offending file or value and the fix.
+"""
+
+from __future__ import annotations
+
+
+class BioimageCteError(Exception):
+    """Root of every error raised by bioimage-cte on bad input."""
+
+
+class InvalidModelError(BioimageCteError, ValueError):
+    """A model package cannot be used (not found, not valid, not a segmentation model)."""
+
+
+class InvalidImageError(BioimageCteError, ValueError):
+    """Target images cannot be read or do not fit the model."""
+
+
+class UnsafeArchiveError(BioimageCteError, ValueError):
+    """An archive holds entries that would escape the folder it is extracted to, or are too large."""
+
+
+class InvalidIndexError(BioimageCteError, ValueError):
+    """A zoo collection index cannot be read."""

@@ -1,0 +1,398 @@
+"""Reading target images (and their labels) from folders, globs and files.
+
+Supported files are ``.tif``/``.tiff`` (tifffile), ``.png`` (imageio) and ``.npy``
+(numpy, without pickle); suffixes are matched case-insensitively. Images are handed on as
+float32 arrays with axes ``"yx"`` or ``"zyx"`` and their intensities untouched:
+normalisation is the model's preprocessing, not ours.
+
+Axis rules when ``axes`` is not given (see :func:`to_yx`):
+
+1. size-1 axes are dropped;
+2. 2-D → ``yx``;
+3. 3-D whose last axis has 3 or 4 entries and whose first has more than 4 → ``yxc``, an RGB(A)
+   image, averaged to grey (alpha dropped);
+4. 3-D whose first axis has more than 4 entries and is no longer than the others → ``zyx``;
+5. anything else is ambiguous and raises :class:`InvalidImageError` asking for ``--axes``.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bioimage_cte.errors import InvalidImageError
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ImageItem",
+    "iter_images",
+    "list_images",
+    "load_labels",
+    "read_image",
+    "to_yx",
+]
+
+IMAGE_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".png", ".npy")
+"""File suffixes read as images (compared case-insensitively)."""
+
+_AXIS_LETTERS = "zcyx"
+_GLOB_CHARS = "*?["
+_ACCEPTED = "expected .tif, .tiff, .png or .npy files; pass a folder, a glob such as 'data/*.tif', or a file"
+
+
+@dataclass(frozen=True, eq=False)
+class ImageItem:
+    """One target image.
+
+    ``eq=False`` because comparing numpy arrays element-wise has no single truth value.
+
+    Parameters
+    ----------
+    path : Path
+        The file the image came from.
+    data : numpy.ndarray
+        The pixels with the file's intensities (not normalised); float32 ``yx`` or ``zyx``
+        when produced by :func:`iter_images`.
+
+    Examples
+    --------
+    >>> ImageItem(Path("a.tif"), np.zeros((4, 4), np.float32)).data.shape
+    (4, 4)
+    """
+
+    path: Path
+    data: np.ndarray
+
+
+def _is_image_file(path: Path) -> bool:
+    # dot files are skipped: macOS leaves "._name.tif" resource forks next to real images
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def list_images(spec: str | Path) -> list[Path]:
+    """List the image files a folder, glob pattern or single file refers to.
+
+    Parameters
+    ----------
+    spec : str or Path
+        A folder (its direct .tif/.tiff/.png/.npy files, not recursive), a glob pattern
+        (containing ``*``, ``?`` or ``[``) or one image file. An existing path is never
+        treated as a pattern.
+
+    Returns
+    -------
+    list of Path
+        Sorted by path.
+
+    Raises
+    ------
+    InvalidImageError
+        Nothing matches, or the single file has an unsupported suffix.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> tmp = Path(tempfile.mkdtemp())
+    >>> for n in ("b.tif", "a.npy", "notes.txt"):
+    ...     _ = (tmp / n).write_bytes(b"")
+    >>> [p.name for p in list_images(tmp)]
+    ['a.npy', 'b.tif']
+    """
+    text = str(spec)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if _is_image_file(p))
+        if not found:
+            raise InvalidImageError(f"no images found in {path}: {_ACCEPTED}")
+        return found
+    if path.is_file():
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise InvalidImageError(f"cannot read {path} as an image (unsupported suffix): {_ACCEPTED}")
+        return [path]
+    if any(c in text for c in _GLOB_CHARS):
+        found = sorted(p for p in map(Path, glob.glob(str(path))) if _is_image_file(p))
+        if not found:
+            raise InvalidImageError(f"no images match the pattern {text}: {_ACCEPTED}")
+        return found
+    raise InvalidImageError(f"image path {text} does not exist: {_ACCEPTED}")
+
+
+def _reason(e: BaseException) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read one image file as stored, without normalising or reordering axes.
+
+    Parameters
+    ----------
+    path : Path
+        A .tif/.tiff (tifffile, first series), .png (imageio) or .npy file (loaded
+        without pickle).
+
+    Returns
+    -------
+    numpy.ndarray
+        The stored array, of a boolean, integer or real dtype.
+
+    Raises
+    ------
+    InvalidImageError
+        The file cannot be read, has an unsupported suffix or dtype, or is empty.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "a.npy"
+    >>> np.save(p, np.arange(6, dtype=np.uint8).reshape(2, 3))
+    >>> read_image(p).shape
+    (2, 3)
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise InvalidImageError(f"cannot read {path} as an image (unsupported suffix): {_ACCEPTED}")
+    try:
+        if suffix == ".png":
+            import imageio.v3 as iio
+
+            data = np.asarray(iio.imread(path))
+        elif suffix == ".npy":
+            data = np.load(path, allow_pickle=False)
+        else:
+            import tifffile
+
+            data = np.asarray(tifffile.imread(path))
+    # the readers raise many unrelated types for damaged files (ValueError, OSError, EOFError, ...)
+    except Exception as e:
+        raise InvalidImageError(
+            f"cannot read image {path} ({_reason(e)}); check that the file is a complete, uncorrupted image"
+        ) from e
+    if not isinstance(data, np.ndarray) or not (
+        data.dtype == bool or np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)
+    ):
+        raise InvalidImageError(
+            f"image {path} has dtype {getattr(data, 'dtype', type(data))}, not a boolean, integer or real "
+            "number type; save it as integers or floats"
+        )
+    if data.size == 0:
+        raise InvalidImageError(f"image {path} is empty (shape {data.shape}); remove it or re-export it")
+    return data
+
+
+def _check_axes(axes: str, label: str) -> None:
+    if len(set(axes)) != len(axes) or not set(axes) <= set(_AXIS_LETTERS) or not {"y", "x"} <= set(axes):
+        raise InvalidImageError(
+            f"invalid axes {axes!r} for {label}: use each of the letters z, c, y, x at most once, "
+            "including y and x (e.g. --axes zyx or --axes cyx)"
+        )
+
+
+def _guess_axes(shape: tuple[int, ...], label: str) -> str:
+    """Axes letters for the shape left after dropping size-1 axes (see the module rules)."""
+    hint = "pass --axes (e.g. --axes zyx for a z-stack, --axes cyx or --axes yxc for channels)"
+    if len(shape) == 2:
+        return "yx"
+    if len(shape) == 3:
+        first, last = shape[0], shape[-1]
+        if last in (3, 4) and first > 4:
+            return "yxc"
+        if first > 4 and first <= min(shape[1:]):
+            return "zyx"
+        raise InvalidImageError(f"cannot tell the axes of {label} with shape {shape}; {hint}")
+    raise InvalidImageError(
+        f"cannot tell the axes of {label} with {len(shape)} non-singleton dimensions (shape {shape}); {hint}"
+    )
+
+
+def to_yx(data: np.ndarray, *, axes: str | None = None, path: Path | None = None) -> np.ndarray:
+    """Bring an image to float32 with axes ``"yx"`` or ``"zyx"``.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        The image as read.
+    axes : str, optional
+        One letter per axis of ``data`` from ``z``, ``c``, ``y``, ``x`` (e.g. ``"cyx"``,
+        ``"yxc"``, ``"zyx"``). By default the axes are guessed by the rules in the module
+        docstring, and an ambiguous shape raises.
+    path : Path, optional
+        Only used to name the image in error messages.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, 2-D ``(y, x)`` or 3-D ``(z, y, x)``; a ``z`` axis of size 1 is dropped.
+        A channel axis is averaged to grey, except that when it is the last axis and has 4
+        entries it is read as RGBA and alpha is dropped first. Intensities are not rescaled;
+        constant images are allowed.
+
+    Raises
+    ------
+    InvalidImageError
+        ``axes`` does not fit the data, the axes cannot be guessed, or the image holds NaN or
+        infinite values.
+
+    Examples
+    --------
+    >>> to_yx(np.ones((1, 8, 9), dtype=np.uint16)).shape
+    (8, 9)
+    >>> rgb = np.zeros((16, 16, 3), dtype=np.uint8); rgb[..., 0] = 30
+    >>> float(to_yx(rgb)[0, 0])
+    10.0
+    >>> to_yx(np.zeros((2, 8, 8)), axes="zyx").shape
+    (2, 8, 8)
+    """
+    label = f"image {path}" if path is not None else "the image"
+    data = np.asarray(data)
+    if axes is None:
+        data = data.reshape([n for n in data.shape if n != 1])
+        axes = _guess_axes(data.shape, label)
+    else:
+        axes = axes.lower()
+        _check_axes(axes, label)
+        if len(axes) != data.ndim:
+            raise InvalidImageError(
+                f"--axes {axes!r} has {len(axes)} letters but {label} has shape {data.shape} "
+                f"({data.ndim} dimensions); pass one letter per dimension"
+            )
+    rgba = axes.endswith("c") and data.shape[-1] == 4
+    order = [axes.index(a) for a in _AXIS_LETTERS if a in axes]
+    data = np.transpose(data, order)
+    axes = "".join(a for a in _AXIS_LETTERS if a in axes)
+    out = data.astype(np.float32, copy=False)
+    if "c" in axes:
+        c = axes.index("c")
+        if rgba:
+            out = np.take(out, [0, 1, 2], axis=c)
+        out = out.mean(axis=c, dtype=np.float32)
+        axes = axes.replace("c", "")
+    if "z" in axes and out.shape[0] == 1:
+        out = out[0]
+    if not np.isfinite(out).all():
+        raise InvalidImageError(
+            f"{label} contains NaN or infinite values; "
+            "replace them (e.g. with numpy.nan_to_num) and save again"
+        )
+    return np.ascontiguousarray(out)
+
+
+def iter_images(spec: str | Path, *, axes: str | None = None) -> Iterator[ImageItem]:
+    """Stream the images of a folder, glob or file, one in memory at a time.
+
+    The listing (and the ``axes`` letters) are checked when this is called; each image is
+    read and converted with :func:`to_yx` only when the iterator reaches it.
+
+    Parameters
+    ----------
+    spec : str or Path
+        As :func:`list_images`.
+    axes : str, optional
+        As :func:`to_yx`; the same for every image.
+
+    Returns
+    -------
+    Iterator of ImageItem
+        ``data`` is float32 ``yx`` or ``zyx``, intensities as stored.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> tmp = Path(tempfile.mkdtemp())
+    >>> np.save(tmp / "a.npy", np.ones((5, 6), dtype=np.uint8))
+    >>> [item.data.dtype.name for item in iter_images(tmp)]
+    ['float32']
+    """
+    paths = list_images(spec)
+    if axes is not None:
+        _check_axes(axes.lower(), f"images {spec}")
+    return _iter(paths, axes)
+
+
+def _iter(paths: list[Path], axes: str | None) -> Iterator[ImageItem]:
+    for path in paths:
+        yield ImageItem(path, to_yx(read_image(path), axes=axes, path=path))
+
+
+def _labels_by_stem(folder: Path) -> dict[str, list[Path]]:
+    by_stem: dict[str, list[Path]] = {}
+    for p in sorted(folder.iterdir()):
+        if _is_image_file(p):
+            by_stem.setdefault(p.stem, []).append(p)
+    return by_stem
+
+
+def load_labels(
+    image_paths: Sequence[Path], labels_spec: str | Path, *, axes: str | None = None
+) -> list[np.ndarray]:
+    """Load the label image of each target image: the file with the same stem in a labels folder.
+
+    Parameters
+    ----------
+    image_paths : sequence of Path
+        The target images, e.g. from :func:`list_images`.
+    labels_spec : str or Path
+        The folder holding the labels (any supported suffix, e.g. ``img01.tif`` ↔ ``img01.png``).
+    axes : str, optional
+        The images' axes, as for :func:`to_yx`; used to work out each image's ``yx``/``zyx``
+        shape, which its label must match.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        One label array per image, in the same order, with the stored dtype and size-1 axes
+        dropped.
+
+    Raises
+    ------
+    InvalidImageError
+        The labels folder does not exist, an image has no label or two candidate labels, or a
+        label's shape differs from its image's.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> tmp = Path(tempfile.mkdtemp()); (tmp / "labels").mkdir()
+    >>> np.save(tmp / "a.npy", np.ones((5, 6), dtype=np.uint8))
+    >>> np.save(tmp / "labels" / "a.npy", np.zeros((1, 5, 6), dtype=np.int32))
+    >>> load_labels([tmp / "a.npy"], tmp / "labels")[0].shape
+    (5, 6)
+    """
+    folder = Path(labels_spec).expanduser()
+    if not folder.is_dir():
+        raise InvalidImageError(
+            f"labels folder {folder} does not exist or is not a folder; pass the folder holding one label "
+            "file per image, with the same file name stem"
+        )
+    by_stem = _labels_by_stem(folder)
+    labels: list[np.ndarray] = []
+    for image_path in image_paths:
+        image_path = Path(image_path)
+        candidates = by_stem.get(image_path.stem, [])
+        if not candidates:
+            raise InvalidImageError(
+                f"no label for image {image_path} in {folder}: expected a file named "
+                f"{image_path.stem} with suffix .tif, .tiff, .png or .npy"
+            )
+        if len(candidates) > 1:
+            names = ", ".join(p.name for p in candidates)
+            raise InvalidImageError(
+                f"several labels for image {image_path} in {folder} ({names}); keep only one of them"
+            )
+        label_path = candidates[0]
+        label = read_image(label_path)
+        label = label.reshape([n for n in label.shape if n != 1])
+        # the image is read in full only for its shape: formats differ in how cheaply they expose it,
+        # and labels are loaded for small evaluation sets
+        image_shape = to_yx(read_image(image_path), axes=axes, path=image_path).shape
+        if label.shape != image_shape:
+            raise InvalidImageError(
+                f"label {label_path} has shape {label.shape} but image {image_path} has shape {image_shape} "
+                "(after axis handling); labels must match their image pixel for pixel"
+            )
+        labels.append(label)
+    return labels

@@ -1,0 +1,380 @@
+"""Black-box and grey-box predictors over bioimageio.core prediction pipelines.
+
+A predictor loads one model description and creates its prediction pipeline **once**, then
+runs every image through it with the model's own pre- and postprocessing. (``bioimageio.core.
+predict`` reloads the model on every call, which is what makes a naive loop slow.)
+
+- :class:`BlackBoxPredictor`: any weights format; inputs and outputs only.
+- :class:`GreyBoxPredictor`: ``pytorch_state_dict`` weights; the torch network is reached through a
+  model adapter handed to the pipeline (a subclass of bioimageio.core's ``PytorchModelAdapter``),
+  so it can inject channel dropout at a named layer, by default the bottleneck.
+
+Images of any size are padded (reflect) to a size the model accepts plus its halo, and cropped
+back; images larger than ``max_tile`` are predicted tile by tile with the halo through
+bioimageio.core's blocking. A 2D model on a (z, y, x) stack runs slice by slice.
+
+This module imports torch and bioimageio.core; import it lazily.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from bioimageio.core import Sample, Tensor, create_prediction_pipeline
+from bioimageio.core.backends.pytorch_backend import PytorchModelAdapter
+from bioimageio.core.common import MemberId
+from bioimageio.spec.model import v0_5
+
+from bioimage_cte.errors import InvalidImageError, InvalidModelError
+from bioimage_cte.perturbations import FeatureDropout
+
+FOREGROUND_NAMES = ("foreground", "fg", "mask", "prob", "probability", "probabilities", "semantic", "nuclei")
+BOUNDARY_NAMES = ("boundary", "boundaries", "contour", "contours", "edge", "edges", "border")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A model's output on one image: foreground probability and, if the model has one, boundary probability.
+
+    Both are float32 arrays of the image's shape, (y, x) or (z, y, x).
+    """
+
+    foreground: np.ndarray
+    boundary: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class _SpatialSpec:
+    minimum: int
+    step: int
+    halo: int
+
+
+def load_model(location: str, *, perform_io_checks: bool = True) -> v0_5.ModelDescr:
+    """Load and check a model description: a v0.5 (or convertible) 2D segmentation model.
+
+    Raises :class:`~bioimage_cte.errors.InvalidModelError` naming ``location`` and the fix.
+    """
+    from bioimageio.spec import InvalidDescr, load_description
+    from bioimageio.spec.model import v0_4
+
+    descr = load_description(location, perform_io_checks=perform_io_checks, format_version="latest")
+    if isinstance(descr, InvalidDescr):
+        summary = descr.validation_summary
+        first = next((e for d in summary.details for e in d.errors), None)
+        reason = f"{first.loc}: {first.msg}" if first else summary.status
+        raise InvalidModelError(f"{location}: not a valid bioimageio RDF ({reason}); check it with "
+                                f"'bioimageio validate-format {location}'")
+    if descr.type != "model":
+        raise InvalidModelError(f"{location}: RDF of type {descr.type!r}, not a model; pass model packages only")
+    if isinstance(descr, v0_4.ModelDescr):
+        raise InvalidModelError(f"{location}: model format {descr.format_version} could not be converted to 0.5; "
+                                "update it with 'bioimageio update-format'")
+    check_segmentation_model(descr, location=location)
+    return descr
+
+
+def check_segmentation_model(descr: v0_5.ModelDescr, *, location: str) -> None:
+    """Raise unless the model maps one image to a same-sized probability map (a segmentation model)."""
+    if len(descr.inputs) != 1:
+        raise InvalidModelError(f"{location}: model has {len(descr.inputs)} inputs; bioimage-cte ranks "
+                                "single-input segmentation models")
+    in_axes = {str(a.id) for a in descr.inputs[0].axes}
+    out = descr.outputs[0]
+    out_axes = {str(a.id) for a in out.axes}
+    if not {"y", "x"} <= in_axes or not {"y", "x"} <= out_axes:
+        raise InvalidModelError(f"{location}: input axes {sorted(in_axes)} / output axes {sorted(out_axes)} "
+                                "have no y and x; not an image segmentation model")
+    for axis in out.axes:
+        if str(axis.id) in "yx" and not isinstance(axis.size, v0_5.SizeReference):
+            if getattr(axis, "scale", 1.0) not in (1, 1.0):
+                raise InvalidModelError(f"{location}: output axis {axis.id} is rescaled; not a segmentation map")
+    ops = {type(p).__name__ for p in out.postprocessing}
+    tags = {t.lower() for t in descr.tags}
+    if not ({"SigmoidDescr", "SoftmaxDescr", "BinarizeDescr"} & ops or any("segmentation" in t for t in tags)):
+        raise InvalidModelError(
+            f"{location}: output {out.id!r} is neither sigmoid/softmax/binarize-postprocessed nor tagged "
+            "'segmentation'; bioimage-cte ranks models whose output is a foreground probability map")
+
+
+def _channel_index(descr: v0_5.ModelDescr, names: Sequence[str]) -> int | None:
+    for axis in descr.outputs[0].axes:
+        if isinstance(axis, v0_5.ChannelAxis):
+            lowered = [str(c).lower() for c in axis.channel_names]
+            return next((i for i, c in enumerate(lowered) if c in names), None)
+    return None
+
+
+def _spatial_spec(descr: v0_5.ModelDescr, axis_id: str) -> _SpatialSpec:
+    axis = next(a for a in descr.inputs[0].axes if str(a.id) == axis_id)
+    halo = max((getattr(a, "halo", 0) for a in descr.outputs[0].axes if str(a.id) == axis_id), default=0)
+    size = axis.size
+    if isinstance(size, v0_5.ParameterizedSize):
+        return _SpatialSpec(size.min, size.step, halo)
+    if isinstance(size, int):
+        return _SpatialSpec(size, 0, halo)
+    raise InvalidModelError(f"input axis {axis_id} has a size of type {type(size).__name__}; "
+                            "bioimage-cte needs a fixed or parameterized size")
+
+
+def _valid_size(n: int, spec: _SpatialSpec) -> int:
+    """Smallest valid network input size that holds ``n`` pixels plus the halo on both sides."""
+    need = n + 2 * spec.halo
+    if spec.step == 0:
+        return spec.minimum
+    k = max(0, -(-(need - spec.minimum) // spec.step))
+    return spec.minimum + k * spec.step
+
+
+class _Predictor:
+    """Shared plumbing: axes, padding, tiling, slice-wise stacks."""
+
+    def __init__(self, descr: v0_5.ModelDescr, pipeline, *, name: str, max_tile: int) -> None:
+        self.descr = descr
+        self.name = name
+        self.max_tile = max_tile
+        self._pipeline = pipeline
+        self._input_id = MemberId(str(descr.inputs[0].id))
+        self._output_id = MemberId(str(descr.outputs[0].id))
+        self._spec = {a: _spatial_spec(descr, a) for a in "yx"}
+        self._fg = _channel_index(descr, FOREGROUND_NAMES) or 0
+        self._bd = _channel_index(descr, BOUNDARY_NAMES)
+        self._in_axes = [str(a.id) for a in descr.inputs[0].axes]
+        n_channels = next((len(a.channel_names) for a in descr.inputs[0].axes
+                           if isinstance(a, v0_5.ChannelAxis)), 1)
+        if n_channels != 1:
+            raise InvalidModelError(f"{name}: model expects {n_channels} input channels; bioimage-cte feeds "
+                                    "single-channel (grey) images")
+        if "z" in self._in_axes:
+            raise InvalidModelError(f"{name}: 3D model (input axes {self._in_axes}); bioimage-cte ranks 2D models")
+
+    @property
+    def has_boundary(self) -> bool:
+        return self._bd is not None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the model."""
+        with contextlib.suppress(Exception):
+            self._pipeline.unload()
+
+    def predict(self, image: np.ndarray) -> Prediction:
+        """Predict one (y, x) image or, slice by slice, one (z, y, x) stack."""
+        if image.ndim == 3:
+            slices = [self._predict_2d(s) for s in image]
+            boundary = None if slices[0].boundary is None else np.stack([s.boundary for s in slices])
+            return Prediction(np.stack([s.foreground for s in slices]), boundary)
+        if image.ndim != 2:
+            raise InvalidImageError(f"{self.name}: image of shape {image.shape}; pass (y, x) images or (z, y, x) "
+                                    "stacks (use --axes to say which axes the files have)")
+        return self._predict_2d(image)
+
+    def _predict_2d(self, image: np.ndarray) -> Prediction:
+        if max(image.shape) > self.max_tile:
+            out = self._run_blocked(image.astype(np.float32))
+        else:
+            out = self._run_padded(image.astype(np.float32))
+        probs = out.astype(np.float32)
+        return Prediction(probs[self._fg], None if self._bd is None else probs[self._bd])
+
+    def _run_padded(self, image: np.ndarray) -> np.ndarray:
+        sizes = [_valid_size(n, self._spec[a]) for n, a in zip(image.shape, "yx", strict=True)]
+        for n, size, a in zip(image.shape, sizes, "yx", strict=True):
+            if size < n:
+                raise InvalidImageError(f"{self.name}: image axis {a} has {n} px but the model takes exactly "
+                                        f"{self._spec[a].minimum}; crop or tile the images to that size")
+        before = [(s - n) // 2 for s, n in zip(sizes, image.shape, strict=True)]
+        pad = [(b, s - n - b) for b, s, n in zip(before, sizes, image.shape, strict=True)]
+        padded = np.pad(image, pad, mode="reflect" if min(image.shape) > max(max(pad)) else "symmetric")
+        result = self._forward(padded)
+        return result[:, before[0] : before[0] + image.shape[0], before[1] : before[1] + image.shape[1]]
+
+    def _sample(self, image: np.ndarray) -> Sample:
+        dims = tuple(d for d in self._in_axes if d in ("batch", "channel", "y", "x"))
+        tensor = Tensor(image, dims=("y", "x")).transpose(list(dims), missing_dims="expand")
+        return Sample(members={self._input_id: tensor}, stat={}, id="image")
+
+    def _forward(self, padded: np.ndarray) -> np.ndarray:
+        out = self._pipeline.predict_sample_without_blocking(
+            self._sample(padded), skip_input_padding=True, skip_output_cropping=True
+        )
+        return self._as_cyx(out)
+
+    def _run_blocked(self, image: np.ndarray) -> np.ndarray:
+        # Blocks as large as max_tile allows: bioimageio.core's default blocks are small, and every block
+        # recomputes its halo.
+        spec = self._spec["y"]
+        ns = max(0, (self.max_tile - spec.minimum) // spec.step) if spec.step else 0
+        out = self._pipeline.predict_sample_with_blocking(self._sample(image), ns=ns)
+        return self._as_cyx(out)
+
+    def _as_cyx(self, sample: Sample) -> np.ndarray:
+        data = sample.members[self._output_id].data
+        keep = [d for d in ("channel", "y", "x") if d in data.dims]
+        arr = data.transpose(*[d for d in data.dims if d not in keep], *keep).values
+        arr = arr.reshape((-1,) + arr.shape[-2:]) if "channel" in keep else arr.reshape((1,) + arr.shape[-2:])
+        return arr
+
+
+class BlackBoxPredictor(_Predictor):
+    """Predict through a model's own bioimageio pipeline; inputs and outputs only.
+
+    Parameters
+    ----------
+    descr : ModelDescr
+        A loaded, checked model description (see :func:`load_model`).
+    name : str
+        Display name used in error messages.
+    weight_format : str, optional
+        Weights format to use; default: bioimageio.core's priority order among those present.
+    devices : sequence of str
+        Torch devices, e.g. ``["cpu"]`` or ``["cuda:0"]``.
+    max_tile : int
+        Images with a side longer than this are predicted tile by tile.
+    """
+
+    def __init__(self, descr: v0_5.ModelDescr, *, name: str = "model", weight_format: str | None = None,
+                 devices: Sequence[str] = ("cpu",), max_tile: int = 1024) -> None:
+        try:
+            pipeline = create_prediction_pipeline(descr, devices=list(devices), weights_format=weight_format)
+        except Exception as e:
+            raise InvalidModelError(f"{name}: could not load the model ({type(e).__name__}: {e})") from e
+        super().__init__(descr, pipeline, name=name, max_tile=max_tile)
+
+
+class _DropoutAdapter(PytorchModelAdapter):
+    """bioimageio.core's torch adapter plus a forward hook that applies channel dropout at one layer."""
+
+    def __init__(self, descr: v0_5.ModelDescr, *, layer: str | None, devices: Sequence[str]) -> None:
+        self.requested_layer = layer
+        self.layer: str | None = None
+        self.perturbation: FeatureDropout | None = None
+        self._mask: torch.Tensor | None = None
+        self._descr = descr
+        super().__init__(descr, devices=list(devices))
+
+    def _init_model_on_device(self, device: torch.device) -> torch.nn.Module:
+        net = super()._init_model_on_device(device)
+        modules = dict(net.named_modules())
+        self.layer = self.requested_layer or find_bottleneck(net, self._descr)
+        if self.layer not in modules:
+            raise InvalidModelError(f"layer {self.layer!r} not found; layers are: {', '.join(list(modules)[1:20])} ...")
+        modules[self.layer].register_forward_hook(self._hook)
+        return net
+
+    def set_perturbation(self, perturbation: FeatureDropout | None) -> None:
+        self.perturbation = perturbation
+        self._mask = None
+
+    def _hook(self, module: torch.nn.Module, args: Any, output: Any) -> Any:
+        if self.perturbation is None or self.perturbation.p == 0.0 or not isinstance(output, torch.Tensor):
+            return None  # None keeps the layer's own output object: the clean pass stays bit-identical
+        if self._mask is None:
+            gen = torch.Generator().manual_seed(self.perturbation.seed)
+            keep = torch.rand(output.shape[1], generator=gen) >= self.perturbation.p
+            self._mask = (keep.float() / (1.0 - self.perturbation.p)).view(1, -1, *([1] * (output.ndim - 2)))
+        return output * self._mask.to(device=output.device, dtype=output.dtype)
+
+
+def find_bottleneck(net: torch.nn.Module, descr: v0_5.ModelDescr | None = None) -> str:
+    """Name of the layer whose output is the deepest encoder output of a UNet-like network.
+
+    A module named ``bottleneck`` wins. Otherwise one probe forward pass records every module's
+    output; the bottleneck is the module that finishes last among those at the coarsest
+    resolution with the most channels (hooks of a container fire after its children, so this
+    picks the outermost block, e.g. ``encoders.3`` of a pytorch-3dunet UNet).
+    """
+    names = dict(net.named_modules())
+    if "bottleneck" in names:
+        return "bottleneck"
+    records: list[tuple[int, int, int, str]] = []
+    hooks = []
+    for name, module in names.items():
+        if name:
+            def record(m, a, out, name=name):
+                if isinstance(out, torch.Tensor) and out.ndim >= 4:
+                    records.append((int(np.prod(out.shape[2:])), -out.shape[1], -len(records), name))
+            hooks.append(module.register_forward_hook(record))
+    side = 256
+    if descr is not None:
+        side = _valid_size(128, _spatial_spec(descr, "y"))
+    device = next(net.parameters()).device
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, 1, side, side, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+    if not records:
+        raise InvalidModelError("could not find a bottleneck layer: no 4-D feature maps; pass --layer NAME")
+    return min(records)[3]
+
+
+class GreyBoxPredictor(_Predictor):
+    """Predict with ``pytorch_state_dict`` weights and optional channel dropout at one layer.
+
+    Parameters
+    ----------
+    descr : ModelDescr
+        A loaded model description with ``pytorch_state_dict`` weights.
+    name : str
+        Display name used in error messages.
+    layer : str, optional
+        Module name (as in ``net.named_modules()``) to perturb; default: the bottleneck found by
+        :func:`find_bottleneck`.
+    devices : sequence of str
+        Torch devices.
+    max_tile : int
+        Images with a side longer than this are predicted tile by tile.
+    """
+
+    def __init__(self, descr: v0_5.ModelDescr, *, name: str = "model", layer: str | None = None,
+                 devices: Sequence[str] = ("cpu",), max_tile: int = 1024) -> None:
+        if descr.weights.pytorch_state_dict is None:
+            raise InvalidModelError(f"{name}: grey-box access needs pytorch_state_dict weights; this model has "
+                                    f"{', '.join(available_weight_formats(descr))}; use an input-perturbation "
+                                    "estimator (--estimator cte-input)")
+        try:
+            self.adapter = _DropoutAdapter(descr, layer=layer, devices=devices)
+            pipeline = create_prediction_pipeline(descr, model_adapter=self.adapter)
+        except InvalidModelError as e:
+            raise InvalidModelError(f"{name}: {e}") from e
+        except Exception as e:
+            raise InvalidModelError(f"{name}: could not load the torch network ({type(e).__name__}: {e})") from e
+        super().__init__(descr, pipeline, name=name, max_tile=max_tile)
+
+    @property
+    def layer(self) -> str | None:
+        return self.adapter.layer
+
+    @contextlib.contextmanager
+    def perturbed(self, perturbation: FeatureDropout) -> Iterator[None]:
+        """Within this block every prediction runs with ``perturbation`` at the hooked layer."""
+        self.adapter.set_perturbation(perturbation)
+        try:
+            yield
+        finally:
+            self.adapter.set_perturbation(None)
+
+
+def available_weight_formats(descr: v0_5.ModelDescr) -> list[str]:
+    """Weights formats present in a model description."""
+    return [name for name, entry in descr.weights if entry is not None]
+
+
+def make_predictor(descr: v0_5.ModelDescr, *, name: str, greybox: bool, weight_format: str | None = None,
+                   layer: str | None = None, devices: Sequence[str] = ("cpu",), max_tile: int = 1024):
+    """A :class:`GreyBoxPredictor` if ``greybox`` else a :class:`BlackBoxPredictor`."""
+    if greybox:
+        return GreyBoxPredictor(descr, name=name, layer=layer, devices=devices, max_tile=max_tile)
+    return BlackBoxPredictor(descr, name=name, weight_format=weight_format, devices=devices, max_tile=max_tile)

@@ -1,0 +1,505 @@
+"""Finding model packages: rdf.yaml files, package folders and zips, folders of packages,
+zoo collection indexes and URLs.
+
+Nothing here downloads a model or validates its description: :func:`find_models` only
+works out *where* each model is, so that a bad package becomes one failure later on
+instead of stopping the whole run. The one exception is local zip files, which are
+checked for unsafe entries before anything else reads them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+from urllib.parse import urljoin, urlparse
+
+from bioimage_cte.errors import InvalidIndexError, InvalidModelError, UnsafeArchiveError
+
+__all__ = [
+    "RDF_NAMES",
+    "ModelSource",
+    "check_zip",
+    "find_models",
+    "read_collection_index",
+    "safe_extract_zip",
+]
+
+RDF_NAMES: tuple[str, ...] = ("rdf.yaml", "bioimageio.yaml")
+"""File names of a model description, in the order bioimageio prefers them."""
+
+_ACCEPTED = (
+    "an rdf.yaml/bioimageio.yaml file, a package folder or .zip, a folder of packages, "
+    "a collection index .json, or an http(s) URL"
+)
+_INDEX_TIMEOUT_S = 30.0
+_ZOO_ID_PREFIX = "bioimage-io/"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where one model package is, before anything is loaded from it.
+
+    Parameters
+    ----------
+    name : str
+        Short display name: the package folder name, the zip stem or the index id.
+    source : str
+        The spec as the user gave it; for index entries, the RDF source as the index lists it.
+    kind : {"rdf", "folder", "zip", "url", "index"}
+        How the model was found.
+    location : str
+        What to pass to ``bioimageio.spec.load_description`` or
+        ``bioimageio.core.load_model_description``: a local path to an rdf.yaml or a .zip,
+        or a URL.
+
+    Examples
+    --------
+    >>> ModelSource("demo", "https://x.org/rdf.yaml", kind="url", location="https://x.org/rdf.yaml").kind
+    'url'
+    """
+
+    name: str
+    source: str
+    kind: Literal["rdf", "folder", "zip", "url", "index"]
+    location: str
+
+
+def _is_url(spec: str) -> bool:
+    return spec.startswith(("http://", "https://"))
+
+
+def _is_rdf_name(file_name: str) -> bool:
+    # bioimageio also accepts "<anything>.rdf.yaml", so a file given explicitly may carry a prefix
+    return any(file_name == n or file_name.endswith("." + n) for n in RDF_NAMES)
+
+
+def _rdf_in_folder(folder: Path) -> Path | None:
+    for file_name in RDF_NAMES:
+        candidate = folder / file_name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def check_zip(
+    path: Path,
+    *,
+    max_entry_bytes: int = 2 * 1024**3,
+    max_total_bytes: int = 8 * 1024**3,
+) -> None:
+    """Check that a model zip is safe to read or extract, without extracting it.
+
+    Parameters
+    ----------
+    path : Path
+        The .zip package.
+    max_entry_bytes : int, optional
+        Largest uncompressed size allowed for one entry (default 2 GiB).
+    max_total_bytes : int, optional
+        Largest uncompressed size allowed for all entries together (default 8 GiB).
+
+    Raises
+    ------
+    UnsafeArchiveError
+        An entry has an absolute path, a drive letter or a ``..`` component, is a symlink,
+        or is larger than the limits.
+    InvalidModelError
+        The file is missing, not a valid zip, or has no rdf.yaml/bioimageio.yaml at its top level.
+
+    Examples
+    --------
+    >>> import io, tempfile, zipfile
+    >>> p = Path(tempfile.mkdtemp()) / "m.zip"
+    >>> with zipfile.ZipFile(p, "w") as zf:
+    ...     zf.writestr("rdf.yaml", "type: model\\n")
+    >>> check_zip(p)
+    """
+    path = Path(path)
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as e:
+        raise InvalidModelError(
+            f"{path} is not a valid zip ({_one_line(e)}); re-download or re-export the model package"
+        ) from e
+    except OSError as e:
+        raise InvalidModelError(
+            f"cannot open model zip {path}: {_one_line(e.strerror or e)}; check the path and its permissions"
+        ) from e
+    with zf:
+        infos = zf.infolist()
+    total = 0
+    top_level: set[str] = set()
+    for info in infos:
+        name = info.filename
+        fix = "do not use this archive; get the package again from a trusted source"
+        # Windows tools may write backslash separators, which zipfile would keep as part of a name
+        parts = name.replace("\\", "/").split("/")
+        if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":" and name[0].isalpha()):
+            raise UnsafeArchiveError(f"zip {path} has an entry with an absolute path {name!r}; {fix}")
+        if ".." in parts:
+            raise UnsafeArchiveError(
+                f"zip {path} has an entry {name!r} that points outside the package; {fix}"
+            )
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise UnsafeArchiveError(f"zip {path} has a symlink entry {name!r}; {fix}")
+        if info.file_size > max_entry_bytes:
+            raise UnsafeArchiveError(
+                f"zip {path} entry {name!r} unpacks to {info.file_size} bytes, above the limit of "
+                f"{max_entry_bytes}; raise max_entry_bytes if you trust this package"
+            )
+        total += info.file_size
+        if total > max_total_bytes:
+            raise UnsafeArchiveError(
+                f"zip {path} unpacks to more than {max_total_bytes} bytes (reached at entry {name!r}); "
+                "raise max_total_bytes if you trust this package"
+            )
+        if len(parts) == 1:
+            top_level.add(name)
+    if not any(_is_rdf_name(n) for n in top_level):
+        raise InvalidModelError(
+            f"zip {path} has no rdf.yaml or bioimageio.yaml at its top level; "
+            "pass a bioimageio model package (e.g. one saved with bioimageio.spec.save_bioimageio_package)"
+        )
+
+
+def safe_extract_zip(path: Path, dest: Path) -> Path:
+    """Extract a model zip into ``dest`` after :func:`check_zip`, never writing outside ``dest``.
+
+    Parameters
+    ----------
+    path : Path
+        The .zip package.
+    dest : Path
+        Folder to extract into; created if missing.
+
+    Returns
+    -------
+    Path
+        ``dest``.
+
+    Raises
+    ------
+    UnsafeArchiveError, InvalidModelError
+        As :func:`check_zip`; nothing is written when an entry is unsafe.
+
+    Examples
+    --------
+    >>> import tempfile, zipfile
+    >>> tmp = Path(tempfile.mkdtemp())
+    >>> with zipfile.ZipFile(tmp / "m.zip", "w") as zf:
+    ...     zf.writestr("rdf.yaml", "type: model\\n")
+    >>> (safe_extract_zip(tmp / "m.zip", tmp / "out") / "rdf.yaml").is_file()
+    True
+    """
+    path = Path(path)
+    dest = Path(dest)
+    check_zip(path)
+    dest.mkdir(parents=True, exist_ok=True)
+    root = dest.resolve()
+    with zipfile.ZipFile(path) as zf:
+        # every target is resolved before the first write, so a symlink already inside dest
+        # cannot redirect an entry after part of the archive has been written
+        plan: list[tuple[zipfile.ZipInfo, Path]] = []
+        for info in zf.infolist():
+            target = (root / info.filename.replace("\\", "/")).resolve()
+            if target != root and not target.is_relative_to(root):
+                raise UnsafeArchiveError(
+                    f"zip {path} entry {info.filename!r} would be written outside {dest}; "
+                    "extract into an empty folder without symlinks"
+                )
+            plan.append((info, target))
+        for info, target in plan:
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, open(target, "wb") as out:
+                shutil.copyfileobj(src, out)
+    return dest
+
+
+def _fetch_text(url: str) -> str:
+    import httpx
+
+    try:
+        response = httpx.get(url, timeout=_INDEX_TIMEOUT_S, follow_redirects=True)
+        response.raise_for_status()
+    except httpx.HTTPError as e:
+        raise InvalidIndexError(
+            f"cannot download collection index {url}: {_one_line(e)}; check the URL and your connection, "
+            "or pass a local copy of the index"
+        ) from e
+    return response.text
+
+
+def _resolve_entry(raw: str, base: str | Path) -> str:
+    if _is_url(raw):
+        return raw
+    if isinstance(base, str):
+        return urljoin(base, raw)
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        path = base / path
+    path = path.resolve()
+    if path.is_dir():
+        rdf = _rdf_in_folder(path)
+        if rdf is not None:
+            return str(rdf)
+    return str(path)
+
+
+def _display_name(model_id: str) -> str:
+    return model_id.removeprefix(_ZOO_ID_PREFIX)
+
+
+def read_collection_index(path_or_url: str | Path) -> list[ModelSource]:
+    """Read the models listed in a zoo collection index.
+
+    Two shapes are accepted: the current index
+    ``{"items": [{"id", "type", "versions": [{"version", "source", ...}]}]}``, where the last
+    version is taken as the latest, and the legacy ``collection.json``
+    ``{"collection": [{"id", "type", "rdf_source", ...}]}``. Only entries with
+    ``type == "model"`` are kept. Relative sources resolve against the index's folder (or URL).
+
+    Parameters
+    ----------
+    path_or_url : str or Path
+        Local path or http(s) URL of the index JSON.
+
+    Returns
+    -------
+    list of ModelSource
+        One per model, of kind ``"index"``, in index order.
+
+    Raises
+    ------
+    InvalidIndexError
+        The index cannot be read, is not JSON, or does not have either shape.
+
+    Examples
+    --------
+    >>> import json, tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "index.json"
+    >>> _ = p.write_text(json.dumps({"items": [{"id": "bioimage-io/affable-shark", "type": "model",
+    ...     "versions": [{"version": "1", "source": "https://x.org/v1/rdf.yaml"},
+    ...                  {"version": "2", "source": "https://x.org/v2/rdf.yaml"}]}]}))
+    >>> [(s.name, s.location) for s in read_collection_index(p)]
+    [('affable-shark', 'https://x.org/v2/rdf.yaml')]
+    """
+    spec = str(path_or_url)
+    base: str | Path
+    if _is_url(spec):
+        text = _fetch_text(spec)
+        base = spec
+    else:
+        path = Path(spec).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise InvalidIndexError(
+                f"cannot read collection index {path}: {_one_line(getattr(e, 'strerror', None) or e)}; "
+                "check the path"
+            ) from e
+        base = path.resolve().parent
+    try:
+        content = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidIndexError(
+            f"collection index {spec} is not valid JSON ({_one_line(e)}); pass the zoo's index.json "
+            "or a collection.json"
+        ) from e
+
+    if isinstance(content, dict) and isinstance(content.get("items"), list):
+        entries = [(item, _latest_source(item, spec)) for item in content["items"] if _is_model(item, spec)]
+    elif isinstance(content, dict) and isinstance(content.get("collection"), list):
+        entries = [
+            (item, _legacy_source(item, spec)) for item in content["collection"] if _is_model(item, spec)
+        ]
+    else:
+        raise InvalidIndexError(
+            f"collection index {spec} has neither an 'items' list (current zoo index) nor a 'collection' "
+            "list (legacy collection.json); pass the zoo's index.json"
+        )
+
+    sources: list[ModelSource] = []
+    for item, raw in entries:
+        model_id = item.get("id")
+        if not isinstance(model_id, str) or not model_id:
+            raise InvalidIndexError(
+                f"collection index {spec} has a model entry without an 'id' (source {raw!r}); fix the index"
+            )
+        name = item.get("nickname") if isinstance(item.get("nickname"), str) else None
+        sources.append(
+            ModelSource(
+                name=name or _display_name(model_id),
+                source=raw,
+                kind="index",
+                location=_resolve_entry(raw, base),
+            )
+        )
+    return sources
+
+
+def _is_model(item: Any, spec: str) -> bool:
+    if not isinstance(item, dict):
+        raise InvalidIndexError(f"collection index {spec} has an entry that is not an object: {item!r:.80}")
+    return item.get("type") == "model"
+
+
+def _latest_source(item: dict[str, Any], spec: str) -> str:
+    versions = item.get("versions")
+    if not isinstance(versions, list) or not versions:
+        raise InvalidIndexError(
+            f"collection index {spec}: model {item.get('id')!r} has no 'versions' list; "
+            "fix or update the index"
+        )
+    latest = versions[-1]
+    source = latest.get("source") if isinstance(latest, dict) else None
+    if not isinstance(source, str) or not source:
+        raise InvalidIndexError(
+            f"collection index {spec}: the last version of model {item.get('id')!r} has no 'source'; "
+            "fix or update the index"
+        )
+    return source
+
+
+def _legacy_source(item: dict[str, Any], spec: str) -> str:
+    source = item.get("rdf_source")
+    if not isinstance(source, str) or not source:
+        raise InvalidIndexError(
+            f"collection index {spec}: model {item.get('id')!r} has no 'rdf_source'; fix or update the index"
+        )
+    return source
+
+
+def _zip_source(path: Path, spec: str) -> ModelSource:
+    check_zip(path)
+    return ModelSource(name=path.stem, source=spec, kind="zip", location=str(path.resolve()))
+
+
+def _extracted(source: ModelSource, extract_dir: Path) -> ModelSource:
+    extract_dir.mkdir(parents=True, exist_ok=True)
+    # a fresh folder per zip: two packages with the same stem never overwrite each other
+    dest = Path(tempfile.mkdtemp(prefix=f"{source.name}-", dir=extract_dir))
+    safe_extract_zip(Path(source.location), dest)
+    rdf = _rdf_in_folder(dest)
+    return replace(source, location=str((rdf or dest).resolve()))
+
+
+def _folder_of_packages(folder: Path) -> list[ModelSource]:
+    found: list[ModelSource] = []
+    for child in sorted(folder.iterdir(), key=lambda p: p.name):
+        if child.name.startswith("."):
+            continue
+        if child.is_dir():
+            rdf = _rdf_in_folder(child)
+            if rdf is not None:
+                found.append(
+                    ModelSource(
+                        name=child.name, source=str(child), kind="folder", location=str(rdf.resolve())
+                    )
+                )
+        elif child.is_file() and child.suffix.lower() == ".zip":
+            found.append(_zip_source(child, str(child)))
+    if not found:
+        raise InvalidModelError(
+            f"no model packages found in {folder}: expected an rdf.yaml or bioimageio.yaml in it, "
+            "or subfolders with one, or .zip packages; pass a package folder, a .zip or a folder of packages"
+        )
+    return found
+
+
+def _find_one(spec: str | Path) -> list[ModelSource]:
+    text = str(spec)
+    if isinstance(spec, str) and _is_url(text):
+        if PurePosixPath(urlparse(text).path).suffix.lower() == ".json":
+            return read_collection_index(text)
+        name = PurePosixPath(urlparse(text).path).parent.name or text
+        return [ModelSource(name=name, source=text, kind="url", location=text)]
+
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise InvalidModelError(f"model source {text} does not exist; pass {_ACCEPTED}")
+    if path.is_dir():
+        rdf = _rdf_in_folder(path)
+        if rdf is not None:
+            return [
+                ModelSource(name=path.resolve().name, source=text, kind="folder", location=str(rdf.resolve()))
+            ]
+        return _folder_of_packages(path)
+    suffix = path.suffix.lower()
+    if _is_rdf_name(path.name):
+        return [
+            ModelSource(
+                name=path.resolve().parent.name, source=text, kind="rdf", location=str(path.resolve())
+            )
+        ]
+    if suffix == ".zip":
+        return [_zip_source(path, text)]
+    if suffix == ".json":
+        return read_collection_index(path)
+    raise InvalidModelError(f"cannot use {text} as a model source (unsupported file type); pass {_ACCEPTED}")
+
+
+def find_models(specs: Sequence[str | Path], *, extract_dir: Path | None = None) -> list[ModelSource]:
+    """Work out where each model is, from what the user passed on the command line.
+
+    Each spec may be an ``rdf.yaml``/``bioimageio.yaml`` file, a package folder holding one,
+    a ``.zip`` package (checked with :func:`check_zip`), a folder of packages (every direct
+    subfolder with an rdf.yaml and every direct ``*.zip``, sorted by name), a collection
+    index ``.json`` (local or http(s), see :func:`read_collection_index`) or an http(s) URL
+    of an rdf.yaml or zip, which is passed through without downloading.
+
+    Parameters
+    ----------
+    specs : sequence of str or Path
+        What the user passed; strings starting with ``http://`` or ``https://`` are URLs.
+    extract_dir : Path, optional
+        If given, local zips are extracted with :func:`safe_extract_zip` into a new
+        subfolder of it and ``location`` points to the extracted rdf.yaml. By default
+        ``location`` is the zip itself, which bioimageio reads directly.
+
+    Returns
+    -------
+    list of ModelSource
+        In the order of ``specs``; a location found twice is kept once, at its first place.
+
+    Raises
+    ------
+    InvalidModelError
+        A spec does not exist, is of an unsupported type, or is a folder without packages.
+    UnsafeArchiveError
+        A local zip holds unsafe entries.
+    InvalidIndexError
+        A collection index cannot be read.
+
+    Examples
+    --------
+    >>> [s.kind for s in find_models(["https://example.org/models/unet/rdf.yaml"])]
+    ['url']
+    """
+    if isinstance(specs, str | Path):
+        raise InvalidModelError(
+            f"find_models expects a list of model sources, got the single value {specs}; wrap it in a list"
+        )
+    sources: list[ModelSource] = []
+    seen: set[str] = set()
+    for spec in specs:
+        for source in _find_one(spec):
+            if source.location not in seen:
+                seen.add(source.location)
+                sources.append(source)
+    if extract_dir is not None:
+        sources = [_extracted(s, Path(extract_dir)) if s.kind == "zip" else s for s in sources]
+    return sources

@@ -1,0 +1,165 @@
+"""Training small UNets on synthetic domains: how the demo zoo's models are made.
+
+The normalisations here reproduce bioimageio.core's ``zero_mean_unit_variance`` and
+``scale_range`` exactly (same eps, ddof=0 std, linear quantiles), so a network trained here
+sees at training time what the packaged pipeline feeds it at prediction time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from skimage.segmentation import find_boundaries
+
+from bioimage_cte.synthetic import Domain, render_many
+
+Preprocessing = Literal["zero_mean_unit_variance", "scale_range"]
+Outputs = Literal["foreground", "foreground+boundary"]
+
+#: Percentiles of the ``scale_range`` preprocessing used by the demo zoo.
+PERCENTILES = (1.0, 99.8)
+EPS = 1e-6
+
+
+def normalize(image: np.ndarray, *, method: Preprocessing) -> np.ndarray:
+    """Normalise a 2-D image exactly as the packaged bioimageio preprocessing does.
+
+    Examples
+    --------
+    >>> x = np.array([[0.0, 2.0], [4.0, 6.0]], dtype=np.float32)
+    >>> normalize(x, method="zero_mean_unit_variance").round(3).tolist()
+    [[-1.342, -0.447], [0.447, 1.342]]
+    """
+    x = image.astype(np.float32)
+    if method == "zero_mean_unit_variance":
+        return ((x - x.mean()) / (x.std() + EPS)).astype(np.float32)
+    if method == "scale_range":
+        lo, hi = np.quantile(x, [PERCENTILES[0] / 100, PERCENTILES[1] / 100])
+        return ((x - lo) / (hi - lo + EPS)).astype(np.float32)
+    raise ValueError(f"unknown preprocessing {method!r}: use 'zero_mean_unit_variance' or 'scale_range'")
+
+
+def targets_from_labels(labels: np.ndarray, *, outputs: Outputs) -> np.ndarray:
+    """Training targets (channel, y, x): foreground, and the thick instance boundaries if asked."""
+    foreground = (labels > 0).astype(np.float32)
+    if outputs == "foreground":
+        return foreground[None]
+    boundary = find_boundaries(labels, mode="thick").astype(np.float32)
+    return np.stack([foreground, boundary])
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How one model is trained.
+
+    Parameters
+    ----------
+    features, depth : int
+        UNet width at the first level and number of down-samplings.
+    steps : int
+        Optimiser steps (the under-trained demo model uses very few).
+    batch_size, patch : int
+        Patches per step and their side length (a multiple of ``2**depth``).
+    pool_size, pool_shape : int, (int, int)
+        Number and size of pre-rendered images patches are cut from.
+    learning_rate : float
+        Adam learning rate.
+    seed : int
+        Seeds data, initialisation and batches; the same seed gives the same weights.
+    """
+
+    features: int = 8
+    depth: int = 2
+    steps: int = 400
+    batch_size: int = 8
+    patch: int = 96
+    pool_size: int = 48
+    pool_shape: tuple[int, int] = (128, 128)
+    learning_rate: float = 3e-3
+    seed: int = 0
+
+
+def _loss(logits, target):
+    import torch
+
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    prob = torch.sigmoid(logits)
+    inter = (prob * target).sum(dim=(0, 2, 3))
+    dice = 1 - (2 * inter + 1) / (prob.sum(dim=(0, 2, 3)) + target.sum(dim=(0, 2, 3)) + 1)
+    return bce + dice.mean()
+
+
+def _batch(pool_x: np.ndarray, pool_y: np.ndarray, cfg: TrainingConfig, rng: np.random.Generator):
+    idx = rng.integers(0, len(pool_x), cfg.batch_size)
+    xs, ys = [], []
+    for i in idx:
+        y0 = rng.integers(0, pool_x.shape[1] - cfg.patch + 1)
+        x0 = rng.integers(0, pool_x.shape[2] - cfg.patch + 1)
+        x = pool_x[i, y0 : y0 + cfg.patch, x0 : x0 + cfg.patch]
+        y = pool_y[i, :, y0 : y0 + cfg.patch, x0 : x0 + cfg.patch]
+        k = int(rng.integers(4))
+        x, y = np.rot90(x, k), np.rot90(y, k, axes=(1, 2))
+        if rng.random() < 0.5:
+            x, y = x[:, ::-1], y[:, :, ::-1]
+        xs.append(x[None])
+        ys.append(y)
+    return np.ascontiguousarray(np.stack(xs)), np.ascontiguousarray(np.stack(ys))
+
+
+def train_unet(
+    domain: Domain,
+    *,
+    preprocessing: Preprocessing,
+    outputs: Outputs = "foreground",
+    config: TrainingConfig = TrainingConfig(),
+    label_filter: Callable[[np.ndarray], np.ndarray] | None = None,
+):
+    """Train a :class:`~bioimage_cte.archs.unet.UNet2d` on images rendered from ``domain``.
+
+    Parameters
+    ----------
+    domain : Domain
+        Training domain.
+    preprocessing : {"zero_mean_unit_variance", "scale_range"}
+        Normalisation applied per image, as the package will declare it.
+    outputs : {"foreground", "foreground+boundary"}
+        One foreground channel, or foreground and instance-boundary channels.
+    config : TrainingConfig
+        Size, budget and seed.
+    label_filter : callable, optional
+        Maps instance labels to the labels to learn (a "mismatched task" model learns only some objects).
+
+    Returns
+    -------
+    torch.nn.Module
+        The trained network in eval mode (outputs logits).
+    """
+    import torch
+
+    from bioimage_cte.archs.unet import UNet2d
+
+    rng = np.random.default_rng(config.seed)
+    images, labels = render_many(domain, config.pool_size, config.pool_shape, rng=rng)
+    if label_filter is not None:
+        labels = np.stack([label_filter(lab) for lab in labels])
+    pool_x = np.stack([normalize(im, method=preprocessing) for im in images])
+    pool_y = np.stack([targets_from_labels(lab, outputs=outputs) for lab in labels])
+    n_out = 1 if outputs == "foreground" else 2
+    # fork_rng keeps the caller's global torch RNG untouched while seeding initialisation.
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        net = UNet2d(1, n_out, features=config.features, depth=config.depth)
+    opt = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(config.steps, 1))
+    net.train()
+    for _ in range(config.steps):
+        x, y = _batch(pool_x, pool_y, config, rng)
+        opt.zero_grad()
+        loss = _loss(net(torch.from_numpy(x)), torch.from_numpy(y))
+        loss.backward()
+        opt.step()
+        sched.step()
+    return net.eval()

@@ -1,0 +1,93 @@
+"""The transfer matrix: true performance of every zoo model on every labelled target.
+
+This is the ground truth a ranking is judged against. A target is a folder with ``images/``
+and ``labels/`` (same file stems). For every model and target the CSV holds the mean over images
+of foreground Dice (threshold 0.5), instance F1 at IoU 0.5 and mean AP over IoU 0.5:0.05:0.95
+(instances by seeded watershed for models with a boundary channel, connected components otherwise).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bioimage_cte.errors import InvalidImageError
+from bioimage_cte.images import list_images, load_labels
+from bioimage_cte.ranking import METRICS, ModelFailure, rank_models, true_performance
+from bioimage_cte.sources import find_models
+
+
+@dataclass(frozen=True)
+class TransferRow:
+    """One cell of the transfer matrix."""
+
+    model: str
+    target: str
+    metric: str
+    value: float
+
+
+def find_targets(data: Path) -> dict[str, Path]:
+    """Labelled targets under ``data``: every subfolder holding ``images/`` and ``labels/``."""
+    targets = {p.name: p for p in sorted(Path(data).iterdir()) if (p / "images").is_dir() and (p / "labels").is_dir()}
+    if not targets:
+        raise InvalidImageError(f"no labelled targets in {data}: expected subfolders with images/ and labels/")
+    return targets
+
+
+def compute_transfer_matrix(
+    zoo: Path | Sequence[str],
+    data: Path,
+    *,
+    devices: Sequence[str] = ("cpu",),
+    on_image: Callable[[], None] | None = None,
+) -> tuple[list[TransferRow], list[ModelFailure]]:
+    """Evaluate every model in ``zoo`` on every labelled target in ``data``."""
+    sources = find_models([zoo] if isinstance(zoo, Path) else zoo)
+    rows: list[TransferRow] = []
+    failures: list[ModelFailure] = []
+    for target, folder in find_targets(data).items():
+        paths = list_images(folder / "images")
+        labels = load_labels(paths, folder / "labels")
+        results, failed = rank_models(sources, paths, [], labels=labels, devices=devices, on_image=on_image)
+        failures.extend(failed)
+        for model, metrics in true_performance(results).items():
+            rows.extend(TransferRow(model, target, m, metrics[m]) for m in METRICS if m in metrics)
+    return rows, failures
+
+
+def write_transfer_matrix(rows: Sequence[TransferRow], path: Path) -> None:
+    """Write rows as CSV (model, target, metric, value), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["model", "target", "metric", "value"])
+        writer.writerows([r.model, r.target, r.metric, f"{r.value:.6f}"] for r in rows)
+    tmp.replace(path)
+
+
+def read_transfer_matrix(path: Path) -> list[TransferRow]:
+    """Read a transfer-matrix CSV."""
+    with Path(path).open(newline="") as f:
+        return [TransferRow(r["model"], r["target"], r["metric"], float(r["value"])) for r in csv.DictReader(f)]
+
+
+def summarize(rows: Sequence[TransferRow], *, metric: str = "dice") -> dict[str, dict[str, float | str]]:
+    """Best, median and worst model per target for one metric."""
+    out: dict[str, dict[str, float | str]] = {}
+    for target in dict.fromkeys(r.target for r in rows):
+        cells = sorted((r.value, r.model) for r in rows if r.target == target and r.metric == metric)
+        values = [v for v, _ in cells]
+        out[target] = {"best": cells[-1][0], "best_model": cells[-1][1], "median": float(np.median(values)),
+                       "worst": cells[0][0], "worst_model": cells[0][1]}
+    return out
+
+
+def true_scores(rows: Sequence[TransferRow], target: str, *, metric: str = "dice") -> dict[str, float]:
+    """Model -> true score on one target."""
+    return {r.model: r.value for r in rows if r.target == target and r.metric == metric}

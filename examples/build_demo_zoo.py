@@ -1,0 +1,158 @@
+"""Rebuild the demo zoo and the synthetic target datasets, deterministically from seeds.
+
+    python examples/build_demo_zoo.py            # models + synthetic targets (about 10 minutes on 2 cores)
+    python examples/build_demo_zoo.py --only data
+
+Models are written to ``resources/zoo/<name>.zip`` (real bioimageio packages), synthetic targets
+to ``resources/data/<target>/{images,labels}/*.tif``. The real DSB2018 target is not rebuilt
+here: its tiles are committed (see ``resources/data/dsb2018/PROVENANCE.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from skimage.morphology import remove_small_objects
+
+from bioimage_cte.packaging import PackageInfo, build_package
+from bioimage_cte.synthetic import DOMAINS, TARGET_DOMAINS, render
+from bioimage_cte.training import Outputs, Preprocessing, TrainingConfig, train_unet
+
+ROOT = Path(__file__).resolve().parents[1]
+ZOO = ROOT / "resources" / "zoo"
+DATA = ROOT / "resources" / "data"
+TARGET_IMAGES, TARGET_SHAPE = 8, (256, 256)
+
+
+def large_objects_only(labels: np.ndarray) -> np.ndarray:
+    """The 'mismatched task': learn only nuclei larger than 250 px, as if small ones were debris."""
+    return remove_small_objects(labels, max_size=250)
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    name: str
+    domain: str
+    description: str
+    preprocessing: Preprocessing
+    outputs: Outputs = "foreground"
+    features: int = 8
+    depth: int = 2
+    steps: int = 400
+    seed: int = 0
+    large_only: bool = False
+    tags: tuple[str, ...] = ()
+
+
+MODELS = [
+    ZooModel("nuclei-small-bright", "nuclei-small-bright", "Small bright fluorescent nuclei, high SNR.",
+             "zero_mean_unit_variance", seed=1, tags=("nuclei", "fluorescence")),
+    ZooModel("nuclei-large-sparse", "nuclei-large-sparse", "Large, sparse, textured fluorescent nuclei.",
+             "scale_range", features=16, depth=3, seed=2, tags=("nuclei", "fluorescence")),
+    ZooModel("nuclei-dim-blurry", "nuclei-dim-blurry", "Dim, blurred nuclei under uneven illumination.",
+             "scale_range", seed=3, tags=("nuclei", "fluorescence")),
+    ZooModel("nuclei-dense-textured", "nuclei-dense-textured", "Dense, touching, textured nuclei.",
+             "zero_mean_unit_variance", features=16, depth=3, seed=4, tags=("nuclei", "fluorescence")),
+    ZooModel("cells-brightfield", "cells-brightfield", "Brightfield-like cells with dark rims.",
+             "zero_mean_unit_variance", seed=5, tags=("cells", "brightfield")),
+    ZooModel("em-organelles", "em-organelles", "EM-like organelles (mitochondria) with dark membranes.",
+             "zero_mean_unit_variance", seed=6, tags=("mitochondria", "electron-microscopy")),
+    ZooModel("nuclei-touching-instance", "nuclei-touching",
+             "Touching fluorescent nuclei; foreground and boundary probabilities for watershed instances.",
+             "zero_mean_unit_variance", outputs="foreground+boundary", features=16, depth=3, steps=500,
+             seed=7, tags=("nuclei", "fluorescence", "instance-segmentation")),
+    ZooModel("cells-brightfield-instance", "cells-touching-brightfield",
+             "Touching brightfield-like cells; foreground and boundary probabilities.",
+             "scale_range", outputs="foreground+boundary", steps=500, seed=8,
+             tags=("cells", "brightfield", "instance-segmentation")),
+    ZooModel("weak-nuclei-undertrained", "nuclei-generic", "Deliberately weak: stopped after 15 steps.",
+             "zero_mean_unit_variance", steps=15, seed=9, tags=("nuclei", "weak")),
+    ZooModel("weak-nuclei-tiny", "nuclei-generic", "Deliberately weak: 2 channels at the first level.",
+             "zero_mean_unit_variance", features=2, seed=10, tags=("nuclei", "weak")),
+    ZooModel("weak-nuclei-large-only", "nuclei-generic",
+             "Deliberately mismatched task: segments only nuclei larger than 250 px.",
+             "scale_range", seed=11, large_only=True, tags=("nuclei", "weak")),
+]
+
+
+def build_model(model: ZooModel) -> tuple[str, float]:
+    import torch
+
+    torch.set_num_threads(1)  # two workers on two cores beat one worker with two threads on tiny convs
+    start = time.perf_counter()
+    config = TrainingConfig(features=model.features, depth=model.depth, steps=model.steps, seed=model.seed)
+    net = train_unet(
+        DOMAINS[model.domain],
+        preprocessing=model.preprocessing,
+        outputs=model.outputs,
+        config=config,
+        label_filter=large_objects_only if model.large_only else None,
+    )
+    test_image, _ = render(DOMAINS[model.domain], (128, 128), rng=1000 + model.seed)
+    info = PackageInfo(
+        name=model.name,
+        description=model.description,
+        tags=("segmentation", "unet2d", "2d", "pytorch", "bioimage-cte-demo", *model.tags),
+        documentation=_readme(model),
+        config={"synthetic_training_domain": model.domain, "training": vars(config) | {"pool_shape": [128, 128]}},
+    )
+    build_package(net, test_image, ZOO / f"{model.name}.zip", info=info, preprocessing=model.preprocessing,
+                  outputs=model.outputs, features=model.features, depth=model.depth)
+    return model.name, time.perf_counter() - start
+
+
+def _readme(model: ZooModel) -> str:
+    return (
+        f"# {model.name}\n\n{model.description}\n\n"
+        "A demo model of the bioimage-cte project: a small 2D UNet trained on **synthetic** images "
+        f"of the `{model.domain}` domain (`bioimage_cte.synthetic.DOMAINS`), preprocessing "
+        f"`{model.preprocessing}`, outputs `{model.outputs}` (sigmoid probabilities).\n\n"
+        "## Validation\n\nTrue performance on the shipped target datasets is in "
+        "`resources/zoo/transfer_matrix.csv` of the bioimage-cte repository.\n"
+    )
+
+
+def build_targets() -> None:
+    for t, (name, domain) in enumerate(TARGET_DOMAINS.items()):
+        images, labels = DATA / name / "images", DATA / name / "labels"
+        images.mkdir(parents=True, exist_ok=True)
+        labels.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(5000 + t)
+        for i in range(TARGET_IMAGES):
+            image, label = render(domain, TARGET_SHAPE, rng=rng)
+            tifffile.imwrite(images / f"{name}_{i:02d}.tif", image)
+            tifffile.imwrite(labels / f"{name}_{i:02d}.tif", label.astype(np.uint16))
+        (DATA / name / "PROVENANCE.md").write_text(
+            f"# {name} (synthetic)\n\nGenerated by `python examples/build_demo_zoo.py --only data` from "
+            f"`bioimage_cte.synthetic.TARGET_DOMAINS['{name}']` with seed {5000 + t}: {TARGET_IMAGES} images "
+            f"of {TARGET_SHAPE[0]}x{TARGET_SHAPE[1]} float32 camera units, instance labels uint16.\n"
+            "Synthetic data, not microscopy. Licence: CC0-1.0 (made by the bioimage-cte project).\n"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=["models", "data"], help="build only the models or only the data")
+    parser.add_argument("--models", nargs="*", help="names of the models to rebuild (default: all)")
+    parser.add_argument("--workers", type=int, default=2, help="parallel training processes")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    if args.only != "models":
+        build_targets()
+        print(f"targets built in {time.perf_counter() - start:.1f} s")
+    if args.only != "data":
+        chosen = [m for m in MODELS if not args.models or m.name in args.models]
+        with ProcessPoolExecutor(max_workers=args.workers) as pool:
+            for name, seconds in pool.map(build_model, chosen):
+                print(f"{name}: {seconds:.1f} s")
+    print(f"total {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

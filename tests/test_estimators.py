@@ -1,0 +1,84 @@
+"""Estimators on real models: reproducibility, registry, and the interface."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bioimage_cte.cli import ESTIMATOR_NAMES
+from bioimage_cte.estimators import (
+    ESTIMATORS,
+    LABEL_FREE,
+    ConsensusAgreement,
+    CTEDropout,
+    CTEInput,
+    Estimator,
+    make_estimator,
+)
+from bioimage_cte.images import list_images, load_labels
+from bioimage_cte.ranking import build_ranking, rank_models
+from bioimage_cte.sources import find_models
+
+
+def test_registry_matches_the_cli_and_the_protocol():
+    assert set(ESTIMATOR_NAMES) == set(LABEL_FREE)
+    assert set(LABEL_FREE) < set(ESTIMATORS)
+    for name in ESTIMATORS:
+        estimator = make_estimator(name)
+        assert isinstance(estimator, Estimator)
+        assert estimator.name == name
+
+
+def test_make_estimator_validates_options():
+    with pytest.raises(ValueError, match="unknown estimator"):
+        make_estimator("oracle")
+    with pytest.raises(ValueError, match="0 <= p < 1"):
+        CTEDropout(p=1.5)
+    with pytest.raises(ValueError, match="unknown input perturbation"):
+        CTEInput(kind="blur")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="consistency"):
+        CTEDropout(consistency="dice")  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def two_models(package, instance_package):
+    return find_models([package, instance_package])
+
+
+def test_seeds_reproduce_scores_exactly(two_models, dsb_images):
+    estimators = [CTEDropout(p=0.3), CTEInput(strength=0.15)]
+    first, _ = rank_models(two_models, dsb_images[:2], estimators, seed=3)
+    again, _ = rank_models(two_models, dsb_images[:2], estimators, seed=3)
+    other, _ = rank_models(two_models, dsb_images[:2], estimators, seed=4)
+    for a, b, c in zip(first, again, other, strict=True):
+        assert a.per_image == b.per_image
+        assert a.per_image["cte-input"] != c.per_image["cte-input"]
+        assert all(0.0 <= v <= 1.0 for v in a.per_image["cte-dropout"])
+
+
+def test_instance_consistency_uses_watershed_for_boundary_models(two_models, dsb_images):
+    results, failures = rank_models(two_models, dsb_images[:1], [CTEDropout(consistency="instance")])
+    assert not failures
+    assert all(0.0 <= r.per_image["cte-dropout"][0] <= 1.0 for r in results)
+
+
+def test_consensus_and_ranking_order(two_models):
+    masks = [[np.eye(4, dtype=bool)], [np.eye(4, dtype=bool)], [np.zeros((4, 4), bool)]]
+    scores = ConsensusAgreement().score_models(masks)
+    assert scores[0] == [1.0] and scores[2] == [0.0]
+
+
+def test_evaluation_inputs_are_labelled_images(dsb_images):
+    labels = load_labels(list_images(dsb_images[0].parent), dsb_images[0].parent.parent / "labels")
+    assert len(labels) == 4 and all(lab.max() > 10 for lab in labels)
+
+
+def test_models_without_foreground_rank_last_with_a_note(two_models, tmp_path):
+    import tifffile
+
+    blank = tmp_path / "blank.tif"
+    tifffile.imwrite(blank, np.zeros((96, 96), np.float32))
+    results, _ = rank_models(two_models, [blank], [CTEDropout()])
+    ranking = build_ranking(results, CTEDropout())
+    assert all(s.n_empty == 1 for s in ranking.scores)
+    assert all("no foreground" in s.note for s in ranking.scores)

@@ -1,0 +1,72 @@
+"""The demo zoo: real bioimageio packages that load offline and reproduce their test outputs."""
+
+from __future__ import annotations
+
+import csv
+import zipfile
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bioimage_cte.synthetic import DOMAINS, TARGET_DOMAINS
+
+ROOT = Path(__file__).resolve().parents[1]
+ZOO = ROOT / "resources" / "zoo"
+PACKAGES = sorted(ZOO.glob("*.zip"))
+
+
+def test_zoo_has_enough_varied_models():
+    assert len(PACKAGES) >= 8
+    rdfs = [yaml.safe_load(zipfile.ZipFile(p).read("rdf.yaml")) for p in PACKAGES]
+    channels = [len(r["outputs"][0]["axes"][1]["channel_names"]) for r in rdfs]
+    assert channels.count(2) >= 2  # foreground + boundary models for instance segmentation
+    sizes = {r["weights"]["pytorch_state_dict"]["architecture"]["kwargs"]["features"] for r in rdfs}
+    assert len(sizes) >= 3
+    for r in rdfs:
+        assert set(r["weights"]) == {"pytorch_state_dict", "torchscript"}
+        assert all("github_user" not in a for a in r["authors"])
+        assert r["outputs"][0]["postprocessing"][-1]["id"] in ("sigmoid", "ensure_dtype")
+    assert sum(p.stat().st_size for p in PACKAGES) < 30 * 1024**2
+
+
+@pytest.mark.parametrize("package", PACKAGES, ids=[p.stem for p in PACKAGES])
+def test_package_loads_offline_and_passes_test_model(package):
+    from bioimageio.core import test_model
+    from bioimageio.spec import load_description
+    from bioimageio.spec.model.v0_5 import ModelDescr
+
+    descr = load_description(package, perform_io_checks=True)
+    assert isinstance(descr, ModelDescr), descr.validation_summary.format()
+    summary = test_model(package, devices=["cpu"])
+    failed = [(d.name, [e.msg for e in d.errors]) for d in summary.details if d.status == "failed"]
+    assert summary.status == "passed", failed
+
+
+def test_targets_are_not_training_domains():
+    assert not set(TARGET_DOMAINS.values()) & set(DOMAINS.values())
+    targets = [p for p in (ROOT / "resources" / "data").iterdir() if (p / "labels").is_dir()]
+    assert len(targets) >= 5
+    for target in targets:
+        assert (target / "PROVENANCE.md").is_file()
+        assert len(list((target / "images").glob("*.tif"))) == len(list((target / "labels").glob("*.tif"))) >= 4
+
+
+def test_transfer_matrix_spreads_on_every_target():
+    """Done-when of the foundation issue: best - worst Dice >= 0.3 per target; few ties."""
+    table: dict[str, dict[str, float]] = defaultdict(dict)
+    with (ZOO / "transfer_matrix.csv").open() as f:
+        for row in csv.DictReader(f):
+            if row["metric"] == "dice":
+                table[row["target"]][row["model"]] = float(row["value"])
+    assert len(table) >= 5
+    ties: dict[tuple[str, str], int] = defaultdict(int)
+    for target, scores in table.items():
+        assert len(scores) == len(PACKAGES), target
+        assert max(scores.values()) - min(scores.values()) >= 0.3, target
+        names = sorted(scores)
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                ties[a, b] += abs(scores[a] - scores[b]) < 0.01
+    assert max(ties.values()) <= len(table) // 2, {k: v for k, v in ties.items() if v > len(table) // 2}
