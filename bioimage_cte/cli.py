@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,12 +31,12 @@ ESTIMATOR_NAMES = ("cte-dropout", "cte-input", "confidence", "entropy", "tta", "
 Estimator = Enum("Estimator", {n.replace("-", "_"): n for n in ESTIMATOR_NAMES}, type=str)  # type: ignore[misc]
 
 
-class Task(str, Enum):
+class Task(StrEnum):
     semantic = "semantic"
     instance = "instance"
 
 
-class Perturbation(str, Enum):
+class Perturbation(StrEnum):
     gaussian = "gaussian"
     brightness = "brightness"
     contrast = "contrast"

@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from bioimage_cte.consistency import Aggregate, aggregate, hard_consistency, instance_consistency, soft_consistency
+from bioimage_cte.consistency import (
+    Aggregate,
+    aggregate,
+    hard_consistency,
+    instance_consistency,
+    soft_consistency,
+)
 from bioimage_cte.evaluation import dice, foreground_dice
 from bioimage_cte.perturbations import (
     DEFAULT_DROPOUT,

@@ -63,7 +63,12 @@ def load_model(location: str, *, perform_io_checks: bool = True) -> v0_5.ModelDe
     from bioimageio.spec import InvalidDescr, load_description
     from bioimageio.spec.model import v0_4
 
-    descr = load_description(location, perform_io_checks=perform_io_checks, format_version="latest")
+    try:
+        descr = load_description(location, perform_io_checks=perform_io_checks, format_version="latest")
+    except Exception as e:  # unreadable YAML, broken zip, missing file: bioimageio raises many kinds
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise InvalidModelError(f"{location}: cannot be read as a bioimageio package ({type(e).__name__}: "
+                                f"{first}); check that it is a valid rdf.yaml or package zip") from e
     if isinstance(descr, InvalidDescr):
         summary = descr.validation_summary
         first = next((e for d in summary.details for e in d.errors), None)

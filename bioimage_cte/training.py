@@ -67,6 +67,8 @@ class TrainingConfig:
         Number and size of pre-rendered images patches are cut from.
     learning_rate : float
         Adam learning rate.
+    augment : bool
+        Intensity augmentation (contrast, gamma, additive noise, blur), as real zoo models are trained with.
     seed : int
         Seeds data, initialisation and batches; the same seed gives the same weights.
     """
@@ -80,6 +82,7 @@ class TrainingConfig:
     pool_shape: tuple[int, int] = (128, 128)
     learning_rate: float = 3e-3
     seed: int = 0
+    augment: bool = True
 
 
 def _loss(logits, target):
@@ -90,6 +93,19 @@ def _loss(logits, target):
     inter = (prob * target).sum(dim=(0, 2, 3))
     dice = 1 - (2 * inter + 1) / (prob.sum(dim=(0, 2, 3)) + target.sum(dim=(0, 2, 3)) + 1)
     return bce + dice.mean()
+
+
+def _augment_intensity(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Contrast, gamma, blur and noise on a normalised patch; the label is unchanged."""
+    from scipy.ndimage import gaussian_filter
+
+    lo, hi = float(x.min()), float(x.max())
+    unit = (x - lo) / (hi - lo + EPS)
+    unit = unit ** rng.uniform(0.7, 1.5)
+    x = (unit * (hi - lo) + lo) * rng.uniform(0.7, 1.3) + rng.normal(0, 0.2)
+    if rng.random() < 0.3:
+        x = gaussian_filter(x, rng.uniform(0.5, 1.5))
+    return (x + rng.uniform(0, 0.4) * x.std() * rng.standard_normal(x.shape)).astype(np.float32)
 
 
 def _batch(pool_x: np.ndarray, pool_y: np.ndarray, cfg: TrainingConfig, rng: np.random.Generator):
@@ -104,6 +120,8 @@ def _batch(pool_x: np.ndarray, pool_y: np.ndarray, cfg: TrainingConfig, rng: np.
         x, y = np.rot90(x, k), np.rot90(y, k, axes=(1, 2))
         if rng.random() < 0.5:
             x, y = x[:, ::-1], y[:, :, ::-1]
+        if cfg.augment:
+            x = _augment_intensity(x, rng)
         xs.append(x[None])
         ys.append(y)
     return np.ascontiguousarray(np.stack(xs)), np.ascontiguousarray(np.stack(ys))

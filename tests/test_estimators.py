@@ -73,12 +73,18 @@ def test_evaluation_inputs_are_labelled_images(dsb_images):
     assert len(labels) == 4 and all(lab.max() > 10 for lab in labels)
 
 
-def test_models_without_foreground_rank_last_with_a_note(two_models, tmp_path):
-    import tifffile
+def test_models_without_foreground_rank_last_with_a_note():
+    from bioimage_cte.ranking import ModelResult
+    from bioimage_cte.sources import ModelSource
 
-    blank = tmp_path / "blank.tif"
-    tifffile.imwrite(blank, np.zeros((96, 96), np.float32))
-    results, _ = rank_models(two_models, [blank], [CTEDropout()])
-    ranking = build_ranking(results, CTEDropout())
-    assert all(s.n_empty == 1 for s in ranking.scores)
-    assert all("no foreground" in s.note for s in ranking.scores)
+    def result(name: str, values: list[float]) -> ModelResult:
+        return ModelResult(ModelSource(name, f"{name}.zip", "zip", f"{name}.zip"), {"cte-dropout": values})
+
+    ranking = build_ranking([result("empty", [np.nan, np.nan]), result("good", [0.9, np.nan]),
+                             result("fair", [0.5, 0.7])], CTEDropout())
+    assert [s.name for s in ranking.scores] == ["good", "fair", "empty"]
+    good, fair, empty = ranking.scores
+    assert (good.score, good.n_valid, good.n_empty) == (0.9, 1, 1)
+    assert fair.score == pytest.approx(0.6) and fair.n_empty == 0
+    assert np.isnan(empty.score) and empty.rank == 3 and "no foreground" in empty.note
+    assert ranking.to_json_dict()["models"][2]["score"] is None

@@ -1,0 +1,129 @@
+"""The bioimage-cte command line, end to end on the demo zoo, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from bioimage_cte.cli import app
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+DSB = ROOT / "resources" / "data" / "dsb2018"
+
+
+def _invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+@pytest.fixture(scope="module")
+def three_models(tmp_path_factory, package, instance_package) -> Path:
+    """A folder with three demo packages (a small zoo keeps the CLI tests fast)."""
+    folder = tmp_path_factory.mktemp("zoo")
+    for p in (package, instance_package, package.parent / "weak-nuclei-undertrained.zip"):
+        (folder / p.name).write_bytes(p.read_bytes())
+    return folder
+
+
+def test_help_lists_every_command_and_option_has_help():
+    result = _invoke("--help")
+    assert result.exit_code == 0
+    for command in ("rank", "evaluate", "transfer-matrix"):
+        assert command in result.output
+    for command in typer.main.get_command(app).commands.values():
+        for param in command.params:
+            assert getattr(param, "help", None), f"{command.name} --{param.name} has no help"
+
+
+def test_help_does_not_import_heavy_libraries():
+    code = ("import sys; from bioimage_cte.cli import app; "
+            "heavy = {'torch', 'bioimageio.core', 'prefect'} & set(sys.modules); assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_rank_end_to_end_writes_json(three_models, tmp_path):
+    out = tmp_path / "ranking.json"
+    result = _invoke("rank", str(three_models), "--images", str(DSB / "images" / "dsb2018_0[01].tif"),
+                     "--output", str(out), "--seed", "1")
+    assert result.exit_code == 0, result.output
+    assert "cte-dropout ranking of 3 models on 2 images" in result.output
+    payload = json.loads(out.read_text())
+    assert [m["rank"] for m in payload["models"]] == [1, 2, 3]
+    assert {Path(m["source"]).name for m in payload["models"]} == {p.name for p in three_models.iterdir()}
+    scores = [m["score"] for m in payload["models"]]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    assert payload["settings"]["estimator"] == "cte-dropout" and payload["settings"]["p"] == 0.2
+
+
+def test_rank_black_box_with_input_perturbation(three_models):
+    result = _invoke("rank", str(three_models), "--images", str(DSB / "images" / "dsb2018_00.tif"),
+                     "--estimator", "cte-input", "--perturbation", "gamma", "--strength", "0.3",
+                     "--weight-format", "torchscript")
+    assert result.exit_code == 0, result.output
+    assert "cte-input ranking" in result.output
+
+
+def test_evaluate_prints_every_estimator_side_by_side(three_models, tmp_path):
+    out = tmp_path / "evaluation.json"
+    result = _invoke("evaluate", str(three_models), "--images", str(DSB / "images"), "--labels",
+                     str(DSB / "labels"), "-e", "cte-dropout", "-e", "confidence", "-e", "random",
+                     "--output", str(out))
+    assert result.exit_code == 0, result.output
+    payload = json.loads(out.read_text())
+    assert set(payload["agreement"]) == {"cte-dropout", "confidence", "random", "few-label"}
+    for stats in payload["agreement"].values():
+        assert -1 <= stats["spearman"] <= 1
+    assert set(payload["true_performance"]) == {"nuclei-small-bright", "cells-brightfield-instance",
+                                                "weak-nuclei-undertrained"}
+
+
+def test_empty_image_folder_is_one_line_naming_the_folder(three_models, tmp_path):
+    result = _invoke("rank", str(three_models), "--images", str(tmp_path))
+    assert result.exit_code == 1
+    assert str(tmp_path) in result.output and "no images" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_image_whose_axes_do_not_fit(three_models, tmp_path):
+    bad = tmp_path / "volume.tif"
+    tifffile.imwrite(bad, np.zeros((2, 3, 64, 64), np.float32))
+    result = _invoke("rank", str(three_models), "--images", str(bad))
+    assert result.exit_code == 1
+    assert str(bad) in result.output and "--axes" in result.output
+
+
+def test_model_that_is_not_a_segmentation_model_is_recorded_and_others_rank(three_models, tmp_path, package):
+    folder = tmp_path / "zoo"
+    folder.mkdir()
+    for p in three_models.iterdir():
+        (folder / p.name).write_bytes(p.read_bytes())
+    with zipfile.ZipFile(package) as src, zipfile.ZipFile(folder / "regression.zip", "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "rdf.yaml":  # an image-to-image model: no sigmoid, no segmentation tag
+                rdf = yaml.safe_load(data)
+                rdf["outputs"][0]["postprocessing"] = rdf["outputs"][0]["postprocessing"][1:]
+                rdf["tags"] = [t for t in rdf["tags"] if t != "segmentation"] + ["denoising"]
+                data = yaml.safe_dump(rdf).encode()
+            dst.writestr(item, data)
+    result = _invoke("rank", str(folder), "--images", str(DSB / "images" / "dsb2018_00.tif"))
+    assert result.exit_code == 0, result.output
+    assert "failed regression" in result.output and "probability map" in result.output
+    assert "regression" in result.output
+    assert "ranking of 4 models" in result.output
+
+
+def test_installed_console_script_runs():
+    exe = Path(sys.executable).parent / "bioimage-cte"
+    result = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True)
+    assert "rank" in result.stdout
