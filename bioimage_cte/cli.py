@@ -67,6 +67,8 @@ WeightsOpt = Annotated[str | None, typer.Option("--weight-format", help="Weights
                                                 "prediction (e.g. torchscript, onnx); default: bioimageio's "
                                                 "priority order.")]
 RepeatsOpt = Annotated[int, typer.Option(help="Perturbed runs per image (their consistencies are averaged).")]
+TagOpt = Annotated[str | None, typer.Option("--tag", help="Rank only the models whose RDF has this tag, e.g. "
+                                            "'nuclei' (CTE compares models made for the same task).")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 
 
@@ -97,14 +99,20 @@ def _progress():
                     console=err_console, transient=False, disable=not err_console.is_terminal)
 
 
-def _run(models: list[str], images: str, estimators: list, *, labels_spec: str | None = None,
+def _run(models: list[str], images: str, estimators: list, *, labels_spec: str | None = None, tag: str | None,
          axes: str | None, device: str, seed: int, layer: str | None, weight_format: str | None):
     """Find models and images, then score every model (with a progress bar over models x images)."""
+    from bioimage_cte.errors import InvalidModelError
     from bioimage_cte.images import list_images, load_labels
     from bioimage_cte.ranking import load_target, rank_models
-    from bioimage_cte.sources import find_models
+    from bioimage_cte.sources import filter_by_tag, find_models
 
     sources = find_models(models)
+    if tag:
+        sources = filter_by_tag(sources, tag)
+        if not sources:
+            raise InvalidModelError(f"no model in {' '.join(models)} has the tag {tag!r}; drop --tag or pick "
+                                    "a tag from the models' rdf.yaml")
     paths = list_images(images)
     for path in paths:  # fail on a bad image before any model is loaded
         load_target(path, axes=axes)
@@ -157,6 +165,7 @@ def rank(
     seed: SeedOpt = 0,
     layer: LayerOpt = None,
     weight_format: WeightsOpt = None,
+    tag: TagOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Rank models by estimated transferability to the target images (no labels needed)."""
@@ -165,8 +174,8 @@ def rank(
         from bioimage_cte.ranking import build_ranking
 
         est = _estimator(Estimator(estimator).value, task, perturbation, strength, repeats)
-        sources, paths, results, failures = _run(models, images, [est], axes=axes, device=device, seed=seed,
-                                                 layer=layer, weight_format=weight_format)
+        sources, paths, results, failures = _run(models, images, [est], tag=tag, axes=axes, device=device,
+                                                 seed=seed, layer=layer, weight_format=weight_format)
         ranking = build_ranking(results, est, failures=failures, seed=seed)
     except Exception as e:
         _fail(e, debug)
@@ -174,7 +183,8 @@ def rank(
     _print_failures(ranking.failures)
     if output is not None:
         payload = ranking.to_json_dict()
-        payload["settings"].update({"images": images, "n_images": len(paths), "task": task.value, "seed": seed,
+        payload["settings"].update({"images": images, "n_images": len(paths), "task": task.value, "tag": tag,
+                                    "seed": seed,
                                     "device": device, "layer": layer, "weight_format": weight_format})
         _write_json(output, payload)
         console.print(f"ranking written to {output}")
@@ -204,6 +214,7 @@ def evaluate(
     seed: SeedOpt = 0,
     layer: LayerOpt = None,
     weight_format: WeightsOpt = None,
+    tag: TagOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Compare every estimator's ranking with the ranking by true performance on labelled images."""
@@ -216,7 +227,7 @@ def evaluate(
         ests = [_estimator(n, task, perturbation, strength, repeats) for n in names]
         if few_label > 0:
             ests.append(make_estimator("few-label", k=few_label))
-        sources, paths, results, failures = _run(models, images, ests, labels_spec=labels, axes=axes,
+        sources, paths, results, failures = _run(models, images, ests, labels_spec=labels, tag=tag, axes=axes,
                                                  device=device, seed=seed, layer=layer,
                                                  weight_format=weight_format)
         chosen = metric or ("map" if task is Task.instance else "dice")

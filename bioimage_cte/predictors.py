@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,6 +64,10 @@ def load_model(location: str, *, perform_io_checks: bool = True) -> v0_5.ModelDe
     from bioimageio.spec import InvalidDescr, load_description
     from bioimageio.spec.model import v0_4
 
+    from bioimage_cte.sources import check_zip
+
+    if location.lower().endswith(".zip") and Path(location).is_file():
+        check_zip(Path(location))  # path traversal, symlinks, oversized entries: before bioimageio opens it
     try:
         descr = load_description(location, perform_io_checks=perform_io_checks, format_version="latest")
     except Exception as e:  # unreadable YAML, broken zip, missing file: bioimageio raises many kinds

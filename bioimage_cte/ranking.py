@@ -11,6 +11,7 @@ true performance.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 import zlib
@@ -60,6 +61,7 @@ class ModelResult:
     failures: dict[str, str] = field(default_factory=dict)
     layer: str | None = None
     seconds: float = 0.0
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class ModelScore:
     n_empty: int
     per_image: tuple[float, ...]
     note: str = ""
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,19 @@ def _finite(x: float) -> float | None:
 def _json_score(s: ModelScore) -> dict[str, Any]:
     return {"name": s.name, "source": s.source, "score": _finite(s.score), "rank": s.rank,
             "n_images": s.n_images, "n_valid": s.n_valid, "n_empty": s.n_empty,
-            "per_image": [_finite(v) for v in s.per_image], "note": s.note}
+            "per_image": [_finite(v) for v in s.per_image], "note": s.note, "sha256": s.sha256}
+
+
+def file_sha256(location: str) -> str | None:
+    """sha256 of a local package zip or rdf.yaml (None for URLs): lets write-back notice a changed model."""
+    path = Path(location)
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_target(path: Path, *, axes: str | None = None) -> np.ndarray:
@@ -180,7 +195,8 @@ def score_model(
             if on_image is not None:
                 on_image()
         layer_used = getattr(predictor, "layer", None)
-    return ModelResult(source, per_image, true, masks, failures, layer_used, time.perf_counter() - start)
+    return ModelResult(source, per_image, true, masks, failures, layer_used, time.perf_counter() - start,
+                       file_sha256(source.location))
 
 
 def _check_prediction(clean, source: ModelSource, path: Path) -> None:
@@ -247,11 +263,12 @@ def build_ranking(
         if isinstance(estimator, RandomScore):
             score = float(np.random.default_rng([seed, zlib.crc32(result.source.name.encode())]).random())
         note = "" if math.isfinite(score) else f"no foreground predicted on any of the {agg.n_images} images"
-        rows.append((result.source, score, agg, tuple(values), note))
+        rows.append((result, score, agg, tuple(values), note))
     rows.sort(key=lambda r: (not math.isfinite(r[1]), -r[1] if math.isfinite(r[1]) else 0.0))
     scores = tuple(
-        ModelScore(src.name, src.source, score, rank, agg.n_images, agg.n_valid, agg.n_empty, values, note)
-        for rank, (src, score, agg, values, note) in enumerate(rows, start=1)
+        ModelScore(r.source.name, r.source.source, score, rank, agg.n_images, agg.n_valid, agg.n_empty, values, note,
+                   r.sha256)
+        for rank, (r, score, agg, values, note) in enumerate(rows, start=1)
     )
     return Ranking(estimator.name, dict(estimator.settings()), scores, tuple(failed))
 

@@ -26,7 +26,9 @@ __all__ = [
     "RDF_NAMES",
     "ModelSource",
     "check_zip",
+    "filter_by_tag",
     "find_models",
+    "read_tags",
     "read_collection_index",
     "safe_extract_zip",
 ]
@@ -411,7 +413,8 @@ def _folder_of_packages(folder: Path) -> list[ModelSource]:
                     )
                 )
         elif child.is_file() and child.suffix.lower() == ".zip":
-            found.append(_zip_source(child, str(child)))
+            # Checked when loaded (predictors.load_model): one bad zip in a zoo folder is one failed model.
+            found.append(ModelSource(name=child.stem, source=str(child), kind="zip", location=str(child.resolve())))
     if not found:
         raise InvalidModelError(
             f"no model packages found in {folder}: expected an rdf.yaml or bioimageio.yaml in it, "
@@ -450,6 +453,35 @@ def _find_one(spec: str | Path) -> list[ModelSource]:
     if suffix == ".json":
         return read_collection_index(path)
     raise InvalidModelError(f"cannot use {text} as a model source (unsupported file type); pass {_ACCEPTED}")
+
+
+def read_tags(source: ModelSource) -> list[str]:
+    """The ``tags`` of a local model's RDF, lower-cased (safe YAML; URLs and unreadable RDFs give ``[]``).
+
+    Parameters
+    ----------
+    source : ModelSource
+        A model found by :func:`find_models`.
+    """
+    import yaml
+
+    path = Path(source.location)
+    try:
+        if path.suffix.lower() == ".zip":
+            with zipfile.ZipFile(path) as zf:
+                name = next(n for n in RDF_NAMES if n in zf.namelist())
+                rdf = yaml.safe_load(zf.read(name))
+        else:
+            rdf = yaml.safe_load(path.read_text())
+    except Exception:  # a broken package is reported when it is loaded, not while filtering
+        return []
+    tags = rdf.get("tags", []) if isinstance(rdf, dict) else []
+    return [str(t).lower() for t in tags if isinstance(t, str | int)]
+
+
+def filter_by_tag(sources: Sequence[ModelSource], tag: str) -> list[ModelSource]:
+    """Keep the models whose RDF carries ``tag`` (case-insensitive), e.g. ``"nuclei"``."""
+    return [s for s in sources if tag.lower() in read_tags(s)]
 
 
 def find_models(specs: Sequence[str | Path], *, extract_dir: Path | None = None) -> list[ModelSource]:

@@ -238,6 +238,30 @@ DOMAINS: dict[str, Domain] = {
                                          photons=(1.5, 2.5)),
     "nuclei-generic": Domain(FLUO, radius=(5.0, 12.0), density=(0.15, 0.35), overlap=0.1,
                              contrast=(200.0, 700.0), texture=0.2),
+    "cells-brightfield-small": Domain("brightfield", radius=(5.0, 9.0), density=(0.25, 0.4), overlap=0.1,
+                                      contrast=(120.0, 220.0), background=(900.0, 1100.0), texture=0.25,
+                                      photons=(2.0, 4.0), blur=(0.7, 1.0)),
+    "cells-lowcontrast-sparse": Domain("brightfield", radius=(15.0, 25.0), density=(0.15, 0.3), overlap=0.1,
+                                       contrast=(40.0, 80.0), background=(1000.0, 1300.0), texture=0.3,
+                                       photons=(1.0, 2.0), blur=(1.5, 2.2)),
+    "em-vesicles": Domain("em", radius=(4.0, 8.0), elongation=(0.8, 1.0), density=(0.15, 0.3),
+                          contrast=(60.0, 110.0), background=(380.0, 430.0), texture=0.3,
+                          photons=(1.5, 3.0), read_noise=(4.0, 7.0), blur=(0.7, 1.0)),
+    "em-clean-large": Domain("em", radius=(14.0, 24.0), elongation=(0.3, 0.6), density=(0.15, 0.3),
+                             contrast=(90.0, 140.0), background=(450.0, 520.0), texture=0.25,
+                             photons=(3.0, 6.0), read_noise=(2.0, 4.0), blur=(0.6, 0.9)),
+    "em-organelles-dense": Domain("em", radius=(6.0, 12.0), elongation=(0.4, 0.8), density=(0.3, 0.45),
+                                  overlap=0.1, contrast=(50.0, 90.0), background=(350.0, 420.0), texture=0.35,
+                                  photons=(0.8, 1.5), read_noise=(5.0, 8.0), blur=(0.8, 1.1)),
+}
+
+#: Task of each target domain: a user ranks the zoo models made for that task (see ``TASK_TAGS``).
+TARGET_TASKS: dict[str, str] = {
+    "nuclei-medium-noisy": "nuclei",
+    "nuclei-dense-gradient": "nuclei",
+    "nuclei-tiny-crowded": "nuclei",
+    "cells-brightfield-large": "cells",
+    "em-organelles-noisy": "mitochondria",
 }
 
 #: Target domains: related to the training domains, identical to none of them.

@@ -39,6 +39,17 @@ def find_targets(data: Path) -> dict[str, Path]:
     return targets
 
 
+def target_task(folder: Path) -> str | None:
+    """The task a target's images are for (``task`` in its ``target.yaml``), or None."""
+    import yaml
+
+    path = Path(folder) / "target.yaml"
+    if not path.is_file():
+        return None
+    meta = yaml.safe_load(path.read_text()) or {}
+    return str(meta["task"]) if isinstance(meta, dict) and "task" in meta else None
+
+
 def compute_transfer_matrix(
     zoo: Path | Sequence[str],
     data: Path,

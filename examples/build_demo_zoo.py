@@ -1,6 +1,6 @@
 """Rebuild the demo zoo and the synthetic target datasets, deterministically from seeds.
 
-    python examples/build_demo_zoo.py            # models + synthetic targets (about 10 minutes on 2 cores)
+    python examples/build_demo_zoo.py            # models + synthetic targets (about 15 minutes on 2 cores)
     python examples/build_demo_zoo.py --only data
 
 Models are written to ``resources/zoo/<name>.zip`` (real bioimageio packages), synthetic targets
@@ -21,7 +21,7 @@ import tifffile
 from skimage.morphology import remove_small_objects
 
 from bioimage_cte.packaging import PackageInfo, build_package
-from bioimage_cte.synthetic import DOMAINS, TARGET_DOMAINS, render
+from bioimage_cte.synthetic import DOMAINS, TARGET_DOMAINS, TARGET_TASKS, render
 from bioimage_cte.training import Outputs, Preprocessing, TrainingConfig, train_unet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,34 +50,52 @@ class ZooModel:
     tags: tuple[str, ...] = ()
 
 
+# One architecture per task family, as in the CTE paper's model bank: models of a family differ in the data they
+# were trained on, so their consistency is comparable. The tiny model is the deliberate exception.
+NUCLEI = {"features": 8, "depth": 3, "steps": 500}
+CELLS = {"features": 16, "depth": 2, "steps": 400}
+EM = {"features": 8, "depth": 2, "steps": 450}
+
 MODELS = [
     ZooModel("nuclei-small-bright", "nuclei-small-bright", "Small bright fluorescent nuclei, high SNR.",
-             "zero_mean_unit_variance", seed=1, tags=("nuclei", "fluorescence")),
+             "zero_mean_unit_variance", seed=1, tags=("nuclei", "fluorescence"), **NUCLEI),
     ZooModel("nuclei-large-sparse", "nuclei-large-sparse", "Large, sparse, textured fluorescent nuclei.",
-             "scale_range", features=16, depth=3, seed=2, tags=("nuclei", "fluorescence")),
+             "scale_range", seed=2, tags=("nuclei", "fluorescence"), **NUCLEI),
     ZooModel("nuclei-dim-blurry", "nuclei-dim-blurry", "Dim, blurred nuclei under uneven illumination.",
-             "scale_range", seed=3, tags=("nuclei", "fluorescence")),
+             "scale_range", seed=3, tags=("nuclei", "fluorescence"), **NUCLEI),
     ZooModel("nuclei-dense-textured", "nuclei-dense-textured", "Dense, touching, textured nuclei.",
-             "zero_mean_unit_variance", features=16, depth=3, seed=4, tags=("nuclei", "fluorescence")),
-    ZooModel("cells-brightfield", "cells-brightfield", "Brightfield-like cells with dark rims.",
-             "zero_mean_unit_variance", seed=5, tags=("cells", "brightfield")),
-    ZooModel("em-organelles", "em-organelles", "EM-like organelles (mitochondria) with dark membranes.",
-             "zero_mean_unit_variance", seed=6, tags=("mitochondria", "electron-microscopy")),
+             "zero_mean_unit_variance", seed=4, tags=("nuclei", "fluorescence"), **NUCLEI),
+    ZooModel("nuclei-versatile", "nuclei-generic", "Fluorescent nuclei of varied size and brightness.",
+             "zero_mean_unit_variance", seed=5, tags=("nuclei", "fluorescence"), **NUCLEI),
     ZooModel("nuclei-touching-instance", "nuclei-touching",
              "Touching fluorescent nuclei; foreground and boundary probabilities for watershed instances.",
-             "zero_mean_unit_variance", outputs="foreground+boundary", features=16, depth=3, steps=500,
-             seed=7, tags=("nuclei", "fluorescence", "instance-segmentation")),
-    ZooModel("cells-brightfield-instance", "cells-touching-brightfield",
-             "Touching brightfield-like cells; foreground and boundary probabilities.",
-             "scale_range", outputs="foreground+boundary", steps=500, seed=8,
-             tags=("cells", "brightfield", "instance-segmentation")),
-    ZooModel("weak-nuclei-undertrained", "nuclei-generic", "Deliberately weak: stopped after 15 steps.",
-             "zero_mean_unit_variance", steps=15, seed=9, tags=("nuclei", "weak")),
-    ZooModel("weak-nuclei-tiny", "nuclei-generic", "Deliberately weak: 2 channels at the first level.",
-             "zero_mean_unit_variance", features=2, seed=10, tags=("nuclei", "weak")),
+             "zero_mean_unit_variance", outputs="foreground+boundary", seed=6,
+             tags=("nuclei", "fluorescence", "instance-segmentation"), **NUCLEI),
+    ZooModel("weak-nuclei-undertrained", "nuclei-generic", "Deliberately weak: stopped after 6 steps.",
+             "zero_mean_unit_variance", seed=7, tags=("nuclei", "weak"), **NUCLEI | {"steps": 6}),
     ZooModel("weak-nuclei-large-only", "nuclei-generic",
              "Deliberately mismatched task: segments only nuclei larger than 250 px.",
-             "scale_range", seed=11, large_only=True, tags=("nuclei", "weak")),
+             "scale_range", seed=8, large_only=True, tags=("nuclei", "weak"), **NUCLEI),
+    ZooModel("weak-nuclei-tiny", "nuclei-generic", "Deliberately weak: 2 channels at the first level.",
+             "zero_mean_unit_variance", seed=9, tags=("nuclei", "weak"), **NUCLEI | {"features": 2}),
+    ZooModel("cells-brightfield", "cells-brightfield", "Brightfield-like cells with dark rims.",
+             "zero_mean_unit_variance", seed=10, tags=("cells", "brightfield"), **CELLS),
+    ZooModel("cells-brightfield-instance", "cells-touching-brightfield",
+             "Touching brightfield-like cells; foreground and boundary probabilities.",
+             "scale_range", outputs="foreground+boundary", seed=11,
+             tags=("cells", "brightfield", "instance-segmentation"), **CELLS),
+    ZooModel("cells-brightfield-small", "cells-brightfield-small", "Small brightfield-like cells, high SNR.",
+             "zero_mean_unit_variance", seed=12, tags=("cells", "brightfield"), **CELLS),
+    ZooModel("cells-lowcontrast", "cells-lowcontrast-sparse", "Large, sparse, low-contrast blurred cells.",
+             "scale_range", seed=13, tags=("cells", "brightfield"), **CELLS),
+    ZooModel("em-organelles", "em-organelles", "EM-like organelles (mitochondria) with dark membranes.",
+             "zero_mean_unit_variance", seed=14, tags=("mitochondria", "electron-microscopy"), **EM),
+    ZooModel("em-vesicles", "em-vesicles", "EM-like small round vesicles.",
+             "zero_mean_unit_variance", seed=15, tags=("mitochondria", "electron-microscopy"), **EM),
+    ZooModel("em-clean-large", "em-clean-large", "EM-like large organelles at high SNR.",
+             "scale_range", seed=16, tags=("mitochondria", "electron-microscopy"), **EM),
+    ZooModel("em-organelles-dense", "em-organelles-dense", "EM-like dense, noisy organelles.",
+             "zero_mean_unit_variance", seed=17, tags=("mitochondria", "electron-microscopy"), **EM),
 ]
 
 
@@ -130,6 +148,7 @@ def build_targets() -> None:
             counts = np.clip(np.round(image), 0, 65535).astype(np.uint16)
             tifffile.imwrite(images / f"{name}_{i:02d}.tif", counts, compression="zlib")
             tifffile.imwrite(labels / f"{name}_{i:02d}.tif", label.astype(np.uint16), compression="zlib")
+        (DATA / name / "target.yaml").write_text(f"task: {TARGET_TASKS[name]}\nsynthetic: true\n")
         (DATA / name / "PROVENANCE.md").write_text(
             f"# {name} (synthetic)\n\nGenerated by `python examples/build_demo_zoo.py --only data` from "
             f"`bioimage_cte.synthetic.TARGET_DOMAINS['{name}']` with seed {5000 + t}: {TARGET_IMAGES} images "

@@ -347,10 +347,14 @@ def test_corrupt_zip(tmp_path: Path) -> None:
     assert str(path) in str(info.value)
 
 
-def test_corrupt_zip_in_folder_of_packages(packages: Path) -> None:
+def test_corrupt_zip_in_folder_of_packages_is_one_failure_at_load(packages: Path) -> None:
+    from bioimage_cte.predictors import load_model
+
     (packages / "zz.zip").write_bytes(b"PK not really")
+    sources = find_models([packages])
+    assert sources[-1].name == "zz"
     with pytest.raises(InvalidModelError, match="zz.zip"):
-        find_models([packages])
+        load_model(sources[-1].location)
 
 
 def test_safe_extract(zoo: Path, tmp_path: Path) -> None:

@@ -1,0 +1,107 @@
+"""Speed of CTE, as ratios measured in one run (prints a table; not a test).
+
+    python benchmarks/speed.py [--models 8] [--images 10]
+
+Three ways to get what CTE feature-dropout needs (a clean and a perturbed prediction of every image by every
+model), each timed end to end including model loading:
+
+- cte: ``rank_models`` with ``CTEDropout`` (one bioimageio pipeline per model, the model's own pre/postprocessing,
+  consistency scoring);
+- bare: the torch network loaded once per model, the same normalisation and padding by hand, and the two forward
+  passes per image -- the floor any implementation pays;
+- naive: ``bioimageio.core.predict`` once per image and pass (it reloads the model on every call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import torch  # noqa: E402
+from bioimageio.core import predict  # noqa: E402
+from bioimageio.core.backends.pytorch_backend import load_torch_model  # noqa: E402
+
+from bioimage_cte.estimators import CTEDropout  # noqa: E402
+from bioimage_cte.images import list_images  # noqa: E402
+from bioimage_cte.perturbations import InputPerturbation, perturb_image  # noqa: E402
+from bioimage_cte.predictors import _spatial_spec, _valid_size, load_model  # noqa: E402
+from bioimage_cte.ranking import load_target, rank_models  # noqa: E402
+from bioimage_cte.sources import find_models  # noqa: E402
+from bioimage_cte.training import normalize  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bare(sources, paths) -> float:
+    """Hand-written torch loop: load net, normalise, pad, two forwards per image (dropout via a hook)."""
+    start = time.perf_counter()
+    for source in sources:
+        descr = load_model(source.location, perform_io_checks=False)
+        net = load_torch_model(descr.weights.pytorch_state_dict, devices=["cpu"]).eval()
+        method = descr.inputs[0].preprocessing[0].id
+        spec = _spatial_spec(descr, "y")
+        mask = {}
+
+        def hook(module, args, out, mask=mask):
+            return out * mask["m"] if "m" in mask else None
+
+        net.bottleneck.register_forward_hook(hook)
+        for i, path in enumerate(paths):
+            image = load_target(path)
+            size = _valid_size(image.shape[0], spec), _valid_size(image.shape[1], spec)
+            pad = [(0, size[0] - image.shape[0]), (0, size[1] - image.shape[1])]
+            x = torch.from_numpy(normalize(np.pad(image, pad, mode="reflect"), method=method)[None, None])
+            with torch.no_grad():
+                torch.sigmoid(net(x))
+                gen = torch.Generator().manual_seed(i)
+                mask["m"] = ((torch.rand(net.bottleneck[-2].num_features, generator=gen) >= 0.2).float() / 0.8
+                             ).view(1, -1, 1, 1)
+                torch.sigmoid(net(x))
+                mask.clear()
+    return time.perf_counter() - start
+
+
+def naive(sources, paths) -> float:
+    """``bioimageio.core.predict`` per image and pass: the pipeline is rebuilt on every call."""
+    start = time.perf_counter()
+    for source in sources:
+        descr = load_model(source.location, perform_io_checks=False)
+        input_id = str(descr.inputs[0].id)
+        for i, path in enumerate(paths):
+            image = load_target(path)
+            for x in (image, perturb_image(image, InputPerturbation("gaussian", 0.1), rng=i)):
+                predict(model=descr, inputs={input_id: x[None, None]}, weight_format="pytorch_state_dict")
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=int, default=8)
+    parser.add_argument("--images", type=int, default=10)
+    args = parser.parse_args()
+    sources = find_models([ROOT / "resources" / "zoo"])[: args.models]
+    data = ROOT / "resources" / "data"
+    paths = (list_images(data / "dsb2018" / "images") + list_images(data / "nuclei-medium-noisy" / "images"))
+    paths = paths[: args.images]
+    rank_models(sources[:1], paths[:1], [CTEDropout()])  # warm-up: imports, first torch call
+    start = time.perf_counter()
+    rank_models(sources, paths, [CTEDropout()])
+    cte = time.perf_counter() - start
+    t_bare = bare(sources, paths)
+    t_naive = naive(sources, paths)
+    print(f"{len(sources)} models x {len(paths)} images, 2 predictions each (clean + perturbed)")
+    print(f"  CTE (bioimage-cte rank)        {cte:7.1f} s")
+    print(f"  bare torch forward passes      {t_bare:7.1f} s")
+    print(f"  naive bioimageio.core.predict  {t_naive:7.1f} s")
+    print(f"  CTE / bare  = {cte / t_bare:.2f}x   (target <= 1.5x)")
+    print(f"  naive / CTE = {t_naive / cte:.2f}x   (target >= 3x)")
+
+
+if __name__ == "__main__":
+    main()
