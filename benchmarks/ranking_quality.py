@@ -14,6 +14,7 @@ foreground Dice. Two candidate pools are reported:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -23,14 +24,25 @@ import numpy as np
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from bioimage_cte.estimators import LABEL_FREE, make_estimator  # noqa: E402
+from bioimage_cte.estimators import LABEL_FREE, CTEDropout, CTEInput, make_estimator  # noqa: E402
 from bioimage_cte.images import list_images, load_labels  # noqa: E402
 from bioimage_cte.ranking import evaluate_rankings, rank_models  # noqa: E402
 from bioimage_cte.sources import filter_by_tag, find_models  # noqa: E402
 from bioimage_cte.transfer import find_targets, target_task  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-COLUMNS = ("spearman", "kendall", "pearson", "weighted_tau", "regret")
+
+
+def hard(base: type, name: str):
+    """The same estimator with the paper's hard score, under its own name so both can run in one pass."""
+    cls = dataclasses.make_dataclass(name.replace("-", "_"), [], bases=(base,), frozen=True)
+    cls.name = name
+    return cls(consistency="hard")
+
+
+ESTIMATORS = [make_estimator(n) for n in LABEL_FREE] + [hard(CTEDropout, "cte-dropout-hard"),
+                                                       hard(CTEInput, "cte-input-hard")]
+NAMES = [e.name for e in ESTIMATORS]
 
 
 def main() -> None:
@@ -38,7 +50,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8, help="images per target (at most)")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "ranking_quality")
     args = parser.parse_args()
-    estimators = [make_estimator(n) for n in LABEL_FREE]
+    estimators = ESTIMATORS
     sources = find_models([ROOT / "resources" / "zoo"])
     report: dict[str, dict] = {}
     start = time.perf_counter()
@@ -72,7 +84,7 @@ def render(report: dict[str, dict]) -> str:
                   "| estimator | " + " | ".join(f"{t} ({report[t][pool]['n_models']})" for t in targets)
                   + " | mean | min | mean regret |",
                   "|---|" + "---|" * (len(targets) + 3)]
-        for name in LABEL_FREE:
+        for name in NAMES:
             rho = [report[t][pool]["agreement"].get(name, {}).get("spearman") for t in targets]
             regret = [report[t][pool]["agreement"].get(name, {}).get("regret") for t in targets]
             values = [np.nan if r is None else r for r in rho]

@@ -28,7 +28,15 @@ estimators
 evaluation
     True performance against labels and agreement between rankings.
 ranking
-    Ranking a set of models on a set of images.
+    Ranking a set of models on a set of images, and evaluating rankings against labels.
+transfer
+    The transfer matrix: true performance of every model on every labelled target.
+annotate
+    Writing a ranking back onto the model cards (``config.bioimage_cte`` of each RDF).
+reports
+    Zoo reports (the collection's per-tool report shape) and the HTML report.
+training, packaging, archs
+    How the demo zoo's models are trained on synthetic domains and packaged for bioimage.io.
 cli
     The ``bioimage-cte`` command line.
 

@@ -52,8 +52,19 @@ ImagesOpt = Annotated[str, typer.Option("--images", "-i", help="Folder, glob ('d
                                         "images (.tif, .tiff, .png, .npy).", show_default=False)]
 AxesOpt = Annotated[str | None, typer.Option(help="Axes of the image files when ambiguous, e.g. 'yx', 'cyx', "
                                              "'zyx', 'yxc'.")]
-TaskOpt = Annotated[Task, typer.Option(help="semantic: 1 - IoU of thresholded masks; instance: 1 - adapted "
-                                       "Rand error of instance labels.")]
+TaskOpt = Annotated[Task, typer.Option(help="semantic: foreground masks (soft consistency by default); instance: "
+                                       "instance labels, 1 - adapted Rand error.")]
+
+
+class ConsistencyKind(StrEnum):
+    soft = "soft"
+    hard = "hard"
+    instance = "instance"
+
+
+ConsistencyOpt = Annotated[ConsistencyKind | None, typer.Option(
+    help="Consistency score: soft (effective invariance, default for semantic), hard (1 - disagreement on the "
+         "union foreground), instance (default for --task instance).")]
 PerturbationOpt = Annotated[Perturbation, typer.Option(help="Input perturbation for cte-input (applied before "
                                                        "the model's own preprocessing).")]
 StrengthOpt = Annotated[float | None, typer.Option(help="Perturbation strength: dropout rate p for cte-dropout "
@@ -84,10 +95,11 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
 
 
-def _estimator(name: str, task: Task, perturbation: Perturbation, strength: float | None, repeats: int):
+def _estimator(name: str, task: Task, perturbation: Perturbation, strength: float | None, repeats: int,
+               consistency: ConsistencyKind | None = None):
     from bioimage_cte.estimators import make_estimator
 
-    consistency = "instance" if task is Task.instance else "hard"
+    consistency = consistency.value if consistency else ("instance" if task is Task.instance else "soft")
     return make_estimator(name, p=strength, strength=strength, kind=perturbation.value, consistency=consistency,
                           repeats=repeats)
 
@@ -157,6 +169,7 @@ def rank(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the ranking as JSON here.")] = None,
     estimator: Annotated[Estimator, typer.Option(help="Transferability estimator.")] = "cte-dropout",  # type: ignore[assignment]
     task: TaskOpt = Task.semantic,
+    consistency: ConsistencyOpt = None,
     perturbation: PerturbationOpt = Perturbation.gaussian,
     strength: StrengthOpt = None,
     repeats: RepeatsOpt = 1,
@@ -166,6 +179,9 @@ def rank(
     layer: LayerOpt = None,
     weight_format: WeightsOpt = None,
     tag: TagOpt = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Also write a self-contained HTML report "
+                                                "(charts, per-image scores, overlays of the top and bottom "
+                                                "models).")] = None,
     debug: DebugOpt = False,
 ) -> None:
     """Rank models by estimated transferability to the target images (no labels needed)."""
@@ -173,7 +189,7 @@ def rank(
     try:
         from bioimage_cte.ranking import build_ranking
 
-        est = _estimator(Estimator(estimator).value, task, perturbation, strength, repeats)
+        est = _estimator(Estimator(estimator).value, task, perturbation, strength, repeats, consistency)
         sources, paths, results, failures = _run(models, images, [est], tag=tag, axes=axes, device=device,
                                                  seed=seed, layer=layer, weight_format=weight_format)
         ranking = build_ranking(results, est, failures=failures, seed=seed)
@@ -181,13 +197,15 @@ def rank(
         _fail(e, debug)
     console.print(_ranking_table(ranking, f"{est.name} ranking of {len(sources)} models on {len(paths)} images"))
     _print_failures(ranking.failures)
+    payload = ranking.to_json_dict()
+    payload["settings"].update({"images": images, "n_images": len(paths), "task": task.value, "tag": tag,
+                                "seed": seed, "axes": axes, "device": device, "layer": layer,
+                                "weight_format": weight_format})
     if output is not None:
-        payload = ranking.to_json_dict()
-        payload["settings"].update({"images": images, "n_images": len(paths), "task": task.value, "tag": tag,
-                                    "seed": seed,
-                                    "device": device, "layer": layer, "weight_format": weight_format})
         _write_json(output, payload)
         console.print(f"ranking written to {output}")
+    if report is not None:
+        _write_report(payload, report, paths, None, debug)
 
 
 @app.command()
@@ -206,6 +224,7 @@ def evaluate(
                                                "(default: dice for semantic, map for instance).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the evaluation as JSON here.")] = None,
     task: TaskOpt = Task.semantic,
+    consistency: ConsistencyOpt = None,
     perturbation: PerturbationOpt = Perturbation.gaussian,
     strength: StrengthOpt = None,
     repeats: RepeatsOpt = 1,
@@ -224,7 +243,7 @@ def evaluate(
         from bioimage_cte.ranking import evaluate_rankings
 
         names = [Estimator(e).value for e in estimators] if estimators else list(LABEL_FREE)
-        ests = [_estimator(n, task, perturbation, strength, repeats) for n in names]
+        ests = [_estimator(n, task, perturbation, strength, repeats, consistency) for n in names]
         if few_label > 0:
             ests.append(make_estimator("few-label", k=few_label))
         sources, paths, results, failures = _run(models, images, ests, labels_spec=labels, tag=tag, axes=axes,
@@ -239,6 +258,83 @@ def evaluate(
     if output is not None:
         _write_json(output, evaluation.to_json_dict())
         console.print(f"evaluation written to {output}")
+
+
+def _write_report(ranking_json: dict, path: Path, paths: list, evaluation_json: dict | None, debug: bool) -> None:
+    try:
+        from bioimage_cte.reports import write_html_report
+
+        with err_console.status("writing the HTML report"):
+            write_html_report(ranking_json, path, image_paths=paths, evaluation_json=evaluation_json)
+    except Exception as e:
+        _fail(e, debug)
+    console.print(f"report written to {path}")
+
+
+@app.command()
+def annotate(
+    ranking: Annotated[Path, typer.Argument(help="Ranking JSON written by 'bioimage-cte rank --output'.",
+                                            show_default=False)],
+    target: Annotated[str, typer.Option(help="Name of the target dataset, as it should appear on the model "
+                                        "cards (one entry per target; re-running a target replaces it).",
+                                        show_default=False)],
+    images: ImagesOpt,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write annotated copies into this "
+                                                "folder instead of editing the packages in place.")] = None,
+    no_backup: Annotated[bool, typer.Option("--no-backup", help="Do not keep a .bak copy of packages edited "
+                                            "in place.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Write a target's ranking onto each model's card (config.bioimage_cte in its rdf.yaml)."""
+    try:
+        from bioimage_cte.annotate import annotate_from_ranking
+        from bioimage_cte.errors import AnnotationError
+        from bioimage_cte.images import list_images
+
+        try:
+            written = annotate_from_ranking(ranking, target=target, images=list_images(images), output=output,
+                                            backup=not no_backup)
+        except AnnotationError as e:
+            for path in e.written:
+                console.print(f"annotated {path}")
+            for source, reason in e.failures.items():
+                err_console.print(f"[yellow]not annotated[/] {source}: {reason}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+    except typer.Exit:
+        raise
+    except Exception as e:
+        _fail(e, debug)
+    for path in written:
+        console.print(f"annotated {path}")
+
+
+@app.command()
+def report(
+    ranking: Annotated[Path, typer.Argument(help="Ranking JSON written by 'bioimage-cte rank --output'.",
+                                            show_default=False)],
+    images: ImagesOpt,
+    output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write.")] = Path("ranking.html"),
+    evaluation: Annotated[Path | None, typer.Option(help="Evaluation JSON from 'bioimage-cte evaluate --output' "
+                                                    "(adds CTE vs true performance).")] = None,
+    zoo_reports: Annotated[Path | None, typer.Option(help="Also write per-model zoo reports (the collection's "
+                                                     "per-tool report shape) under this folder.")] = None,
+    target: Annotated[str, typer.Option(help="Target name used in the zoo reports.")] = "target",
+    debug: DebugOpt = False,
+) -> None:
+    """Render a ranking as one self-contained HTML page, and optionally as zoo reports."""
+    try:
+        from bioimage_cte import __version__
+        from bioimage_cte.images import list_images
+        from bioimage_cte.reports import write_zoo_reports
+
+        payload = json.loads(ranking.read_text())
+        evaluation_json = json.loads(evaluation.read_text()) if evaluation else None
+        if zoo_reports is not None:
+            for path in write_zoo_reports({target: payload}, zoo_reports, tool_version=__version__):
+                console.print(f"zoo report written to {path}")
+    except Exception as e:
+        _fail(e, debug)
+    _write_report(payload, output, list_images(images), evaluation_json, debug)
 
 
 def _agreement_table(evaluation, n_models: int, n_images: int) -> Table:

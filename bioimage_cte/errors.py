@@ -25,3 +25,24 @@ class UnsafeArchiveError(BioimageCteError, ValueError):
 
 class InvalidIndexError(BioimageCteError, ValueError):
     """A zoo collection index cannot be read."""
+
+
+class PackageChangedError(BioimageCteError, ValueError):
+    """A model package no longer matches the checksum it had when it was ranked."""
+
+
+class WriteError(BioimageCteError, OSError):
+    """A result (annotated package, report) cannot be written where it was asked to go."""
+
+
+class AnnotationError(BioimageCteError, RuntimeError):
+    """Some models of a ranking could not be annotated.
+
+    ``written`` lists the packages that were annotated anyway and ``failures`` maps each model
+    source that failed to its one-line reason.
+    """
+
+    def __init__(self, message: str, *, written: list | None = None, failures: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.written = list(written or [])
+        self.failures = dict(failures or {})

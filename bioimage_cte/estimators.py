@@ -7,6 +7,12 @@ per-image scores into the model's score. Higher is always better.
 - ``cte-dropout`` (grey-box): consistency between the clean prediction and one with channel
   dropout at the bottleneck (CTE, arXiv 2503.00450; the authors' headline setting).
 - ``cte-input`` (black-box): consistency under an input perturbation (Gaussian noise by default).
+
+Both default to the *soft* consistency (effective invariance), which also scores how confident the
+agreeing pixels are: a model whose output hovers around 0.5 keeps its thresholded mask under any
+perturbation and would look perfectly consistent to the *hard* score. On the demo zoo's nuclei
+family soft raised CTE-dropout's mean Spearman from 0.41 to 0.72 (see benchmarks/); ``hard`` remains
+available.
 - Label-free baselines on the same predictions: ``confidence`` (mean max-probability),
   ``entropy`` (negative mean binary entropy), ``tta`` (agreement of flipped/rotated predictions with the
   clean one), ``mc-dropout`` (mean pairwise Dice of several dropout samples), ``consensus``
@@ -121,7 +127,7 @@ class CTEDropout(_MedianAggregate):
     """CTE with channel dropout at one layer (grey-box); model score = median consistency over images."""
 
     p: float = DEFAULT_DROPOUT
-    consistency: Consistency = "hard"
+    consistency: Consistency = "soft"
     repeats: int = 1
     threshold: float = 0.5
     name: ClassVar[str] = "cte-dropout"
@@ -153,7 +159,7 @@ class CTEInput(_MedianAggregate):
 
     kind: InputKind = "gaussian"
     strength: float = DEFAULT_INPUT_STRENGTH
-    consistency: Consistency = "hard"
+    consistency: Consistency = "soft"
     repeats: int = 1
     threshold: float = 0.5
     name: ClassVar[str] = "cte-input"

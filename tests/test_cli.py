@@ -127,3 +127,36 @@ def test_installed_console_script_runs():
     exe = Path(sys.executable).parent / "bioimage-cte"
     result = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True)
     assert "rank" in result.stdout
+
+
+def test_tag_keeps_only_models_for_the_task(three_models):
+    result = _invoke("rank", str(three_models), "--images", str(DSB / "images" / "dsb2018_00.tif"),
+                     "--tag", "nuclei", "--estimator", "confidence")
+    assert result.exit_code == 0, result.output
+    assert "ranking of 2 models" in result.output and "cells-brightfield-instance" not in result.output
+    result = _invoke("rank", str(three_models), "--images", str(DSB / "images"), "--tag", "plants")
+    assert result.exit_code == 1 and "plants" in result.output
+
+
+def test_rank_then_annotate_then_report(three_models, tmp_path):
+    from bioimage_cte.annotate import read_transferability
+
+    ranking = tmp_path / "ranking.json"
+    images = str(DSB / "images" / "dsb2018_00.tif")
+    result = _invoke("rank", str(three_models), "--images", images, "--output", str(ranking))
+    assert result.exit_code == 0, result.output
+    before = {p.name: p.read_bytes() for p in three_models.iterdir()}
+    result = _invoke("annotate", str(ranking), "--target", "dsb2018", "--images", images,
+                     "--output", str(tmp_path / "annotated"))
+    assert result.exit_code == 0, result.output
+    assert {p.name: p.read_bytes() for p in three_models.iterdir()} == before  # originals untouched
+    annotated = sorted((tmp_path / "annotated").rglob("*.zip"))
+    assert len(annotated) == 3
+    entries = read_transferability(annotated[0])
+    assert [e["target"] for e in entries] == ["dsb2018"] and entries[0]["n_models"] == 3
+    html = tmp_path / "ranking.html"
+    result = _invoke("report", str(ranking), "--images", images, "--output", str(html),
+                     "--zoo-reports", str(tmp_path / "reports"), "--target", "dsb2018")
+    assert result.exit_code == 0, result.output
+    assert html.read_text().count("data:image/png;base64") >= 2
+    assert len(list((tmp_path / "reports").rglob("bioimage-cte_*.json"))) == 3

@@ -1,0 +1,808 @@
+"""Writing a model's transferability to a target back onto its model card.
+
+A ranking says how well each model is expected to transfer to one target dataset. This module
+records that, per model, under ``config.bioimage_cte.transferability`` of the model's RDF
+(``rdf.yaml``): a list with one entry per target, so several targets accumulate side by side
+and annotating the same target again replaces only that target's entry. ``config`` is the
+RDF's free-form section; the spec asks tools to nest their data under a key named after the
+tool, and ``config.bioimageio`` is reserved for bioimage.io itself.
+
+Packages are rewritten, never edited in place byte by byte:
+
+- a package folder (or its ``rdf.yaml``): the new ``rdf.yaml`` replaces the old one, which is
+  kept as ``rdf.yaml.bak`` (then ``rdf.yaml.bak.1``, ...), or the folder is copied to ``output``;
+- a zipped package: a new zip with every other entry identical (same names, same bytes, same
+  order) replaces the old one, which is kept as ``<name>.zip.bak``, or goes to ``output``.
+
+Every write goes to a temporary file next to its destination, is flushed to disk and then
+moved over the destination with :func:`os.replace`, so an interrupted run leaves either the
+old or the new package, never half of one.
+
+A package that changed after it was ranked is refused, except for changes made by this module:
+each entry records the sha256 the package file had when it was ranked (``package_sha256``) and a
+fingerprint of the RDF's content without the transferability entries (``content_sha256``), so a
+package annotated for target A still accepts the score of a ranking on target B made before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from bioimage_cte import __version__
+from bioimage_cte.errors import (
+    AnnotationError,
+    BioimageCteError,
+    InvalidImageError,
+    InvalidModelError,
+    PackageChangedError,
+    WriteError,
+)
+from bioimage_cte.sources import RDF_NAMES
+
+__all__ = [
+    "TransferabilityEntry",
+    "annotate_from_ranking",
+    "annotate_package",
+    "dataset_fingerprint",
+    "entries_from_ranking",
+    "locate_package",
+    "read_rdf",
+    "read_transferability",
+    "score_settings",
+    "write_atomic",
+]
+
+#: The tool's namespace in the RDF's ``config`` and the list of entries inside it.
+NAMESPACE = "bioimage_cte"
+ENTRIES_KEY = "transferability"
+
+# Ranking settings that describe the run, not the score: a local image path does not belong on a public model card.
+_RUN_ONLY_SETTINGS = frozenset({"estimator", "bioimage_cte_version", "images", "n_images", "device"})
+_BACKUP_SUFFIX = ".bak"
+
+
+@dataclass(frozen=True)
+class TransferabilityEntry:
+    """One model's estimated transferability to one target, as written onto its model card.
+
+    Attributes
+    ----------
+    target : str
+        Name of the target dataset (what the user called it).
+    target_fingerprint : str
+        :func:`dataset_fingerprint` of the target's images: the same name with other images is
+        another target.
+    estimator : str
+        Estimator name, e.g. ``"cte-dropout"``.
+    settings : dict
+        Everything that changes the score (estimator parameters, seed, task, ...).
+    score : float or None
+        The model's score (higher is better); ``None`` when it predicted no foreground at all.
+    rank : int
+        Place in the ranking, 1 is best.
+    n_models : int
+        Number of models ranked.
+    n_images : int
+        Number of target images the model was scored on.
+    date : str
+        When the entry was made, ISO 8601 in UTC.
+    bioimage_cte_version : str
+        Version of bioimage-cte that computed the score.
+    """
+
+    target: str
+    target_fingerprint: str
+    estimator: str
+    settings: dict[str, Any]
+    score: float | None
+    rank: int
+    n_models: int
+    n_images: int
+    date: str
+    bioimage_cte_version: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML/JSON-ready values, in field order."""
+        return asdict(self)
+
+
+def dataset_fingerprint(image_paths: Sequence[Path]) -> str:
+    """sha256 over the target's file names and contents, independent of where the folder is.
+
+    Files are taken in order of their names, so listing order does not matter; renaming,
+    adding, removing or editing an image changes the fingerprint.
+
+    Parameters
+    ----------
+    image_paths : sequence of Path
+        The target images.
+
+    Returns
+    -------
+    str
+        64 hexadecimal digits.
+
+    Raises
+    ------
+    InvalidImageError
+        No images, or an image cannot be read.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "a.tif").write_bytes(b"pixels")
+    >>> len(dataset_fingerprint([folder / "a.tif"]))
+    64
+    """
+    paths = sorted((Path(p) for p in image_paths), key=lambda p: (p.name, str(p)))
+    if not paths:
+        raise InvalidImageError("no target images to fingerprint; pass the images the ranking was made on")
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            size = path.stat().st_size
+            # name and size first, so that the boundary between two files is unambiguous
+            digest.update(f"{path.name}\0{size}\0".encode())
+            with path.open("rb") as f:
+                for block in iter(lambda f=f: f.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as e:
+            raise InvalidImageError(f"cannot read target image {path}: {e.strerror or e}; check the --images "
+                                    "path") from e
+    return digest.hexdigest()
+
+
+def score_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of a ranking JSON that change the score, without the run's paths, device and version.
+
+    Examples
+    --------
+    >>> score_settings({"estimator": "cte-dropout", "p": 0.2, "images": "/home/me/data", "layer": None})
+    {'p': 0.2}
+    """
+    return {k: v for k, v in settings.items() if k not in _RUN_ONLY_SETTINGS and v is not None}
+
+
+def entries_from_ranking(
+    ranking_json: Mapping[str, Any],
+    *,
+    target: str,
+    fingerprint: str,
+    date: str | None = None,
+) -> dict[str, tuple[TransferabilityEntry, str | None]]:
+    """One entry per ranked model of a ranking JSON (as ``bioimage-cte rank --output`` writes it).
+
+    Models that failed (the ranking's ``failures``) have no score and get no entry.
+
+    Parameters
+    ----------
+    ranking_json : mapping
+        :meth:`bioimage_cte.ranking.Ranking.to_json_dict` output, possibly with extra settings.
+    target : str
+        Name of the target dataset.
+    fingerprint : str
+        :func:`dataset_fingerprint` of the target images.
+    date : str, optional
+        ISO 8601 date to record; default: now, in UTC.
+
+    Returns
+    -------
+    dict
+        Model source (as given to ``rank``) -> (entry, sha256 of the package file at ranking
+        time or ``None`` when the ranking did not record it).
+
+    Raises
+    ------
+    BioimageCteError
+        The JSON is not a ranking, or ``target`` is empty.
+
+    Examples
+    --------
+    >>> ranking = {"models": [{"name": "m", "source": "m.zip", "score": 0.9, "rank": 1, "n_images": 4,
+    ...                        "sha256": "ab"}], "settings": {"estimator": "cte-dropout", "p": 0.2}}
+    >>> entry, sha = entries_from_ranking(ranking, target="t", fingerprint="f", date="2025-01-01")["m.zip"]
+    >>> entry.rank, entry.settings, sha
+    (1, {'p': 0.2}, 'ab')
+    """
+    if not isinstance(target, str) or not target.strip():
+        raise BioimageCteError(f"target name {target!r} is empty; name the target dataset, e.g. --target dsb2018")
+    models = ranking_json.get("models") if isinstance(ranking_json, Mapping) else None
+    settings = ranking_json.get("settings") if isinstance(ranking_json, Mapping) else None
+    if not isinstance(models, list) or not isinstance(settings, Mapping) or "estimator" not in settings:
+        raise BioimageCteError("not a ranking: expected 'models' and 'settings.estimator' as written by "
+                               "'bioimage-cte rank --output'; pass a ranking JSON")
+    when = date or datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
+    kept = score_settings(settings)
+    version = str(settings.get("bioimage_cte_version") or __version__)
+    entries: dict[str, tuple[TransferabilityEntry, str | None]] = {}
+    for model in models:
+        score = model.get("score")
+        entry = TransferabilityEntry(
+            target=target,
+            target_fingerprint=fingerprint,
+            estimator=str(settings["estimator"]),
+            settings=copy.deepcopy(kept),
+            score=None if score is None else float(score),
+            rank=int(model["rank"]),
+            n_models=len(models),
+            n_images=int(model.get("n_images", 0)),
+            date=when,
+            bioimage_cte_version=version,
+        )
+        entries[str(model["source"])] = (entry, model.get("sha256"))
+    return entries
+
+
+# --- reading packages ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Package:
+    kind: Literal["zip", "folder"]
+    path: Path  # the .zip, or the package folder
+    rdf_name: str
+
+    @property
+    def checksum_file(self) -> Path:
+        """The file whose sha256 the ranking recorded (bioimage_cte.ranking.file_sha256 of the location)."""
+        return self.path if self.kind == "zip" else self.path / self.rdf_name
+
+
+def _open_package(location: Path) -> _Package:
+    if location.is_dir():
+        name = next((n for n in RDF_NAMES if (location / n).is_file()), None)
+        if name is None:
+            raise InvalidModelError(f"{location}: no rdf.yaml or bioimageio.yaml in this folder; pass a model "
+                                    "package folder, its rdf.yaml or a package .zip")
+        return _Package("folder", location, name)
+    if not location.is_file():
+        raise InvalidModelError(f"{location} does not exist; pass a model package folder, rdf.yaml or .zip")
+    if location.suffix.lower() == ".zip":
+        try:
+            with zipfile.ZipFile(location) as zf:
+                names = set(zf.namelist())
+        except (zipfile.BadZipFile, OSError) as e:
+            raise InvalidModelError(f"{location} is not a valid zip ({_one_line(e)}); re-download or re-export "
+                                    "the model package") from e
+        name = next((n for n in RDF_NAMES if n in names), None)
+        if name is None:
+            raise InvalidModelError(f"{location}: no rdf.yaml or bioimageio.yaml at the top of the zip; pass a "
+                                    "bioimageio model package")
+        return _Package("zip", location, name)
+    if location.name in RDF_NAMES or location.name.endswith(tuple("." + n for n in RDF_NAMES)):
+        return _Package("folder", location.parent, location.name)
+    raise InvalidModelError(f"{location}: not an rdf.yaml, package folder or .zip; pass a model package")
+
+
+def _read_rdf_text(pkg: _Package) -> str:
+    try:
+        if pkg.kind == "zip":
+            with zipfile.ZipFile(pkg.path) as zf:
+                raw = zf.read(pkg.rdf_name)
+        else:
+            raw = (pkg.path / pkg.rdf_name).read_bytes()
+        return raw.decode("utf-8")
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+        raise InvalidModelError(f"{pkg.path} is a corrupt zip ({_one_line(e)}); re-download or re-export the "
+                                "model package") from e
+    except UnicodeDecodeError as e:
+        raise InvalidModelError(f"{_where(pkg)} is not UTF-8 text; re-save the rdf.yaml as UTF-8") from e
+    except OSError as e:
+        raise InvalidModelError(f"cannot read {_where(pkg)}: {e.strerror or e}; check its permissions") from e
+
+
+def _where(pkg: _Package) -> str:
+    return f"{pkg.path}:{pkg.rdf_name}" if pkg.kind == "zip" else str(pkg.path / pkg.rdf_name)
+
+
+def _one_line(e: BaseException | str) -> str:
+    return " ".join(str(e).split())
+
+
+def _parse(text: str, where: str) -> dict[str, Any]:
+    # bioimageio.spec reads RDFs with ruyaml as YAML 1.2; PyYAML reads YAML 1.1, where `no` is false and
+    # `1e-6` a string, so reading with PyYAML could silently change a model's values.
+    from ruyaml import YAML
+    from ruyaml.error import YAMLError
+
+    try:
+        data = YAML(typ="safe").load(text)
+    except YAMLError as e:
+        raise InvalidModelError(f"{where} is not valid YAML ({_one_line(e)}); fix the rdf.yaml") from e
+    if not isinstance(data, dict):
+        raise InvalidModelError(f"{where} is not a YAML mapping; pass a bioimageio model package")
+    return data
+
+
+def _check_model(data: Mapping[str, Any], where: str) -> None:
+    if data.get("type") != "model":
+        raise InvalidModelError(f"{where}: RDF of type {data.get('type')!r}, not a model; annotate model packages "
+                                "only")
+
+
+def _entries(data: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
+    config = data.get("config") or {}
+    if not isinstance(config, Mapping):
+        raise InvalidModelError(f"{where}: 'config' is a {type(config).__name__}, not a mapping; fix the rdf.yaml")
+    ours = config.get(NAMESPACE) or {}
+    if not isinstance(ours, Mapping):
+        raise InvalidModelError(f"{where}: 'config.{NAMESPACE}' is a {type(ours).__name__}, not a mapping; fix "
+                                "the rdf.yaml")
+    entries = ours.get(ENTRIES_KEY) or []
+    if not isinstance(entries, list) or not all(isinstance(e, Mapping) for e in entries):
+        raise InvalidModelError(f"{where}: 'config.{NAMESPACE}.{ENTRIES_KEY}' is not a list of entries; remove it "
+                                "and annotate again")
+    return [dict(e) for e in entries]
+
+
+def _without_entries(data: Mapping[str, Any]) -> dict[str, Any]:
+    stripped = copy.deepcopy(dict(data))
+    ours = (stripped.get("config") or {}).get(NAMESPACE)
+    if isinstance(ours, dict):
+        ours.pop(ENTRIES_KEY, None)
+    return stripped
+
+
+def _file_sha256(path: Path) -> str:
+    # the hash bioimage_cte.ranking.file_sha256 records; not imported from there, which would pull in scipy
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _content_sha256(data: Mapping[str, Any]) -> str:
+    """Fingerprint of an RDF's values apart from the transferability entries (key order ignored)."""
+    canonical = json.dumps(_without_entries(data), sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def read_rdf(location: Path) -> dict[str, Any]:
+    """The RDF of a local model package (folder, rdf.yaml or zip) as plain data, read as bioimageio reads it.
+
+    Raises
+    ------
+    InvalidModelError
+        Not a package, a corrupt zip, or an rdf.yaml that is not a YAML mapping.
+    """
+    pkg = _open_package(Path(location))
+    return _parse(_read_rdf_text(pkg), _where(pkg))
+
+
+def read_transferability(location: Path) -> list[dict[str, Any]]:
+    """The transferability entries of a model package (folder, rdf.yaml or zip), one per target.
+
+    Parameters
+    ----------
+    location : Path
+        A model package folder, its rdf.yaml or a package .zip.
+
+    Returns
+    -------
+    list of dict
+        ``config.bioimage_cte.transferability``; empty if the package has none.
+    """
+    pkg = _open_package(Path(location))
+    return _entries(_parse(_read_rdf_text(pkg), _where(pkg)), _where(pkg))
+
+
+# --- writing --------------------------------------------------------------------------------------------------
+
+
+def _yaml_dumper():
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        """PyYAML's safe dumper, quoting also the strings that YAML 1.2 would read as numbers (e.g. ``1e3``)."""
+
+    Dumper.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$"),
+        list("-+0123456789."),
+    )
+    Dumper.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^0o[0-7]+$"), ["0"])
+    return Dumper
+
+
+def _render(data: dict[str, Any], record: dict[str, Any], *, where: str, yaml12_header: bool) -> bytes:
+    """The RDF text with ``record`` put in its target's place, checked to change nothing else."""
+    import yaml
+
+    new = copy.deepcopy(data)
+    entries = _entries(new, where)
+    position = next((i for i, e in enumerate(entries) if e.get("target") == record["target"]), None)
+    if position is None:
+        entries.append(record)
+    else:
+        entries[position] = record
+    if not isinstance(new.get("config"), dict):
+        new["config"] = {}
+    if not isinstance(new["config"].get(NAMESPACE), dict):
+        new["config"][NAMESPACE] = {}
+    new["config"][NAMESPACE][ENTRIES_KEY] = entries
+    text = yaml.dump(new, Dumper=_yaml_dumper(), sort_keys=False, allow_unicode=True, default_flow_style=False,
+                     width=4096)
+    if yaml12_header:
+        text = "%YAML 1.2\n---\n" + text
+    # Read back the way bioimageio.spec reads it: every value but ours must have survived the round trip.
+    again = _parse(text, where)
+    if _without_entries(again) != _without_entries(data) or _entries(again, where) != entries:
+        raise BioimageCteError(f"{where}: rewriting the rdf.yaml would change values other than "
+                               f"config.{NAMESPACE}; the package was left untouched, please report this RDF")
+    return text.encode("utf-8")
+
+
+def write_atomic(path: Path, data: bytes, *, backup: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically: a reader sees the old file or the new one, never half of one.
+
+    Raises
+    ------
+    WriteError
+        The folder cannot be created or written.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, lambda f: _write_all(f, data), backup=backup)
+    except OSError as e:
+        raise WriteError(f"cannot write {path}: {e.strerror or _one_line(e)}; choose a writable folder") from e
+    return path
+
+
+def _write_all(f: IO[bytes], data: bytes) -> None:
+    """Write ``data`` to an open file; a separate step so tests can interrupt a write halfway."""
+    f.write(data)
+
+
+def _fsync_folder(folder: Path) -> None:
+    # makes the rename itself durable; not every platform can open a folder, which only costs durability
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _backup_path(path: Path) -> Path:
+    candidate = path.with_name(path.name + _BACKUP_SUFFIX)
+    n = 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}{_BACKUP_SUFFIX}.{n}")
+    return candidate
+
+
+def _keep_backup(path: Path) -> Path:
+    """Keep the current ``path`` as a numbered backup before it is replaced (a hard link when possible)."""
+    backup = _backup_path(path)
+    try:
+        os.link(path, backup)  # no copy of a large zip: the old inode lives on under the backup name
+    except OSError:
+        shutil.copy2(path, backup)
+    return backup
+
+
+def _atomic_write(
+    dest: Path, fill: Callable[[IO[bytes]], None], *, backup: bool, mode_from: Path | None = None
+) -> None:
+    """Write ``dest`` through a temporary file in its folder; ``dest`` is untouched unless everything succeeded.
+
+    The new file gets the permissions of the file it replaces, or of ``mode_from`` for a new file.
+    """
+    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.tmp")
+    # os.open with 0o666 gives a new file the user's umask, where mkstemp would make it private (0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fill(f)
+            f.flush()
+            os.fsync(f.fileno())
+        template = dest if dest.exists() else mode_from
+        if template is not None:
+            shutil.copymode(template, tmp)
+        if backup and dest.exists():
+            _keep_backup(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_folder(dest.parent)
+
+
+def _copy_entry(zin: zipfile.ZipFile, zout: zipfile.ZipFile, info: zipfile.ZipInfo, data: bytes | None) -> None:
+    """Copy one zip entry with its name, time, mode and compression; ``data`` replaces its content if given."""
+    new = zipfile.ZipInfo(info.filename, date_time=info.date_time)
+    new.compress_type = info.compress_type
+    new.external_attr = info.external_attr
+    new.internal_attr = info.internal_attr
+    new.create_system = info.create_system
+    new.comment = info.comment
+    if data is not None:
+        zout.writestr(new, data)
+        return
+    if info.is_dir():
+        zout.writestr(new, b"")
+        return
+    new.file_size = info.file_size
+    with zin.open(info) as src, zout.open(new, "w", force_zip64=info.file_size >= zipfile.ZIP64_LIMIT) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def _rewrite_zip(source: Path, rdf_name: str, rdf: bytes, dest: Path, *, backup: bool) -> None:
+    def fill(f: IO[bytes]) -> None:
+        with zipfile.ZipFile(source) as zin, zipfile.ZipFile(f, "w") as zout:
+            for info in zin.infolist():
+                _copy_entry(zin, zout, info, rdf if info.filename == rdf_name else None)
+            zout.comment = zin.comment
+
+    try:
+        _atomic_write(dest, fill, backup=backup, mode_from=source)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+        raise InvalidModelError(f"{source} is a corrupt zip ({_one_line(e)}); re-download or re-export the model "
+                                "package") from e
+
+
+def _copy_folder(source: Path, rdf_name: str, rdf: bytes, dest: Path) -> None:
+    """Copy a package folder to ``dest`` with a new rdf file; ``dest`` appears complete or not at all."""
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
+    try:
+        shutil.copytree(source, tmp, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(f"*{_BACKUP_SUFFIX}", f"*{_BACKUP_SUFFIX}.*"))
+        with (tmp / rdf_name).open("wb") as f:
+            _write_all(f, rdf)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_folder(dest.parent)
+
+
+def _output_destination(pkg: _Package, output: Path) -> Path:
+    dest = Path(output) / pkg.path.name
+    if dest.resolve() == pkg.path.resolve():
+        raise WriteError(f"{output} is the folder the package {pkg.path} is in; omit the output folder to annotate "
+                         "in place, or choose another one")
+    return dest
+
+
+def annotate_package(
+    location: Path,
+    entry: TransferabilityEntry,
+    *,
+    expected_sha256: str | None = None,
+    output: Path | None = None,
+    backup: bool = True,
+) -> Path:
+    """Write one transferability entry onto a model package's rdf.yaml.
+
+    The entry goes into the list ``config.bioimage_cte.transferability``, replacing an entry for
+    the same target name and keeping the others.
+
+    The RDF is edited as plain data, not through bioimageio's pydantic models: loading and
+    saving a description would normalise values, fill in defaults and may rewrite or re-hash
+    files, whereas editing the data changes nothing but our list, so every other file of the
+    package and every sha256 the RDF lists stay valid. The data is read as YAML 1.2 with
+    ruyaml, as bioimageio.spec reads it (PyYAML reads YAML 1.1, where ``no`` means false and
+    ``1e-6`` is a string), and written with PyYAML's ``safe_dump`` in the original key order,
+    quoting strings YAML 1.2 would read as numbers. Before anything is written, the new text is
+    read back and must equal the old data apart from our list. Comments and the layout of the
+    YAML are not kept.
+
+    Parameters
+    ----------
+    location : Path
+        A model package folder, its rdf.yaml (or bioimageio.yaml) or a package .zip.
+    entry : TransferabilityEntry
+        What to write (see :func:`entries_from_ranking`).
+    expected_sha256 : str, optional
+        sha256 of the package file (the zip, or the rdf.yaml of a folder) when it was ranked.
+        If given, a package that changed since is refused, unless the only change is earlier
+        transferability entries written by this function.
+    output : Path, optional
+        Folder to write the annotated package to, under the package's own name, leaving the
+        original untouched. A package already there from an earlier annotation of the same model
+        gets the new entry added; anything else there is refused. Default: annotate in place.
+    backup : bool
+        When annotating in place, keep the previous file as ``<name>.bak`` (``.bak.1``, ``.bak.2``,
+        ... if that exists).
+
+    Returns
+    -------
+    Path
+        The written package: the .zip, or the rdf.yaml of a folder package.
+
+    Raises
+    ------
+    InvalidModelError
+        Not a model package, corrupt zip, unreadable or invalid rdf.yaml, or an RDF whose
+        ``type`` is not ``model``.
+    PackageChangedError
+        ``expected_sha256`` does not match the package any more.
+    WriteError
+        The destination cannot be written. In every error case the package is unchanged.
+    """
+    pkg = _open_package(Path(location))
+    where = _where(pkg)
+    text = _read_rdf_text(pkg)
+    data = _parse(text, where)
+    _check_model(data, where)
+    content = _content_sha256(data)
+    current = _file_sha256(pkg.checksum_file)
+    ours = [e for e in _entries(data, where) if e.get("content_sha256") == content]
+    if expected_sha256 is not None and current != expected_sha256:
+        if not any(e.get("package_sha256") == expected_sha256 for e in ours):
+            raise PackageChangedError(f"{pkg.checksum_file} changed since it was ranked (sha256 {current[:12]}... "
+                                      f"instead of {expected_sha256[:12]}...); rank again")
+    package_sha = expected_sha256 or next((e["package_sha256"] for e in ours if e.get("package_sha256")), current)
+    record = {**entry.to_dict(), "package_sha256": package_sha, "content_sha256": content}
+
+    base, base_data, in_place = pkg, data, output is None
+    if output is not None:
+        try:
+            Path(output).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise WriteError(f"cannot create output folder {output}: {e.strerror or e}; choose a writable "
+                             "folder") from e
+        dest = _output_destination(pkg, Path(output))
+        if dest.exists():
+            base = _open_package(dest)
+            base_data = _parse(_read_rdf_text(base), _where(base))
+            if base.kind != pkg.kind or _content_sha256(base_data) != content:
+                raise WriteError(f"{dest} already exists and is not an annotated copy of {pkg.path}; remove it or "
+                                 "choose another output folder")
+            in_place = True  # our own earlier copy: add to it, no backup of a copy
+    rdf = _render(base_data, record, where=where, yaml12_header=text.lstrip().startswith("%YAML"))
+
+    target = base.path if in_place else dest
+    try:
+        if pkg.kind == "zip":
+            _rewrite_zip(base.path, base.rdf_name, rdf, target, backup=backup and output is None)
+            return target
+        if in_place:
+            _atomic_write(target / base.rdf_name, lambda f: _write_all(f, rdf), backup=backup and output is None)
+        else:
+            _copy_folder(pkg.path, pkg.rdf_name, rdf, target)
+        return target / base.rdf_name
+    except OSError as e:
+        raise WriteError(f"cannot write {target}: {e.strerror or _one_line(e)}; choose a writable output folder "
+                         "or check the package's permissions") from e
+
+
+# --- from a ranking ---------------------------------------------------------------------------------------------
+
+
+def _read_ranking(path: Path) -> dict[str, Any]:
+    try:
+        payload = json.loads(path.read_text())
+    except OSError as e:
+        raise BioimageCteError(f"cannot read ranking {path}: {e.strerror or e}; pass the JSON written by "
+                               "'bioimage-cte rank --output'") from e
+    except json.JSONDecodeError as e:
+        raise BioimageCteError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); pass the JSON written by "
+                               "'bioimage-cte rank --output'") from e
+    if not isinstance(payload, dict) or "models" not in payload:
+        raise BioimageCteError(f"{path} is not a ranking (no 'models'); pass the JSON written by "
+                               "'bioimage-cte rank --output'")
+    return payload
+
+
+def locate_package(source: str, *, base: Path | None = None) -> Path:
+    """The local package a ranking's model ``source`` refers to.
+
+    Parameters
+    ----------
+    source : str
+        The source as recorded in the ranking (the path given to ``rank``).
+    base : Path, optional
+        Folder to try for a relative path that does not exist from the current folder,
+        typically the ranking JSON's folder.
+
+    Raises
+    ------
+    InvalidModelError
+        ``source`` is a URL or cannot be found.
+    """
+    base = Path.cwd() if base is None else Path(base)
+    if source.startswith(("http://", "https://")):
+        raise InvalidModelError(f"{source} is a URL; only local packages can be annotated (download the package, "
+                                "rank and annotate the local copy)")
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    if not path.is_absolute() and (base / path).exists():
+        return base / path
+    where = "" if path.is_absolute() else f" (looked in the current folder and in {base})"
+    raise InvalidModelError(f"{source} not found{where}; was the package moved after ranking? Rank again, or run "
+                            "from the folder 'rank' ran in")
+
+
+def annotate_from_ranking(
+    ranking_json_path: Path,
+    *,
+    target: str,
+    images: Sequence[Path],
+    output: Path | None = None,
+    backup: bool = True,
+) -> list[Path]:
+    """Annotate every ranked model of a ranking JSON with its transferability to ``target``.
+
+    Every model is tried; a model that cannot be annotated (moved, changed since it was ranked,
+    read-only, a URL, ...) does not stop the others. Failures are collected and raised together
+    at the end as one :class:`~bioimage_cte.errors.AnnotationError`, whose ``written`` lists the
+    packages that were annotated and ``failures`` maps each failed source to its reason.
+
+    Parameters
+    ----------
+    ranking_json_path : Path
+        A ranking written by ``bioimage-cte rank --output``. Model sources that are relative
+        paths are looked up from the current folder, then from the JSON's folder.
+    target : str
+        Name of the target dataset, e.g. ``"dsb2018"``.
+    images : sequence of Path
+        The target images the ranking was made on (fingerprinted into each entry).
+    output : Path, optional
+        Folder to write annotated copies to; default: annotate the packages in place.
+    backup : bool
+        Keep ``.bak`` copies of packages annotated in place.
+
+    Returns
+    -------
+    list of Path
+        The annotated packages (zip, or rdf.yaml of a folder), in ranking order.
+
+    Raises
+    ------
+    BioimageCteError
+        The ranking cannot be read, or the images do not match it (checked before any write).
+    AnnotationError
+        One or more models could not be annotated (the others were).
+    """
+    path = Path(ranking_json_path)
+    ranking = _read_ranking(path)
+    paths = [Path(p) for p in images]
+    n_ranked = ranking.get("settings", {}).get("n_images")
+    if isinstance(n_ranked, int) and n_ranked != len(paths):
+        raise InvalidImageError(f"{path} was ranked on {n_ranked} images but {len(paths)} were given; pass the same "
+                                "--images as to 'bioimage-cte rank'")
+    entries = entries_from_ranking(ranking, target=target, fingerprint=dataset_fingerprint(paths))
+    written: list[Path] = []
+    failures: dict[str, str] = {}
+    claimed: dict[Path, str] = {}
+    for source, (entry, sha256) in entries.items():
+        try:
+            location = locate_package(source, base=path.parent.resolve())
+            if output is not None:
+                dest = _output_destination(_open_package(location), Path(output)).resolve()
+                if dest in claimed:
+                    raise WriteError(f"{source} and {claimed[dest]} would both be written to {dest}; annotate them "
+                                     "into different output folders")
+                claimed[dest] = source
+            written.append(annotate_package(location, entry, expected_sha256=sha256, output=output, backup=backup))
+        except Exception as e:  # one model's problem must not stop the others; all are reported at the end
+            reason = str(e) if isinstance(e, BioimageCteError) else f"{type(e).__name__}: {e}"
+            failures[source] = _one_line(reason)
+    if failures:
+        listed = "; ".join(f"{s}: {r}" for s, r in failures.items())
+        raise AnnotationError(f"annotated {len(written)} of {len(entries)} models from {path}; failed: {listed}",
+                              written=written, failures=failures)
+    return written

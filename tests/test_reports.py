@@ -1,0 +1,192 @@
+"""Zoo per-tool reports and the HTML report, on a real ranking of demo-zoo packages."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bioimage_cte.errors import BioimageCteError
+from bioimage_cte.reports import (
+    bootstrap_intervals,
+    merge_tool_reports,
+    write_html_report,
+    write_zoo_reports,
+    zoo_tool_report,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+ZOO = ROOT / "resources" / "zoo"
+DSB = ROOT / "resources" / "data" / "dsb2018"
+RANKED = ("nuclei-small-bright", "weak-nuclei-tiny", "nuclei-dim-blurry")
+CHROMIUM = Path("/usr/bin/chromium")
+REPORT_KEYS = {"status", "score", "error", "details", "badge", "links"}
+
+
+@pytest.fixture(scope="module")
+def ranked(tmp_path_factory) -> dict:
+    """A real CTE ranking and evaluation of three demo packages on two labelled DSB images."""
+    from bioimage_cte.estimators import CTEDropout, MeanConfidence
+    from bioimage_cte.images import load_labels
+    from bioimage_cte.ranking import build_ranking, evaluate_rankings, rank_models
+    from bioimage_cte.sources import find_models
+
+    images = sorted((DSB / "images").glob("*.tif"))[:2]
+    labels = load_labels(images, str(DSB / "labels"))
+    estimators = [CTEDropout(), MeanConfidence()]
+    sources = find_models([str(ZOO / f"{name}.zip") for name in RANKED])
+    results, failures = rank_models(sources, images, estimators, labels=labels)
+    ranking = build_ranking(results, estimators[0], failures=failures).to_json_dict()
+    ranking["settings"].update({"n_images": len(images), "seed": 0})
+    evaluation = evaluate_rankings(results, estimators, failures=failures, n_permutations=50, n_boot=20)
+    return {"ranking": ranking, "evaluation": evaluation.to_json_dict(), "images": images,
+            "tmp": tmp_path_factory.mktemp("reports")}
+
+
+def test_tool_report_shape_for_passed_failed_and_not_applicable():
+    passed = zoo_tool_report({"name": "m", "score": 0.83, "rank": 2, "n_images": 4}, target="dsb2018", n_models=8,
+                             estimator="cte-dropout", settings={"p": 0.2})
+    assert set(passed) == REPORT_KEYS
+    assert passed["status"] == "passed" and passed["score"] == 0.83 and passed["error"] is None
+    assert passed["details"] == {"dsb2018": {"score": 0.83, "rank": 2, "n_models": 8, "n_images": 4,
+                                             "estimator": "cte-dropout", "settings": {"p": 0.2}}}
+    assert passed["badge"]["label"] == "CTE rank 2/8"
+    assert all(passed["badge"][k].startswith("https://") for k in ("icon", "url"))
+    crashed = zoo_tool_report({"name": "m", "source": "m.zip", "stage": "predict", "reason": "NaN output"},
+                              target="dsb2018", n_models=8, estimator="cte-dropout")
+    assert (crashed["status"], crashed["score"], crashed["error"], crashed["badge"]) == ("failed", 0.0, "NaN output",
+                                                                                        None)
+    no_greybox = zoo_tool_report({"name": "m", "source": "m.zip", "stage": "cte-dropout", "reason": "no state dict"},
+                                 target="dsb2018", n_models=8, estimator="cte-dropout")
+    assert no_greybox["status"] == "not-applicable"
+    empty = zoo_tool_report({"name": "m", "score": None, "rank": 8, "note": "no foreground"}, target="t",
+                            n_models=8, estimator="cte-dropout")
+    assert (empty["status"], empty["score"], empty["error"]) == ("failed", 0.0, "no foreground")
+    # an estimator whose scores are not in [0, 1] is reported by rank
+    entropy = zoo_tool_report({"name": "m", "score": -0.4, "rank": 3, "n_images": 4}, target="t", n_models=5,
+                              estimator="entropy")
+    assert entropy["score"] == 0.5 and entropy["details"]["t"]["score"] == -0.4
+    for report in (passed, crashed, no_greybox, empty, entropy):
+        assert 0.0 <= report["score"] <= 1.0
+        json.dumps(report, allow_nan=False)
+
+
+def test_merging_targets():
+    a = zoo_tool_report({"name": "m", "score": 0.9, "rank": 3, "n_images": 4}, target="a", n_models=4,
+                        estimator="cte-dropout", links=["x"])
+    b = zoo_tool_report({"name": "m", "score": 0.7, "rank": 1, "n_images": 4}, target="b", n_models=4,
+                        estimator="cte-dropout", links=["x", "y"])
+    c = zoo_tool_report({"name": "m", "stage": "predict", "reason": "crashed"}, target="c", n_models=4,
+                        estimator="cte-dropout")
+    merged = merge_tool_reports([a, b, c])
+    assert set(merged) == REPORT_KEYS and set(merged["details"]) == {"a", "b", "c"}
+    assert merged["status"] == "passed" and merged["score"] == pytest.approx((0.9 + 0.7 + 0.0) / 3)
+    assert merged["error"] == "c: crashed" and merged["links"] == ["x", "y"]
+    assert merged["badge"]["label"] == "CTE best rank 1/4 (3 targets)"
+    assert merge_tool_reports([c])["status"] == "failed"
+
+
+def test_bootstrap_intervals_contain_the_median_and_skip_empty_images():
+    scores = [[0.1, 0.5, 0.9, None], [0.7, 0.7], [None]]
+    ci = bootstrap_intervals(scores, seed=1)
+    assert ci[0, 0] <= 0.5 <= ci[0, 1] and 0.1 <= ci[0, 0] and ci[0, 1] <= 0.9
+    assert ci[1].tolist() == [0.7, 0.7] and np.isnan(ci[2]).all()
+    assert np.array_equal(ci, bootstrap_intervals(scores, seed=1), equal_nan=True)
+
+
+def test_zoo_reports_layout(ranked, tmp_path):
+    ranking = ranked["ranking"]
+    # one package with a zoo id and version in its RDF: those name its folder
+    folder = tmp_path / "pkg"
+    with zipfile.ZipFile(ZOO / "nuclei-small-bright.zip") as zf:
+        zf.extractall(folder)
+    rdf = folder / "rdf.yaml"
+    rdf.write_text(rdf.read_text().replace("type: model\n", "type: model\nid: affable-shark\nversion: 1.2\n"))
+    second = json.loads(json.dumps(ranking))
+    second["models"][0]["source"] = str(folder)
+    second["failures"] = [{"name": "broken", "source": str(tmp_path / "broken.zip"), "stage": "predict",
+                           "reason": "not a valid zip"}]
+    out = tmp_path / "site"
+    written = write_zoo_reports({"dsb2018": ranking, "dsb-copy": second}, out, tool_version="0.1.0")
+    relative = sorted(str(p.relative_to(out)) for p in written)
+    names = [m["name"] for m in ranking["models"]]
+    expected = {f"reports/{n}/1/reports/bioimage-cte_0.1.0.json" for n in names}
+    expected |= {"reports/affable-shark/1.2/reports/bioimage-cte_0.1.0.json",
+                 "reports/broken/1/reports/bioimage-cte_0.1.0.json",
+                 "rankings/dsb2018.json", "rankings/dsb-copy.json"}
+    assert set(relative) == expected and len(relative) == len(expected)
+    top = json.loads((out / f"reports/{names[0]}/1/reports/bioimage-cte_0.1.0.json").read_text())
+    assert set(top) == REPORT_KEYS and list(top["details"]) == ["dsb2018"]
+    assert top["details"]["dsb2018"]["rank"] == 1 and top["badge"]["label"] == f"CTE rank 1/{len(names)}"
+    both = json.loads((out / f"reports/{names[1]}/1/reports/bioimage-cte_0.1.0.json").read_text())
+    assert list(both["details"]) == ["dsb2018", "dsb-copy"] and both["status"] == "passed"
+    broken = json.loads((out / "reports/broken/1/reports/bioimage-cte_0.1.0.json").read_text())
+    assert broken["status"] == "failed" and broken["score"] == 0.0 and "not a valid zip" in broken["error"]
+    assert json.loads((out / "rankings/dsb2018.json").read_text()) == ranking
+    assert not list(out.rglob("*.tmp"))
+    with pytest.raises(BioimageCteError, match="'0.1_0' is not allowed"):
+        write_zoo_reports({"dsb2018": ranking}, tmp_path / "x", tool_version="0.1_0")
+    with pytest.raises(BioimageCteError, match="target name '../up' cannot be a file name"):
+        write_zoo_reports({"../up": ranking}, tmp_path / "x", tool_version="0.1.0")
+    assert not (tmp_path / "x").exists()
+
+
+def _chromium(*args: str, user_data: Path) -> subprocess.CompletedProcess:
+    command = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               f"--user-data-dir={user_data}", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
+
+
+def test_html_report_is_self_contained_and_renders(ranked):
+    tmp = ranked["tmp"]
+    ranking = ranked["ranking"]
+    moved = json.loads(json.dumps(ranking))
+    path = write_html_report(ranking, tmp / "report.html", image_paths=ranked["images"],
+                             evaluation_json=ranked["evaluation"], n_overlays=2)
+    page = path.read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page)  # nothing loads from outside
+    assert "<link" not in page and "@import" not in page and "<script" not in page
+    for model in ranking["models"]:
+        assert f"<td>{model['name']}</td>" in page
+    assert page.count("<img ") == 5  # chart, per-image scores, best and worst model, agreement scatter
+    for model in moved["models"]:
+        model["source"] = f"nowhere/{model['name']}.zip"  # a moved package is reported on the page, not raised
+    without = write_html_report(moved, tmp / "moved.html", image_paths=ranked["images"], n_overlays=1)
+    assert without.read_text().count("could not run") == 2 and without.read_text().count("<img ") == 2
+
+    if not CHROMIUM.exists():
+        print(f"{CHROMIUM} is missing: install it with `apt-get install -y chromium` to check the rendering")
+        pytest.skip(f"{CHROMIUM} not installed")
+    # The test's copy may run one inline script, which reports every image's decoded width in the title;
+    # the page's own policy still allows data: images only.
+    probe = page.replace("default-src 'none';", "default-src 'none'; script-src 'unsafe-inline';").replace(
+        "</body>", "<script>addEventListener('load', () => { document.title = 'IMAGES ' + JSON.stringify("
+                   "Array.from(document.images, i => i.complete ? i.naturalWidth : -1)); });</script></body>")
+    (tmp / "probe.html").write_text(probe)
+    dom = _chromium("--dump-dom", f"file://{tmp / 'probe.html'}", user_data=tmp / "chromium-dom")
+    title = re.search(r"<title>IMAGES (\[.*?\])</title>", dom.stdout)
+    assert title, dom.stderr[-2000:]
+    widths = json.loads(title.group(1))
+    assert len(widths) == 5 and all(w > 100 for w in widths), widths
+    rows = re.findall(r"<tr>\s*<td class=\"num\">", dom.stdout)
+    assert len(rows) == len(ranking["models"])  # the ranking table survived parsing
+    shot = _chromium("--screenshot=" + str(tmp / "report.png"), "--window-size=1400,3000",
+                     f"file://{path}", user_data=tmp / "chromium-shot")
+    assert (tmp / "report.png").stat().st_size > 50_000, shot.stderr[-2000:]
+
+
+def test_report_failures_are_one_line(tmp_path):
+    with pytest.raises(BioimageCteError, match="has no 'models'"):
+        write_html_report({"oops": 1}, tmp_path / "r.html", image_paths=[])
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    ranking = {"models": [], "failures": [], "settings": {"estimator": "cte-dropout"}}
+    with pytest.raises(BioimageCteError, match=f"cannot write {blocker}/sub/r.html"):
+        write_html_report(ranking, blocker / "sub" / "r.html", image_paths=[])
+    assert blocker.read_text() == "x"
