@@ -44,7 +44,7 @@ def bare(sources, paths) -> float:
     for source in sources:
         descr = load_model(source.location, perform_io_checks=False)
         net = load_torch_model(descr.weights.pytorch_state_dict, devices=["cpu"]).eval()
-        method = descr.inputs[0].preprocessing[0].id
+        method = next(op.id for op in descr.inputs[0].preprocessing if op.id != "ensure_dtype")
         spec = _spatial_spec(descr, "y")
         mask = {}
 
@@ -76,7 +76,7 @@ def naive(sources, paths) -> float:
         for i, path in enumerate(paths):
             image = load_target(path)
             for x in (image, perturb_image(image, InputPerturbation("gaussian", 0.1), rng=i)):
-                predict(model=descr, inputs={input_id: x[None, None]}, weight_format="pytorch_state_dict")
+                predict(model=descr, inputs={input_id: x[None, None]})
     return time.perf_counter() - start
 
 

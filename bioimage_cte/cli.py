@@ -351,6 +351,48 @@ def _agreement_table(evaluation, n_models: int, n_images: int) -> Table:
     return table
 
 
+@app.command("zoo-rank")
+def zoo_rank(
+    zoo: Annotated[str, typer.Argument(help="Folder of model packages, or a collection index JSON (path or URL).",
+                                       show_default=False)],
+    targets: Annotated[list[Path], typer.Argument(help="Target folders, each with images/ (labels/ optional).",
+                                                  show_default=False)],
+    output_dir: Annotated[Path, typer.Option(help="Where rankings and zoo reports are written.")] = Path(
+        "zoo-ranking"),
+    store: Annotated[Path | None, typer.Option(help="Results database; default ~/.cache/bioimage-cte/"
+                                               "results.sqlite. Re-runs score only what changed.")] = None,
+    annotate_cards: Annotated[bool, typer.Option("--annotate", help="Write each target's ranking back onto the "
+                                                 "packages (in place, with backups).")] = False,
+    strength: StrengthOpt = None,
+    retries: Annotated[int, typer.Option(help="Retries of a failing model before it is recorded as failed.")] = 1,
+    dask_address: Annotated[str | None, typer.Option(help="Score on Dask: 'local' for a local cluster, or "
+                                                     "tcp://HOST:PORT of an existing scheduler.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Workers of the local Dask cluster.")] = None,
+    tag: TagOpt = None,
+    seed: SeedOpt = 0,
+    debug: DebugOpt = False,
+) -> None:
+    """Rank a whole zoo on several targets through the Prefect flow (incremental; no Prefect server needed)."""
+    _quiet_libraries()
+    try:
+        from flows.zoo_ranking import run_zoo_ranking
+
+        summary = run_zoo_ranking(zoo, [str(t) for t in targets], output_dir=str(output_dir),
+                                  store_path=None if store is None else str(store), annotate=annotate_cards,
+                                  p=strength, retries=retries, dask_address=dask_address, workers=workers,
+                                  tag=tag, seed=seed)
+    except Exception as e:
+        _fail(e, debug)
+    console.print(f"scored {summary.scored} model x target pairs, {summary.cached} taken from {summary.store}")
+    for target, path in summary.rankings.items():
+        console.print(f"ranking of {target} written to {path}")
+    for failed in summary.failed:
+        err_console.print(f"[yellow]failed[/] {failed.model} on {failed.target}: {failed.reason}", highlight=False,
+                          soft_wrap=True)
+    for where, problem in summary.problems.items():
+        err_console.print(f"[yellow]{where}[/]: {problem}", highlight=False, soft_wrap=True)
+
+
 @app.command("transfer-matrix")
 def transfer_matrix(
     zoo: Annotated[Path, typer.Option(help="Folder of model packages.")] = Path("resources/zoo"),

@@ -1,0 +1,709 @@
+"""A local results database, so that ranking a zoo again scores only what is new or changed.
+
+One SQLite file holds one row per (model package, target dataset, estimator + settings,
+bioimage-cte version): the model's per-image scores, its true metrics when the target has
+labels, whether scoring succeeded (``"ok"``) or not (``"failed"``, with the error) and when.
+The key is content-addressed (:func:`result_key`), so moving a folder does not invalidate
+anything, and changing a model's weights, an image, a label or a setting does.
+
+The file uses SQLite's write-ahead log: every :meth:`ResultStore.put` is one transaction, and a
+process killed in the middle of a run (even with SIGKILL) leaves every row it had committed
+intact. Several threads or processes on one machine may read and write the same file at once;
+do not put it on a network file system (SQLite's WAL needs shared memory between the writers).
+
+The rest of the module is the plumbing a zoo-wide run needs around the store, as plain
+functions: :func:`read_target` and :func:`plan_jobs` turn folders into small, picklable
+:class:`ScoreJob` values (paths, never arrays), :func:`score_job` scores one job unless the store
+already has it, and :func:`collect_results` rebuilds :class:`~bioimage_cte.ranking.ModelResult`
+values from the store for :func:`~bioimage_cte.ranking.build_ranking`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import sqlite3
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from bioimage_cte import __version__
+from bioimage_cte.errors import BioimageCteError, InvalidImageError
+from bioimage_cte.sources import RDF_NAMES, ModelSource
+
+if TYPE_CHECKING:
+    from bioimage_cte.ranking import ModelFailure, ModelResult
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "InvalidStoreError",
+    "JobOutcome",
+    "ResultStore",
+    "ScoreJob",
+    "ScoreRecord",
+    "ScoringOptions",
+    "TargetSpec",
+    "collect_results",
+    "default_store_path",
+    "failed_record",
+    "package_fingerprint",
+    "plan_jobs",
+    "rank_target",
+    "read_target",
+    "result_key",
+    "score_job",
+]
+
+#: Version of the table layout; a file written by a newer layout is refused, not misread.
+SCHEMA_VERSION = 1
+
+_BUSY_TIMEOUT_S = 60.0  # writers wait for each other (one put is milliseconds) instead of failing
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS results (
+        key TEXT PRIMARY KEY,
+        model TEXT NOT NULL,
+        dataset TEXT NOT NULL,
+        estimator TEXT NOT NULL,
+        settings TEXT NOT NULL,
+        version TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+        created TEXT NOT NULL,
+        record TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS results_by_dataset ON results (dataset, estimator)",
+)
+_ANNOTATION_NAMESPACE, _ANNOTATION_KEY = "bioimage_cte", "transferability"
+
+
+class InvalidStoreError(BioimageCteError, ValueError):
+    """The results database cannot be used (not SQLite, or written by a newer bioimage-cte)."""
+
+
+def default_store_path() -> Path:
+    """Where the results database lives unless the caller says otherwise: ``~/.cache/bioimage-cte/results.sqlite``."""
+    return Path.home() / ".cache" / "bioimage-cte" / "results.sqlite"
+
+
+def _canonical(value: Any) -> str:
+    # sorted keys and no spaces: equal settings give equal text whatever order they were built in
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def result_key(
+    model: str,
+    dataset: str,
+    estimator: str,
+    settings: Mapping[str, Any],
+    *,
+    version: str = __version__,
+) -> str:
+    """The store key of one model scored on one dataset: sha256 over everything that changes the scores.
+
+    Parameters
+    ----------
+    model : str
+        The package's content fingerprint (:func:`package_fingerprint`).
+    dataset : str
+        The target images' fingerprint (:func:`bioimage_cte.annotate.dataset_fingerprint`).
+    estimator : str
+        Estimator name, e.g. ``"cte-dropout"``.
+    settings : mapping
+        The estimator's settings plus the run options that change scores (seed, axes, layer, ...);
+        JSON-serialisable, key order does not matter.
+    version : str
+        bioimage-cte version (default: this one); a new version scores everything again.
+
+    Returns
+    -------
+    str
+        64 hexadecimal digits.
+
+    Examples
+    --------
+    >>> a = result_key("m", "d", "cte-dropout", {"p": 0.2, "seed": 0})
+    >>> a == result_key("m", "d", "cte-dropout", {"seed": 0, "p": 0.2})
+    True
+    >>> a == result_key("m", "d", "cte-dropout", {"p": 0.3, "seed": 0})
+    False
+    """
+    payload = _canonical({"model": model, "dataset": dataset, "estimator": estimator, "settings": dict(settings),
+                          "version": version})
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ScoreRecord:
+    """What the store keeps for one model on one dataset.
+
+    Attributes
+    ----------
+    model, dataset, estimator, settings, version
+        The parts of the key (see :func:`result_key`); :attr:`key` recomputes it.
+    status : {"ok", "failed"}
+        Whether the model could be scored.
+    name, source : str
+        The model's display name and source when it was scored (not part of the key).
+    sha256 : str or None
+        sha256 of the package file when it was scored (:func:`bioimage_cte.ranking.file_sha256`).
+    images : tuple of str
+        File names of the images, in scoring order.
+    per_image : dict
+        Estimator name -> one score per image (``nan`` where an image had nothing to score).
+    true : dict
+        True metric (dice, f1, map) -> one value per image; empty without labels.
+    failures : dict
+        Estimator name -> why it could not run for this model (e.g. no grey-box weights).
+    layer : str or None
+        The layer a grey-box estimator perturbed.
+    error : str or None
+        One-line reason when ``status == "failed"``.
+    seconds : float
+        Scoring time.
+    created : str
+        When the record was made, ISO 8601 in UTC.
+    """
+
+    model: str
+    dataset: str
+    estimator: str
+    settings: dict[str, Any]
+    version: str
+    status: Literal["ok", "failed"]
+    name: str = ""
+    source: str = ""
+    sha256: str | None = None
+    images: tuple[str, ...] = ()
+    per_image: dict[str, list[float]] = field(default_factory=dict)
+    true: dict[str, list[float]] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    layer: str | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    created: str = ""
+
+    @property
+    def key(self) -> str:
+        """The store key this record belongs under."""
+        return result_key(self.model, self.dataset, self.estimator, self.settings, version=self.version)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+
+
+class ResultStore:
+    """The results database: one SQLite file, safe for concurrent use by threads and processes on one machine.
+
+    Every call opens its own short-lived connection, so one ``ResultStore`` may be shared by
+    threads and pickled to worker processes (it holds only the path).
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        The SQLite file; created with its folder if missing. Default: :func:`default_store_path`.
+
+    Raises
+    ------
+    InvalidStoreError
+        The file is not an SQLite database, or was written by a newer bioimage-cte.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> store = ResultStore(Path(tempfile.mkdtemp()) / "results.sqlite")
+    >>> record = ScoreRecord("m", "d", "cte-dropout", {"p": 0.2}, "0.1.0", "ok", per_image={"cte-dropout": [0.9]})
+    >>> store.put(record.key, record)
+    >>> store.get(record.key).per_image
+    {'cte-dropout': [0.9]}
+    """
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path).expanduser() if path is not None else default_store_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with self._connect() as conn:
+                # WAL: readers never block the writer, and a killed writer loses only its open transaction
+                conn.execute("PRAGMA journal_mode=WAL")
+                with self._transaction(conn):  # two processes opening a new file at once create it once
+                    found = conn.execute("PRAGMA user_version").fetchone()[0]
+                    if found > SCHEMA_VERSION:
+                        raise InvalidStoreError(
+                            f"results database {self.path} was written by a newer bioimage-cte (layout {found}, "
+                            f"this version reads {SCHEMA_VERSION}); upgrade bioimage-cte or pass another store path")
+                    if found < SCHEMA_VERSION:
+                        for statement in _SCHEMA:
+                            conn.execute(statement)
+                        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as e:
+            raise InvalidStoreError(f"{self.path} is not a bioimage-cte results database ({e}); delete it or pass "
+                                    "another store path") from e
+
+    def __repr__(self) -> str:
+        return f"ResultStore({str(self.path)!r})"
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE), never opened behind our back
+        conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            # NORMAL is crash-safe in WAL mode: a killed process never corrupts the file; only a power cut
+            # may drop the last commits
+            conn.execute("PRAGMA synchronous=NORMAL")
+            yield conn
+        finally:
+            conn.close()
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+        # IMMEDIATE takes the write lock up front, so two writers queue instead of deadlocking on an upgrade
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def get(self, key: str) -> ScoreRecord | None:
+        """The record stored under ``key``, or None."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT record FROM results WHERE key = ?", (key,)).fetchone()
+        return None if row is None else _decode(row[0])
+
+    def put(self, key: str, record: ScoreRecord) -> None:
+        """Store ``record`` under ``key`` in one transaction, replacing what was there.
+
+        Raises
+        ------
+        ValueError
+            ``key`` is not ``record.key`` (the record would be found under the wrong settings).
+        """
+        if key != record.key:
+            raise ValueError(f"key {key[:12]}... does not match the record's own key {record.key[:12]}...; "
+                             "pass record.key")
+        row = (key, record.model, record.dataset, record.estimator, _canonical(record.settings), record.version,
+               record.status, record.created or _now(), _encode(record))
+        with self._connect() as conn, self._transaction(conn):
+            conn.execute("INSERT OR REPLACE INTO results (key, model, dataset, estimator, settings, version, status, "
+                         "created, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+
+    def delete(self, key: str) -> bool:
+        """Forget one record (e.g. to force it to be scored again); True if there was one."""
+        with self._connect() as conn, self._transaction(conn):
+            return conn.execute("DELETE FROM results WHERE key = ?", (key,)).rowcount > 0
+
+    def records(
+        self,
+        *,
+        model: str | None = None,
+        dataset: str | None = None,
+        estimator: str | None = None,
+        status: Literal["ok", "failed"] | None = None,
+    ) -> dict[str, ScoreRecord]:
+        """Every stored record matching all the given filters, key -> record, oldest first."""
+        filters = {"model": model, "dataset": dataset, "estimator": estimator, "status": status}
+        where = [f"{column} = ?" for column, value in filters.items() if value is not None]
+        sql = "SELECT key, record FROM results" + (" WHERE " + " AND ".join(where) if where else "")
+        with self._connect() as conn:
+            rows = conn.execute(sql + " ORDER BY created, key", [v for v in filters.values() if v is not None])
+            return {key: _decode(text) for key, text in rows}
+
+    def __len__(self) -> int:
+        with self._connect() as conn:
+            return conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+
+
+def _encode(record: ScoreRecord) -> str:
+    # NaN (an image with nothing to score) is kept as JSON's NaN token, which json.loads reads back
+    return json.dumps(asdict(record), separators=(",", ":"))
+
+
+def _decode(text: str) -> ScoreRecord:
+    data = json.loads(text)
+    data["images"] = tuple(data.get("images", ()))
+    return ScoreRecord(**data)
+
+
+# --- what a model and a target are, by content -------------------------------------------------------------------
+
+
+def _rdf_fingerprint(raw: bytes) -> bytes:
+    """The RDF's values without bioimage-cte's own transferability entries, as canonical bytes.
+
+    Writing a ranking back onto a package (bioimage_cte.annotate) rewrites its rdf.yaml; that
+    must not look like a new model, or every annotated model would be scored again.
+    """
+    from ruyaml import YAML
+
+    try:  # parsed as YAML 1.2, as bioimageio.spec and bioimage_cte.annotate read it
+        data = YAML(typ="safe").load(raw.decode("utf-8"))
+    except Exception:  # an unreadable RDF is fingerprinted by its bytes; loading it will report the problem
+        return raw
+    config = data.get("config") if isinstance(data, dict) else None
+    ours = config.get(_ANNOTATION_NAMESPACE) if isinstance(config, dict) else None
+    if isinstance(ours, dict):
+        ours.pop(_ANNOTATION_KEY, None)
+    return _canonical(data).encode()
+
+
+def _add_file(digest: Any, name: str, data: bytes) -> None:
+    content = _rdf_fingerprint(data) if name in RDF_NAMES else data
+    # name and length first, so the boundary between two files is unambiguous
+    digest.update(f"{name}\0{len(content)}\0".encode())
+    digest.update(content)
+
+
+def package_fingerprint(location: str) -> str:
+    """sha256 over a model package's files, ignoring the transferability entries bioimage-cte writes onto it.
+
+    Any change to the weights, the RDF or another file of the package changes the fingerprint;
+    annotating the package with a ranking (:mod:`bioimage_cte.annotate`) does not.
+
+    Parameters
+    ----------
+    location : str
+        :attr:`ModelSource.location`: a package .zip, an rdf.yaml (its folder is the package) or a URL.
+
+    Returns
+    -------
+    str
+        64 hexadecimal digits; for a URL, ``"url:<location>"`` (URLs are not downloaded, so a URL
+        is trusted to name one immutable version, as the zoo's versioned URLs do). A file that is
+        not a valid zip is fingerprinted by its bytes, so a broken package still gets a key.
+    """
+    path = Path(location)
+    if not path.exists():
+        return f"url:{location}"
+    digest = hashlib.sha256()
+    if path.is_file() and path.suffix.lower() == ".zip":
+        try:
+            with zipfile.ZipFile(path) as zf:
+                for info in sorted(zf.infolist(), key=lambda i: i.filename):
+                    if not info.is_dir():
+                        _add_file(digest, info.filename, zf.read(info))
+            return digest.hexdigest()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+            from bioimage_cte.ranking import file_sha256
+
+            return str(file_sha256(str(path)))
+    folder = path if path.is_dir() else path.parent
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = file.relative_to(folder).as_posix()
+        if ".bak" in file.suffixes:  # annotate's backups of the rdf.yaml are not part of the package
+            continue
+        _add_file(digest, relative, file.read_bytes())
+    return digest.hexdigest()
+
+
+def _files_fingerprint(paths: Sequence[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths, key=lambda p: p.name):
+        data = path.read_bytes()
+        digest.update(f"{path.name}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """One target dataset as a run needs it: paths and fingerprints, no pixels.
+
+    Attributes
+    ----------
+    name : str
+        The target's folder name.
+    folder : str
+        The target folder.
+    images : tuple of str
+        The image files, sorted.
+    labels : str or None
+        The ``labels/`` folder when there is one (true metrics are then recorded too).
+    fingerprint : str
+        :func:`bioimage_cte.annotate.dataset_fingerprint` of the images.
+    labels_fingerprint : str or None
+        sha256 over the label files' names and bytes.
+    task : str or None
+        ``task`` from the target's ``target.yaml``.
+    """
+
+    name: str
+    folder: str
+    images: tuple[str, ...]
+    labels: str | None
+    fingerprint: str
+    labels_fingerprint: str | None
+    task: str | None
+
+
+def read_target(folder: str | Path) -> TargetSpec:
+    """Describe a target folder: its ``images/`` (or the folder's own images), optional ``labels/`` and task.
+
+    Raises
+    ------
+    InvalidImageError
+        The folder does not exist, holds no images, or has labels for some images only.
+    """
+    from bioimage_cte.annotate import dataset_fingerprint
+    from bioimage_cte.images import list_images
+    from bioimage_cte.transfer import target_task
+
+    folder = Path(folder).expanduser().resolve()
+    if not folder.is_dir():
+        raise InvalidImageError(f"target {folder} is not a folder; pass folders laid out as <target>/images/*.tif "
+                                "(labels/ optional)")
+    images = list_images(folder / "images" if (folder / "images").is_dir() else folder)
+    labels_dir = folder / "labels"
+    labels: list[Path] = []
+    if labels_dir.is_dir():
+        with contextlib.suppress(InvalidImageError):  # an empty labels/ folder is no labels
+            labels = list_images(labels_dir)
+    missing = sorted({p.stem for p in images} - {p.stem for p in labels}) if labels else []
+    if missing:  # checked here, once, rather than failing every model on the same image
+        raise InvalidImageError(f"target {folder}: no label in {labels_dir} for image {missing[0]} (and "
+                                f"{len(missing) - 1} more); add the labels or remove the labels/ folder")
+    return TargetSpec(
+        name=folder.name,
+        folder=str(folder),
+        images=tuple(str(p) for p in images),
+        labels=str(labels_dir) if labels else None,
+        fingerprint=dataset_fingerprint(images),
+        labels_fingerprint=_files_fingerprint(labels) if labels else None,
+        task=target_task(folder),
+    )
+
+
+# --- jobs --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """How to score: the estimator and every run option that is not a model or a target.
+
+    ``estimator_options`` go to :func:`bioimage_cte.estimators.make_estimator` (``None`` values
+    mean the estimator's default). ``device`` and ``torch_threads`` do not change the scores
+    beyond float rounding, so they are not part of the store key.
+    """
+
+    estimator: str = "cte-dropout"
+    estimator_options: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    axes: str | None = None
+    layer: str | None = None
+    weight_format: str | None = None
+    device: str = "cpu"
+
+    def make_estimator(self):
+        from bioimage_cte.estimators import make_estimator
+
+        return make_estimator(self.estimator, **self.estimator_options)
+
+
+@dataclass(frozen=True)
+class ScoreJob:
+    """One model on one target: everything a worker needs, as paths and small values (picklable)."""
+
+    key: str
+    source: ModelSource
+    model: str
+    sha256: str | None
+    target: TargetSpec
+    options: ScoringOptions
+    settings: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """What :func:`score_job` did: ``scored`` is False when the store already had the result."""
+
+    key: str
+    status: Literal["ok", "failed"]
+    scored: bool
+    error: str | None = None
+
+
+def _settings(options: ScoringOptions, target: TargetSpec) -> dict[str, Any]:
+    estimator = options.make_estimator()
+    if estimator.cross_model:
+        raise BioimageCteError(f"estimator {options.estimator!r} compares every model's masks at once and cannot be "
+                               "stored per model; use 'bioimage-cte evaluate' for it, or another estimator")
+    if estimator.needs_labels and target.labels is None:
+        raise InvalidImageError(f"estimator {options.estimator!r} needs labels but target {target.folder} has no "
+                                "labels/ folder; add labels or choose a label-free estimator")
+    return {**estimator.settings(), "seed": options.seed, "axes": options.axes, "layer": options.layer,
+            "weight_format": options.weight_format, "labels": target.labels_fingerprint}
+
+
+def plan_jobs(
+    sources: Sequence[ModelSource],
+    targets: Sequence[TargetSpec],
+    options: ScoringOptions,
+    *,
+    match_task: bool = False,
+) -> list[ScoreJob]:
+    """One job per model and target (targets outer, models in the given order), each with its store key.
+
+    Every package is fingerprinted once (it is read in full; no model is loaded).
+
+    Parameters
+    ----------
+    sources : sequence of ModelSource
+        The models, e.g. from :func:`bioimage_cte.sources.find_models`.
+    targets : sequence of TargetSpec
+        From :func:`read_target`.
+    options : ScoringOptions
+        Estimator and run options.
+    match_task : bool
+        Score on a target only the models whose RDF tags contain the target's ``task``
+        (targets without a task get every model). Models without tags, or whose RDF cannot be
+        read, are kept: a broken package is then reported as failed instead of silently left out.
+
+    Raises
+    ------
+    BioimageCteError
+        The estimator cannot be stored per model (``consensus``) or needs labels a target lacks.
+    """
+    from bioimage_cte.ranking import file_sha256
+    from bioimage_cte.sources import read_tags
+
+    names = [t.name for t in targets]
+    if len(set(names)) != len(names):
+        raise BioimageCteError(f"two targets share a folder name ({', '.join(names)}); rankings are written per "
+                               "target name, so rename one folder")
+    identity = {s.location: (package_fingerprint(s.location), file_sha256(s.location)) for s in sources}
+    tags = {s.location: read_tags(s) for s in sources} if match_task else {}
+    jobs: list[ScoreJob] = []
+    for target in targets:
+        settings = _settings(options, target)
+        task = (target.task or "").lower()
+        chosen = [s for s in sources if not (match_task and task and tags[s.location]) or task in tags[s.location]]
+        for source in chosen:
+            model, sha256 = identity[source.location]
+            key = result_key(model, target.fingerprint, options.estimator, settings)
+            jobs.append(ScoreJob(key, source, model, sha256, target, options, settings))
+    return jobs
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e) if isinstance(e, BioimageCteError) else f"{type(e).__name__}: {e}"
+    return " ".join(text.split()) or type(e).__name__
+
+
+def failed_record(job: ScoreJob, error: BaseException | str) -> ScoreRecord:
+    """The record of a job that could not be scored, with the error as one line."""
+    if isinstance(error, BaseException):
+        error = _reason(error)
+    return ScoreRecord(job.model, job.target.fingerprint, job.options.estimator, job.settings, __version__, "failed",
+                       name=job.source.name, source=job.source.source, sha256=job.sha256,
+                       images=tuple(Path(p).name for p in job.target.images), error=error, created=_now())
+
+
+def score_job(job: ScoreJob, store: ResultStore, *, refresh: bool = False) -> JobOutcome:
+    """Score one model on one target, unless the store already has it; write the result to the store.
+
+    Idempotent: running a job twice scores it once. A model that cannot be scored is stored
+    as ``"failed"`` with its reason, and the error is raised again so that the caller may retry
+    it; a failed record is never a cache hit (a failure may be transient).
+
+    Parameters
+    ----------
+    job : ScoreJob
+        From :func:`plan_jobs`.
+    store : ResultStore
+        Where results are looked up and written.
+    refresh : bool
+        Score even if the store has the result.
+
+    Returns
+    -------
+    JobOutcome
+        ``scored=False`` for a cache hit.
+    """
+    if not refresh:
+        cached = store.get(job.key)
+        if cached is not None and cached.status == "ok":
+            return JobOutcome(job.key, "ok", scored=False)
+    from bioimage_cte.images import load_labels
+    from bioimage_cte.ranking import score_model
+
+    options = job.options
+    paths = [Path(p) for p in job.target.images]
+    try:
+        labels = load_labels(paths, job.target.labels, axes=options.axes) if job.target.labels else None
+        result = score_model(job.source, paths, [options.make_estimator()], labels=labels, axes=options.axes,
+                             devices=(options.device,), weight_format=options.weight_format, layer=options.layer,
+                             seed=options.seed)
+    except Exception as e:  # stored as failed, then raised again for the caller's retries
+        store.put(job.key, failed_record(job, e))
+        raise
+    record = ScoreRecord(job.model, job.target.fingerprint, options.estimator, job.settings, __version__, "ok",
+                         name=job.source.name, source=job.source.source, sha256=result.sha256,
+                         images=tuple(p.name for p in paths), per_image=result.per_image, true=result.true,
+                         failures=result.failures, layer=result.layer, seconds=result.seconds, created=_now())
+    store.put(job.key, record)
+    return JobOutcome(job.key, "ok", scored=True)
+
+
+def collect_results(jobs: Sequence[ScoreJob], store: ResultStore) -> tuple[list[ModelResult], list[ModelFailure]]:
+    """Rebuild the results of one target's jobs from the store, for :func:`bioimage_cte.ranking.build_ranking`.
+
+    Returns
+    -------
+    results : list of ModelResult
+        One per job stored as ``"ok"``, in job order, carrying the package's current sha256.
+    failures : list of ModelFailure
+        One per job stored as ``"failed"`` (with its reason) or missing from the store.
+    """
+    from bioimage_cte.ranking import ModelFailure, ModelResult
+
+    results: list[ModelResult] = []
+    failures: list[ModelFailure] = []
+    for job in jobs:
+        record = store.get(job.key)
+        if record is None:
+            failures.append(ModelFailure(job.source.name, job.source.source, "predict",
+                                         "not scored: the run stopped before this model finished; run it again"))
+        elif record.status == "failed":
+            failures.append(ModelFailure(job.source.name, job.source.source, "predict", record.error or "failed"))
+        else:
+            # the current sha256, not the stored one: a package annotated since has the same scores and a new file
+            results.append(ModelResult(job.source, record.per_image, record.true, None, record.failures, record.layer,
+                                       record.seconds, job.sha256))
+    return results, failures
+
+
+def rank_target(
+    target: TargetSpec,
+    jobs: Sequence[ScoreJob],
+    store: ResultStore,
+    options: ScoringOptions,
+    *,
+    tag: str | None = None,
+) -> dict[str, Any]:
+    """Rank the models of ``jobs`` scored on ``target`` from the store, as a ranking JSON.
+
+    Returns
+    -------
+    dict
+        :meth:`bioimage_cte.ranking.Ranking.to_json_dict` with the run's settings added (as
+        ``bioimage-cte rank --output`` writes them, so :func:`bioimage_cte.annotate.annotate_from_ranking`
+        reads it) and a ``target`` section (name, folder, task, fingerprint). Models without a
+        result are listed under ``failures``.
+    """
+    from bioimage_cte.ranking import build_ranking
+
+    mine = [j for j in jobs if j.target.name == target.name]
+    results, failures = collect_results(mine, store)
+    ranking = build_ranking(results, options.make_estimator(), failures=failures, seed=options.seed)
+    payload = ranking.to_json_dict()
+    images = Path(target.images[0]).parent if target.images else Path(target.folder)
+    payload["settings"].update({"images": str(images), "n_images": len(target.images), "tag": tag,
+                                "seed": options.seed, "device": options.device, "layer": options.layer,
+                                "weight_format": options.weight_format, "axes": options.axes})
+    payload["target"] = {"name": target.name, "folder": target.folder, "task": target.task,
+                         "fingerprint": target.fingerprint, "labels_fingerprint": target.labels_fingerprint}
+    return payload

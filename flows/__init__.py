@@ -1,0 +1,8 @@
+"""Prefect flows around the bioimage_cte library.
+
+Flows here are thin: they find inputs, fan work out to tasks, and call library functions for
+everything else. The library (``bioimage_cte``) never imports prefect; only this package does.
+
+- :mod:`flows.zoo_ranking`: rank every model of a zoo on every target, incrementally, with a
+  results store (``python -m flows.zoo_ranking --help``).
+"""

@@ -1,0 +1,487 @@
+"""Rank every model of a zoo on every target, incrementally: a Prefect flow over the results store.
+
+One task per model x target checks the results store (:mod:`bioimage_cte.store`) and scores the
+model only if the store has no result for this package content, these images, this estimator
+and these settings. The flow then ranks the models per target from the store, writes
+``<output_dir>/rankings/<target>.json``, optionally writes the rankings back onto the packages
+and the zoo reports, and publishes a progress artifact and one table artifact per target.
+
+Run it once, in this process (a temporary Prefect server starts if ``PREFECT_API_URL`` is unset)::
+
+    python -m flows.zoo_ranking run resources/zoo resources/data/dsb2018 resources/data/nuclei-tiny-crowded
+
+or from Python with :func:`run_zoo_ranking`. On a schedule (needs a real Prefect server)::
+
+    prefect server start --background
+    prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api
+    python -m flows.zoo_ranking serve --cron "0 3 * * 1" resources/zoo resources/data/dsb2018
+
+``flows/prefect.yaml`` declares the same schedule for a work pool. Images and packages are read
+by path inside the tasks, so with a Dask cluster every worker must see the same paths, and the
+results store must be on a disk local to the workers' machine (SQLite's WAL does not work over
+a network file system).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task, unmapped
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from bioimage_cte import __version__
+from bioimage_cte.errors import BioimageCteError, InvalidModelError
+from bioimage_cte.store import (
+    JobOutcome,
+    ResultStore,
+    ScoreJob,
+    ScoringOptions,
+    TargetSpec,
+    failed_record,
+    plan_jobs,
+    rank_target,
+    read_target,
+    score_job,
+)
+
+__all__ = ["FailedJob", "ZooRunSummary", "make_task_runner", "run_zoo_ranking", "zoo_ranking_flow"]
+
+if __name__ != "__main__":
+    import cloudpickle
+
+    # Ship this module's tasks to Dask workers by value: a deployment loads this file under a name
+    # workers cannot import ("zoo_ranking"), and remote workers then need only bioimage_cte installed.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+_DASK_SCHEMES = ("tcp://", "tls://", "ucx://", "ws://", "wss://", "inproc://")
+
+
+@dataclass(frozen=True)
+class FailedJob:
+    """A model that could not be scored on a target, after its retries."""
+
+    model: str
+    source: str
+    target: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ZooRunSummary:
+    """What one run did.
+
+    Attributes
+    ----------
+    rankings : dict
+        Target name -> path of its ranking JSON.
+    scored, cached : int
+        Model x target pairs scored in this run, and taken from the store.
+    failed : tuple of FailedJob
+        Pairs that failed after their retries (recorded in the store as failed).
+    annotated : dict
+        Target name -> packages annotated with its ranking (empty unless ``annotate``).
+    problems : dict
+        What went wrong after scoring (write-back, reports), by target name or ``"reports"``.
+    reports : str or None
+        Folder of the zoo reports.
+    store : str
+        The results database used.
+    """
+
+    rankings: dict[str, str]
+    scored: int
+    cached: int
+    failed: tuple[FailedJob, ...]
+    annotated: dict[str, list[str]] = field(default_factory=dict)
+    problems: dict[str, str] = field(default_factory=dict)
+    reports: str | None = None
+    store: str = ""
+
+
+def _worth_retrying(task, task_run, state) -> bool:
+    # A BioimageCteError is bad input (broken package, unreadable image): the same bytes fail the same way.
+    return not isinstance(state.data, BioimageCteError)
+
+
+@task(name="score-model", cache_policy=NO_CACHE, retry_condition_fn=_worth_retrying, retry_delay_seconds=2,
+      task_run_name="score {job.source.name} on {job.target.name}")
+def score_model_task(job: ScoreJob, store_path: str, refresh: bool = False,
+                     torch_threads: int | None = None) -> JobOutcome:
+    """Score one model on one target unless the store has it (the store is the cache, not Prefect)."""
+    if torch_threads:
+        import torch
+
+        # one thread per task in worker processes: N workers x all cores each would oversubscribe the CPU
+        torch.set_num_threads(torch_threads)
+    return score_job(job, ResultStore(store_path), refresh=refresh)
+
+
+@task(name="annotate-packages", cache_policy=NO_CACHE, task_run_name="annotate packages for {target.name}")
+def annotate_task(ranking_path: str, target: TargetSpec, output: str | None) -> list[str]:
+    """Write one target's ranking back onto the packages' rdf.yaml (see bioimage_cte.annotate)."""
+    from bioimage_cte.annotate import annotate_from_ranking
+
+    written = annotate_from_ranking(Path(ranking_path), target=target.name, images=[Path(p) for p in target.images],
+                                    output=None if output is None else Path(output), backup=True)
+    return [str(p) for p in written]
+
+
+@task(name="zoo-reports", cache_policy=NO_CACHE)
+def reports_task(rankings: dict[str, dict[str, Any]], out_dir: str) -> str:
+    """Write the per-model zoo reports under ``<out_dir>/reports`` (see bioimage_cte.reports.write_zoo_reports)."""
+    from bioimage_cte.reports import write_zoo_reports
+
+    # it also (re)writes <out_dir>/rankings/<target>.json, the same files the flow wrote
+    write_zoo_reports(rankings, Path(out_dir), tool_version=__version__)
+    return str(Path(out_dir) / "reports")
+
+
+def make_task_runner(dask_address: str | None = None, workers: int | None = None) -> TaskRunner:
+    """The task runner for the scoring tasks.
+
+    Parameters
+    ----------
+    dask_address : str, optional
+        None: threads in this process. ``"local"``: a temporary Dask LocalCluster of ``workers``
+        processes with one thread each. ``"tcp://host:8786"`` (or another Dask scheme): an existing
+        cluster, whose workers need bioimage_cte installed and must see the same zoo, image and
+        store paths.
+    workers : int, optional
+        Threads (default 1) or local worker processes (default: the number of CPUs); ignored for an
+        existing cluster. More than one thread is unsafe today: bioimageio.spec parses rdf.yaml with
+        a shared YAML parser, and two models loading at once in one process corrupt each other's
+        parse (seen as "not a valid package"). Torch already uses every core within one prediction,
+        so parallel scoring belongs in processes: ``dask_address="local"``.
+    """
+    if dask_address is None:
+        return ThreadPoolTaskRunner(max_workers=workers or 1)
+    n = workers or os.cpu_count() or 1
+    from prefect_dask import DaskTaskRunner
+
+    # a LocalCluster's scheduler runs in this process and logs every connection at INFO: keep runs quiet
+    distributed_logger = logging.getLogger("distributed")
+    distributed_logger.setLevel(max(distributed_logger.getEffectiveLevel(), logging.WARNING))
+
+    if dask_address == "local":
+        return DaskTaskRunner(cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": True,
+                                              "dashboard_address": None})
+    if dask_address.startswith(_DASK_SCHEMES):
+        return DaskTaskRunner(address=dask_address)
+    raise ValueError(f"dask_address={dask_address!r}: pass 'local' for a temporary cluster on this machine or the "
+                     "scheduler address of an existing one, e.g. 'tcp://127.0.0.1:8786'")
+
+
+def _slug(name: str) -> str:
+    # artifact keys allow only lowercase letters, digits and dashes
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "target"
+
+
+def _check_api_for_processes(dask_address: str | None) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    if dask_address is not None and not PREFECT_API_URL.value():
+        raise RuntimeError("a Dask task runner needs a Prefect API its workers can reach, but PREFECT_API_URL is "
+                           "unset; run 'prefect server start' and set PREFECT_API_URL, or call run_zoo_ranking(), "
+                           "which starts a temporary server for the run")
+
+
+def _outcome(future, job: ScoreJob, store: ResultStore) -> JobOutcome:
+    """The job's outcome; a task that failed after its retries is recorded as failed in the store."""
+    try:
+        return future.result()
+    except Exception as e:
+        record = store.get(job.key)
+        # the task stores its own failures; a worker that died never got to, so record it here
+        if record is None or record.status != "failed":
+            record = failed_record(job, e)
+            store.put(job.key, record)
+        return JobOutcome(job.key, "failed", scored=True, error=record.error)
+
+
+def _score_all(jobs: Sequence[ScoreJob], store: ResultStore, runner: TaskRunner, *, retries: int, refresh: bool,
+               torch_threads: int | None) -> list[JobOutcome]:
+    total = len(jobs)
+    progress = create_progress_artifact(0.0, key="zoo-ranking-progress",
+                                        description=f"0 of {total} model x target pairs done")
+    if total == 0:  # e.g. match_task left no model for any target: no cluster to start
+        update_progress_artifact(progress, 100.0, description="nothing to score")
+        return []
+    scorer = score_model_task.with_options(retries=retries)
+    outcomes: list[JobOutcome | None] = [None] * total
+    with runner:
+        futures = runner.map(scorer, {"job": list(jobs), "store_path": unmapped(str(store.path)),
+                                      "refresh": unmapped(refresh), "torch_threads": unmapped(torch_threads)})
+        index = {future: i for i, future in enumerate(futures)}
+        for done, future in enumerate(as_completed(list(futures)), start=1):
+            i = index[future]
+            outcomes[i] = _outcome(future, jobs[i], store)
+            update_progress_artifact(progress, 100.0 * done / total,
+                                     description=f"{done} of {total} model x target pairs done")
+    return [o for o in outcomes if o is not None]
+
+
+def _table(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = [{"rank": m["rank"], "model": m["name"], "score": m["score"], "images": m["n_images"],
+             "empty": m["n_empty"], "note": m["note"]} for m in payload["models"]]
+    rows += [{"rank": None, "model": f["name"], "score": None, "images": None, "empty": None,
+              "note": f"failed: {f['reason']}"} for f in payload["failures"]]
+    return rows
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    tmp.replace(path)  # atomic: a crash never leaves half a ranking where a reader expects one
+
+
+@flow(name="zoo-ranking", description="Rank every zoo model on every target with CTE, scoring only what changed.")
+def zoo_ranking_flow(
+    zoo: str,
+    targets: list[str],
+    *,
+    estimator: str = "cte-dropout",
+    p: float | None = None,
+    estimator_options: dict[str, Any] | None = None,
+    store_path: str | None = None,
+    output_dir: str = "zoo-ranking",
+    annotate: bool = False,
+    annotate_output: str | None = None,
+    reports: bool = True,
+    retries: int = 1,
+    seed: int = 0,
+    tag: str | None = None,
+    match_task: bool = False,
+    refresh: bool = False,
+    dask_address: str | None = None,
+    workers: int | None = None,
+    torch_threads: int | None = None,
+    device: str = "cpu",
+    axes: str | None = None,
+    layer: str | None = None,
+    weight_format: str | None = None,
+) -> ZooRunSummary:
+    """Rank every model of ``zoo`` on every target, scoring only the pairs the store does not have.
+
+    Parameters
+    ----------
+    zoo : str
+        A folder of model packages, or a collection index JSON (path or URL).
+    targets : list of str
+        Target folders, each with ``images/`` (``labels/`` optional: true metrics are then stored too).
+    estimator, p, estimator_options
+        The estimator (``cte-dropout`` by default), its dropout rate or perturbation strength ``p``,
+        and any other option of :func:`bioimage_cte.estimators.make_estimator`.
+    store_path : str, optional
+        The results database; default ``~/.cache/bioimage-cte/results.sqlite``.
+    output_dir : str
+        Rankings go to ``<output_dir>/rankings/<target>.json``, reports to ``<output_dir>/reports``.
+    annotate : bool
+        Write each target's ranking back onto the packages (in place with ``.bak`` backups, or into
+        ``annotate_output``).
+    reports : bool
+        Write the per-model zoo reports (collection layout) under ``<output_dir>/reports``.
+    retries : int
+        Retries of a scoring task that raised (a broken package is not retried: it fails the same way).
+    seed : int
+        Seed of the perturbations; part of the store key.
+    tag, match_task
+        Rank only models with this RDF tag; or, per target, only models tagged with the target's
+        ``task`` from its ``target.yaml``.
+    refresh : bool
+        Score everything again, ignoring the store.
+    dask_address, workers, torch_threads
+        Task runner (see :func:`make_task_runner`) and torch threads per task (default: 1 on a
+        local Dask cluster, torch's default otherwise).
+    device, axes, layer, weight_format
+        As for ``bioimage-cte rank``.
+    """
+    from bioimage_cte.sources import filter_by_tag, find_models
+
+    logger = get_run_logger()
+    _check_api_for_processes(dask_address)
+    zoo_spec = zoo if zoo.startswith(("http://", "https://")) else str(Path(zoo).expanduser().resolve())
+    sources = find_models([zoo_spec])
+    if tag:
+        sources = filter_by_tag(sources, tag)
+        if not sources:
+            raise InvalidModelError(f"no model in {zoo} has the tag {tag!r}; drop the tag or pick one from the "
+                                    "models' rdf.yaml")
+    specs = [read_target(t) for t in targets]
+    options = ScoringOptions(estimator, {"p": p, "strength": p, **(estimator_options or {})}, seed, axes, layer,
+                             weight_format, device)
+    jobs = plan_jobs(sources, specs, options, match_task=match_task)
+    store = ResultStore(store_path)  # created here, before workers race to create it
+    if torch_threads is None and dask_address == "local":
+        torch_threads = 1
+    outcomes = _score_all(jobs, store, make_task_runner(dask_address, workers), retries=retries, refresh=refresh,
+                          torch_threads=torch_threads)
+
+    out = Path(output_dir).expanduser().resolve()
+    rankings: dict[str, str] = {}
+    payloads: dict[str, dict[str, Any]] = {}
+    annotated: dict[str, list[str]] = {}
+    problems: dict[str, str] = {}
+    for spec in specs:
+        payload = rank_target(spec, jobs, store, options, tag=tag)
+        path = out / "rankings" / f"{spec.name}.json"
+        _write_json(path, payload)
+        rankings[spec.name], payloads[spec.name] = str(path), payload
+        create_table_artifact(_table(payload), key=f"zoo-ranking-{_slug(spec.name)}",
+                              description=f"{estimator} ranking of {len(payload['models'])} models on {spec.name} "
+                                          f"({len(spec.images)} images); {path}")
+        if annotate:
+            try:
+                annotated[spec.name] = annotate_task(str(path), spec, annotate_output)
+            except BioimageCteError as e:  # write-back is a view on the ranking: report it, keep the ranking
+                annotated[spec.name] = [str(p) for p in getattr(e, "written", [])]
+                problems[spec.name] = str(e)
+                logger.warning("write-back for %s: %s", spec.name, e)
+    report_dir = None
+    if reports:
+        try:
+            report_dir = reports_task(payloads, str(out))
+        except BioimageCteError as e:
+            problems["reports"] = str(e)
+            logger.warning("zoo reports: %s", e)
+
+    failed = tuple(FailedJob(j.source.name, j.source.source, j.target.name, o.error or "failed")
+                   for j, o in zip(jobs, outcomes, strict=True) if o.status == "failed")
+    summary = ZooRunSummary(rankings, scored=sum(o.scored and o.status == "ok" for o in outcomes),
+                            cached=sum(not o.scored for o in outcomes), failed=failed, annotated=annotated,
+                            problems=problems, reports=report_dir, store=str(store.path))
+    create_markdown_artifact(_summary_markdown(summary), key="zoo-ranking-summary",
+                             description="What the last zoo ranking run scored, reused and could not score")
+    for f in failed:
+        logger.warning("failed: %s on %s: %s", f.model, f.target, f.reason)
+    return summary
+
+
+def _summary_markdown(summary: ZooRunSummary) -> str:
+    lines = [f"**{summary.scored}** scored, **{summary.cached}** from the store ({summary.store}), "
+             f"**{len(summary.failed)}** failed.", ""]
+    lines += [f"- {target}: `{path}`" for target, path in summary.rankings.items()]
+    if summary.failed:
+        lines += ["", "| model | target | reason |", "|---|---|---|"]
+        lines += [f"| {f.model} | {f.target} | {f.reason.replace('|', '/')} |" for f in summary.failed]
+    lines += [f"\n{where}: {problem}" for where, problem in summary.problems.items()]
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _api_for_processes(dask_address: str | None) -> Iterator[None]:
+    """Worker processes need a Prefect API URL; without one, pin a temporary server for this run."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if dask_address is None or PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    # without a URL, each worker process would start its own temporary server and fail
+    with SubprocessASGIServer() as server, temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        yield
+
+
+def run_zoo_ranking(zoo: str | Path, targets: Sequence[str | Path], **options: Any) -> ZooRunSummary:
+    """Run :func:`zoo_ranking_flow` from plain Python (e.g. the CLI); ``options`` are the flow's keyword parameters.
+
+    With ``dask_address`` set and no ``PREFECT_API_URL``, a temporary Prefect server is started for
+    the run, since Dask worker processes cannot start their own.
+    """
+    with _api_for_processes(options.get("dask_address")):
+        return zoo_ranking_flow(str(zoo), [str(t) for t in targets], **options)
+
+
+# --- command line: run once, or serve on a schedule --------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m flows.zoo_ranking", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="Rank once, now.")
+    serve = commands.add_parser("serve", help="Serve the flow on a cron schedule (needs a Prefect server).")
+    serve.add_argument("--cron", required=True, help='Cron schedule, e.g. "0 3 * * 1" (Mondays 03:00).')
+    serve.add_argument("--name", default="weekly", help="Deployment name.")
+    serve.add_argument("--timezone", default=None, help="Time zone of the schedule, e.g. Europe/Berlin.")
+    for sub in (run, serve):
+        sub.add_argument("zoo", help="Folder of model packages, or a collection index JSON (path or URL).")
+        sub.add_argument("targets", nargs="+", help="Target folders with images/ (labels/ optional).")
+        sub.add_argument("--estimator", default="cte-dropout")
+        sub.add_argument("--p", type=float, default=None, help="Dropout rate / perturbation strength.")
+        sub.add_argument("--store", default=None, help="Results database (default ~/.cache/bioimage-cte).")
+        sub.add_argument("--output-dir", default="zoo-ranking")
+        sub.add_argument("--annotate", action="store_true", help="Write the rankings back onto the packages.")
+        sub.add_argument("--no-reports", dest="reports", action="store_false", help="Skip the zoo reports.")
+        sub.add_argument("--retries", type=int, default=1)
+        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--tag", default=None)
+        sub.add_argument("--match-task", action="store_true", help="Per target, only models tagged with its task.")
+        sub.add_argument("--dask-address", default=None, help="'local' or tcp://scheduler:8786.")
+        sub.add_argument("--workers", type=int, default=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m flows.zoo_ranking run|serve ...``."""
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("TQDM_DISABLE", "1")  # bioimageio.core draws a bar per tiled image
+    parameters = {
+        "zoo": args.zoo if args.zoo.startswith(("http://", "https://")) else str(Path(args.zoo).resolve()),
+        "targets": [str(Path(t).resolve()) for t in args.targets],
+        "estimator": args.estimator, "p": args.p, "output_dir": str(Path(args.output_dir).resolve()),
+        "store_path": None if args.store is None else str(Path(args.store).resolve()),
+        "annotate": args.annotate, "reports": args.reports, "retries": args.retries, "seed": args.seed,
+        "tag": args.tag, "match_task": args.match_task, "dask_address": args.dask_address, "workers": args.workers,
+    }
+    if args.command == "run":
+        start = time.perf_counter()
+        summary = run_zoo_ranking(parameters.pop("zoo"), parameters.pop("targets"), **parameters)
+        print(f"{summary.scored} scored, {summary.cached} from the store, {len(summary.failed)} failed "
+              f"in {time.perf_counter() - start:.0f} s")
+        for target, path in summary.rankings.items():
+            print(f"  {target}: {path}")
+        for f in summary.failed:
+            print(f"  failed: {f.model} on {f.target}: {f.reason}", file=sys.stderr)
+        return 0
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        print("error: serving on a schedule needs a Prefect server: run 'prefect server start' and "
+              "'prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api', then serve again", file=sys.stderr)
+        return 1
+    schedule = {"cron": args.cron} if args.timezone is None else {}
+    if args.timezone is not None:
+        from prefect.schedules import Cron
+
+        schedule = {"schedule": Cron(args.cron, timezone=args.timezone)}
+    # limit=1: a slow run and the next scheduled one never score the same zoo at once
+    zoo_ranking_flow.serve(name=args.name, parameters=parameters, limit=1, tags=["bioimage-cte"], **schedule)
+    return 0
+
+
+if __name__ == "__main__":
+    if __package__ in (None, ""):  # run as a file (python flows/zoo_ranking.py): make 'flows' importable
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from flows.zoo_ranking import main as _main
+
+    sys.exit(_main())

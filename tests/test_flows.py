@@ -1,0 +1,175 @@
+"""The zoo-ranking Prefect flow end to end on a small copy of the demo zoo (3 models, 2 images).
+
+One session-scoped Prefect test server (15-25 s to start) serves every flow run here; each run
+costs about a second on top of its scoring, so the runs are few and share one results store
+where they can.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+# Offline and quiet before prefect is imported (prefect.toml in the repo root says the same).
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+os.environ.pop("PREFECT_API_URL", None)
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # 'flows' lives next to the package, not inside it
+    sys.path.insert(0, str(ROOT))
+
+ZOO = ROOT / "resources" / "zoo"
+MODELS = ("nuclei-small-bright", "nuclei-large-sparse", "nuclei-dim-blurry")
+OTHER_MODEL = "nuclei-dense-textured"  # copied over one of MODELS to play a changed package
+TARGET = "dsb-two"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    import fastapi
+    from prefect.settings import (
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        PREFECT_HOME,
+        PREFECT_RESULTS_LOCAL_STORAGE_PATH,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        temporary_settings,
+    )
+    from prefect.testing.utilities import prefect_test_harness
+
+    # prefect 3.8.8's server breaks on newer fastapi: Body(min_items=) is gone in 0.155, and from 0.151 an explicit
+    # null body field is rejected (422 on reading artifacts)
+    if tuple(int(x) for x in fastapi.__version__.split(".")[:2]) >= (0, 151):
+        pytest.fail(f"fastapi {fastapi.__version__} breaks prefect 3.8.8's server; pin 'fastapi>=0.139,<0.151' in "
+                    "pyproject.toml and reinstall (pip install -e .)")
+    home = tmp_path_factory.mktemp("prefect-home")
+    # a temporary PREFECT_HOME: tests never touch ~/.prefect, and no result can leak between sessions
+    with temporary_settings(updates={PREFECT_HOME: str(home), PREFECT_RESULTS_LOCAL_STORAGE_PATH: str(home / "results"),
+                                     PREFECT_SERVER_ANALYTICS_ENABLED: False}):
+        with prefect_test_harness(server_startup_timeout=90):
+            # a sync flow joins its heartbeat thread at the end: about 1 s per run for nothing in tests
+            with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+                yield
+
+
+def _zoo(folder: Path, models=MODELS) -> Path:
+    folder.mkdir(parents=True)
+    for name in models:
+        shutil.copy(ZOO / f"{name}.zip", folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory) -> Path:
+    src = ROOT / "resources" / "data" / "dsb2018"
+    folder = tmp_path_factory.mktemp("data") / TARGET
+    for sub in ("images", "labels"):
+        (folder / sub).mkdir(parents=True)
+        for path in sorted((src / sub).glob("*.tif"))[:2]:
+            shutil.copy(path, folder / sub)
+    shutil.copy(src / "target.yaml", folder)
+    return folder
+
+
+def _run(zoo: Path, target: Path, store: Path, out: Path, **options):
+    from flows.zoo_ranking import run_zoo_ranking
+
+    summary = run_zoo_ranking(zoo, [target], store_path=str(store), output_dir=str(out), **options)
+    return summary, json.loads(Path(summary.rankings[TARGET]).read_text())
+
+
+def _order(ranking: dict) -> list[tuple[str, float]]:
+    return [(m["name"], m["score"]) for m in ranking["models"]]
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_harness, tmp_path_factory, target):
+    tmp = tmp_path_factory.mktemp("first")
+    zoo, store = _zoo(tmp / "zoo"), tmp / "results.sqlite"
+    summary, ranking = _run(zoo, target, store, tmp / "out", reports=True)
+    return {"zoo": zoo, "store": store, "summary": summary, "ranking": ranking, "out": tmp / "out"}
+
+
+def test_first_run_scores_everything_and_publishes(first_run):
+    from prefect.artifacts import Artifact
+
+    summary, ranking = first_run["summary"], first_run["ranking"]
+    assert (summary.scored, summary.cached, summary.failed) == (3, 0, ())
+    assert sorted(m["name"] for m in ranking["models"]) == sorted(MODELS)
+    assert [m["rank"] for m in ranking["models"]] == [1, 2, 3]
+    assert ranking["settings"]["estimator"] == "cte-dropout" and ranking["settings"]["n_images"] == 2
+    assert all(len(m["per_image"]) == 2 and m["sha256"] for m in ranking["models"])
+    assert list((first_run["out"] / "reports").rglob("bioimage-cte_*.json")), "zoo reports not written"
+    table = json.loads(Artifact.get(f"zoo-ranking-{TARGET}").data)
+    assert [row["model"] for row in table] == [m["name"] for m in ranking["models"]]
+    assert float(Artifact.get("zoo-ranking-progress").data) == 100.0
+
+
+def test_second_run_scores_nothing_and_write_back_keeps_the_cache(first_run, target, tmp_path):
+    from bioimage_cte.annotate import read_transferability
+
+    summary, ranking = _run(first_run["zoo"], target, first_run["store"], tmp_path / "out", annotate=True,
+                            reports=False)
+    assert (summary.scored, summary.cached, summary.failed) == (0, 3, ())
+    assert _order(ranking) == _order(first_run["ranking"])
+    assert summary.problems == {}
+    for name in MODELS:
+        assert [e["target"] for e in read_transferability(first_run["zoo"] / f"{name}.zip")] == [TARGET]
+    # the annotated packages are the same models: a third run still scores nothing
+    summary, _ = _run(first_run["zoo"], target, first_run["store"], tmp_path / "out", reports=False)
+    assert (summary.scored, summary.cached) == (0, 3)
+
+
+def test_changed_package_is_the_only_one_scored_again(first_run, target, tmp_path):
+    zoo = _zoo(tmp_path / "zoo")
+    shutil.copy(ZOO / f"{OTHER_MODEL}.zip", zoo / f"{MODELS[2]}.zip")  # same name, other weights
+    summary, ranking = _run(zoo, target, first_run["store"], tmp_path / "out", reports=False)
+    assert (summary.scored, summary.cached, summary.failed) == (1, 2, ())
+    before = dict(_order(first_run["ranking"]))
+    after = dict(_order(ranking))
+    assert after[MODELS[0]] == before[MODELS[0]] and after[MODELS[1]] == before[MODELS[1]]
+
+
+def test_broken_package_fails_alone(first_run, target, tmp_path):
+    zoo = _zoo(tmp_path / "zoo")
+    (zoo / "broken.zip").write_bytes(os.urandom(4096))
+    summary, ranking = _run(zoo, target, first_run["store"], tmp_path / "out", reports=False, retries=1)
+    assert (summary.scored, summary.cached) == (0, 3)
+    assert [(f.model, f.target) for f in summary.failed] == [("broken", TARGET)]
+    assert "broken.zip" in summary.failed[0].reason
+    assert _order(ranking) == _order(first_run["ranking"])
+    assert [f["name"] for f in ranking["failures"]] == ["broken"]
+
+    from bioimage_cte.store import ResultStore
+
+    failed = ResultStore(first_run["store"]).records(status="failed")
+    assert [r.name for r in failed.values()] == ["broken"] and "broken.zip" in next(iter(failed.values())).error
+
+
+def test_dask_local_cluster_gives_the_same_ranking(first_run, target, tmp_path):
+    zoo = _zoo(tmp_path / "zoo")
+    summary, ranking = _run(zoo, target, tmp_path / "fresh.sqlite", tmp_path / "out", reports=False,
+                            dask_address="local", workers=2)
+    assert (summary.scored, summary.cached, summary.failed) == (3, 0, ())
+    expected = _order(first_run["ranking"])
+    assert [n for n, _ in _order(ranking)] == [n for n, _ in expected]
+    assert [s for _, s in _order(ranking)] == pytest.approx([s for _, s in expected], abs=1e-6)
+
+
+def test_bad_input_is_not_retried():
+    from prefect.states import Failed
+
+    from bioimage_cte.errors import InvalidModelError
+    from flows.zoo_ranking import _worth_retrying
+
+    assert _worth_retrying(None, None, Failed(data=RuntimeError("out of memory"))) is True
+    assert _worth_retrying(None, None, Failed(data=InvalidModelError("x.zip is not a valid zip"))) is False
