@@ -157,19 +157,28 @@ def build_targets() -> None:
         )
 
 
+def _set_zoo(zoo: Path) -> None:
+    global ZOO
+    ZOO = zoo  # worker processes do not see main()'s arguments
+
+
 def main() -> None:
+    global ZOO, DATA
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["models", "data"], help="build only the models or only the data")
     parser.add_argument("--models", nargs="*", help="names of the models to rebuild (default: all)")
     parser.add_argument("--workers", type=int, default=2, help="parallel training processes")
+    parser.add_argument("--zoo-dir", type=Path, default=ZOO, help="where the model packages go")
+    parser.add_argument("--data-dir", type=Path, default=DATA, help="where the synthetic targets go")
     args = parser.parse_args()
+    ZOO, DATA = args.zoo_dir, args.data_dir
     start = time.perf_counter()
     if args.only != "models":
         build_targets()
         print(f"targets built in {time.perf_counter() - start:.1f} s")
     if args.only != "data":
         chosen = [m for m in MODELS if not args.models or m.name in args.models]
-        with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        with ProcessPoolExecutor(max_workers=args.workers, initializer=_set_zoo, initargs=(ZOO,)) as pool:
             for name, seconds in pool.map(build_model, chosen):
                 print(f"{name}: {seconds:.1f} s")
     print(f"total {time.perf_counter() - start:.1f} s")
