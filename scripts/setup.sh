@@ -13,6 +13,11 @@ if [ -z "$PY" ]; then
 fi
 [ -n "$PY" ] || { echo "error: bioimage-cte needs Python 3.11; set PYTHON=/path/to/python3.11" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-export PIP_DISABLE_PIP_VERSION_CHECK=1
-.venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[test]"
+# A stamp per pyproject.toml content: re-running is instant until the dependencies change.
+stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  export PIP_DISABLE_PIP_VERSION_CHECK=1
+  .venv/bin/python -m pip install -q "torch==2.13.0"
+  .venv/bin/python -m pip install -q -e ".[test]"
+  rm -f .venv/.installed-* && touch "$stamp"
+fi
