@@ -52,7 +52,7 @@ from bioimage_cte.errors import (
     PackageChangedError,
     WriteError,
 )
-from bioimage_cte.sources import RDF_NAMES
+from bioimage_cte.sources import RDF_NAMES, file_sha256
 
 __all__ = [
     "TransferabilityEntry",
@@ -359,15 +359,6 @@ def _without_entries(data: Mapping[str, Any]) -> dict[str, Any]:
     return stripped
 
 
-def _file_sha256(path: Path) -> str:
-    # the hash bioimage_cte.ranking.file_sha256 records; not imported from there, which would pull in scipy
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _content_sha256(data: Mapping[str, Any]) -> str:
     """Fingerprint of an RDF's values apart from the transferability entries (key order ignored)."""
     canonical = json.dumps(_without_entries(data), sort_keys=True, default=str, ensure_ascii=False)
@@ -647,7 +638,7 @@ def annotate_package(
     data = _parse(text, where)
     _check_model(data, where)
     content = _content_sha256(data)
-    current = _file_sha256(pkg.checksum_file)
+    current = file_sha256(pkg.checksum_file)
     ours = [e for e in _entries(data, where) if e.get("content_sha256") == content]
     if expected_sha256 is not None and current != expected_sha256:
         if not any(e.get("package_sha256") == expected_sha256 for e in ours):

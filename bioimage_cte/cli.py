@@ -156,10 +156,9 @@ def _print_failures(failures) -> None:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    tmp.replace(path)  # atomic: a crash never leaves half a file where the user expects a result
+    from bioimage_cte.annotate import write_atomic
+
+    write_atomic(path, (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode())
 
 
 @app.command()

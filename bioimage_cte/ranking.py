@@ -11,7 +11,6 @@ true performance.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 import zlib
@@ -34,7 +33,7 @@ from bioimage_cte.evaluation import (
     rank_agreement,
 )
 from bioimage_cte.images import read_image, to_yx
-from bioimage_cte.sources import ModelSource
+from bioimage_cte.sources import ModelSource, file_sha256
 
 #: True-performance metrics: foreground Dice, instance F1 at IoU 0.5, mean AP over IoU 0.5:0.05:0.95.
 METRICS = ("dice", "f1", "map")
@@ -105,18 +104,6 @@ def _json_score(s: ModelScore) -> dict[str, Any]:
     return {"name": s.name, "source": s.source, "score": _finite(s.score), "rank": s.rank,
             "n_images": s.n_images, "n_valid": s.n_valid, "n_empty": s.n_empty,
             "per_image": [_finite(v) for v in s.per_image], "note": s.note, "sha256": s.sha256}
-
-
-def file_sha256(location: str) -> str | None:
-    """sha256 of a local package zip or rdf.yaml (None for URLs): lets write-back notice a changed model."""
-    path = Path(location)
-    if not path.is_file():
-        return None
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_target(path: Path, *, axes: str | None = None) -> np.ndarray:

@@ -9,6 +9,7 @@ checked for unsafe entries before anything else reads them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import stat
@@ -26,6 +27,7 @@ __all__ = [
     "RDF_NAMES",
     "ModelSource",
     "check_zip",
+    "file_sha256",
     "filter_by_tag",
     "find_models",
     "read_tags",
@@ -453,6 +455,24 @@ def _find_one(spec: str | Path) -> list[ModelSource]:
     if suffix == ".json":
         return read_collection_index(path)
     raise InvalidModelError(f"cannot use {text} as a model source (unsupported file type); pass {_ACCEPTED}")
+
+
+def file_sha256(location: str | Path) -> str | None:
+    """sha256 of a local package zip or rdf.yaml, None for a URL: lets write-back notice a changed model.
+
+    Examples
+    --------
+    >>> file_sha256("https://example.com/rdf.yaml") is None
+    True
+    """
+    path = Path(location)
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_tags(source: ModelSource) -> list[str]:

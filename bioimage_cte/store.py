@@ -388,24 +388,15 @@ def package_fingerprint(location: str) -> str:
                         _add_file(digest, info.filename, zf.read(info))
             return digest.hexdigest()
         except (zipfile.BadZipFile, OSError, EOFError, ValueError):
-            from bioimage_cte.ranking import file_sha256
+            from bioimage_cte.sources import file_sha256
 
-            return str(file_sha256(str(path)))
+            return str(file_sha256(path))
     folder = path if path.is_dir() else path.parent
     for file in sorted(p for p in folder.rglob("*") if p.is_file()):
         relative = file.relative_to(folder).as_posix()
         if ".bak" in file.suffixes:  # annotate's backups of the rdf.yaml are not part of the package
             continue
         _add_file(digest, relative, file.read_bytes())
-    return digest.hexdigest()
-
-
-def _files_fingerprint(paths: Sequence[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(paths, key=lambda p: p.name):
-        data = path.read_bytes()
-        digest.update(f"{path.name}\0{len(data)}\0".encode())
-        digest.update(data)
     return digest.hexdigest()
 
 
@@ -472,7 +463,7 @@ def read_target(folder: str | Path) -> TargetSpec:
         images=tuple(str(p) for p in images),
         labels=str(labels_dir) if labels else None,
         fingerprint=dataset_fingerprint(images),
-        labels_fingerprint=_files_fingerprint(labels) if labels else None,
+        labels_fingerprint=dataset_fingerprint(labels) if labels else None,
         task=target_task(folder),
     )
 
@@ -567,8 +558,7 @@ def plan_jobs(
     BioimageCteError
         The estimator cannot be stored per model (``consensus``) or needs labels a target lacks.
     """
-    from bioimage_cte.ranking import file_sha256
-    from bioimage_cte.sources import read_tags
+    from bioimage_cte.sources import file_sha256, read_tags
 
     names = [t.name for t in targets]
     if len(set(names)) != len(names):

@@ -9,6 +9,7 @@ of foreground Dice (threshold 0.5), instance F1 at IoU 0.5 and mean AP over IoU 
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,13 +74,13 @@ def compute_transfer_matrix(
 
 def write_transfer_matrix(rows: Sequence[TransferRow], path: Path) -> None:
     """Write rows as CSV (model, target, metric, value), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["model", "target", "metric", "value"])
-        writer.writerows([r.model, r.target, r.metric, f"{r.value:.6f}"] for r in rows)
-    tmp.replace(path)
+    from bioimage_cte.annotate import write_atomic
+
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["model", "target", "metric", "value"])
+    writer.writerows([r.model, r.target, r.metric, f"{r.value:.6f}"] for r in rows)
+    write_atomic(Path(path), text.getvalue().encode())
 
 
 def read_transfer_matrix(path: Path) -> list[TransferRow]:

@@ -49,6 +49,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from bioimage_cte import __version__
+from bioimage_cte.annotate import write_atomic
 from bioimage_cte.errors import BioimageCteError, InvalidModelError
 from bioimage_cte.store import (
     JobOutcome,
@@ -248,10 +249,7 @@ def _table(payload: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    tmp.replace(path)  # atomic: a crash never leaves half a ranking where a reader expects one
+    write_atomic(path, (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode())
 
 
 @flow(name="zoo-ranking", description="Rank every zoo model on every target with CTE, scoring only what changed.")
