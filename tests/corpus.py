@@ -35,6 +35,9 @@ GOOD = ("good-file-arch", "good-library-arch")
 MODELS = {
     "bad-yaml": ("rdf.yaml is not valid YAML",
                  "rdf.yaml is not valid YAML (expected ',' or ']', but got ':' at line 3"),
+    "yaml-python-tag": ("rdf.yaml with a !!python/object/apply tag that would run a command",
+                        "rdf.yaml is not valid YAML (could not determine a constructor for the tag "
+                        "'tag:yaml.org,2002:python/object/apply:os.system' at line 2"),
     "not-an-rdf": ("valid YAML that is not an RDF", "not a valid bioimageio RDF (type: Missing field 'type')"),
     "dataset-rdf": ("an RDF of type dataset", "RDF of type 'dataset', not a model; pass model packages only"),
     "missing-weights": ("weights.pt is listed but not in the zip",
@@ -206,6 +209,8 @@ def _build_models(zoo: Path, work: Path, marker: Path, pickle_marker: Path) -> N
     _rewrite(other, zoo / "good-library-arch.zip", rdf=_library_arch, drop=("unet.py",))
 
     _rewrite(base, zoo / "bad-yaml.zip", rdf_text="name: corpus\ninputs: [raw\ntype: model\n")
+    _rewrite(base, zoo / "yaml-python-tag.zip",
+             rdf_text=f"type: model\nname: !!python/object/apply:os.system ['touch {marker}']\n")
     _rewrite(base, zoo / "not-an-rdf.zip", rdf_text="hello: world\nnumbers: [1, 2, 3]\n")
     _rewrite(base, zoo / "dataset-rdf.zip", rdf_text=yaml.safe_dump({
         "type": "dataset", "format_version": "0.3.0", "name": "Corpus nuclei images",
