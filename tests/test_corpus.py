@@ -193,3 +193,15 @@ def test_mixed_shapes_and_stacks_are_padded_per_image(corpus, tmp_path):
     assert result.exit_code == 0, result.output
     (model,) = json.loads(out.read_text())["models"]
     assert model["n_images"] == 3 and len(model["per_image"]) == 3
+
+
+def test_trust_settings_reach_the_store_key_only_when_set(corpus):
+    from bioimage_cte.store import ScoringOptions, _settings, read_target
+
+    target = read_target(corpus.good_images)
+    default = _settings(ScoringOptions(), target)
+    trusted = _settings(ScoringOptions(trust_code=True, trusted_libraries=("mylab",)), target)
+    assert "trust_code" not in default  # keys of earlier runs stay valid
+    assert trusted == {**default, "trust_code": True, "trusted_libraries": ["mylab"]}
+    policy = ScoringOptions(trust_code=True, trusted_libraries=("mylab",)).code_policy()
+    assert policy.trust_code and policy.allows_module("mylab.nets") and policy.allows_module("monai")
