@@ -158,6 +158,11 @@ def read_image(path: Path) -> np.ndarray:
     if suffix not in IMAGE_SUFFIXES:
         raise InvalidImageError(f"cannot read {path} as an image (unsupported suffix): {_ACCEPTED}")
     try:
+        if path.stat().st_size == 0:  # the readers' own message ("not a TIFF file: header=b''") hides this
+            raise InvalidImageError(f"image {path} is an empty file (0 bytes); remove it or export it again")
+    except OSError:
+        pass  # a missing or unreadable file is reported by the reader below
+    try:
         if suffix == ".png":
             import imageio.v3 as iio
 

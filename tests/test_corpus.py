@@ -165,7 +165,7 @@ def test_demo_zoo_architecture_file_runs_as_the_installed_module(package):
 
 @pytest.mark.parametrize(("case", "expected"), [
     ("unreadable", "cannot read image {folder}/noise.tif (TiffFileError"),
-    ("zero-bytes", "cannot read image {folder}/empty.tif"),
+    ("zero-bytes", "image {folder}/empty.tif is an empty file (0 bytes); remove it or export it again"),
     ("empty-folder", "no images found in {folder}: expected .tif, .tiff, .png or .npy files"),
 ])
 def test_bad_images_stop_before_any_model_with_one_line(corpus, case, expected):
