@@ -81,6 +81,19 @@ RepeatsOpt = Annotated[int, typer.Option(help="Perturbed runs per image (their c
 TagOpt = Annotated[str | None, typer.Option("--tag", help="Rank only the models whose RDF has this tag, e.g. "
                                             "'nuclei' (CTE compares models made for the same task).")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+TrustCodeOpt = Annotated[bool, typer.Option("--trust-code", help="Run Python code shipped inside model packages "
+                                            "(architecture files, custom processing). Off by default: only "
+                                            "architectures from trusted installed libraries run, other models "
+                                            "use their torchscript/onnx weights or are skipped with the reason.")]
+TrustLibraryOpt = Annotated[list[str] | None, typer.Option("--trust-library", help="Also trust architectures "
+                                                           "imported from this installed library (import prefix, "
+                                                           "e.g. mylab_nets; repeat the option).")]
+
+
+def _code_policy(trust_code: bool, trust_library: list[str] | None):
+    from bioimage_cte.trust import CodePolicy
+
+    return CodePolicy.with_libraries(trust_library or (), trust_code=trust_code)
 
 
 def _fail(e: BaseException, debug: bool) -> None:
@@ -112,11 +125,11 @@ def _progress():
 
 
 def _run(models: list[str], images: str, estimators: list, *, labels_spec: str | None = None, tag: str | None,
-         axes: str | None, device: str, seed: int, layer: str | None, weight_format: str | None):
+         axes: str | None, device: str, seed: int, layer: str | None, weight_format: str | None, code_policy=None):
     """Find models and images, then score every model (with a progress bar over models x images)."""
     from bioimage_cte.errors import InvalidModelError
-    from bioimage_cte.images import list_images, load_labels
-    from bioimage_cte.ranking import load_target, rank_models
+    from bioimage_cte.images import check_images, list_images, load_labels
+    from bioimage_cte.ranking import rank_models
     from bioimage_cte.sources import filter_by_tag, find_models
 
     sources = find_models(models)
@@ -126,14 +139,14 @@ def _run(models: list[str], images: str, estimators: list, *, labels_spec: str |
             raise InvalidModelError(f"no model in {' '.join(models)} has the tag {tag!r}; drop --tag or pick "
                                     "a tag from the models' rdf.yaml")
     paths = list_images(images)
-    for path in paths:  # fail on a bad image before any model is loaded
-        load_target(path, axes=axes)
+    for warning in check_images(paths, axes=axes):  # fails on a bad image before any model is loaded
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     labels = load_labels(paths, labels_spec, axes=axes) if labels_spec else None
     with _progress() as progress:
         task = progress.add_task("scoring", total=len(sources) * len(paths))
         results, failures = rank_models(
             sources, paths, estimators, labels=labels, axes=axes, devices=[device], seed=seed, layer=layer,
-            weight_format=weight_format, on_image=lambda: progress.advance(task),
+            weight_format=weight_format, code_policy=code_policy, on_image=lambda: progress.advance(task),
             on_model=lambda s: progress.update(task, description=f"scoring {s.name}"),
         )
     return sources, paths, results, failures
@@ -152,7 +165,8 @@ def _ranking_table(ranking, title: str) -> Table:
 
 def _print_failures(failures) -> None:
     for f in failures:
-        err_console.print(f"[yellow]failed[/] {f.name} ({f.stage}): {f.reason}", highlight=False, soft_wrap=True)
+        what = "skipped" if f.stage == "skipped" or ": skipped" in f.reason else "failed"
+        err_console.print(f"[yellow]{what}[/] {f.name} ({f.stage}): {f.reason}", highlight=False, soft_wrap=True)
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -181,6 +195,8 @@ def rank(
     report: Annotated[Path | None, typer.Option("--report", help="Also write a self-contained HTML report "
                                                 "(charts, per-image scores, overlays of the top and bottom "
                                                 "models).")] = None,
+    trust_code: TrustCodeOpt = False,
+    trust_library: TrustLibraryOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Rank models by estimated transferability to the target images (no labels needed)."""
@@ -190,7 +206,8 @@ def rank(
 
         est = _estimator(Estimator(estimator).value, task, perturbation, strength, repeats, consistency)
         sources, paths, results, failures = _run(models, images, [est], tag=tag, axes=axes, device=device,
-                                                 seed=seed, layer=layer, weight_format=weight_format)
+                                                 seed=seed, layer=layer, weight_format=weight_format,
+                                                 code_policy=_code_policy(trust_code, trust_library))
         ranking = build_ranking(results, est, failures=failures, seed=seed)
     except Exception as e:
         _fail(e, debug)
@@ -199,7 +216,8 @@ def rank(
     payload = ranking.to_json_dict()
     payload["settings"].update({"images": images, "n_images": len(paths), "task": task.value, "tag": tag,
                                 "seed": seed, "axes": axes, "device": device, "layer": layer,
-                                "weight_format": weight_format})
+                                "weight_format": weight_format, "trust_code": trust_code,
+                                "trusted_libraries": trust_library or []})
     if output is not None:
         _write_json(output, payload)
         console.print(f"ranking written to {output}")
@@ -233,6 +251,8 @@ def evaluate(
     layer: LayerOpt = None,
     weight_format: WeightsOpt = None,
     tag: TagOpt = None,
+    trust_code: TrustCodeOpt = False,
+    trust_library: TrustLibraryOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Compare every estimator's ranking with the ranking by true performance on labelled images."""
@@ -247,7 +267,8 @@ def evaluate(
             ests.append(make_estimator("few-label", k=few_label))
         sources, paths, results, failures = _run(models, images, ests, labels_spec=labels, tag=tag, axes=axes,
                                                  device=device, seed=seed, layer=layer,
-                                                 weight_format=weight_format)
+                                                 weight_format=weight_format,
+                                                 code_policy=_code_policy(trust_code, trust_library))
         chosen = metric or ("map" if task is Task.instance else "dice")
         evaluation = evaluate_rankings(results, ests, metric=chosen, failures=failures, seed=seed)
     except Exception as e:
@@ -369,6 +390,8 @@ def zoo_rank(
     workers: Annotated[int | None, typer.Option(help="Workers of the local Dask cluster.")] = None,
     tag: TagOpt = None,
     seed: SeedOpt = 0,
+    trust_code: TrustCodeOpt = False,
+    trust_library: TrustLibraryOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Rank a whole zoo on several targets through the Prefect flow (incremental; no Prefect server needed)."""
@@ -379,14 +402,15 @@ def zoo_rank(
         summary = run_zoo_ranking(zoo, [str(t) for t in targets], output_dir=str(output_dir),
                                   store_path=None if store is None else str(store), annotate=annotate_cards,
                                   p=strength, retries=retries, dask_address=dask_address, workers=workers,
-                                  tag=tag, seed=seed)
+                                  tag=tag, seed=seed, trust_code=trust_code, trusted_libraries=trust_library or None)
     except Exception as e:
         _fail(e, debug)
     console.print(f"scored {summary.scored} model x target pairs, {summary.cached} taken from {summary.store}")
     for target, path in summary.rankings.items():
         console.print(f"ranking of {target} written to {path}")
     for failed in summary.failed:
-        err_console.print(f"[yellow]failed[/] {failed.model} on {failed.target}: {failed.reason}", highlight=False,
+        what = "skipped" if ": skipped" in failed.reason else "failed"
+        err_console.print(f"[yellow]{what}[/] {failed.model} on {failed.target}: {failed.reason}", highlight=False,
                           soft_wrap=True)
     for where, problem in summary.problems.items():
         err_console.print(f"[yellow]{where}[/]: {problem}", highlight=False, soft_wrap=True)

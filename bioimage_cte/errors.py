@@ -19,6 +19,10 @@ class InvalidImageError(BioimageCteError, ValueError):
     """Target images cannot be read or do not fit the model."""
 
 
+class ModelRunError(BioimageCteError, RuntimeError):
+    """A model loaded but its network crashed or returned NaN/inf on an image."""
+
+
 class UnsafeArchiveError(BioimageCteError, ValueError):
     """An archive holds entries that would escape the folder it is extracted to, or are too large."""
 
@@ -46,3 +50,7 @@ class AnnotationError(BioimageCteError, RuntimeError):
         super().__init__(message)
         self.written = list(written or [])
         self.failures = dict(failures or {})
+
+
+class UntrustedCodeError(BioimageCteError, PermissionError):
+    """A model needs code shipped in its package, and the user did not allow package code to run."""

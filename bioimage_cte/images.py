@@ -29,6 +29,7 @@ from bioimage_cte.errors import InvalidImageError
 __all__ = [
     "IMAGE_SUFFIXES",
     "ImageItem",
+    "check_images",
     "iter_images",
     "list_images",
     "load_labels",
@@ -157,6 +158,11 @@ def read_image(path: Path) -> np.ndarray:
     if suffix not in IMAGE_SUFFIXES:
         raise InvalidImageError(f"cannot read {path} as an image (unsupported suffix): {_ACCEPTED}")
     try:
+        if path.stat().st_size == 0:  # the readers' own message ("not a TIFF file: header=b''") hides this
+            raise InvalidImageError(f"image {path} is an empty file (0 bytes); remove it or export it again")
+    except OSError:
+        pass  # a missing or unreadable file is reported by the reader below
+    try:
         if suffix == ".png":
             import imageio.v3 as iio
 
@@ -279,6 +285,47 @@ def to_yx(data: np.ndarray, *, axes: str | None = None, path: Path | None = None
             "replace them (e.g. with numpy.nan_to_num) and save again"
         )
     return np.ascontiguousarray(out)
+
+
+def check_images(paths: Sequence[Path], *, axes: str | None = None) -> list[str]:
+    """Read every target image once, before any model runs; return warnings about images that say little.
+
+    Images of different shapes are fine: each is padded (or tiled) to a size the model accepts
+    and cropped back. A constant image (every pixel equal) is kept and scored, but flagged: it
+    has no structure, so how consistently a model segments it says little about transferability.
+
+    Parameters
+    ----------
+    paths : sequence of Path
+        From :func:`list_images`.
+    axes : str, optional
+        As :func:`to_yx`.
+
+    Returns
+    -------
+    list of str
+        One line per constant image, naming the file.
+
+    Raises
+    ------
+    InvalidImageError
+        An image cannot be read (unreadable, empty file, unsupported dtype, axes that do not fit).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> tmp = Path(tempfile.mkdtemp())
+    >>> np.save(tmp / "flat.npy", np.full((8, 8), 3, dtype=np.uint8))
+    >>> "constant: every pixel is 3.0" in check_images([tmp / "flat.npy"])[0]
+    True
+    """
+    warnings: list[str] = []
+    for path in paths:
+        data = to_yx(read_image(path), axes=axes, path=path)
+        if data.min() == data.max():
+            warnings.append(f"image {path} is constant: every pixel is {float(data.flat[0])}; it is scored, but "
+                            "a blank image says little about a model's transferability, remove it from the targets")
+    return warnings
 
 
 def iter_images(spec: str | Path, *, axes: str | None = None) -> Iterator[ImageItem]:

@@ -34,6 +34,7 @@ from bioimageio.spec.model import v0_5
 
 from bioimage_cte.errors import InvalidImageError, InvalidModelError
 from bioimage_cte.perturbations import FeatureDropout
+from bioimage_cte.trust import CodePolicy, blackbox_weights, greybox_descr
 
 FOREGROUND_NAMES = ("foreground", "fg", "mask", "prob", "probability", "probabilities", "semantic", "nuclei")
 BOUNDARY_NAMES = ("boundary", "boundaries", "contour", "contours", "edge", "edges", "border")
@@ -73,6 +74,7 @@ def load_model(location: str, *, perform_io_checks: bool = True) -> v0_5.ModelDe
 
     if location.lower().endswith(".zip") and Path(location).is_file():
         check_zip(Path(location))  # path traversal, symlinks, oversized entries: before bioimageio opens it
+    _precheck_rdf(location)
     try:
         with _LOAD_LOCK:
             descr = load_description(location, perform_io_checks=perform_io_checks, format_version="latest")
@@ -83,16 +85,106 @@ def load_model(location: str, *, perform_io_checks: bool = True) -> v0_5.ModelDe
     if isinstance(descr, InvalidDescr):
         summary = descr.validation_summary
         first = next((e for d in summary.details for e in d.errors), None)
-        reason = f"{first.loc}: {first.msg}" if first else summary.status
-        raise InvalidModelError(f"{location}: not a valid bioimageio RDF ({reason}); check it with "
-                                f"'bioimageio validate-format {location}'")
+        reason = f"{'.'.join(map(str, first.loc)) or 'rdf'}: {' '.join(first.msg.split())}" if first else summary.status
+        fix = f"check it with 'bioimageio validate-format {location}'"
+        if "SHA256 mismatch" in reason:
+            fix = "a file was changed or damaged after packaging; get the package again"
+        raise InvalidModelError(f"{location}: not a valid bioimageio RDF ({reason}); {fix}")
     if descr.type != "model":
         raise InvalidModelError(f"{location}: RDF of type {descr.type!r}, not a model; pass model packages only")
     if isinstance(descr, v0_4.ModelDescr):
         raise InvalidModelError(f"{location}: model format {descr.format_version} could not be converted to 0.5; "
                                 "update it with 'bioimageio update-format'")
     check_segmentation_model(descr, location=location)
+    _check_inputs(descr, location)
     return descr
+
+
+def _read_local_rdf(location: str) -> tuple[str, bytes] | None:
+    """(file name, bytes) of a local package's RDF; None for URLs (bioimageio fetches those itself)."""
+    import zipfile
+
+    from bioimage_cte.sources import RDF_NAMES
+
+    path = Path(location)
+    if not path.is_file():
+        return None
+    if path.suffix.lower() == ".zip":
+        with zipfile.ZipFile(path) as zf:
+            name = next((n for n in RDF_NAMES if n in zf.namelist()), None)
+            return None if name is None else (name, zf.read(name))
+    return path.name, path.read_bytes()
+
+
+def _precheck_rdf(location: str) -> None:
+    """Name the first problem of an RDF that is no model RDF at all, in words a user can act on.
+
+    bioimageio.spec reports broken YAML and RDFs of other types as long validation reports; this
+    parses the RDF the same way (safe YAML 1.2 loader: no tags, no code) and says what it is.
+    """
+    from ruyaml import YAML
+    from ruyaml.error import MarkedYAMLError
+
+    try:
+        found = _read_local_rdf(location)
+    except Exception:  # a damaged zip: bioimageio's own error follows
+        return
+    if found is None:
+        return
+    name, raw = found
+    try:
+        content = YAML(typ="safe").load(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidModelError(f"{location}: {name} is not UTF-8 text; save the RDF as UTF-8 YAML") from None
+    except MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise InvalidModelError(f"{location}: {name} is not valid YAML ({e.problem}{where}); fix its YAML "
+                                "syntax") from None
+    except Exception as e:
+        raise InvalidModelError(f"{location}: {name} is not valid YAML ({type(e).__name__}); fix its YAML "
+                                "syntax") from None
+    if not isinstance(content, dict):
+        raise InvalidModelError(f"{location}: {name} holds a {type(content).__name__}, not the fields of a "
+                                "bioimageio RDF; pass a bioimageio model package")
+    kind = content.get("type")
+    if kind is not None and kind != "model":
+        raise InvalidModelError(f"{location}: RDF of type {kind!r}, not a model; pass model packages only")
+    missing = _missing_files(location, content)
+    if missing:
+        field, file_name = missing
+        raise InvalidModelError(f"{location}: {file_name} is listed in {name} ({field}) but missing from the "
+                                "package; get the complete package again")
+
+
+def _missing_files(location: str, content: dict) -> tuple[str, str] | None:
+    """(field, file) of the first relative file the RDF lists that the package lacks."""
+    import zipfile
+
+    path = Path(location)
+    if path.suffix.lower() == ".zip":
+        with zipfile.ZipFile(path) as zf:
+            present = set(zf.namelist())
+        exists = present.__contains__
+    else:
+        exists = lambda name: (path.parent / name).is_file()  # noqa: E731
+    for field, value in _sources(content, ()):
+        if "://" not in value and not Path(value).is_absolute() and not exists(value.removeprefix("./")):
+            return field, value
+    return None
+
+
+def _sources(node: Any, loc: tuple[str, ...]) -> Iterator[tuple[str, str]]:
+    """Every ``source`` string of the RDF's files (weights, architecture, test tensors, ...) with its field."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "source" and isinstance(value, str) and loc and loc[0] != "config":
+                yield ".".join(loc + ("source",)), value
+            else:
+                yield from _sources(value, loc + (str(key),))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _sources(value, loc + (str(i),))
 
 
 def check_segmentation_model(descr: v0_5.ModelDescr, *, location: str) -> None:
@@ -116,6 +208,18 @@ def check_segmentation_model(descr: v0_5.ModelDescr, *, location: str) -> None:
         raise InvalidModelError(
             f"{location}: output {out.id!r} is neither sigmoid/softmax/binarize-postprocessed nor tagged "
             "'segmentation'; bioimage-cte ranks models whose output is a foreground probability map")
+
+
+def _check_inputs(descr: v0_5.ModelDescr, name: str) -> None:
+    """Raise unless the model takes single-channel 2D images (checked before the model is loaded)."""
+    axes = [str(a.id) for a in descr.inputs[0].axes]
+    n_channels = next((len(a.channel_names) for a in descr.inputs[0].axes if isinstance(a, v0_5.ChannelAxis)), 1)
+    if n_channels != 1:
+        raise InvalidModelError(f"{name}: model expects {n_channels} input channels; bioimage-cte feeds "
+                                "single-channel (grey) images, so rank models made for one channel")
+    if "z" in axes:
+        raise InvalidModelError(f"{name}: 3D model (input axes {axes}); bioimage-cte ranks 2D models, which it "
+                                "runs slice by slice on stacks")
 
 
 def _channel_index(descr: v0_5.ModelDescr, names: Sequence[str]) -> int | None:
@@ -163,13 +267,7 @@ class _Predictor:
         self._fg = _channel_index(descr, FOREGROUND_NAMES) or 0
         self._bd = _channel_index(descr, BOUNDARY_NAMES)
         self._in_axes = [str(a.id) for a in descr.inputs[0].axes]
-        n_channels = next((len(a.channel_names) for a in descr.inputs[0].axes
-                           if isinstance(a, v0_5.ChannelAxis)), 1)
-        if n_channels != 1:
-            raise InvalidModelError(f"{name}: model expects {n_channels} input channels; bioimage-cte feeds "
-                                    "single-channel (grey) images")
-        if "z" in self._in_axes:
-            raise InvalidModelError(f"{name}: 3D model (input axes {self._in_axes}); bioimage-cte ranks 2D models")
+        _check_inputs(descr, name)
 
     @property
     def has_boundary(self) -> bool:
@@ -262,14 +360,21 @@ class BlackBoxPredictor(_Predictor):
         Torch devices, e.g. ``["cpu"]`` or ``["cuda:0"]``.
     max_tile : int
         Images with a side longer than this are predicted tile by tile.
+    code_policy : CodePolicy, optional
+        Which package code may run (default: trusted libraries only, see :mod:`bioimage_cte.trust`);
+        ``pytorch_state_dict`` weights whose architecture may not run are replaced by torchscript or onnx.
     """
 
     def __init__(self, descr: v0_5.ModelDescr, *, name: str = "model", weight_format: str | None = None,
-                 devices: Sequence[str] = ("cpu",), max_tile: int = 1024) -> None:
+                 devices: Sequence[str] = ("cpu",), max_tile: int = 1024,
+                 code_policy: CodePolicy | None = None) -> None:
+        _check_inputs(descr, name)  # before any package code or weights are loaded
+        descr, self.weight_format = blackbox_weights(descr, weight_format, code_policy or CodePolicy(), name=name)
         try:
-            pipeline = create_prediction_pipeline(descr, devices=list(devices), weights_format=weight_format)
+            pipeline = create_prediction_pipeline(descr, devices=list(devices), weights_format=self.weight_format)
         except Exception as e:
-            raise InvalidModelError(f"{name}: could not load the model ({type(e).__name__}: {e})") from e
+            raise InvalidModelError(f"{name}: could not load the model ({_first_line(e)}); check its weights "
+                                    "with 'bioimageio test'") from e
         super().__init__(descr, pipeline, name=name, max_tile=max_tile, devices=devices)
 
 
@@ -357,21 +462,32 @@ class GreyBoxPredictor(_Predictor):
         Torch devices.
     max_tile : int
         Images with a side longer than this are predicted tile by tile.
+    code_policy : CodePolicy, optional
+        Which package code may run (default: trusted libraries only, see :mod:`bioimage_cte.trust`);
+        raises :class:`~bioimage_cte.errors.UntrustedCodeError` when the architecture may not run.
     """
 
     def __init__(self, descr: v0_5.ModelDescr, *, name: str = "model", layer: str | None = None,
-                 devices: Sequence[str] = ("cpu",), max_tile: int = 1024) -> None:
+                 devices: Sequence[str] = ("cpu",), max_tile: int = 1024,
+                 code_policy: CodePolicy | None = None) -> None:
         if descr.weights.pytorch_state_dict is None:
             raise InvalidModelError(f"{name}: grey-box access needs pytorch_state_dict weights; this model has "
                                     f"{', '.join(available_weight_formats(descr))}; use an input-perturbation "
                                     "estimator (--estimator cte-input)")
+        _check_inputs(descr, name)
+        descr = greybox_descr(descr, code_policy or CodePolicy(), name=name)  # before anything is imported
         try:
             self.adapter = _DropoutAdapter(descr, layer=layer, devices=devices)
             pipeline = create_prediction_pipeline(descr, model_adapter=self.adapter)
         except InvalidModelError as e:
             raise InvalidModelError(f"{name}: {e}") from e
         except Exception as e:
-            raise InvalidModelError(f"{name}: could not load the torch network ({type(e).__name__}: {e})") from e
+            if "weights_only" in str(e):  # bioimageio.core refused a pickle that is not a plain state dict
+                raise InvalidModelError(
+                    f"{name}: {descr.weights.pytorch_state_dict.source} is not a plain state dict (torch.load with "
+                    "weights_only=True refused it, nothing in it ran); save only net.state_dict() as the weights"
+                ) from e
+            raise InvalidModelError(f"{name}: could not load the torch network ({_first_line(e)})") from e
         super().__init__(descr, pipeline, name=name, max_tile=max_tile, devices=devices)
 
     @property
@@ -394,8 +510,17 @@ def available_weight_formats(descr: v0_5.ModelDescr) -> list[str]:
 
 
 def make_predictor(descr: v0_5.ModelDescr, *, name: str, greybox: bool, weight_format: str | None = None,
-                   layer: str | None = None, devices: Sequence[str] = ("cpu",), max_tile: int = 1024):
+                   layer: str | None = None, devices: Sequence[str] = ("cpu",), max_tile: int = 1024,
+                   code_policy: CodePolicy | None = None):
     """A :class:`GreyBoxPredictor` if ``greybox`` else a :class:`BlackBoxPredictor`."""
     if greybox:
-        return GreyBoxPredictor(descr, name=name, layer=layer, devices=devices, max_tile=max_tile)
-    return BlackBoxPredictor(descr, name=name, weight_format=weight_format, devices=devices, max_tile=max_tile)
+        return GreyBoxPredictor(descr, name=name, layer=layer, devices=devices, max_tile=max_tile,
+                                code_policy=code_policy)
+    return BlackBoxPredictor(descr, name=name, weight_format=weight_format, devices=devices, max_tile=max_tile,
+                             code_policy=code_policy)
+
+
+def _first_line(e: BaseException) -> str:
+    """``Type: first line of the message``: bioimageio.core's errors run over many lines."""
+    text = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

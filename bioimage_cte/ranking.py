@@ -11,10 +11,11 @@ true performance.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from bioimage_cte import __version__
-from bioimage_cte.errors import BioimageCteError
+from bioimage_cte.errors import BioimageCteError, ModelRunError, UntrustedCodeError
 from bioimage_cte.estimators import ConsensusAgreement, Estimator, FewLabelOracle, RandomScore, instances
 from bioimage_cte.evaluation import (
     AgreementStats,
@@ -34,6 +35,7 @@ from bioimage_cte.evaluation import (
 )
 from bioimage_cte.images import read_image, to_yx
 from bioimage_cte.sources import ModelSource, file_sha256
+from bioimage_cte.trust import CodePolicy
 
 #: True-performance metrics: foreground Dice, instance F1 at IoU 0.5, mean AP over IoU 0.5:0.05:0.95.
 METRICS = ("dice", "f1", "map")
@@ -131,13 +133,16 @@ def score_model(
     layer: str | None = None,
     seed: int = 0,
     on_image: Callable[[], None] | None = None,
+    code_policy: CodePolicy | None = None,
 ) -> ModelResult:
     """Run one model over the images and score it with every estimator.
 
     The model is loaded once; each image is read from disk, predicted clean once, and handed
     with that prediction to every estimator. Grey-box estimators need ``pytorch_state_dict``
-    weights: a model without them still gets its black-box scores, and the grey-box estimators
-    record why they could not run in ``failures``.
+    weights whose architecture may run (``code_policy``, see :mod:`bioimage_cte.trust`): a model
+    without them still gets its black-box scores, and the grey-box estimators record why they
+    could not run in ``failures``. When no estimator can run and nothing else needs predictions
+    (labels, cross-model estimators), the model is not run at all.
 
     Raises
     ------
@@ -150,27 +155,33 @@ def score_model(
     descr = load_model(source.location)
     failures: dict[str, str] = {}
     greybox = any(e.needs_greybox for e in estimators)
+    # messages name the package file: a zoo run lists hundreds of them
+    name = source.location
+    keep_masks = any(e.cross_model for e in estimators)
     try:
-        predictor = make_predictor(descr, name=source.name, greybox=greybox, weight_format=weight_format,
-                                   layer=layer, devices=devices)
+        predictor = make_predictor(descr, name=name, greybox=greybox, weight_format=weight_format,
+                                   layer=layer, devices=devices, code_policy=code_policy)
     except BioimageCteError as e:
         if not greybox:
             raise
         failures.update({e_.name: str(e) for e_ in estimators if e_.needs_greybox})
-        predictor = make_predictor(descr, name=source.name, greybox=False, weight_format=weight_format,
-                                   devices=devices)
+        if labels is None and not keep_masks and all(e.needs_greybox for e in estimators):
+            return ModelResult(source, {}, {}, None, failures, None, time.perf_counter() - start,
+                               file_sha256(source.location))
+        predictor = make_predictor(descr, name=name, greybox=False, weight_format=weight_format,
+                                   devices=devices, code_policy=code_policy)
     runnable = [e for e in estimators if e.name not in failures and not e.cross_model and not e.needs_labels]
     per_image: dict[str, list[float]] = {e.name: [] for e in runnable}
     true: dict[str, list[float]] = {}
-    keep_masks = any(e.cross_model for e in estimators)
     masks: list[np.ndarray] | None = [] if keep_masks else None
     with predictor:
         for i, path in enumerate(image_paths):
             image = load_target(path, axes=axes)
-            clean = predictor.predict(image)
-            _check_prediction(clean, source, path)
-            for estimator in runnable:
-                per_image[estimator.name].append(estimator.score_image(predictor, image, clean, seed=seed + i))
+            with _model_errors(source, path):
+                clean = predictor.predict(image)
+                _check_prediction(clean, source, path)
+                for estimator in runnable:
+                    per_image[estimator.name].append(estimator.score_image(predictor, image, clean, seed=seed + i))
             if masks is not None:
                 masks.append(clean.foreground > 0.5)
             if labels is not None:
@@ -186,9 +197,24 @@ def score_model(
                        file_sha256(source.location))
 
 
+@contextlib.contextmanager
+def _model_errors(source: ModelSource, path: Path) -> Iterator[None]:
+    """Turn a crash inside the model's forward pass into one line naming the package and the image."""
+    try:
+        yield
+    except BioimageCteError:
+        raise
+    except Exception as e:
+        if isinstance(e, MemoryError) or "out of memory" in str(e).lower():
+            raise  # not the package's fault, and worth a retry
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+        raise ModelRunError(f"{source.location}: the model crashed on {path} ({type(e).__name__}: {first}); the "
+                            "package's network does not run on this input, check it with 'bioimageio test'") from e
+
+
 def _check_prediction(clean, source: ModelSource, path: Path) -> None:
     if not np.isfinite(clean.foreground).all():
-        raise BioimageCteError(f"{source.location}: the model returned NaN or inf on {path}; "
+        raise ModelRunError(f"{source.location}: the model returned NaN or inf on {path}; "
                                "the model is broken for this input, check its weights and preprocessing")
 
 
@@ -204,7 +230,9 @@ def rank_models(
 ) -> tuple[list[ModelResult], list[ModelFailure]]:
     """Score every model; a model that fails is recorded with its reason and the others go on.
 
-    ``options`` are passed to :func:`score_model` (axes, devices, weight_format, layer, seed).
+    ``options`` are passed to :func:`score_model` (axes, devices, weight_format, layer, seed,
+    code_policy). A model skipped because it needs package code the policy does not allow is
+    recorded with stage ``"skipped"``.
     """
     results: list[ModelResult] = []
     failures: list[ModelFailure] = []
@@ -216,8 +244,13 @@ def rank_models(
                                        **options))
         except Exception as e:  # one broken zoo entry must never stop the run
             reason = str(e) if isinstance(e, BioimageCteError) else f"{type(e).__name__}: {e}"
-            failures.append(ModelFailure(source.name, source.source, "predict", reason.splitlines()[0]))
+            stage = "skipped" if isinstance(e, UntrustedCodeError) else "predict"
+            failures.append(ModelFailure(source.name, source.source, stage, _one_line(reason)))
     return results, failures
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "unknown error"
 
 
 def _per_image_scores(results: Sequence[ModelResult], estimator: Estimator) -> list[list[float] | None]:

@@ -421,8 +421,12 @@ def _predictions(source: str, indices: list[int], image_paths: Sequence[Path], s
     seed = int(settings.get("seed") or 0)
     descr = load_model(str(_rdf_location(locate_package(source))))
     greybox = kind == "dropout"
+    from bioimage_cte.trust import CodePolicy
+
+    policy = CodePolicy.with_libraries(settings.get("trusted_libraries") or (),
+                                       trust_code=bool(settings.get("trust_code")))
     predictor = make_predictor(descr, name=source, greybox=greybox, layer=settings.get("layer"),
-                               weight_format=None if greybox else settings.get("weight_format"))
+                               weight_format=None if greybox else settings.get("weight_format"), code_policy=policy)
     rows = []
     with predictor:
         for i in indices:

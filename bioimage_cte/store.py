@@ -477,7 +477,9 @@ class ScoringOptions:
 
     ``estimator_options`` go to :func:`bioimage_cte.estimators.make_estimator` (``None`` values
     mean the estimator's default). ``device`` and ``torch_threads`` do not change the scores
-    beyond float rounding, so they are not part of the store key.
+    beyond float rounding, so they are not part of the store key. ``trust_code`` and
+    ``trusted_libraries`` (see :mod:`bioimage_cte.trust`) decide which package code may run, so
+    they are part of the key when set: a model skipped without them is scored with them.
     """
 
     estimator: str = "cte-dropout"
@@ -487,11 +489,19 @@ class ScoringOptions:
     layer: str | None = None
     weight_format: str | None = None
     device: str = "cpu"
+    trust_code: bool = False
+    trusted_libraries: tuple[str, ...] = ()
 
     def make_estimator(self):
         from bioimage_cte.estimators import make_estimator
 
         return make_estimator(self.estimator, **self.estimator_options)
+
+    def code_policy(self):
+        """The :class:`bioimage_cte.trust.CodePolicy` of these options."""
+        from bioimage_cte.trust import CodePolicy
+
+        return CodePolicy.with_libraries(self.trusted_libraries, trust_code=self.trust_code)
 
 
 @dataclass(frozen=True)
@@ -525,8 +535,12 @@ def _settings(options: ScoringOptions, target: TargetSpec) -> dict[str, Any]:
     if estimator.needs_labels and target.labels is None:
         raise InvalidImageError(f"estimator {options.estimator!r} needs labels but target {target.folder} has no "
                                 "labels/ folder; add labels or choose a label-free estimator")
+    # the trust settings enter the key only when set, so the default keys stay those of earlier versions
+    trust = {"trust_code": True} if options.trust_code else {}
+    if options.trusted_libraries:
+        trust["trusted_libraries"] = sorted(options.trusted_libraries)
     return {**estimator.settings(), "seed": options.seed, "axes": options.axes, "layer": options.layer,
-            "weight_format": options.weight_format, "labels": target.labels_fingerprint}
+            "weight_format": options.weight_format, "labels": target.labels_fingerprint, **trust}
 
 
 def plan_jobs(
@@ -626,7 +640,7 @@ def score_job(job: ScoreJob, store: ResultStore, *, refresh: bool = False) -> Jo
         labels = load_labels(paths, job.target.labels, axes=options.axes) if job.target.labels else None
         result = score_model(job.source, paths, [options.make_estimator()], labels=labels, axes=options.axes,
                              devices=(options.device,), weight_format=options.weight_format, layer=options.layer,
-                             seed=options.seed)
+                             seed=options.seed, code_policy=options.code_policy())
     except Exception as e:  # stored as failed, then raised again for the caller's retries
         store.put(job.key, failed_record(job, e))
         raise
@@ -693,7 +707,8 @@ def rank_target(
     images = Path(target.images[0]).parent if target.images else Path(target.folder)
     payload["settings"].update({"images": str(images), "n_images": len(target.images), "tag": tag,
                                 "seed": options.seed, "device": options.device, "layer": options.layer,
-                                "weight_format": options.weight_format, "axes": options.axes})
+                                "weight_format": options.weight_format, "axes": options.axes,
+                                "trust_code": options.trust_code, "trusted_libraries": list(options.trusted_libraries)})
     payload["target"] = {"name": target.name, "folder": target.folder, "task": target.task,
                          "fingerprint": target.fingerprint, "labels_fingerprint": target.labels_fingerprint}
     return payload

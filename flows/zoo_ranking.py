@@ -277,6 +277,8 @@ def zoo_ranking_flow(
     axes: str | None = None,
     layer: str | None = None,
     weight_format: str | None = None,
+    trust_code: bool = False,
+    trusted_libraries: list[str] | None = None,
 ) -> ZooRunSummary:
     """Rank every model of ``zoo`` on every target, scoring only the pairs the store does not have.
 
@@ -312,6 +314,11 @@ def zoo_ranking_flow(
         local Dask cluster, torch's default otherwise).
     device, axes, layer, weight_format
         As for ``bioimage-cte rank``.
+    trust_code, trusted_libraries
+        Run Python code shipped in packages; trust architectures from these installed libraries
+        besides the default ones (see :mod:`bioimage_cte.trust`). Off by default: a model that needs
+        package code is scored with its torchscript/onnx weights where the estimator allows, or
+        recorded as skipped with the reason.
     """
     from bioimage_cte.sources import filter_by_tag, find_models
 
@@ -326,7 +333,7 @@ def zoo_ranking_flow(
                                     "models' rdf.yaml")
     specs = [read_target(t) for t in targets]
     options = ScoringOptions(estimator, {"p": p, "strength": p, **(estimator_options or {})}, seed, axes, layer,
-                             weight_format, device)
+                             weight_format, device, trust_code, tuple(trusted_libraries or ()))
     jobs = plan_jobs(sources, specs, options, match_task=match_task)
     store = ResultStore(store_path)  # created here, before workers race to create it
     if torch_threads is None and dask_address == "local":
@@ -436,6 +443,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--match-task", action="store_true", help="Per target, only models tagged with its task.")
         sub.add_argument("--dask-address", default=None, help="'local' or tcp://scheduler:8786.")
         sub.add_argument("--workers", type=int, default=None)
+        sub.add_argument("--trust-code", action="store_true", help="Run Python code shipped in model packages.")
     return parser
 
 
@@ -450,6 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "store_path": None if args.store is None else str(Path(args.store).resolve()),
         "annotate": args.annotate, "reports": args.reports, "retries": args.retries, "seed": args.seed,
         "tag": args.tag, "match_task": args.match_task, "dask_address": args.dask_address, "workers": args.workers,
+        "trust_code": args.trust_code,
     }
     if args.command == "run":
         start = time.perf_counter()

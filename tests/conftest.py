@@ -36,3 +36,11 @@ def package() -> Path:
 def instance_package() -> Path:
     """A model with foreground and boundary outputs."""
     return ZOO / "cells-brightfield-instance.zip"
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """The bad-input corpus (tests/corpus.py), built once per session."""
+    from corpus import build_corpus
+
+    return build_corpus(tmp_path_factory.mktemp("corpus"))

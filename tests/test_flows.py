@@ -173,3 +173,23 @@ def test_bad_input_is_not_retried():
 
     assert _worth_retrying(None, None, Failed(data=RuntimeError("out of memory"))) is True
     assert _worth_retrying(None, None, Failed(data=InvalidModelError("x.zip is not a valid zip"))) is False
+
+
+def test_bad_input_corpus_in_a_zoo_run(prefect_harness, corpus, tmp_path):
+    """One flow run over the whole bad-input corpus: every bad package is recorded with its reason, the good rank."""
+    from corpus import MODELS, SKIPPED_BY_GREYBOX
+
+    from flows.zoo_ranking import run_zoo_ranking
+
+    summary = run_zoo_ranking(corpus.zoo, [corpus.good_images], store_path=str(tmp_path / "r.sqlite"),
+                              output_dir=str(tmp_path / "out"), reports=False, retries=0)
+    ranking = json.loads(Path(summary.rankings[corpus.good_images.name]).read_text())
+    assert sorted(m["name"] for m in ranking["models"]) == ["good-file-arch", "good-library-arch"]
+    reasons = {f["name"]: f["reason"] for f in ranking["failures"]}
+    assert sorted(reasons) == sorted(MODELS)
+    for name, (_, expected) in MODELS.items():
+        assert expected in reasons[name] and str(corpus.package(name)) in reasons[name], name
+    # models that load but may not run package code are scored as skipped by the grey-box estimator, not failed
+    loadable = set(SKIPPED_BY_GREYBOX) | {"pickle-weights"}
+    assert sorted(f.model for f in summary.failed) == sorted(set(MODELS) - loadable)
+    assert not corpus.marker.exists() and not corpus.pickle_marker.exists()
