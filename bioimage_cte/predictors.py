@@ -267,7 +267,6 @@ class _Predictor:
         self._fg = _channel_index(descr, FOREGROUND_NAMES) or 0
         self._bd = _channel_index(descr, BOUNDARY_NAMES)
         self._in_axes = [str(a.id) for a in descr.inputs[0].axes]
-        _check_inputs(descr, name)
 
     @property
     def has_boundary(self) -> bool:
