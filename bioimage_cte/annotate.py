@@ -612,8 +612,14 @@ def _copy_folder(source: Path, rdf_name: str, rdf: bytes, dest: Path) -> None:
     tmp = _temp_path(dest)
     tmp.mkdir()
     try:
+        backups = shutil.ignore_patterns(f"*{_BACKUP_SUFFIX}", f"*{_BACKUP_SUFFIX}.*")
+        # neither backups nor a killed write-back's temporary files are part of the package
         shutil.copytree(source, tmp, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns(f"*{_BACKUP_SUFFIX}", f"*{_BACKUP_SUFFIX}.*"))
+                        ignore=lambda folder, names: backups(folder, names) | {n for n in names if is_temporary(n)})
+        for copied in tmp.rglob("*"):  # on disk before the rename publishes the folder, as the rdf below
+            if copied.is_file() and not copied.is_symlink():
+                with copied.open("rb") as f:
+                    os.fsync(f.fileno())
         with (tmp / rdf_name).open("wb") as f:
             _write_all(f, rdf)
             f.flush()
