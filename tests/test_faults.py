@@ -308,3 +308,20 @@ def test_sigkill_during_write_back_never_leaves_a_broken_package(tmp_path: Path)
 
     print(f"write-back of {len(packages)} packages in {window:.2f} s; (annotated, temp files) per kill: {outcomes}")
     assert any(0 < n < len(packages) or t for n, t in outcomes), f"no kill landed mid write-back: {outcomes}"
+
+
+def test_only_dead_writers_temporary_files_are_removed(tmp_path: Path):
+    from bioimage_cte.annotate import TransferabilityEntry, annotate_package, is_temporary
+
+    package = Path(shutil.copy(ZOO / "weak-nuclei-tiny.zip", tmp_path / "weak-nuclei-tiny.zip"))
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    dead = tmp_path / f".{package.name}.{int(finished.stdout)}.0123456789ab.tmp"  # its writer has exited
+    alive = tmp_path / f".{package.name}.{os.getpid()}.0123456789ab.tmp"  # a writer still at work (this process)
+    other = tmp_path / f".other.zip.{int(finished.stdout)}.0123456789ab.tmp"  # another destination's
+    for path in (dead, alive, other):
+        path.write_bytes(b"partial")
+        assert is_temporary(path.name)
+    annotate_package(package, TransferabilityEntry(TARGET, "f" * 64, "cte-dropout", {"p": 0.2}, 0.9, 1, 3, 2,
+                                                   "2025-01-02T03:04:05+00:00", "0.1.0"))
+    assert not dead.exists() and alive.exists() and other.exists()
