@@ -16,7 +16,10 @@ Packages are rewritten, never edited in place byte by byte:
 
 Every write goes to a temporary file next to its destination, is flushed to disk and then
 moved over the destination with :func:`os.replace`, so an interrupted run leaves either the
-old or the new package, never half of one.
+old or the new package, never half of one. A run killed mid-write leaves its hidden temporary
+file (``.<name>.<pid>.<random>.tmp``), which no package finder or fingerprint counts
+(:func:`is_temporary`) and which the next write to the same destination removes once the
+process that made it is gone.
 
 A package that changed after it was ranked is refused, except for changes made by this module:
 each entry records the sha256 the package file had when it was ranked (``package_sha256``) and a
@@ -35,7 +38,6 @@ import os
 import re
 import secrets
 import shutil
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -60,6 +62,7 @@ __all__ = [
     "annotate_package",
     "dataset_fingerprint",
     "entries_from_ranking",
+    "is_temporary",
     "locate_package",
     "read_rdf",
     "read_transferability",
@@ -462,6 +465,57 @@ def _write_all(f: IO[bytes], data: bytes) -> None:
     f.write(data)
 
 
+_TEMP_NAME = re.compile(r"^\.(?P<dest>.+)\.(?P<pid>\d+)\.[0-9a-f]{12}\.tmp$")
+
+
+def _temp_path(dest: Path) -> Path:
+    # the writer's pid in the name lets a later run tell a dead run's leftover from a concurrent writer's file
+    return dest.with_name(f".{dest.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file or folder name is one of this module's temporary files (never a package or its part).
+
+    Examples
+    --------
+    >>> is_temporary(".m.zip.4242.0123456789ab.tmp"), is_temporary("m.zip")
+    (True, False)
+    """
+    return _TEMP_NAME.match(name) is not None
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name != "posix":  # os.kill(pid, 0) would terminate the process on Windows: assume it is alive
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _remove_stale_temporaries(dest: Path) -> None:
+    """Remove temporary files of ``dest`` left by runs that were killed mid-write (their process is gone).
+
+    Best effort: a leftover that cannot be removed only takes space, it is never read.
+    """
+    try:
+        siblings = list(dest.parent.iterdir())
+    except OSError:
+        return
+    for path in siblings:
+        found = _TEMP_NAME.match(path.name)
+        if found is None or found["dest"] != dest.name or _process_alive(int(found["pid"])):
+            continue
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
 def _fsync_folder(folder: Path) -> None:
     # makes the rename itself durable; not every platform can open a folder, which only costs durability
     with contextlib.suppress(OSError):
@@ -498,7 +552,8 @@ def _atomic_write(
 
     The new file gets the permissions of the file it replaces, or of ``mode_from`` for a new file.
     """
-    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.tmp")
+    _remove_stale_temporaries(dest)
+    tmp = _temp_path(dest)
     # os.open with 0o666 gives a new file the user's umask, where mkstemp would make it private (0o600)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
@@ -553,10 +608,18 @@ def _rewrite_zip(source: Path, rdf_name: str, rdf: bytes, dest: Path, *, backup:
 
 def _copy_folder(source: Path, rdf_name: str, rdf: bytes, dest: Path) -> None:
     """Copy a package folder to ``dest`` with a new rdf file; ``dest`` appears complete or not at all."""
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
+    _remove_stale_temporaries(dest)
+    tmp = _temp_path(dest)
+    tmp.mkdir()
     try:
+        backups = shutil.ignore_patterns(f"*{_BACKUP_SUFFIX}", f"*{_BACKUP_SUFFIX}.*")
+        # neither backups nor a killed write-back's temporary files are part of the package
         shutil.copytree(source, tmp, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns(f"*{_BACKUP_SUFFIX}", f"*{_BACKUP_SUFFIX}.*"))
+                        ignore=lambda folder, names: backups(folder, names) | {n for n in names if is_temporary(n)})
+        for copied in tmp.rglob("*"):  # on disk before the rename publishes the folder, as the rdf below
+            if copied.is_file() and not copied.is_symlink():
+                with copied.open("rb") as f:
+                    os.fsync(f.fileno())
         with (tmp / rdf_name).open("wb") as f:
             _write_all(f, rdf)
             f.flush()

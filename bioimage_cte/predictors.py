@@ -386,6 +386,7 @@ class _DropoutAdapter(PytorchModelAdapter):
         self.perturbation: FeatureDropout | None = None
         self._mask: torch.Tensor | None = None
         self._descr = descr
+        self._hooks: list[Any] = []
         super().__init__(descr, devices=list(devices))
 
     def _init_model_on_device(self, device: torch.device) -> torch.nn.Module:
@@ -394,8 +395,15 @@ class _DropoutAdapter(PytorchModelAdapter):
         self.layer = self.requested_layer or find_bottleneck(net, self._descr)
         if self.layer not in modules:
             raise InvalidModelError(f"layer {self.layer!r} not found; layers are: {', '.join(list(modules)[1:20])} ...")
-        modules[self.layer].register_forward_hook(self._hook)
+        self._hooks.append(modules[self.layer].register_forward_hook(self._hook))
         return net
+
+    def remove_hooks(self) -> None:
+        """Detach the dropout hook: it refers back to this adapter, a cycle that would keep the network (and the
+        package) alive until Python's cyclic garbage collector happens to run, one dead model after another."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
 
     def set_perturbation(self, perturbation: FeatureDropout | None) -> None:
         self.perturbation = perturbation
@@ -492,6 +500,11 @@ class GreyBoxPredictor(_Predictor):
     @property
     def layer(self) -> str | None:
         return self.adapter.layer
+
+    def close(self) -> None:
+        """Release the model; without the hook the network is freed as soon as the predictor is dropped."""
+        super().close()
+        self.adapter.remove_hooks()
 
     @contextlib.contextmanager
     def perturbed(self, perturbation: FeatureDropout) -> Iterator[None]:

@@ -391,10 +391,14 @@ def package_fingerprint(location: str) -> str:
             from bioimage_cte.sources import file_sha256
 
             return str(file_sha256(path))
+    from bioimage_cte.annotate import is_temporary
+
     folder = path if path.is_dir() else path.parent
     for file in sorted(p for p in folder.rglob("*") if p.is_file()):
         relative = file.relative_to(folder).as_posix()
-        if ".bak" in file.suffixes:  # annotate's backups of the rdf.yaml are not part of the package
+        # annotate's backups of the rdf.yaml, and the temporary file of a write-back killed mid-write, are not
+        # part of the package: counting them would score an unchanged model again
+        if ".bak" in file.suffixes or any(is_temporary(part) for part in file.relative_to(folder).parts):
             continue
         _add_file(digest, relative, file.read_bytes())
     return digest.hexdigest()

@@ -1,0 +1,327 @@
+"""A crash must lose nothing: real processes killed with SIGKILL mid-run, then run again.
+
+- The zoo ranking (``bioimage-cte zoo-rank``, Prefect flow over the results store) killed once some models
+  are stored: the store is intact, the re-run scores only the rest and ranks as an uninterrupted run.
+- The write-back (``annotate_from_ranking`` over zip and folder packages, in place with backups) killed at
+  many points: every package is its old bytes or a complete annotated package, never a broken one; leftovers
+  are not mistaken for packages, do not change a package's fingerprint, and a re-run completes and cleans up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from bioimage_cte.annotate import read_transferability
+
+ROOT = Path(__file__).resolve().parents[1]  # the checkout under test: its subprocesses import from here
+ZOO = ROOT / "resources" / "zoo"
+DSB = ROOT / "resources" / "data" / "dsb2018" / "images"
+MODELS = ("nuclei-small-bright", "nuclei-large-sparse", "nuclei-dim-blurry", "weak-nuclei-tiny")
+TARGET = "dsb-two"
+
+pytestmark = pytest.mark.slow
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update({
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "TQDM_DISABLE": "1",
+        # a temporary Prefect server of its own, offline and quiet, with its database under tmp_path
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    })
+    return env
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process and everything it started (the temporary Prefect server too)."""
+    with contextlib.suppress(ProcessLookupError):  # the group is gone once its processes have exited
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+# --- zoo ranking -------------------------------------------------------------------------------------------------
+
+
+def _stored(store: Path) -> dict[str, str]:
+    """key -> created of the committed rows, read without writing (0 rows while the file does not exist yet)."""
+    if not store.exists():
+        return {}
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5)) as conn:
+            return dict(conn.execute("SELECT key, created FROM results WHERE status = 'ok'"))
+    except sqlite3.OperationalError:  # the table is not created yet
+        return {}
+
+
+def _zoo_rank(tmp_path: Path, zoo: Path, target: Path, store: Path, out: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "bioimage_cte.cli", "zoo-rank", str(zoo), str(target), "--store", str(store),
+               "--output-dir", str(out)]
+    # a session of its own: the kill takes the temporary Prefect server with it; cwd=ROOT reads prefect.toml
+    return subprocess.Popen(command, cwd=ROOT, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def _reference_ranking(zoo: Path, target: Path, store: Path) -> list[tuple[str, int, float]]:
+    """The same ranking, uninterrupted, through the library the flow's tasks call."""
+    from bioimage_cte.sources import find_models
+    from bioimage_cte.store import ResultStore, ScoringOptions, plan_jobs, rank_target, read_target, score_job
+
+    options = ScoringOptions("cte-dropout", {"p": None, "strength": None})
+    spec = read_target(target)
+    jobs = plan_jobs(find_models([zoo]), [spec], options)
+    results = ResultStore(store)
+    for job in jobs:
+        score_job(job, results)
+    return _order(rank_target(spec, jobs, results, options))
+
+
+def _order(payload: dict) -> list[tuple[str, int, float]]:
+    return [(m["name"], m["rank"], m["score"]) for m in payload["models"]]
+
+
+def test_sigkill_mid_zoo_ranking_loses_nothing_and_the_rerun_scores_only_the_rest(tmp_path: Path):
+    zoo, target = tmp_path / "zoo", tmp_path / TARGET / "images"
+    zoo.mkdir()
+    target.mkdir(parents=True)
+    for name in MODELS:
+        shutil.copy(ZOO / f"{name}.zip", zoo)
+    for path in sorted(DSB.glob("*.tif"))[:2]:
+        shutil.copy(path, target)
+    store, out = tmp_path / "results.sqlite", tmp_path / "out"
+
+    proc = _zoo_rank(tmp_path, zoo, target.parent, store, out)
+    try:
+        deadline = time.monotonic() + 150  # Prefect's first start migrates its database: up to ~30 s on 2 cores
+        while not _stored(store) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, f"zoo-rank ended before it could be killed: {proc.communicate()}"
+        assert _stored(store), "no model was stored within 150 s"
+    finally:
+        _kill_group(proc)
+    killed_at = time.time()
+    proc.stdout.close()
+    proc.stderr.close()
+
+    with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    before = _stored(store)
+    assert 1 <= len(before) < len(MODELS), f"killed too late to prove anything: {len(before)} models stored"
+    assert not (out / "rankings").exists() or not list((out / "rankings").iterdir()), "killed after the ranking"
+
+    proc = _zoo_rank(tmp_path, zoo, target.parent, store, out)
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        _kill_group(proc)
+    assert proc.returncode == 0, f"re-run failed:\n{stdout}\n{stderr}"
+    done = len(before)
+    assert f"scored {len(MODELS) - done} model x target pairs, {done} taken from" in stdout, stdout
+
+    after = _stored(store)
+    assert len(after) == len(MODELS)
+    assert {k: after[k] for k in before} == before, "a model finished before the kill was scored again"
+    rescored = [created for key, created in after.items() if key not in before]
+    assert all(_epoch(created) >= killed_at - 1 for created in rescored)
+
+    ranking = json.loads((out / "rankings" / f"{TARGET}.json").read_text())
+    assert ranking["failures"] == []
+    expected = _reference_ranking(zoo, target.parent, tmp_path / "reference.sqlite")
+    got = _order(ranking)
+    assert [(n, r) for n, r, _ in got] == [(n, r) for n, r, _ in expected]
+    assert [s for _, _, s in got] == pytest.approx([s for _, _, s in expected], abs=1e-6)
+    leftovers = [p for p in [*out.rglob("*"), *zoo.rglob("*")] if p.name.endswith(".tmp") or p.name.startswith(".")]
+    assert leftovers == [], f"temporary files left behind: {leftovers}"
+
+
+def _epoch(iso: str) -> float:
+    import datetime
+
+    return datetime.datetime.fromisoformat(iso).timestamp()
+
+
+# --- write-back --------------------------------------------------------------------------------------------------
+
+ZIPS = ("nuclei-small-bright", "nuclei-large-sparse", "nuclei-dim-blurry", "nuclei-dense-textured",
+        "nuclei-versatile", "weak-nuclei-large-only")
+FOLDERS = ("weak-nuclei-tiny", "nuclei-touching-instance", "weak-nuclei-undertrained")
+TRIALS = 16
+
+_WRITE_BACK = """
+import sys, time
+from pathlib import Path
+from bioimage_cte.annotate import annotate_from_ranking
+ranking, images = Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]]
+print("ready", flush=True)
+start = time.perf_counter()
+annotate_from_ranking(ranking, target="dsb-two", images=images, backup=True)
+print(time.perf_counter() - start, flush=True)
+"""
+
+
+def _pristine_zoo(folder: Path) -> dict[str, Path]:
+    """Fresh copies of the packages: zips, and folders (extracted zips); name -> package path."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    packages = {}
+    for name in ZIPS:
+        packages[name] = Path(shutil.copy(ZOO / f"{name}.zip", folder / f"{name}.zip"))
+    for name in FOLDERS:
+        with zipfile.ZipFile(ZOO / f"{name}.zip") as zf:
+            zf.extractall(folder / name)
+        packages[name] = folder / name
+    return packages
+
+
+def _ranking(path: Path, packages: dict[str, Path]) -> Path:
+    """A ranking JSON of the packages as ``bioimage-cte rank --output`` writes it (scores made up: not scored)."""
+    from bioimage_cte.sources import file_sha256
+
+    models = [{"name": name, "source": str(location), "score": 0.9 - 0.05 * i, "rank": i + 1, "n_images": 2,
+               "n_valid": 2, "n_empty": 0, "per_image": [0.9, 0.9], "note": "",
+               "sha256": file_sha256(location if location.suffix == ".zip" else location / "rdf.yaml")}
+              for i, (name, location) in enumerate(packages.items())]
+    payload = {"models": models, "failures": [], "settings": {"estimator": "cte-dropout", "p": 0.2, "n_images": 2}}
+    path.write_text(json.dumps(payload))
+    return path
+
+
+def _zip_entries(path: Path) -> list[tuple]:
+    with zipfile.ZipFile(path) as zf:
+        assert zf.testzip() is None, f"{path}: an entry's CRC does not match"
+        # every entry but the rdf.yaml: same name, place, compression, CRC and bytes
+        return [(i.filename, i.compress_type) if i.filename == "rdf.yaml" else
+                (i.filename, i.compress_type, i.CRC, i.date_time, zf.read(i)) for i in zf.infolist()]
+
+
+def _check_package(name: str, location: Path, original: dict) -> bool:
+    """Assert the package is its old bytes or a complete annotated package; True if annotated."""
+    if location.suffix == ".zip":
+        if location.read_bytes() == original["bytes"]:
+            return False
+        assert _zip_entries(location) == original["entries"], f"{name}: other zip entries changed"
+    else:
+        rdf = location / "rdf.yaml"
+        if rdf.read_bytes() == original["bytes"]:
+            return False
+        others = {p.relative_to(location).as_posix(): p.read_bytes() for p in location.rglob("*")
+                  if p.is_file() and p.name != "rdf.yaml" and ".bak" not in p.suffixes and not p.name.endswith(".tmp")}
+        assert others == original["others"], f"{name}: other files of the folder changed"
+    entries = read_transferability(location)  # parses the RDF: a torn file fails here
+    assert [e["target"] for e in entries] == [TARGET], f"{name}: changed but without the entry: {entries}"
+    return True
+
+
+def _backups_are_originals(folder: Path, originals: dict[str, dict], *, first_only: bool = False) -> None:
+    for backup in folder.rglob("*.bak" if first_only else "*.bak*"):
+        package = backup.name.split(".zip.bak")[0] if ".zip.bak" in backup.name else backup.parent.name
+        assert backup.read_bytes() == originals[package]["bytes"], f"{backup} is not the package's old bytes"
+
+
+def _originals(packages: dict[str, Path]) -> dict[str, dict]:
+    from bioimage_cte.store import package_fingerprint
+
+    originals = {}
+    for name, location in packages.items():
+        if location.suffix == ".zip":
+            originals[name] = {"bytes": location.read_bytes(), "entries": _zip_entries(location)}
+        else:
+            originals[name] = {"bytes": (location / "rdf.yaml").read_bytes(),
+                               "others": {p.relative_to(location).as_posix(): p.read_bytes()
+                                          for p in location.rglob("*") if p.is_file() and p.name != "rdf.yaml"}}
+        originals[name]["fingerprint"] = package_fingerprint(str(location))
+    return originals
+
+
+def _write_back(tmp_path: Path, ranking: Path, images: list[Path]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _WRITE_BACK, str(ranking), *map(str, images)], cwd=tmp_path,
+                            env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def test_sigkill_during_write_back_never_leaves_a_broken_package(tmp_path: Path):
+    from bioimage_cte.annotate import annotate_from_ranking
+    from bioimage_cte.sources import find_models
+    from bioimage_cte.store import package_fingerprint
+
+    images = sorted(DSB.glob("*.tif"))[:2]
+    zoo = tmp_path / "zoo"
+
+    # how long an uninterrupted write-back takes here, to spread the kill points over it
+    packages = _pristine_zoo(zoo)
+    ranking = _ranking(tmp_path / "ranking.json", packages)
+    proc = _write_back(tmp_path, ranking, images)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    window = float(stdout.split()[-1])
+
+    originals = _originals(_pristine_zoo(zoo))  # every trial starts from these same bytes at the same paths
+    outcomes = []
+    for trial in range(TRIALS):
+        packages = _pristine_zoo(zoo)
+        proc = _write_back(tmp_path, ranking, images)
+        try:
+            assert proc.stdout.readline().strip() == "ready", proc.communicate()
+            time.sleep(window * (trial + 0.5) / TRIALS)  # kill points spread evenly over the write-back
+        finally:
+            _kill_group(proc)
+            proc.stdout.close()
+            proc.stderr.close()
+
+        annotated = [_check_package(n, p, originals[n]) for n, p in packages.items()]
+        _backups_are_originals(zoo, originals)
+        leftovers = sorted(p.name for p in zoo.rglob("*.tmp"))
+        outcomes.append((sum(annotated), len(leftovers)))
+        # leftovers are no packages and no part of one: the zoo is the same models, to be scored from the store
+        assert sorted(s.name for s in find_models([zoo])) == sorted(packages), f"trial {trial}: {leftovers}"
+        for name, location in packages.items():
+            assert package_fingerprint(str(location)) == originals[name]["fingerprint"], f"trial {trial}: {name}"
+
+        written = annotate_from_ranking(ranking, target=TARGET, images=images, backup=True)  # the re-run
+        assert len(written) == len(packages)
+        assert all(_check_package(n, p, originals[n]) for n, p in packages.items())
+        _backups_are_originals(zoo, originals, first_only=True)  # later ones: what the killed run wrote
+        assert list(zoo.rglob("*.tmp")) == [], f"trial {trial}: the re-run left temporary files"
+
+    print(f"write-back of {len(packages)} packages in {window:.2f} s; (annotated, temp files) per kill: {outcomes}")
+    assert any(0 < n < len(packages) or t for n, t in outcomes), f"no kill landed mid write-back: {outcomes}"
+
+
+def test_only_dead_writers_temporary_files_are_removed(tmp_path: Path):
+    from bioimage_cte.annotate import TransferabilityEntry, annotate_package, is_temporary
+
+    package = Path(shutil.copy(ZOO / "weak-nuclei-tiny.zip", tmp_path / "weak-nuclei-tiny.zip"))
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    dead = tmp_path / f".{package.name}.{int(finished.stdout)}.0123456789ab.tmp"  # its writer has exited
+    alive = tmp_path / f".{package.name}.{os.getpid()}.0123456789ab.tmp"  # a writer still at work (this process)
+    other = tmp_path / f".other.zip.{int(finished.stdout)}.0123456789ab.tmp"  # another destination's
+    for path in (dead, alive, other):
+        path.write_bytes(b"partial")
+        assert is_temporary(path.name)
+    annotate_package(package, TransferabilityEntry(TARGET, "f" * 64, "cte-dropout", {"p": 0.2}, 0.9, 1, 3, 2,
+                                                   "2025-01-02T03:04:05+00:00", "0.1.0"))
+    assert not dead.exists() and alive.exists() and other.exists()
