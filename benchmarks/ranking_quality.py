@@ -125,6 +125,8 @@ def render(report: dict[str, dict]) -> str:
     lines = []
     for pool, title in (("task", "models of the target's task"), ("all", "all zoo models")):
         targets = [t for t in report if pool in report[t]]
+        if not targets:
+            continue
         lines += [f"### Spearman with true Dice, {title}", "",
                   "| estimator | " + " | ".join(f"{t} ({report[t][pool]['n_models']})" for t in targets)
                   + " | mean | min | mean regret |",
