@@ -24,8 +24,11 @@ PERCENTILES = (1.0, 99.8)
 EPS = 1e-6
 
 
-def normalize(image: np.ndarray, *, method: Preprocessing) -> np.ndarray:
+def normalize(image: np.ndarray, *, method: Preprocessing,
+              percentiles: tuple[float, float] = PERCENTILES) -> np.ndarray:
     """Normalise a 2-D image exactly as the packaged bioimageio preprocessing does.
+
+    ``percentiles`` are the (min, max) percentiles of ``scale_range`` (the demo zoo's by default).
 
     Examples
     --------
@@ -37,7 +40,7 @@ def normalize(image: np.ndarray, *, method: Preprocessing) -> np.ndarray:
     if method == "zero_mean_unit_variance":
         return ((x - x.mean()) / (x.std() + EPS)).astype(np.float32)
     if method == "scale_range":
-        lo, hi = np.quantile(x, [PERCENTILES[0] / 100, PERCENTILES[1] / 100])
+        lo, hi = np.quantile(x, [percentiles[0] / 100, percentiles[1] / 100])
         return ((x - lo) / (hi - lo + EPS)).astype(np.float32)
     raise ValueError(f"unknown preprocessing {method!r}: use 'zero_mean_unit_variance' or 'scale_range'")
 
