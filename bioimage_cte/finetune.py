@@ -84,6 +84,7 @@ class PackagedNetwork:
     tags: tuple[str, ...]
     step: int  # input sides must be min_size + n * step
     min_size: int
+    halo: int  # context padded around an image before prediction, as bioimage-cte's predictors do
     descr: Any = field(repr=False, default=None)
 
     @property
@@ -192,7 +193,8 @@ def load_packaged_network(location: str | Path, *, name: str | None = None) -> P
         name=name or str(descr.name), source=location, net=net, preprocessing=preprocessing, percentiles=percentiles,
         outputs="foreground" if channels == 1 else "foreground+boundary",
         architecture={"callable": str(arch.callable), "kwargs": dict(arch.kwargs), "sha256": str(arch.sha256)},
-        tags=tuple(str(t) for t in descr.tags), step=max(spec.step, 1), min_size=spec.minimum, descr=descr)
+        tags=tuple(str(t) for t in descr.tags), step=max(spec.step, 1), min_size=spec.minimum, halo=spec.halo,
+        descr=descr)
 
 
 def scratch_network(model: PackagedNetwork, *, seed: int) -> PackagedNetwork:
@@ -210,8 +212,8 @@ def scratch_network(model: PackagedNetwork, *, seed: int) -> PackagedNetwork:
 def kshot_split(n_images: int, *, ks: Sequence[KValue], n_test: int, seed: int) -> KShotSplit:
     """Seeded split: ``n_test`` test images, and nested training sets of k images from the rest.
 
-    A k that is not smaller than the number of images left for training is skipped (it would equal
-    ``"all"``), with the reason.
+    A k larger than the number of images left for training is skipped with the reason, and so is a k equal
+    to it when ``"all"`` is also asked for (the same run twice).
 
     Examples
     --------
@@ -233,7 +235,7 @@ def kshot_split(n_images: int, *, ks: Sequence[KValue], n_test: int, seed: int) 
             train["all"] = tuple(sorted(pool))
         elif not isinstance(k, int) or k < 1:
             raise ValueError(f"k={k!r}: use a positive number of images or 'all'")
-        elif k >= len(pool):
+        elif k > len(pool) or (k == len(pool) and "all" in ks):
             skipped[str(k)] = (f"k={k} needs more than {len(pool)} training images ({n_images} images, {n_test} for "
                                "testing)")
         else:
@@ -242,15 +244,20 @@ def kshot_split(n_images: int, *, ks: Sequence[KValue], n_test: int, seed: int) 
 
 
 def _pad_to_valid(image: np.ndarray, model: PackagedNetwork) -> tuple[np.ndarray, tuple[int, int]]:
-    sizes = [max(model.min_size, -(-n // model.step) * model.step) for n in image.shape]
+    # As predictors._run_padded: reflect-pad the raw image by at least the halo to a valid size, centred.
+    sizes = [max(model.min_size, -(-(n + 2 * model.halo) // model.step) * model.step) for n in image.shape]
     before = tuple((s - n) // 2 for s, n in zip(sizes, image.shape, strict=True))
     pad = [(b, s - n - b) for b, s, n in zip(before, sizes, image.shape, strict=True)]
     return np.pad(image, pad, mode="reflect" if min(image.shape) > max(max(pad)) else "symmetric"), before
 
 
 def prepare_input(model: PackagedNetwork, image: np.ndarray) -> np.ndarray:
-    """The network input for a raw (y, x) image: the package's normalisation, padded to a valid size."""
-    return _pad_to_valid(_normalize(model, image), model)[0]
+    """The network input for a raw (y, x) image: padded to a valid size, then the package's normalisation.
+
+    The order is that of the packaged pipeline run by :mod:`bioimage_cte.predictors`, which normalises the
+    padded image.
+    """
+    return _normalize(model, _pad_to_valid(image.astype(np.float32), model)[0])
 
 
 def _normalize(model: PackagedNetwork, image: np.ndarray) -> np.ndarray:
@@ -264,7 +271,8 @@ def predict_foreground(model: PackagedNetwork, image: np.ndarray, *, net: Any | 
     """
     import torch
 
-    x, before = _pad_to_valid(_normalize(model, image), model)
+    padded, before = _pad_to_valid(image.astype(np.float32), model)
+    x = _normalize(model, padded)
     net = model.net if net is None else net
     with torch.no_grad():
         prob = torch.sigmoid(net(torch.from_numpy(np.ascontiguousarray(x))[None, None]))[0, 0].numpy()

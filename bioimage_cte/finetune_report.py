@@ -66,7 +66,7 @@ def _convergence(payload: Mapping[str, Any]) -> str:
 
 
 def _heatmap(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str) -> str:
-    fig = _figure(1.2 + 0.45 * len(cols), 1.0 + 0.32 * len(rows))
+    fig = _figure(3.0 + 0.5 * len(cols), 2.2 + 0.4 * len(rows))
     ax = fig.add_subplot()
     im = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
     ax.set_xticks(range(len(cols)), cols, rotation=60, ha="right", fontsize=7)
