@@ -448,6 +448,105 @@ def transfer_matrix(
     _print_failures(failures)
 
 
+KOpt = Annotated[list[str] | None, typer.Option("--k", help="Labelled images to fine-tune on (repeat the option); "
+                                               "'all' = every image outside the test split. Default: 1, 5, all.")]
+
+
+@app.command("finetune-benchmark")
+def finetune_benchmark(
+    models: ModelsArg,
+    images: ImagesOpt,
+    labels: Annotated[str, typer.Option("--labels", "-l", help="Folder of label images with the same file stems as "
+                                        "the images (instance labels, 0 = background).", show_default=False)],
+    k: KOpt = None,
+    steps: Annotated[int, typer.Option(help="Optimiser steps per model and k (the same budget for all).")] = 200,
+    n_test: Annotated[int, typer.Option(help="Labelled images held out for testing (seeded choice).")] = 2,
+    patch: Annotated[int, typer.Option(help="Training patch side in pixels.")] = 96,
+    batch_size: Annotated[int, typer.Option(help="Patches per step.")] = 4,
+    learning_rate: Annotated[float, typer.Option(help="Adam learning rate (cosine-annealed).")] = 1e-3,
+    eval_every: Annotated[int, typer.Option(help="Evaluate the test Dice every N steps (convergence).")] = 25,
+    scratch: Annotated[bool, typer.Option(help="Also train each architecture from scratch as the reference.")] = True,
+    cte: Annotated[bool, typer.Option(help="Score the models zero-shot with CTE (cte-dropout) on all images and "
+                                      "correlate with the fine-tuned Dice.")] = True,
+    export: Annotated[Path | None, typer.Option("--export", help="Write every fine-tuned model as a bioimageio "
+                                                "package into this folder.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the results as JSON here.")] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write a self-contained HTML report (Dice vs k, "
+                                                "convergence, CKA heatmaps).")] = None,
+    tag: TagOpt = None,
+    seed: SeedOpt = 0,
+    debug: DebugOpt = False,
+) -> None:
+    """Fine-tune each model on k labelled images: does the zero-shot ranking predict the fine-tuned one?"""
+    _quiet_libraries()
+    try:
+        payload = _finetune(models, images, labels, k or ["1", "5", "all"], tag=tag, cte=cte, scratch=scratch,
+                            export=export, config=dict(steps=steps, batch_size=batch_size, patch=patch, seed=seed,
+                                                       learning_rate=learning_rate, eval_every=eval_every),
+                            n_test=n_test)
+        if output is not None:
+            _write_json(output, payload)
+            console.print(f"results written to {output}")
+        if report is not None:
+            from bioimage_cte.finetune_report import write_finetune_report
+
+            write_finetune_report({Path(images).name or "target": payload}, report)
+            console.print(f"report written to {report}")
+    except Exception as e:
+        _fail(e, debug)
+    console.print(_finetune_table(payload))
+    for name, reason in payload["failures"].items():
+        err_console.print(f"[yellow]failed[/] {name}: {reason}", highlight=False, soft_wrap=True)
+
+
+def _finetune(models: list[str], images: str, labels: str, ks: list[str], *, tag: str | None, cte: bool,
+              scratch: bool, export: Path | None, config: dict[str, Any], n_test: int) -> dict[str, Any]:
+    from bioimage_cte.errors import InvalidModelError
+    from bioimage_cte.finetune import FinetuneConfig, run_finetune_benchmark, zero_shot_cte
+    from bioimage_cte.images import list_images, load_labels
+    from bioimage_cte.ranking import load_target
+    from bioimage_cte.sources import filter_by_tag, find_models
+
+    try:
+        k_values = [kv if kv == "all" else int(kv) for kv in ks]
+    except ValueError as e:
+        raise typer.BadParameter(f"--k {ks}: use positive integers or 'all'") from e
+    sources = filter_by_tag(find_models(models), tag) if tag else find_models(models)
+    if not sources:
+        raise InvalidModelError(f"no model found in {' '.join(models)}" + (f" with the tag {tag!r}" if tag else ""))
+    paths = list_images(images)
+    label_arrays = load_labels(paths, labels)
+    arrays = [load_target(p) for p in paths]
+    with _progress() as progress:
+        zero_shot = None
+        if cte:
+            task = progress.add_task("zero-shot CTE", total=len(sources) * len(paths))
+            zero_shot = zero_shot_cte(sources, paths, seed=config["seed"], on_image=lambda: progress.advance(task))
+        n_runs = (len(sources) + (1 if scratch else 0)) * len(k_values)
+        task = progress.add_task("fine-tuning", total=n_runs)
+        bench = run_finetune_benchmark(
+            [(s.name, s.location) for s in sources], arrays, label_arrays, ks=k_values, n_test=n_test,
+            config=FinetuneConfig(**config), scratch=scratch, zero_shot=zero_shot, export_dir=export,
+            on_run=lambda text: progress.update(task, advance=1, description=text))
+    payload = bench.to_json_dict()
+    payload["images"] = [str(p) for p in paths]
+    return payload
+
+
+def _finetune_table(payload: dict[str, Any]) -> Table:
+    table = Table(title=f"Fine-tuning ({payload['config']['steps']} steps; k = 0 is zero-shot)", title_justify="left")
+    for column in ("k", "models", "best", "best model", "spread", "best scratch", "Spearman(CTE, Dice)", "top-1",
+                   "steps to 95%"):
+        table.add_column(column, justify="left" if column in ("k", "best model") else "right")
+    for s in payload["summary"]:
+        table.add_row(s["k"], str(s["n_models"]), f"{s['best']:.3f}", s["best_model"], f"{s['spread']:.3f}",
+                      "-" if s["scratch_dice"] is None else f"{s['scratch_dice']:.3f}",
+                      "-" if s["spearman"] is None else f"{s['spearman']:.2f}",
+                      "-" if s["top1_hit"] is None else ("yes" if s["top1_hit"] else "no"),
+                      f"{s['mean_steps_to_95']:.0f}")
+    return table
+
+
 def main() -> None:
     """Entry point of the ``bioimage-cte`` console script."""
     app()

@@ -24,8 +24,11 @@ PERCENTILES = (1.0, 99.8)
 EPS = 1e-6
 
 
-def normalize(image: np.ndarray, *, method: Preprocessing) -> np.ndarray:
+def normalize(image: np.ndarray, *, method: Preprocessing,
+              percentiles: tuple[float, float] = PERCENTILES) -> np.ndarray:
     """Normalise a 2-D image exactly as the packaged bioimageio preprocessing does.
+
+    ``percentiles`` are the (min, max) percentiles of ``scale_range`` (the demo zoo's by default).
 
     Examples
     --------
@@ -37,7 +40,7 @@ def normalize(image: np.ndarray, *, method: Preprocessing) -> np.ndarray:
     if method == "zero_mean_unit_variance":
         return ((x - x.mean()) / (x.std() + EPS)).astype(np.float32)
     if method == "scale_range":
-        lo, hi = np.quantile(x, [PERCENTILES[0] / 100, PERCENTILES[1] / 100])
+        lo, hi = np.quantile(x, [percentiles[0] / 100, percentiles[1] / 100])
         return ((x - lo) / (hi - lo + EPS)).astype(np.float32)
     raise ValueError(f"unknown preprocessing {method!r}: use 'zero_mean_unit_variance' or 'scale_range'")
 
@@ -108,19 +111,20 @@ def _augment_intensity(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (x + rng.uniform(0, 0.4) * x.std() * rng.standard_normal(x.shape)).astype(np.float32)
 
 
-def _batch(pool_x: np.ndarray, pool_y: np.ndarray, cfg: TrainingConfig, rng: np.random.Generator):
-    idx = rng.integers(0, len(pool_x), cfg.batch_size)
+def _batch(pool_x: np.ndarray, pool_y: np.ndarray, *, batch_size: int, patch: int, augment: bool,
+           rng: np.random.Generator):
+    idx = rng.integers(0, len(pool_x), batch_size)
     xs, ys = [], []
     for i in idx:
-        y0 = rng.integers(0, pool_x.shape[1] - cfg.patch + 1)
-        x0 = rng.integers(0, pool_x.shape[2] - cfg.patch + 1)
-        x = pool_x[i, y0 : y0 + cfg.patch, x0 : x0 + cfg.patch]
-        y = pool_y[i, :, y0 : y0 + cfg.patch, x0 : x0 + cfg.patch]
+        y0 = rng.integers(0, pool_x.shape[1] - patch + 1)
+        x0 = rng.integers(0, pool_x.shape[2] - patch + 1)
+        x = pool_x[i, y0 : y0 + patch, x0 : x0 + patch]
+        y = pool_y[i, :, y0 : y0 + patch, x0 : x0 + patch]
         k = int(rng.integers(4))
         x, y = np.rot90(x, k), np.rot90(y, k, axes=(1, 2))
         if rng.random() < 0.5:
             x, y = x[:, ::-1], y[:, :, ::-1]
-        if cfg.augment:
+        if augment:
             x = _augment_intensity(x, rng)
         xs.append(x[None])
         ys.append(y)
@@ -170,14 +174,66 @@ def train_unet(
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
         net = UNet2d(1, n_out, features=config.features, depth=config.depth)
-    opt = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(config.steps, 1))
+    return fit(net, pool_x, pool_y, steps=config.steps, batch_size=config.batch_size, patch=config.patch,
+               learning_rate=config.learning_rate, augment=config.augment, rng=rng)
+
+
+def fit(
+    net,
+    pool_x: np.ndarray,
+    pool_y: np.ndarray,
+    *,
+    steps: int,
+    batch_size: int,
+    patch: int,
+    learning_rate: float,
+    augment: bool,
+    rng: np.random.Generator,
+    on_step: Callable[[int, object], None] | None = None,
+):
+    """Train ``net`` in place on random patches of normalised images: Adam, cosine schedule, Dice + BCE loss.
+
+    This is the loop the demo zoo was trained with; fine-tuning (:mod:`bioimage_cte.finetune`) runs the same
+    loop from a pre-trained network.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        Network returning logits; trained in place.
+    pool_x : numpy.ndarray
+        Normalised images (n, y, x), all the same shape, at least ``patch`` pixels on each side.
+    pool_y : numpy.ndarray
+        Targets (n, channel, y, x) from :func:`targets_from_labels`.
+    steps, batch_size, patch : int
+        Optimiser steps, patches per step and patch side (a multiple of the network's ``2**depth``).
+    learning_rate : float
+        Initial Adam learning rate, annealed to 0 over ``steps`` (cosine).
+    augment : bool
+        Random intensity augmentation of each patch (flips and 90-degree rotations are always on).
+    rng : numpy.random.Generator
+        Draws patches and augmentations; with a fixed seed and one torch thread the result is bit-identical.
+    on_step : callable, optional
+        Called as ``on_step(step, net)`` after every step (1-based), e.g. to evaluate a convergence curve.
+        The network is in train mode when it returns; put it in eval mode to evaluate and back.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``net``, in eval mode.
+    """
+    import torch
+
+    opt = torch.optim.Adam(net.parameters(), lr=learning_rate)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     net.train()
-    for _ in range(config.steps):
-        x, y = _batch(pool_x, pool_y, config, rng)
+    for step in range(1, steps + 1):
+        x, y = _batch(pool_x, pool_y, batch_size=batch_size, patch=patch, augment=augment, rng=rng)
         opt.zero_grad()
         loss = _loss(net(torch.from_numpy(x)), torch.from_numpy(y))
         loss.backward()
         opt.step()
         sched.step()
+        if on_step is not None:
+            on_step(step, net)
+            net.train()
     return net.eval()
