@@ -475,6 +475,8 @@ def finetune_benchmark(
                                                 "convergence, CKA heatmaps).")] = None,
     tag: TagOpt = None,
     seed: SeedOpt = 0,
+    trust_code: TrustCodeOpt = False,
+    trust_library: TrustLibraryOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Fine-tune each model on k labelled images: does the zero-shot ranking predict the fine-tuned one?"""
@@ -483,7 +485,7 @@ def finetune_benchmark(
         payload = _finetune(models, images, labels, k or ["1", "5", "all"], tag=tag, cte=cte, scratch=scratch,
                             export=export, config=dict(steps=steps, batch_size=batch_size, patch=patch, seed=seed,
                                                        learning_rate=learning_rate, eval_every=eval_every),
-                            n_test=n_test)
+                            n_test=n_test, code_policy=_code_policy(trust_code, trust_library))
         if output is not None:
             _write_json(output, payload)
             console.print(f"results written to {output}")
@@ -500,7 +502,8 @@ def finetune_benchmark(
 
 
 def _finetune(models: list[str], images: str, labels: str, ks: list[str], *, tag: str | None, cte: bool,
-              scratch: bool, export: Path | None, config: dict[str, Any], n_test: int) -> dict[str, Any]:
+              scratch: bool, export: Path | None, config: dict[str, Any], n_test: int,
+              code_policy: Any = None) -> dict[str, Any]:
     from bioimage_cte.errors import InvalidModelError
     from bioimage_cte.finetune import FinetuneConfig, run_finetune_benchmark, zero_shot_cte
     from bioimage_cte.images import list_images, load_labels
@@ -521,13 +524,14 @@ def _finetune(models: list[str], images: str, labels: str, ks: list[str], *, tag
         zero_shot = None
         if cte:
             task = progress.add_task("zero-shot CTE", total=len(sources) * len(paths))
-            zero_shot = zero_shot_cte(sources, paths, seed=config["seed"], on_image=lambda: progress.advance(task))
+            zero_shot = zero_shot_cte(sources, paths, seed=config["seed"], code_policy=code_policy,
+                                      on_image=lambda: progress.advance(task))
         n_runs = (len(sources) + (1 if scratch else 0)) * len(k_values)
         task = progress.add_task("fine-tuning", total=n_runs)
         bench = run_finetune_benchmark(
             [(s.name, s.location) for s in sources], arrays, label_arrays, ks=k_values, n_test=n_test,
             config=FinetuneConfig(**config), scratch=scratch, zero_shot=zero_shot, export_dir=export,
-            on_run=lambda text: progress.update(task, advance=1, description=text))
+            code_policy=code_policy, on_run=lambda text: progress.update(task, advance=1, description=text))
     payload = bench.to_json_dict()
     payload["images"] = [str(p) for p in paths]
     return payload

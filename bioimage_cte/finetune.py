@@ -26,9 +26,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bioimage_cte.errors import InvalidImageError, InvalidModelError
+from bioimage_cte.errors import BioimageCteError, InvalidImageError, InvalidModelError
 from bioimage_cte.evaluation import foreground_dice
 from bioimage_cte.training import EPS, Outputs, Preprocessing, fit, normalize, targets_from_labels
+from bioimage_cte.trust import CodePolicy, greybox_descr
 
 __all__ = ["FinetuneConfig", "FinetuneRun", "KShotSplit", "PackagedNetwork", "convergence_step", "export_finetuned",
            "finetune", "kshot_split", "load_packaged_network", "predict_foreground", "scratch_network", "test_dice"]
@@ -158,14 +159,20 @@ def _preprocessing(descr: Any, location: str) -> tuple[Preprocessing, tuple[floa
     return "zero_mean_unit_variance", (1.0, 99.8)
 
 
-def load_packaged_network(location: str | Path, *, name: str | None = None) -> PackagedNetwork:
+def load_packaged_network(location: str | Path, *, name: str | None = None,
+                          code_policy: CodePolicy | None = None) -> PackagedNetwork:
     """Load a package's ``pytorch_state_dict`` network, its preprocessing and its input size rules.
+
+    The architecture is built only if ``code_policy`` (default: trusted installed libraries only, see
+    :mod:`bioimage_cte.trust`) allows it, exactly as for grey-box ranking.
 
     Raises
     ------
     InvalidModelError
         The package has no ``pytorch_state_dict`` weights, no sigmoid output, or a preprocessing other than one
         per-image normalisation; the message names the package.
+    UntrustedCodeError
+        Its architecture is package code that ``code_policy`` does not allow.
     """
     from bioimageio.core.backends.pytorch_backend import load_torch_model
     from bioimageio.spec.model import v0_5
@@ -182,6 +189,8 @@ def load_packaged_network(location: str | Path, *, name: str | None = None) -> P
         raise InvalidModelError(f"{location}: output has no sigmoid postprocessing; fine-tuning trains logits with "
                                 "Dice + BCE and needs a sigmoid-output segmentation model")
     preprocessing, percentiles = _preprocessing(descr, location)
+    descr = greybox_descr(descr, code_policy or CodePolicy(), name=location)  # before any package code is imported
+    weights = descr.weights.pytorch_state_dict
     try:
         net = load_torch_model(weights, load_state=True, devices=["cpu"]).eval()
     except Exception as e:
@@ -553,6 +562,7 @@ def run_finetune_benchmark(
     zero_shot: dict[str, float] | None = None,
     export_dir: Path | None = None,
     cka_samples: int | None = 4096,
+    code_policy: CodePolicy | None = None,
     on_run: Callable[[str], None] | None = None,
 ) -> FinetuneBenchmark:
     """Fine-tune every model on k labelled images for each k, with a from-scratch reference per architecture.
@@ -577,6 +587,8 @@ def run_finetune_benchmark(
         Write each fine-tuned pre-trained model as a bioimageio package here.
     cka_samples : int or None
         Positions sampled per layer for CKA.
+    code_policy : CodePolicy, optional
+        Which package code may run (default: trusted installed libraries only).
     on_run : callable, optional
         Called with a description after each training run (progress).
     """
@@ -586,8 +598,8 @@ def run_finetune_benchmark(
     failures: dict[str, str] = {}
     for name, location in sources:
         try:
-            loaded.append(load_packaged_network(location, name=name))
-        except InvalidModelError as e:
+            loaded.append(load_packaged_network(location, name=name, code_policy=code_policy))
+        except BioimageCteError as e:
             failures[name] = str(e)
     runs: list[FinetuneRun] = []
     layer_cka: dict[str, dict[str, dict[str, float]]] = {}
@@ -616,6 +628,7 @@ def run_finetune_benchmark(
 
 
 def zero_shot_cte(sources: Sequence[Any], image_paths: Sequence[Path], *, seed: int = 0,
+                  code_policy: CodePolicy | None = None,
                   on_image: Callable[[], None] | None = None) -> dict[str, float]:
     """Zero-shot CTE score (``cte-dropout``, the default estimator) of each model on unlabelled images.
 
@@ -627,6 +640,7 @@ def zero_shot_cte(sources: Sequence[Any], image_paths: Sequence[Path], *, seed: 
     from bioimage_cte.ranking import build_ranking, rank_models
 
     estimator = make_estimator("cte-dropout")
-    results, failures = rank_models(sources, image_paths, [estimator], seed=seed, on_image=on_image)
+    results, failures = rank_models(sources, image_paths, [estimator], seed=seed, code_policy=code_policy,
+                                    on_image=on_image)
     ranking = build_ranking(results, estimator, failures=failures, seed=seed)
     return {s.name: float(s.score) for s in ranking.scores if math.isfinite(s.score)}

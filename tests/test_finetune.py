@@ -154,3 +154,19 @@ def test_cli_finetune_benchmark_end_to_end(zoo_packages, tmp_path):
     bad = CliRunner().invoke(app, ["finetune-benchmark", str(zoo), "--images", str(TARGET / "images"),
                                    "--labels", str(TARGET / "labels"), "--k", "two"])
     assert bad.exit_code != 0
+
+
+def test_finetuning_runs_package_code_only_when_trusted(corpus):
+    from bioimage_cte.errors import UntrustedCodeError
+    from bioimage_cte.finetune import load_packaged_network
+    from bioimage_cte.trust import CodePolicy
+
+    package = corpus.package("custom-code-arch")
+    with pytest.raises(UntrustedCodeError, match="custom-code-arch.zip.*--trust-code"):
+        load_packaged_network(package)
+    assert not corpus.marker.exists(), "fine-tuning ran the package's architecture file without --trust-code"
+    try:
+        model = load_packaged_network(package, code_policy=CodePolicy(trust_code=True))
+        assert corpus.marker.read_text() == "ran" and model.net is not None
+    finally:
+        corpus.marker.unlink(missing_ok=True)
