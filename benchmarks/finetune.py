@@ -59,7 +59,7 @@ def run_target(target: str, steps: int, ks: list, seed: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=60,
-                        help="optimiser steps per model and k (on the demo zoo models reach 95 %% of their final Dice in 0-18 steps on average)")
+                        help="optimiser steps per model and k (demo zoo: 95 %% of the final Dice after 0-18)")
     parser.add_argument("--k", dest="ks", nargs="+", default=["1", "5", "all"], help="labelled-set sizes")
     parser.add_argument("--targets", nargs="+", default=list(TARGETS))
     parser.add_argument("--workers", type=int, default=2, help="targets run in parallel (one torch thread each)")
