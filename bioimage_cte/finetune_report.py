@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 
 from bioimage_cte import __version__
-from bioimage_cte.annotate import write_atomic
-from bioimage_cte.reports import _STYLE, _figure, _fmt, _img, _png
+from bioimage_cte.reports import _figure, _fmt, _img, _png, write_page
 
 __all__ = ["finetune_markdown", "write_finetune_report"]
 
@@ -144,12 +143,7 @@ def write_finetune_report(benchmarks: Mapping[str, Mapping[str, Any]], path: Pat
             f"bioimage-cte {html.escape(__version__)}.</p>"]
     for target, payload in benchmarks.items():
         body += _target_section(target, payload)
-    page = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-            "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src data:; "
-            "style-src 'unsafe-inline'\">"
-            f"<title>bioimage-cte fine-tuning benchmark</title><style>{_STYLE}</style></head>"
-            "<body>\n" + "\n".join(body) + "\n</body></html>\n")
-    return write_atomic(Path(path), page.encode("utf-8"))
+    return write_page(Path(path), "bioimage-cte fine-tuning benchmark", body)
 
 
 def finetune_markdown(benchmarks: Mapping[str, Mapping[str, Any]]) -> str:

@@ -627,13 +627,18 @@ def write_html_report(
     body.append("<h2>Settings</h2><table id='settings'>" + "".join(
         f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(json.dumps(v) if not isinstance(v, str) else v)}</td>"
         "</tr>" for k, v in settings.items()) + "</table>")
+    return write_page(Path(path), f"bioimage-cte ranking ({estimator})", body)
+
+
+def write_page(path: Path, title: str, body: Sequence[str], style: str = _STYLE) -> Path:
+    """Write one self-contained HTML page (atomically): ``body`` is a list of HTML fragments."""
     page = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             # nothing may load from outside the file: only inline styles and data: images
             "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; img-src data:; "
             "style-src 'unsafe-inline'\">"
-            f"<title>bioimage-cte ranking ({html.escape(estimator)})</title><style>{_STYLE}</style></head>"
+            f"<title>{html.escape(title)}</title><style>{style}</style></head>"
             "<body>\n" + "\n".join(body) + "\n</body></html>\n")
-    return write_atomic(Path(path), page.encode("utf-8"))
+    return write_atomic(path, page.encode("utf-8"))
 
 
 def _overlay_section(models: list[Mapping[str, Any]], settings: Mapping[str, Any], image_paths: Sequence[Path],
