@@ -189,10 +189,11 @@ def load_packaged_network(location: str | Path, *, name: str | None = None,
         raise InvalidModelError(f"{location}: output has no sigmoid postprocessing; fine-tuning trains logits with "
                                 "Dice + BCE and needs a sigmoid-output segmentation model")
     preprocessing, percentiles = _preprocessing(descr, location)
-    descr = greybox_descr(descr, code_policy or CodePolicy(), name=location)  # before any package code is imported
-    weights = descr.weights.pytorch_state_dict
+    # the network is built from the description the policy allows (an installed module may stand in for the
+    # package's own architecture file); the package's own description is kept for export
+    allowed = greybox_descr(descr, code_policy or CodePolicy(), name=location)
     try:
-        net = load_torch_model(weights, load_state=True, devices=["cpu"]).eval()
+        net = load_torch_model(allowed.weights.pytorch_state_dict, load_state=True, devices=["cpu"]).eval()
     except Exception as e:
         raise InvalidModelError(f"{location}: could not load the torch network ({type(e).__name__}: {e})") from e
     channels = next((len(a.channel_names) for a in descr.outputs[0].axes if isinstance(a, v0_5.ChannelAxis)), 1)
@@ -201,7 +202,9 @@ def load_packaged_network(location: str | Path, *, name: str | None = None,
     return PackagedNetwork(
         name=name or str(descr.name), source=location, net=net, preprocessing=preprocessing, percentiles=percentiles,
         outputs="foreground" if channels == 1 else "foreground+boundary",
-        architecture={"callable": str(arch.callable), "kwargs": dict(arch.kwargs), "sha256": str(arch.sha256)},
+        architecture={"callable": str(arch.callable), "kwargs": dict(arch.kwargs),
+                      # a file architecture is identified by its content, a library one by its module
+                      "sha256": str(getattr(arch, "sha256", None) or getattr(arch, "import_from", ""))},
         tags=tuple(str(t) for t in descr.tags), step=max(spec.step, 1), min_size=spec.minimum, halo=spec.halo,
         descr=descr)
 
