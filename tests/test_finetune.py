@@ -167,6 +167,9 @@ def test_finetuning_runs_package_code_only_when_trusted(corpus):
     assert not corpus.marker.exists(), "fine-tuning ran the package's architecture file without --trust-code"
     try:
         model = load_packaged_network(package, code_policy=CodePolicy(trust_code=True))
-        assert corpus.marker.read_text() == "ran" and model.net is not None
+        # the network's class comes from the package's own file (imported once per process: an earlier test may
+        # already have run it, so the marker alone cannot tell)
+        assert not type(model.net).__module__.startswith("bioimage_cte"), type(model.net).__module__
+        assert sum(p.numel() for p in model.net.parameters()) > 0
     finally:
         corpus.marker.unlink(missing_ok=True)
