@@ -256,11 +256,11 @@ def kshot_split(n_images: int, *, ks: Sequence[KValue], n_test: int, seed: int) 
 
 
 def _pad_to_valid(image: np.ndarray, model: PackagedNetwork) -> tuple[np.ndarray, tuple[int, int]]:
-    # As predictors._run_padded: reflect-pad the raw image by at least the halo to a valid size, centred.
-    sizes = [max(model.min_size, -(-(n + 2 * model.halo) // model.step) * model.step) for n in image.shape]
-    before = tuple((s - n) // 2 for s, n in zip(sizes, image.shape, strict=True))
-    pad = [(b, s - n - b) for b, s, n in zip(before, sizes, image.shape, strict=True)]
-    return np.pad(image, pad, mode="reflect" if min(image.shape) > max(max(pad)) else "symmetric"), before
+    # the predictors' padding: what the packaged pipeline is fed at prediction time
+    from bioimage_cte.predictors import _SpatialSpec, pad_to_valid
+
+    spec = _SpatialSpec(model.min_size, model.step, model.halo)
+    return pad_to_valid(image, (spec, spec), name=model.source)
 
 
 def prepare_input(model: PackagedNetwork, image: np.ndarray) -> np.ndarray:

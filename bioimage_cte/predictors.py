@@ -242,6 +242,21 @@ def _spatial_spec(descr: v0_5.ModelDescr, axis_id: str) -> _SpatialSpec:
                             "bioimage-cte needs a fixed or parameterized size")
 
 
+def pad_to_valid(image: np.ndarray, specs: Sequence[_SpatialSpec], *, name: str = "model"):
+    """Reflect-pad a (y, x) image, centred, to the smallest size the model accepts plus its halo.
+
+    Returns the padded image and the offset of the original image in it, for cropping back.
+    """
+    sizes = [_valid_size(n, spec) for n, spec in zip(image.shape, specs, strict=True)]
+    for n, size, a, spec in zip(image.shape, sizes, "yx", specs, strict=True):
+        if size < n:
+            raise InvalidImageError(f"{name}: image axis {a} has {n} px but the model takes exactly "
+                                    f"{spec.minimum}; crop or tile the images to that size")
+    before = tuple((s - n) // 2 for s, n in zip(sizes, image.shape, strict=True))
+    pad = [(b, s - n - b) for b, s, n in zip(before, sizes, image.shape, strict=True)]
+    return np.pad(image, pad, mode="reflect" if min(image.shape) > max(max(pad)) else "symmetric"), before
+
+
 def _valid_size(n: int, spec: _SpatialSpec) -> int:
     """Smallest valid network input size that holds ``n`` pixels plus the halo on both sides."""
     need = n + 2 * spec.halo
@@ -306,14 +321,7 @@ class _Predictor:
         return Prediction(probs[self._fg], None if self._bd is None else probs[self._bd])
 
     def _run_padded(self, image: np.ndarray) -> np.ndarray:
-        sizes = [_valid_size(n, self._spec[a]) for n, a in zip(image.shape, "yx", strict=True)]
-        for n, size, a in zip(image.shape, sizes, "yx", strict=True):
-            if size < n:
-                raise InvalidImageError(f"{self.name}: image axis {a} has {n} px but the model takes exactly "
-                                        f"{self._spec[a].minimum}; crop or tile the images to that size")
-        before = [(s - n) // 2 for s, n in zip(sizes, image.shape, strict=True)]
-        pad = [(b, s - n - b) for b, s, n in zip(before, sizes, image.shape, strict=True)]
-        padded = np.pad(image, pad, mode="reflect" if min(image.shape) > max(max(pad)) else "symmetric")
+        padded, before = pad_to_valid(image, (self._spec["y"], self._spec["x"]), name=self.name)
         result = self._forward(padded)
         return result[:, before[0] : before[0] + image.shape[0], before[1] : before[1] + image.shape[1]]
 
