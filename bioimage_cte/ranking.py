@@ -40,6 +40,10 @@ from bioimage_cte.trust import CodePolicy
 #: True-performance metrics: foreground Dice, instance F1 at IoU 0.5, mean AP over IoU 0.5:0.05:0.95.
 METRICS = ("dice", "f1", "map")
 
+#: A model whose clean masks cover at least this fraction of the pixels (median over the images) gets a note:
+#: consistency cannot judge it, since it stays consistent under any perturbation by marking everything.
+SATURATED_FOREGROUND = 0.9
+
 
 @dataclass(frozen=True)
 class ModelFailure:
@@ -63,6 +67,7 @@ class ModelResult:
     layer: str | None = None
     seconds: float = 0.0
     sha256: str | None = None
+    foreground: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,7 @@ class ModelScore:
     per_image: tuple[float, ...]
     note: str = ""
     sha256: str | None = None
+    foreground_fraction: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -105,7 +111,8 @@ def _finite(x: float) -> float | None:
 def _json_score(s: ModelScore) -> dict[str, Any]:
     return {"name": s.name, "source": s.source, "score": _finite(s.score), "rank": s.rank,
             "n_images": s.n_images, "n_valid": s.n_valid, "n_empty": s.n_empty,
-            "per_image": [_finite(v) for v in s.per_image], "note": s.note, "sha256": s.sha256}
+            "per_image": [_finite(v) for v in s.per_image], "note": s.note, "sha256": s.sha256,
+            "foreground_fraction": _finite(s.foreground_fraction)}
 
 
 def load_target(path: Path, *, axes: str | None = None) -> np.ndarray:
@@ -174,12 +181,14 @@ def score_model(
     per_image: dict[str, list[float]] = {e.name: [] for e in runnable}
     true: dict[str, list[float]] = {}
     masks: list[np.ndarray] | None = [] if keep_masks else None
+    foreground: list[float] = []
     with predictor:
         for i, path in enumerate(image_paths):
             image = load_target(path, axes=axes)
             with _model_errors(source, path):
                 clean = predictor.predict(image)
                 _check_prediction(clean, source, path)
+                foreground.append(float(np.mean(clean.foreground > 0.5)))
                 for estimator in runnable:
                     per_image[estimator.name].append(estimator.score_image(predictor, image, clean, seed=seed + i))
             if masks is not None:
@@ -194,7 +203,7 @@ def score_model(
                 on_image()
         layer_used = getattr(predictor, "layer", None)
     return ModelResult(source, per_image, true, masks, failures, layer_used, time.perf_counter() - start,
-                       file_sha256(source.location))
+                       file_sha256(source.location), foreground)
 
 
 @contextlib.contextmanager
@@ -263,6 +272,13 @@ def _per_image_scores(results: Sequence[ModelResult], estimator: Estimator) -> l
     return [r.per_image.get(estimator.name) for r in results]
 
 
+def saturated_note(fraction: float) -> str:
+    """The ranking note for a model that marks nearly every pixel as foreground."""
+    return (f"marks {fraction:.0%} of the pixels as foreground (median over images): a model that labels nearly "
+            "everything stays consistent under any perturbation, so its score says little; look at its "
+            "predictions before choosing it")
+
+
 def build_ranking(
     results: Sequence[ModelResult],
     estimator: Estimator,
@@ -282,13 +298,16 @@ def build_ranking(
         score = agg.score
         if isinstance(estimator, RandomScore):
             score = float(np.random.default_rng([seed, zlib.crc32(result.source.name.encode())]).random())
+        fraction = float(np.median(result.foreground)) if result.foreground else math.nan
         note = "" if math.isfinite(score) else f"no foreground predicted on any of the {agg.n_images} images"
-        rows.append((result, score, agg, tuple(values), note))
+        if fraction >= SATURATED_FOREGROUND:
+            note = saturated_note(fraction)
+        rows.append((result, score, agg, tuple(values), note, fraction))
     rows.sort(key=lambda r: (not math.isfinite(r[1]), -r[1] if math.isfinite(r[1]) else 0.0))
     scores = tuple(
         ModelScore(r.source.name, r.source.source, score, rank, agg.n_images, agg.n_valid, agg.n_empty, values, note,
-                   r.sha256)
-        for rank, (r, score, agg, values, note) in enumerate(rows, start=1)
+                   r.sha256, fraction)
+        for rank, (r, score, agg, values, note, fraction) in enumerate(rows, start=1)
     )
     return Ranking(estimator.name, dict(estimator.settings()), scores, tuple(failed))
 

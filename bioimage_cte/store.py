@@ -159,6 +159,8 @@ class ScoreRecord:
         Estimator name -> why it could not run for this model (e.g. no grey-box weights).
     layer : str or None
         The layer a grey-box estimator perturbed.
+    foreground : list of float
+        Fraction of the pixels the clean prediction marks as foreground, per image.
     error : str or None
         One-line reason when ``status == "failed"``.
     seconds : float
@@ -184,6 +186,7 @@ class ScoreRecord:
     error: str | None = None
     seconds: float = 0.0
     created: str = ""
+    foreground: list[float] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -651,7 +654,8 @@ def score_job(job: ScoreJob, store: ResultStore, *, refresh: bool = False) -> Jo
     record = ScoreRecord(job.model, job.target.fingerprint, options.estimator, job.settings, __version__, "ok",
                          name=job.source.name, source=job.source.source, sha256=result.sha256,
                          images=tuple(p.name for p in paths), per_image=result.per_image, true=result.true,
-                         failures=result.failures, layer=result.layer, seconds=result.seconds, created=_now())
+                         failures=result.failures, layer=result.layer, seconds=result.seconds, created=_now(),
+                         foreground=result.foreground)
     store.put(job.key, record)
     return JobOutcome(job.key, "ok", scored=True)
 
@@ -680,7 +684,7 @@ def collect_results(jobs: Sequence[ScoreJob], store: ResultStore) -> tuple[list[
         else:
             # the current sha256, not the stored one: a package annotated since has the same scores and a new file
             results.append(ModelResult(job.source, record.per_image, record.true, None, record.failures, record.layer,
-                                       record.seconds, job.sha256))
+                                       record.seconds, job.sha256, record.foreground))
     return results, failures
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -18,6 +20,8 @@ from bioimage_cte.estimators import (
 from bioimage_cte.images import list_images, load_labels
 from bioimage_cte.ranking import build_ranking, rank_models
 from bioimage_cte.sources import find_models
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_registry_matches_the_cli_and_the_protocol():
@@ -88,3 +92,22 @@ def test_models_without_foreground_rank_last_with_a_note():
     assert fair.score == pytest.approx(0.6) and fair.n_empty == 0
     assert np.isnan(empty.score) and empty.rank == 3 and "no foreground" in empty.note
     assert ranking.to_json_dict()["models"][2]["score"] is None
+
+
+def test_a_model_that_marks_nearly_everything_gets_a_note():
+    """nuclei-large-sparse labels almost all of nuclei-tiny-crowded as foreground, and stays consistent doing it."""
+    from bioimage_cte.ranking import SATURATED_FOREGROUND
+
+    images = sorted((ROOT / "resources" / "data" / "nuclei-tiny-crowded" / "images").glob("*.tif"))[:2]
+    zoo = ROOT / "resources" / "zoo"
+    models = find_models([zoo / "nuclei-large-sparse.zip", zoo / "nuclei-small-bright.zip"])
+    results, failures = rank_models(models, images, [CTEDropout()])
+    assert not failures
+    ranking = build_ranking(results, CTEDropout())
+    by_name = {s.name: s for s in ranking.scores}
+    saturated, fine = by_name["nuclei-large-sparse"], by_name["nuclei-small-bright"]
+    assert saturated.foreground_fraction >= SATURATED_FOREGROUND and saturated.score > 0.9
+    assert "of the pixels as foreground" in saturated.note
+    assert 0.05 < fine.foreground_fraction < 0.5 and fine.note == ""
+    models_json = {m["name"]: m for m in ranking.to_json_dict()["models"]}
+    assert models_json["nuclei-large-sparse"]["foreground_fraction"] == pytest.approx(saturated.foreground_fraction)

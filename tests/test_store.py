@@ -14,6 +14,7 @@ import zipfile
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bioimage_cte.errors import BioimageCteError, InvalidImageError
@@ -240,9 +241,11 @@ def test_score_job_scores_once_and_records_failures(tmp_path: Path, small_target
 
     results, failures = collect_results([good, bad], store)
     assert [r.source.name for r in results] == ["nuclei-small-bright"] and len(results[0].per_image["cte-dropout"]) == 2
+    assert len(results[0].foreground) == 2 and all(0.0 < f < 0.9 for f in results[0].foreground)
     assert [f.name for f in failures] == ["broken"]
     payload = rank_target(target, [good, bad], store, ScoringOptions())
     assert payload["models"][0]["sha256"] == good.sha256 and payload["settings"]["n_images"] == 2
+    assert payload["models"][0]["foreground_fraction"] == pytest.approx(np.median(results[0].foreground))
     assert payload["target"]["fingerprint"] == target.fingerprint
 
     store.delete(good.key)
