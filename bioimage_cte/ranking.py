@@ -274,7 +274,6 @@ def _per_image_scores(results: Sequence[ModelResult], estimator: Estimator) -> l
 
 def saturated_note(fraction: float) -> str:
     """The ranking note for a model that marks nearly every pixel as foreground."""
-    # labelling nearly everything is consistent under any perturbation: the score cannot see this failure
     return f"marks {fraction:.0%} of the pixels as foreground: its score says little, check its predictions"
 
 

@@ -27,7 +27,7 @@ import json
 import sqlite3
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -329,7 +329,8 @@ def _encode(record: ScoreRecord) -> str:
 def _decode(text: str) -> ScoreRecord:
     data = json.loads(text)
     data["images"] = tuple(data.get("images", ()))
-    return ScoreRecord(**data)
+    known = {f.name for f in fields(ScoreRecord)}  # a field added by a later version is left out, not an error
+    return ScoreRecord(**{k: v for k, v in data.items() if k in known})
 
 
 # --- what a model and a target are, by content -------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -73,6 +74,16 @@ def test_put_get_round_trip_keeps_nan_and_lists(store: ResultStore):
     store.put(failed.key, failed)
     assert len(store) == 1 and store.get(record.key).error == "boom"
     assert list(store.records(status="failed")) == [record.key] and store.records(status="ok") == {}
+
+
+def test_records_of_older_and_newer_versions_decode():
+    from bioimage_cte.store import _decode, _encode
+
+    payload = json.loads(_encode(_record()))
+    older = {k: v for k, v in payload.items() if k != "foreground"}  # written before foreground was stored
+    assert _decode(json.dumps(older)).foreground == []
+    newer = {**payload, "a_later_field": 1}
+    assert _encode(_decode(json.dumps(newer))) == _encode(_record())  # the same record (NaN and all)
 
 
 def test_put_refuses_a_key_that_is_not_the_records(store: ResultStore):
