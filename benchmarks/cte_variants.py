@@ -73,7 +73,7 @@ def score_model(location: str, paths: list[Path], labels: list[np.ndarray]) -> d
             for i, path in enumerate(paths):
                 image = load_target(path)
                 clean = predictor.predict(image)
-                if not dice or len(dice) <= i:
+                if len(dice) <= i:  # once per image, from the first layer's clean pass
                     dice.append(foreground_dice(clean.foreground, labels[i]))
                 for r in range(max(REPEATS)):  # the seeds cte-dropout uses (seed 0, image i, repeat r)
                     with predictor.perturbed(FeatureDropout(DEFAULT_DROPOUT, seed=i * 1000 + r)):
