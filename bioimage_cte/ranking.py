@@ -188,11 +188,12 @@ def score_model(
             with _model_errors(source, path):
                 clean = predictor.predict(image)
                 _check_prediction(clean, source, path)
-                foreground.append(float(np.mean(clean.foreground > 0.5)))
+                mask = clean.foreground > 0.5
+                foreground.append(float(mask.mean()))
                 for estimator in runnable:
                     per_image[estimator.name].append(estimator.score_image(predictor, image, clean, seed=seed + i))
             if masks is not None:
-                masks.append(clean.foreground > 0.5)
+                masks.append(mask)
             if labels is not None:
                 _true_metrics(clean, labels[i], true)
                 for estimator in estimators:
@@ -272,11 +273,6 @@ def _per_image_scores(results: Sequence[ModelResult], estimator: Estimator) -> l
     return [r.per_image.get(estimator.name) for r in results]
 
 
-def saturated_note(fraction: float) -> str:
-    """The ranking note for a model that marks nearly every pixel as foreground."""
-    return f"marks {fraction:.0%} of the pixels as foreground: its score says little, check its predictions"
-
-
 def build_ranking(
     results: Sequence[ModelResult],
     estimator: Estimator,
@@ -299,7 +295,7 @@ def build_ranking(
         fraction = float(np.median(result.foreground)) if result.foreground else math.nan
         note = "" if math.isfinite(score) else f"no foreground predicted on any of the {agg.n_images} images"
         if fraction >= SATURATED_FOREGROUND:
-            note = saturated_note(fraction)
+            note = f"marks {fraction:.0%} of the pixels as foreground: its score says little, check its predictions"
         rows.append((result, score, agg, tuple(values), note, fraction))
     rows.sort(key=lambda r: (not math.isfinite(r[1]), -r[1] if math.isfinite(r[1]) else 0.0))
     scores = tuple(
