@@ -1,6 +1,7 @@
 """Which CTE feature-dropout variant ranks best: perturbed layer, score, repeats, aggregation (prints a table).
 
-    python benchmarks/cte_variants.py [--held-out 14] [--output benchmarks/results/cte_variants]
+    python benchmarks/cte_variants.py [--held-out 14] [--seed 0] [--output benchmarks/results/cte_variants]
+    python benchmarks/cte_variants.py --smoke     # one held-out target, one image; writes to a temporary folder
 
 The defaults of ``cte-dropout`` (bottleneck, soft score, one dropout mask per image, median over
 images) are the paper's, except the soft score. This benchmark checks each choice against its
@@ -10,8 +11,10 @@ alternatives on both target sets, held-out targets first (they were never tuned 
   deepest encoder block, whose output feeds both the bottleneck and the deepest skip connection; ``decoder-1``
   the first decoder block after it), since the zoo's UNets have 2 or 3 levels;
 - draws: one dropout mask per image is what ``cte-dropout`` uses; each layer is scored with 6 independent
-  draws (draw r: mask seed ``1000 * image + r``; draw 0 is what ``rank --seed 0`` uses) to show how much one
-  draw moves the result, and with the consistency of all 6 averaged per image (``repeats=6``);
+  draws to show how much one draw moves the result, and with the consistency of all 6 averaged per image
+  (``repeats=6``). Draw r on image i is ``CTEDropout.perturbed_prediction(..., seed=seed, index=i, repeat=r)``,
+  whose mask seed is ``draw_seed(seed, "feature-dropout", image=i, repeat=r)`` (:mod:`bioimage_cte.seeds`): draw 0
+  is what ``rank --seed <seed>`` uses, and draws 0 to r-1 are what ``--repeats r`` averages;
 - score: soft (effective invariance) or hard (IoU of the thresholded masks);
 - aggregation over images: median (the paper's) or mean.
 
@@ -37,15 +40,15 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 from ranking_quality import write_held_out_targets  # noqa: E402
 
-from bioimage_cte.archs.unet import UNet2d  # noqa: E402
 from bioimage_cte.consistency import hard_consistency, soft_consistency  # noqa: E402
-from bioimage_cte.evaluation import foreground_dice  # noqa: E402
-from bioimage_cte.images import list_images, load_labels  # noqa: E402
-from bioimage_cte.perturbations import DEFAULT_DROPOUT, FeatureDropout  # noqa: E402
-from bioimage_cte.predictors import GreyBoxPredictor, load_model  # noqa: E402
-from bioimage_cte.ranking import load_target  # noqa: E402
+from bioimage_cte.demozoo.archs.unet import UNet2d  # noqa: E402
+from bioimage_cte.estimators import CTEDropout  # noqa: E402
+from bioimage_cte.images import list_images, load_labels, load_target, target_task  # noqa: E402
+from bioimage_cte.metrics import foreground_dice  # noqa: E402
+from bioimage_cte.options import RankOptions  # noqa: E402
+from bioimage_cte.predictors import load_model, make_predictor  # noqa: E402
 from bioimage_cte.sources import filter_by_tag, find_models  # noqa: E402
-from bioimage_cte.transfer import find_targets, target_task  # noqa: E402
+from bioimage_cte.studies.transfer import find_targets  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REPEATS = (1, 3, 6)
@@ -62,22 +65,25 @@ def unet_layers(descr) -> dict[str, str]:
     return layers
 
 
-def score_model(location: str, paths: list[Path], labels: list[np.ndarray]) -> dict:
+def score_model(location: str, paths: list[Path], labels: list[np.ndarray], options: RankOptions) -> dict:
     """True Dice and every variant's per-image consistency of one model on one target."""
+    estimator = options.make_estimator("cte-dropout")
+    assert isinstance(estimator, CTEDropout)
     descr = load_model(location)
     layers = unet_layers(descr)
     per_image: dict[str, list[list[float]]] = {}  # variant key -> per image -> per mask
     dice = []
     for position, layer in layers.items():
-        with GreyBoxPredictor(descr, name=location, layer=layer) as predictor:
+        with make_predictor(descr, name=location, greybox=True, layer=layer, devices=[options.device],
+                            code_policy=options.code_policy()) as predictor:
             for i, path in enumerate(paths):
-                image = load_target(path)
+                image = load_target(path, axes=options.axes)
                 clean = predictor.predict(image)
                 if len(dice) <= i:  # once per image, from the first layer's clean pass
                     dice.append(foreground_dice(clean.foreground, labels[i]))
-                for r in range(max(REPEATS)):  # the seeds cte-dropout uses (seed 0, image i, repeat r)
-                    with predictor.perturbed(FeatureDropout(DEFAULT_DROPOUT, seed=i * 1000 + r)):
-                        perturbed = predictor.predict(image).foreground
+                for r in range(max(REPEATS)):  # the draws cte-dropout makes (run seed, image i, repeat r)
+                    perturbed = estimator.perturbed_prediction(predictor, image, seed=options.seed, index=i,
+                                                               repeat=r).foreground
                     for score, fn in SCORES.items():
                         values = per_image.setdefault(f"{position}|{score}", [[] for _ in paths])
                         values[i].append(round(fn(clean.foreground, perturbed), 5))
@@ -142,12 +148,14 @@ def render(report: dict[str, dict[str, dict]], title: str) -> str:
     return "\n".join(lines + [""])
 
 
-def run(targets: dict[str, tuple[Path, str]], n_images: int, sources, start: float) -> dict[str, dict]:
+def run(targets: dict[str, tuple[Path, str]], n_images: int, sources, start: float,
+        options: RankOptions) -> dict[str, dict]:
     report = {}
     for target, (folder, task) in targets.items():
         paths = list_images(folder / "images")[:n_images]
         labels = load_labels(paths, folder / "labels")
-        report[target] = {s.name: score_model(s.location, paths, labels) for s in filter_by_tag(sources, task)}
+        report[target] = {s.name: score_model(s.location, paths, labels, options)
+                          for s in filter_by_tag(sources, task)}
         print(f"{target}: {time.perf_counter() - start:.0f} s", flush=True)
     return report
 
@@ -158,25 +166,39 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8, help="images per shipped target (at most)")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "cte_variants",
                         help="output stem (.md and .json)")
+    parser.add_argument("--seed", type=int, default=0, help="the run's seed, as 'rank --seed'")
     parser.add_argument("--render", action="store_true", help="only re-render the tables from the output's .json")
+    parser.add_argument("--smoke", action="store_true",
+                        help="one held-out target, one image, no shipped target; output to a temporary folder")
     args = parser.parse_args()
-    if args.render:
-        report = json.loads(args.output.with_suffix(".json").read_text())
-    else:
-        sources = find_models([ROOT / "resources" / "zoo"])
-        start = time.perf_counter()
-        with tempfile.TemporaryDirectory() as tmp:
-            held_out = run(write_held_out_targets(args.held_out, Path(tmp)), 6, sources, start)
-        shipped = run({t: (f, target_task(f)) for t, f in find_targets(ROOT / "resources" / "data").items()},
-                      args.images, sources, start)
-        report = {"held_out": held_out, "shipped": shipped, "seconds": round(time.perf_counter() - start)}
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.with_suffix(".json").write_text(json.dumps(report))
-    markdown = "\n".join([render(report["held_out"], f"{len(report['held_out'])} held-out targets"),
-                          render(report["shipped"], "shipped targets"),
-                          f"{report.get('seconds', '?')} s on this machine.", ""])
-    args.output.with_suffix(".md").write_text(markdown)
+    with tempfile.TemporaryDirectory() as tmp:
+        output = Path(tmp) / "cte_variants" if args.smoke else args.output
+        if args.render:
+            report = json.loads(output.with_suffix(".json").read_text())
+        else:
+            report = measure(args.held_out, args.images, RankOptions(seed=args.seed), smoke=args.smoke)
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.with_suffix(".json").write_text(json.dumps(report))
+        sections = [render(report[k], title) for k, title in
+                    (("held_out", f"{len(report['held_out'])} held-out targets"), ("shipped", "shipped targets"))
+                    if report[k]]
+        markdown = "\n".join([*sections, f"{report.get('seconds', '?')} s on this machine.", ""])
+        output.with_suffix(".md").write_text(markdown)
     print(markdown)
+
+
+def measure(n_held_out: int, n_images: int, options: RankOptions, *, smoke: bool = False) -> dict:
+    """Every variant on the held-out targets (6 images each) and then on the shipped ones (``smoke``: 1, 1, none)."""
+    sources = find_models([ROOT / "resources" / "zoo"])
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        held_out = run(write_held_out_targets(1 if smoke else n_held_out, Path(tmp)), 1 if smoke else 6, sources,
+                       start, options)
+    shipped = {} if smoke else run(
+        {t: (f, target_task(f)) for t, f in find_targets(ROOT / "resources" / "data").items()}, n_images, sources,
+        start, options)
+    return {"held_out": held_out, "shipped": shipped, "seed": options.seed,
+            "seconds": round(time.perf_counter() - start)}
 
 
 if __name__ == "__main__":

@@ -42,8 +42,9 @@ class Run:
 
 
 def _run(zoo: Path, targets: list[Path], workers: int, tmp: Path) -> Run:
-    from bioimage_cte.store import ResultStore
-    from flows.zoo_ranking import run_zoo_ranking
+    from bioimage_cte_flows.zoo_ranking import run_zoo_ranking
+
+    from bioimage_cte.results import ResultStore
 
     out = tmp / f"workers-{workers}"
     start = time.perf_counter()

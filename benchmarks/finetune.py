@@ -29,11 +29,11 @@ def run_target(target: str, steps: int, ks: list, seed: int) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from bioimage_cte.finetune import FinetuneConfig, run_finetune_benchmark, zero_shot_cte
     from bioimage_cte.images import list_images, load_labels
     from bioimage_cte.ranking import load_target
     from bioimage_cte.sources import filter_by_tag, find_models
-    from bioimage_cte.transfer import target_task
+    from bioimage_cte.studies.finetune import FinetuneConfig, run_finetune_benchmark, zero_shot_cte
+    from bioimage_cte.studies.transfer import target_task
 
     folder = ROOT / "resources" / "data" / target
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -73,7 +73,7 @@ def main() -> None:
         results = {t: f.result() for t, f in futures.items()}
     wall = time.perf_counter() - start
 
-    from bioimage_cte.finetune_report import finetune_markdown, write_finetune_report
+    from bioimage_cte.studies.finetune_report import finetune_markdown, write_finetune_report
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     meta = {"steps": args.steps, "ks": args.ks, "workers": args.workers, "seed": args.seed,

@@ -8,18 +8,20 @@ The issue asks the 40-model x 100-image peak to stay within 1.5x of the 4-model 
 
 Two paths, as a user and as a zoo maintainer run them:
 
-- rank: :func:`bioimage_cte.ranking.rank_models` + ``build_ranking`` (``bioimage-cte rank``);
-- store: :func:`bioimage_cte.store.plan_jobs`, :func:`~bioimage_cte.store.score_job` per model and
-  :func:`~bioimage_cte.store.rank_target` over a fresh results store: what each Prefect task of
-  ``flows/zoo_ranking.py`` does, without Prefect (its temporary server is a separate process and is
+- rank: :func:`bioimage_cte.pipeline.rank`, what ``bioimage-cte rank`` runs (every image checked once, then
+  :func:`~bioimage_cte.scoring.rank_models` and :func:`~bioimage_cte.ranking.build_ranking`);
+- store: :func:`bioimage_cte.jobs.plan_jobs`, :func:`~bioimage_cte.jobs.score_job` per model and
+  :func:`~bioimage_cte.jobs.rank_target` over a fresh results store: what each Prefect task of
+  ``bioimage_cte_flows.zoo_ranking`` does, without Prefect (its temporary server is a separate process and is
   not the ranking's memory).
 
 Models: copies of four demo-zoo packages (the largest nuclei instance model, the brightfield instance model, a
 nuclei and an EM model), cycled and each copy made a distinct package by its rdf.yaml description, so the store
 really scores every copy. Images: 64 x 64 tiles (the models' smallest input) of the four real DSB2018 images
 (64 tiles) under the eight flips/rotations (512 distinct images), the first N used: small tiles keep 40 x 100
-affordable on 2 cores. Estimator: cte-dropout (one clean and one perturbed prediction per image). Results go to
-``benchmarks/results/memory.md`` by hand.
+affordable on 2 cores. Options: ``RankOptions(estimator="cte-dropout")`` (one clean and one perturbed prediction per
+image), the same for both paths. Results go to ``benchmarks/results/memory.md`` by hand. A smoke run:
+``--small 1x1 --large 2x2``.
 """
 
 from __future__ import annotations
@@ -96,23 +98,23 @@ def make_images(folder: Path, n: int) -> Path:
 
 
 def run_child(path: str, zoo: Path, images: Path, store: Path) -> dict:
-    from bioimage_cte.estimators import make_estimator
     from bioimage_cte.images import list_images
+    from bioimage_cte.options import RankOptions
     from bioimage_cte.sources import find_models
 
     start = time.perf_counter()
-    sources = find_models([zoo])
+    options = RankOptions(estimator="cte-dropout")
     if path == "rank":
-        from bioimage_cte.ranking import build_ranking, rank_models
+        from bioimage_cte.pipeline import rank
 
-        estimator = make_estimator("cte-dropout")
-        results, failures = rank_models(sources, list_images(images), [estimator])
-        ranking = build_ranking(results, estimator, failures=failures)
-        scored, failed = len(ranking.scores), len(ranking.failures)
+        run = rank([zoo], images, options)
+        n_models, scored, failed = len(run.sources), len(run.ranking.scores), len(run.ranking.failures)
     else:
-        from bioimage_cte.store import ResultStore, ScoringOptions, plan_jobs, rank_target, read_target, score_job
+        from bioimage_cte.jobs import plan_jobs, rank_target, read_target, score_job
+        from bioimage_cte.results import ResultStore
 
-        options = ScoringOptions("cte-dropout")
+        sources = find_models([zoo])
+        n_models = len(sources)
         spec = read_target(images.parent)
         jobs = plan_jobs(sources, [spec], options)
         result_store = ResultStore(store)
@@ -120,7 +122,7 @@ def run_child(path: str, zoo: Path, images: Path, store: Path) -> dict:
             score_job(job, result_store)
         payload = rank_target(spec, jobs, result_store, options)
         scored, failed = len(payload["models"]), len(payload["failures"])
-    return {"path": path, "models": len(sources), "images": len(list_images(images)), "scored": scored,
+    return {"path": path, "models": n_models, "images": len(list_images(images)), "scored": scored,
             "failed": failed, "seconds": time.perf_counter() - start, "vmhwm_kib": _vmhwm_kib()}
 
 

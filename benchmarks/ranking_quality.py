@@ -1,6 +1,6 @@
 """Ranking quality of every label-free estimator on every shipped target (prints a table; not a test).
 
-    python benchmarks/ranking_quality.py [--images 8] [--output benchmarks/results/ranking_quality]
+    python benchmarks/ranking_quality.py [--images 8] [--seed 0] [--output benchmarks/results/ranking_quality]
 
 For each labelled target under resources/data, every zoo model is run once over the images and scored by every
 estimator from the same clean predictions; each estimator's ranking is compared with the ranking by true
@@ -11,9 +11,13 @@ foreground Dice. Two candidate pools are reported:
 - all: every model in the zoo, whatever it was made for.
 
 ``--held-out N`` instead ranks on N synthetic targets whose domains are drawn at random
-(:func:`bioimage_cte.synthetic.random_domain`, 8 fluorescence : 3 brightfield : 3 EM, fixed seed, 6 images
+(:func:`bioimage_cte.demozoo.synthetic.random_domain`, 8 fluorescence : 3 brightfield : 3 EM, fixed seed, 6 images
 each). They are never shipped and no default was tuned on them, so they are the check that a choice made
 while looking at the shipped targets (such as the soft consistency score) holds elsewhere.
+
+Every estimator is configured by one :class:`~bioimage_cte.options.RankOptions` (``--seed``; default strengths), plus
+``cte-dropout-hard`` and ``cte-input-hard``, the same options with the paper's hard score. A smoke run:
+``--held-out 1 --images 1 --output /tmp/rq``.
 """
 
 from __future__ import annotations
@@ -30,26 +34,29 @@ import numpy as np
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from bioimage_cte.estimators import LABEL_FREE, CTEDropout, CTEInput, make_estimator  # noqa: E402
-from bioimage_cte.images import list_images, load_labels  # noqa: E402
-from bioimage_cte.ranking import evaluate_rankings, rank_models  # noqa: E402
+from bioimage_cte.demozoo.synthetic import STYLE_TASKS, random_domain, render_many  # noqa: E402
+from bioimage_cte.estimators import LABEL_FREE, CTEDropout, CTEInput, Estimator  # noqa: E402
+from bioimage_cte.evaluation import evaluate_rankings  # noqa: E402
+from bioimage_cte.images import list_images, load_labels, target_task  # noqa: E402
+from bioimage_cte.options import RankOptions  # noqa: E402
+from bioimage_cte.scoring import rank_models  # noqa: E402
 from bioimage_cte.sources import filter_by_tag, find_models  # noqa: E402
-from bioimage_cte.synthetic import STYLE_TASKS, random_domain, render_many  # noqa: E402
-from bioimage_cte.transfer import find_targets, target_task  # noqa: E402
+from bioimage_cte.studies.transfer import find_targets  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def hard(base: type, name: str):
-    """The same estimator with the paper's hard score, under its own name so both can run in one pass."""
+def hard(base: type, name: str, options: RankOptions) -> Estimator:
+    """The estimator of ``options`` with the paper's hard score, under its own name so both run in one pass."""
     cls = dataclasses.make_dataclass(name.replace("-", "_"), [], bases=(base,), frozen=True)
     cls.name = name
-    return cls(consistency="hard")
+    return cls.from_options(options.replace(consistency="hard"))
 
 
-ESTIMATORS = [make_estimator(n) for n in LABEL_FREE] + [hard(CTEDropout, "cte-dropout-hard"),
-                                                       hard(CTEInput, "cte-input-hard")]
-NAMES = [e.name for e in ESTIMATORS]
+def make_estimators(options: RankOptions) -> list[Estimator]:
+    """Every label-free estimator configured by ``options``, then the two CTE estimators with the hard score."""
+    return [options.make_estimator(n) for n in LABEL_FREE] + [hard(CTEDropout, "cte-dropout-hard", options),
+                                                             hard(CTEInput, "cte-input-hard", options)]
 
 
 HELD_OUT_SEED = 20261122
@@ -74,20 +81,22 @@ def write_held_out_targets(n: int, root: Path) -> dict[str, tuple[Path, str]]:
     return targets
 
 
-def evaluate_target(sources, folder: Path, task: str | None, n_images: int, *, task_only: bool = False) -> dict:
+def evaluate_target(sources, folder: Path, task: str | None, n_images: int, options: RankOptions, *,
+                    task_only: bool = False) -> dict:
     """Rank every model on one labelled target; agreement of each estimator with true Dice per candidate pool."""
+    estimators = make_estimators(options)
     if task_only and task:
         sources = filter_by_tag(sources, task)
     paths = list_images(folder / "images")[:n_images]
     labels = load_labels(paths, folder / "labels")
-    results, failures = rank_models(sources, paths, ESTIMATORS, labels=labels)
+    results, failures = rank_models(sources, paths, estimators, options, labels=labels)
     pools = {} if task_only else {"all": results}
     if task:
         names = {s.name for s in filter_by_tag(sources, task)}
         pools["task"] = [r for r in results if r.source.name in names]
     report = {"task": task, "n_images": len(paths), "failures": [vars(f) for f in failures]}
     for pool, subset in pools.items():
-        evaluation = evaluate_rankings(subset, ESTIMATORS, metric="dice", n_boot=100)
+        evaluation = evaluate_rankings(subset, estimators, metric="dice", n_boot=100, seed=options.seed)
         report[pool] = {"n_models": len(subset), "true": evaluation.true,
                         "agreement": {k: v.to_json_dict() for k, v in evaluation.agreement.items()}}
     return report
@@ -98,9 +107,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8, help="images per target (at most)")
     parser.add_argument("--held-out", type=int, default=0, metavar="N",
                         help="rank on N randomly drawn synthetic targets instead of the shipped ones")
+    parser.add_argument("--seed", type=int, default=0, help="the run's seed (dropout masks, noise, bootstrap)")
     parser.add_argument("--output", type=Path, default=None,
                         help="output stem (default benchmarks/results/ranking_quality[_held_out])")
     args = parser.parse_args()
+    options = RankOptions(seed=args.seed)
     stem = "ranking_quality_held_out" if args.held_out else "ranking_quality"
     output = args.output or ROOT / "benchmarks" / "results" / stem
     sources = find_models([ROOT / "resources" / "zoo"])
@@ -112,16 +123,17 @@ def main() -> None:
         else:
             targets = {t: (f, target_task(f)) for t, f in find_targets(ROOT / "resources" / "data").items()}
         for target, (folder, task) in targets.items():
-            report[target] = evaluate_target(sources, folder, task, args.images, task_only=bool(args.held_out))
+            report[target] = evaluate_target(sources, folder, task, args.images, options,
+                                             task_only=bool(args.held_out))
             print(f"{target}: {report[target]['n_images']} images, {time.perf_counter() - start:.0f} s", flush=True)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    markdown = render(report)
+    markdown = render(report, [e.name for e in make_estimators(options)])
     output.with_suffix(".md").write_text(markdown)
     print(markdown)
 
 
-def render(report: dict[str, dict]) -> str:
+def render(report: dict[str, dict], names: list[str]) -> str:
     lines = []
     for pool, title in (("task", "models of the target's task"), ("all", "all zoo models")):
         targets = [t for t in report if pool in report[t]]
@@ -131,7 +143,7 @@ def render(report: dict[str, dict]) -> str:
                   "| estimator | " + " | ".join(f"{t} ({report[t][pool]['n_models']})" for t in targets)
                   + " | mean | min | mean regret |",
                   "|---|" + "---|" * (len(targets) + 3)]
-        for name in NAMES:
+        for name in names:
             rho = [report[t][pool]["agreement"].get(name, {}).get("spearman") for t in targets]
             regret = [report[t][pool]["agreement"].get(name, {}).get("regret") for t in targets]
             values = [np.nan if r is None else r for r in rho]

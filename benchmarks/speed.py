@@ -5,11 +5,14 @@
 Three ways to get what CTE feature-dropout needs (a clean and a perturbed prediction of every image by every
 model), each timed end to end including model loading:
 
-- cte: ``rank_models`` with ``CTEDropout`` (one bioimageio pipeline per model, the model's own pre/postprocessing,
-  consistency scoring);
+- cte: :func:`bioimage_cte.scoring.rank_models` with ``cte-dropout`` from one :class:`~bioimage_cte.options.RankOptions`
+  (one bioimageio pipeline per model, the model's own pre/postprocessing, consistency scoring);
 - bare: the torch network loaded once per model, the same normalisation and padding by hand, and the two forward
-  passes per image -- the floor any implementation pays;
+  passes per image (the same dropout masks, from :func:`bioimage_cte.seeds.draw_seed`) -- the floor any
+  implementation pays;
 - naive: ``bioimageio.core.predict`` once per image and pass (it reloads the model on every call).
+
+``--models 1 --images 1`` is a smoke run.
 """
 
 from __future__ import annotations
@@ -27,19 +30,21 @@ import torch  # noqa: E402
 from bioimageio.core import predict  # noqa: E402
 from bioimageio.core.backends.pytorch_backend import load_torch_model  # noqa: E402
 
-from bioimage_cte.estimators import CTEDropout  # noqa: E402
-from bioimage_cte.images import list_images  # noqa: E402
+from bioimage_cte.demozoo.training import normalize  # noqa: E402
+from bioimage_cte.images import list_images, load_target  # noqa: E402
+from bioimage_cte.options import RankOptions  # noqa: E402
 from bioimage_cte.perturbations import InputPerturbation, perturb_image  # noqa: E402
 from bioimage_cte.predictors import _spatial_spec, _valid_size, load_model  # noqa: E402
-from bioimage_cte.ranking import load_target, rank_models  # noqa: E402
+from bioimage_cte.scoring import rank_models  # noqa: E402
+from bioimage_cte.seeds import draw_seed, rng  # noqa: E402
 from bioimage_cte.sources import find_models  # noqa: E402
-from bioimage_cte.training import normalize  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def bare(sources, paths) -> float:
+def bare(sources, paths, options: RankOptions) -> float:
     """Hand-written torch loop: load net, normalise, pad, two forwards per image (dropout via a hook)."""
+    rate = options.make_estimator("cte-dropout").strength
     start = time.perf_counter()
     for source in sources:
         descr = load_model(source.location, perform_io_checks=False)
@@ -59,15 +64,15 @@ def bare(sources, paths) -> float:
             x = torch.from_numpy(normalize(np.pad(image, pad, mode="reflect"), method=method)[None, None])
             with torch.no_grad():
                 torch.sigmoid(net(x))
-                gen = torch.Generator().manual_seed(i)
-                mask["m"] = ((torch.rand(net.bottleneck[-2].num_features, generator=gen) >= 0.2).float() / 0.8
-                             ).view(1, -1, 1, 1)
+                gen = torch.Generator().manual_seed(draw_seed(options.seed, "feature-dropout", image=i))
+                keep = torch.rand(net.bottleneck[-2].num_features, generator=gen) >= rate
+                mask["m"] = (keep.float() / (1.0 - rate)).view(1, -1, 1, 1)
                 torch.sigmoid(net(x))
                 mask.clear()
     return time.perf_counter() - start
 
 
-def naive(sources, paths) -> float:
+def naive(sources, paths, options: RankOptions) -> float:
     """``bioimageio.core.predict`` per image and pass: the pipeline is rebuilt on every call."""
     start = time.perf_counter()
     for source in sources:
@@ -75,7 +80,8 @@ def naive(sources, paths) -> float:
         input_id = str(descr.inputs[0].id)
         for i, path in enumerate(paths):
             image = load_target(path)
-            for x in (image, perturb_image(image, InputPerturbation("gaussian", 0.1), rng=i)):
+            noise = rng(options.seed, "input-gaussian", image=i)  # the draw cte-input makes
+            for x in (image, perturb_image(image, InputPerturbation("gaussian", 0.1), rng=noise)):
                 predict(model=descr, inputs={input_id: x[None, None]})
     return time.perf_counter() - start
 
@@ -84,17 +90,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=int, default=8)
     parser.add_argument("--images", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    options = RankOptions(estimator="cte-dropout", seed=args.seed)
+    estimators = [options.make_estimator()]
     sources = find_models([ROOT / "resources" / "zoo"])[: args.models]
     data = ROOT / "resources" / "data"
     paths = (list_images(data / "dsb2018" / "images") + list_images(data / "nuclei-medium-noisy" / "images"))
     paths = paths[: args.images]
-    rank_models(sources[:1], paths[:1], [CTEDropout()])  # warm-up: imports, first torch call
+    rank_models(sources[:1], paths[:1], estimators, options)  # warm-up: imports, first torch call
     start = time.perf_counter()
-    rank_models(sources, paths, [CTEDropout()])
+    results, failures = rank_models(sources, paths, estimators, options)
     cte = time.perf_counter() - start
-    t_bare = bare(sources, paths)
-    t_naive = naive(sources, paths)
+    if failures:
+        raise SystemExit(f"{len(failures)} models failed: {failures[0].name}: {failures[0].reason}")
+    t_bare = bare(sources, paths, options)
+    t_naive = naive(sources, paths, options)
     print(f"{len(sources)} models x {len(paths)} images, 2 predictions each (clean + perturbed)")
     print(f"  CTE (bioimage-cte rank)        {cte:7.1f} s")
     print(f"  bare torch forward passes      {t_bare:7.1f} s")

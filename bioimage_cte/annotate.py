@@ -29,23 +29,21 @@ package annotated for target A still accepts the score of a ranking on target B 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import datetime
 import hashlib
 import json
 import os
 import re
-import secrets
 import shutil
 import zipfile
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from bioimage_cte import __version__
+from bioimage_cte import __version__, fileutils
 from bioimage_cte.errors import (
     AnnotationError,
     BioimageCteError,
@@ -62,12 +60,10 @@ __all__ = [
     "annotate_package",
     "dataset_fingerprint",
     "entries_from_ranking",
-    "is_temporary",
     "locate_package",
     "read_rdf",
     "read_transferability",
     "score_settings",
-    "write_atomic",
 ]
 
 #: The tool's namespace in the RDF's ``config`` and the list of entries inside it.
@@ -76,7 +72,6 @@ ENTRIES_KEY = "transferability"
 
 # Ranking settings that describe the run, not the score: a local image path does not belong on a public model card.
 _RUN_ONLY_SETTINGS = frozenset({"estimator", "bioimage_cte_version", "images", "n_images", "device"})
-_BACKUP_SUFFIX = ".bak"
 
 
 @dataclass(frozen=True)
@@ -443,136 +438,6 @@ def _render(data: dict[str, Any], record: dict[str, Any], *, where: str, yaml12_
     return text.encode("utf-8")
 
 
-def write_atomic(path: Path, data: bytes, *, backup: bool = False) -> Path:
-    """Write ``data`` to ``path`` atomically: a reader sees the old file or the new one, never half of one.
-
-    Raises
-    ------
-    WriteError
-        The folder cannot be created or written.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, lambda f: _write_all(f, data), backup=backup)
-    except OSError as e:
-        raise WriteError(f"cannot write {path}: {e.strerror or _one_line(e)}; choose a writable folder") from e
-    return path
-
-
-def _write_all(f: IO[bytes], data: bytes) -> None:
-    """Write ``data`` to an open file; a separate step so tests can interrupt a write halfway."""
-    f.write(data)
-
-
-_TEMP_NAME = re.compile(r"^\.(?P<dest>.+)\.(?P<pid>\d+)\.[0-9a-f]{12}\.tmp$")
-
-
-def _temp_path(dest: Path) -> Path:
-    # the writer's pid in the name lets a later run tell a dead run's leftover from a concurrent writer's file
-    return dest.with_name(f".{dest.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
-
-
-def is_temporary(name: str) -> bool:
-    """Whether a file or folder name is one of this module's temporary files (never a package or its part).
-
-    Examples
-    --------
-    >>> is_temporary(".m.zip.4242.0123456789ab.tmp"), is_temporary("m.zip")
-    (True, False)
-    """
-    return _TEMP_NAME.match(name) is not None
-
-
-def _process_alive(pid: int) -> bool:
-    if os.name != "posix":  # os.kill(pid, 0) would terminate the process on Windows: assume it is alive
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
-def _remove_stale_temporaries(dest: Path) -> None:
-    """Remove temporary files of ``dest`` left by runs that were killed mid-write (their process is gone).
-
-    Best effort: a leftover that cannot be removed only takes space, it is never read.
-    """
-    try:
-        siblings = list(dest.parent.iterdir())
-    except OSError:
-        return
-    for path in siblings:
-        found = _TEMP_NAME.match(path.name)
-        if found is None or found["dest"] != dest.name or _process_alive(int(found["pid"])):
-            continue
-        with contextlib.suppress(OSError):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-
-
-def _fsync_folder(folder: Path) -> None:
-    # makes the rename itself durable; not every platform can open a folder, which only costs durability
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _backup_path(path: Path) -> Path:
-    candidate = path.with_name(path.name + _BACKUP_SUFFIX)
-    n = 0
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.name}{_BACKUP_SUFFIX}.{n}")
-    return candidate
-
-
-def _keep_backup(path: Path) -> Path:
-    """Keep the current ``path`` as a numbered backup before it is replaced (a hard link when possible)."""
-    backup = _backup_path(path)
-    try:
-        os.link(path, backup)  # no copy of a large zip: the old inode lives on under the backup name
-    except OSError:
-        shutil.copy2(path, backup)
-    return backup
-
-
-def _atomic_write(
-    dest: Path, fill: Callable[[IO[bytes]], None], *, backup: bool, mode_from: Path | None = None
-) -> None:
-    """Write ``dest`` through a temporary file in its folder; ``dest`` is untouched unless everything succeeded.
-
-    The new file gets the permissions of the file it replaces, or of ``mode_from`` for a new file.
-    """
-    _remove_stale_temporaries(dest)
-    tmp = _temp_path(dest)
-    # os.open with 0o666 gives a new file the user's umask, where mkstemp would make it private (0o600)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fill(f)
-            f.flush()
-            os.fsync(f.fileno())
-        template = dest if dest.exists() else mode_from
-        if template is not None:
-            shutil.copymode(template, tmp)
-        if backup and dest.exists():
-            _keep_backup(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_folder(dest.parent)
-
-
 def _copy_entry(zin: zipfile.ZipFile, zout: zipfile.ZipFile, info: zipfile.ZipInfo, data: bytes | None) -> None:
     """Copy one zip entry with its name, time, mode and compression; ``data`` replaces its content if given."""
     new = zipfile.ZipInfo(info.filename, date_time=info.date_time)
@@ -600,7 +465,7 @@ def _rewrite_zip(source: Path, rdf_name: str, rdf: bytes, dest: Path, *, backup:
             zout.comment = zin.comment
 
     try:
-        _atomic_write(dest, fill, backup=backup, mode_from=source)
+        fileutils.atomic_write(dest, fill, backup=backup, mode_from=source)
     except (zipfile.BadZipFile, zlib.error, EOFError) as e:
         raise InvalidModelError(f"{source} is a corrupt zip ({_one_line(e)}); re-download or re-export the model "
                                 "package") from e
@@ -608,27 +473,27 @@ def _rewrite_zip(source: Path, rdf_name: str, rdf: bytes, dest: Path, *, backup:
 
 def _copy_folder(source: Path, rdf_name: str, rdf: bytes, dest: Path) -> None:
     """Copy a package folder to ``dest`` with a new rdf file; ``dest`` appears complete or not at all."""
-    _remove_stale_temporaries(dest)
-    tmp = _temp_path(dest)
+    fileutils.remove_stale_temporaries(dest)
+    tmp = fileutils.temp_path(dest)
     tmp.mkdir()
     try:
-        backups = shutil.ignore_patterns(f"*{_BACKUP_SUFFIX}", f"*{_BACKUP_SUFFIX}.*")
+        backups = shutil.ignore_patterns(f"*{fileutils.BACKUP_SUFFIX}", f"*{fileutils.BACKUP_SUFFIX}.*")
         # neither backups nor a killed write-back's temporary files are part of the package
-        shutil.copytree(source, tmp, dirs_exist_ok=True,
-                        ignore=lambda folder, names: backups(folder, names) | {n for n in names if is_temporary(n)})
+        shutil.copytree(source, tmp, dirs_exist_ok=True, ignore=lambda folder, names: backups(folder, names)
+                        | {n for n in names if fileutils.is_temporary(n)})
         for copied in tmp.rglob("*"):  # on disk before the rename publishes the folder, as the rdf below
             if copied.is_file() and not copied.is_symlink():
                 with copied.open("rb") as f:
                     os.fsync(f.fileno())
         with (tmp / rdf_name).open("wb") as f:
-            _write_all(f, rdf)
+            fileutils.write_all(f, rdf)
             f.flush()
             os.fsync(f.fileno())
         os.rename(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_folder(dest.parent)
+    fileutils.fsync_folder(dest.parent)
 
 
 def _output_destination(pkg: _Package, output: Path) -> Path:
@@ -733,7 +598,8 @@ def annotate_package(
             _rewrite_zip(base.path, base.rdf_name, rdf, target, backup=backup and output is None)
             return target
         if in_place:
-            _atomic_write(target / base.rdf_name, lambda f: _write_all(f, rdf), backup=backup and output is None)
+            fileutils.atomic_write(target / base.rdf_name, lambda f: fileutils.write_all(f, rdf),
+                                   backup=backup and output is None)
         else:
             _copy_folder(pkg.path, pkg.rdf_name, rdf, target)
         return target / base.rdf_name
@@ -758,6 +624,13 @@ def _read_ranking(path: Path) -> dict[str, Any]:
         raise BioimageCteError(f"{path} is not a ranking (no 'models'); pass the JSON written by "
                                "'bioimage-cte rank --output'")
     return payload
+
+
+def rdf_location(path: Path) -> Path:
+    """The rdf.yaml of a package folder; a zip or an rdf.yaml is its own location."""
+    if path.is_dir():
+        return next((path / n for n in RDF_NAMES if (path / n).is_file()), path)
+    return path
 
 
 def locate_package(source: str, *, base: Path | None = None) -> Path:

@@ -6,12 +6,14 @@ torch and bioimageio are imported inside the commands, so ``bioimage-cte --help`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
-from enum import Enum, StrEnum
+from collections.abc import Iterator
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -27,8 +29,14 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-ESTIMATOR_NAMES = ("cte-dropout", "cte-input", "confidence", "entropy", "tta", "mc-dropout", "consensus", "random")
-Estimator = Enum("Estimator", {n.replace("-", "_"): n for n in ESTIMATOR_NAMES}, type=str)  # type: ignore[misc]
+from bioimage_cte.estimators import ESTIMATORS, LABEL_FREE  # noqa: E402  (numpy/scipy only, no torch)
+
+if TYPE_CHECKING:
+    from bioimage_cte.options import RankOptions
+    from bioimage_cte.pipeline import Progress
+
+# the choices come from the estimators' registry; few-label needs labels and is evaluate's --few-label
+Estimator = StrEnum("Estimator", {n.replace("-", "_"): n for n in ESTIMATORS if not ESTIMATORS[n].needs_labels})
 
 
 class Task(StrEnum):
@@ -90,12 +98,6 @@ TrustLibraryOpt = Annotated[list[str] | None, typer.Option("--trust-library", he
                                                            "e.g. mylab_nets; repeat the option).")]
 
 
-def _code_policy(trust_code: bool, trust_library: list[str] | None):
-    from bioimage_cte.trust import CodePolicy
-
-    return CodePolicy.with_libraries(trust_library or (), trust_code=trust_code)
-
-
 def _fail(e: BaseException, debug: bool) -> None:
     if debug:
         raise e
@@ -108,48 +110,40 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
 
 
-def _estimator(name: str, task: Task, perturbation: Perturbation, strength: float | None, repeats: int,
-               consistency: ConsistencyKind | None = None):
-    from bioimage_cte.estimators import make_estimator
+def _options(*, estimator: str = "cte-dropout", task: Task = Task.semantic, consistency: ConsistencyKind | None = None,
+             perturbation: Perturbation = Perturbation.gaussian, strength: float | None = None, repeats: int = 1,
+             seed: int = 0, axes: str | None = None, layer: str | None = None, weight_format: str | None = None,
+             device: str = "cpu", tag: str | None = None, trust_code: bool = False,
+             trust_library: list[str] | None = None) -> RankOptions:
+    """The command line's options as the library's one options object (a bad value is a usage error)."""
+    from bioimage_cte.options import RankOptions
 
-    consistency = consistency.value if consistency else ("instance" if task is Task.instance else "soft")
-    return make_estimator(name, p=strength, strength=strength, kind=perturbation.value, consistency=consistency,
-                          repeats=repeats)
+    try:
+        return RankOptions(estimator=str(estimator), task=str(task), consistency=consistency and str(consistency),
+                           perturbation=str(perturbation), strength=strength, repeats=repeats, seed=seed, axes=axes,
+                           layer=layer, weight_format=weight_format, device=device, tag=tag, trust_code=trust_code,
+                           trusted_libraries=tuple(trust_library or ()))
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
 
 
-def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+@contextlib.contextmanager
+def _progress(label: str = "scoring") -> Iterator[Progress]:
+    """A rich progress bar on a terminal, fed by the library's progress callbacks."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as Bar
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err_console, transient=False, disable=not err_console.is_terminal)
+    from bioimage_cte.pipeline import Progress
 
-
-def _run(models: list[str], images: str, estimators: list, *, labels_spec: str | None = None, tag: str | None,
-         axes: str | None, device: str, seed: int, layer: str | None, weight_format: str | None, code_policy=None):
-    """Find models and images, then score every model (with a progress bar over models x images)."""
-    from bioimage_cte.errors import InvalidModelError
-    from bioimage_cte.images import check_images, list_images, load_labels
-    from bioimage_cte.ranking import rank_models
-    from bioimage_cte.sources import filter_by_tag, find_models
-
-    sources = find_models(models)
-    if tag:
-        sources = filter_by_tag(sources, tag)
-        if not sources:
-            raise InvalidModelError(f"no model in {' '.join(models)} has the tag {tag!r}; drop --tag or pick "
-                                    "a tag from the models' rdf.yaml")
-    paths = list_images(images)
-    for warning in check_images(paths, axes=axes):  # fails on a bad image before any model is loaded
-        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-    labels = load_labels(paths, labels_spec, axes=axes) if labels_spec else None
-    with _progress() as progress:
-        task = progress.add_task("scoring", total=len(sources) * len(paths))
-        results, failures = rank_models(
-            sources, paths, estimators, labels=labels, axes=axes, devices=[device], seed=seed, layer=layer,
-            weight_format=weight_format, code_policy=code_policy, on_image=lambda: progress.advance(task),
-            on_model=lambda s: progress.update(task, description=f"scoring {s.name}"),
+    with Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+             console=err_console, transient=False, disable=not err_console.is_terminal) as bar:
+        task = bar.add_task(label, total=None)
+        yield Progress(
+            warning=lambda text: err_console.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True),
+            start=lambda total: bar.update(task, total=total),
+            model=lambda source: bar.update(task, description=f"{label} {source.name}"),
+            image=lambda: bar.advance(task),
         )
-    return sources, paths, results, failures
 
 
 def _ranking_table(ranking, title: str) -> Table:
@@ -165,12 +159,12 @@ def _ranking_table(ranking, title: str) -> Table:
 
 def _print_failures(failures) -> None:
     for f in failures:
-        what = "skipped" if f.stage == "skipped" or ": skipped" in f.reason else "failed"
+        what = "skipped" if f.stage == "skipped" else "failed"
         err_console.print(f"[yellow]{what}[/] {f.name} ({f.stage}): {f.reason}", highlight=False, soft_wrap=True)
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    from bioimage_cte.annotate import write_atomic
+    from bioimage_cte.fileutils import write_atomic
 
     write_atomic(path, (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode())
 
@@ -201,28 +195,26 @@ def rank(
 ) -> None:
     """Rank models by estimated transferability to the target images (no labels needed)."""
     _quiet_libraries()
+    options = _options(estimator=estimator, task=task, consistency=consistency, perturbation=perturbation,
+                       strength=strength, repeats=repeats, seed=seed, axes=axes, layer=layer,
+                       weight_format=weight_format, device=device, tag=tag, trust_code=trust_code,
+                       trust_library=trust_library)
     try:
-        from bioimage_cte.ranking import build_ranking
+        from bioimage_cte.pipeline import rank as rank_models
 
-        est = _estimator(Estimator(estimator).value, task, perturbation, strength, repeats, consistency)
-        sources, paths, results, failures = _run(models, images, [est], tag=tag, axes=axes, device=device,
-                                                 seed=seed, layer=layer, weight_format=weight_format,
-                                                 code_policy=_code_policy(trust_code, trust_library))
-        ranking = build_ranking(results, est, failures=failures, seed=seed)
+        with _progress() as progress:
+            run = rank_models(models, images, options, progress=progress)
     except Exception as e:
         _fail(e, debug)
-    console.print(_ranking_table(ranking, f"{est.name} ranking of {len(sources)} models on {len(paths)} images"))
-    _print_failures(ranking.failures)
-    payload = ranking.to_json_dict()
-    payload["settings"].update({"images": images, "n_images": len(paths), "task": task.value, "tag": tag,
-                                "seed": seed, "axes": axes, "device": device, "layer": layer,
-                                "weight_format": weight_format, "trust_code": trust_code,
-                                "trusted_libraries": trust_library or []})
+    console.print(_ranking_table(run.ranking, f"{run.ranking.estimator} ranking of {len(run.sources)} models on "
+                                              f"{len(run.images)} images"))
+    _print_failures(run.ranking.failures)
+    payload = run.to_json_dict(images=images)
     if output is not None:
         _write_json(output, payload)
         console.print(f"ranking written to {output}")
     if report is not None:
-        _write_report(payload, report, paths, None, debug)
+        _write_report(payload, report, list(run.images), None, debug)
 
 
 @app.command()
@@ -257,35 +249,35 @@ def evaluate(
 ) -> None:
     """Compare every estimator's ranking with the ranking by true performance on labelled images."""
     _quiet_libraries()
+    options = _options(task=task, consistency=consistency, perturbation=perturbation, strength=strength,
+                       repeats=repeats, seed=seed, axes=axes, layer=layer, weight_format=weight_format,
+                       device=device, tag=tag, trust_code=trust_code, trust_library=trust_library)
     try:
-        from bioimage_cte.estimators import LABEL_FREE, make_estimator
-        from bioimage_cte.ranking import evaluate_rankings
+        from bioimage_cte.pipeline import evaluate as evaluate_models
 
-        names = [Estimator(e).value for e in estimators] if estimators else list(LABEL_FREE)
-        ests = [_estimator(n, task, perturbation, strength, repeats, consistency) for n in names]
-        if few_label > 0:
-            ests.append(make_estimator("few-label", k=few_label))
-        sources, paths, results, failures = _run(models, images, ests, labels_spec=labels, tag=tag, axes=axes,
-                                                 device=device, seed=seed, layer=layer,
-                                                 weight_format=weight_format,
-                                                 code_policy=_code_policy(trust_code, trust_library))
-        chosen = metric or ("map" if task is Task.instance else "dice")
-        evaluation = evaluate_rankings(results, ests, metric=chosen, failures=failures, seed=seed)
+        names = [str(e) for e in estimators] if estimators else list(LABEL_FREE)
+        with _progress() as progress:
+            run = evaluate_models(models, images, labels, options, estimators=names, few_label=few_label,
+                                  metric=metric, progress=progress)
     except Exception as e:
         _fail(e, debug)
-    console.print(_agreement_table(evaluation, len(sources), len(paths)))
-    _print_failures(next(iter(evaluation.rankings.values())).failures if evaluation.rankings else failures)
+    evaluation = run.evaluation
+    console.print(_agreement_table(evaluation, len(run.sources), len(run.images)))
+    _print_failures(next(iter(evaluation.rankings.values())).failures if evaluation.rankings else run.failures)
     if output is not None:
         _write_json(output, evaluation.to_json_dict())
         console.print(f"evaluation written to {output}")
 
 
-def _write_report(ranking_json: dict, path: Path, paths: list, evaluation_json: dict | None, debug: bool) -> None:
+def _write_report(ranking_json: dict, path: Path, paths: list, evaluation_json: dict | None, debug: bool,
+                  n_images: int = 3) -> None:
     try:
+        from bioimage_cte.pipeline import report_overlays
         from bioimage_cte.reports import write_html_report
 
-        with err_console.status("writing the HTML report"):
-            write_html_report(ranking_json, path, image_paths=paths, evaluation_json=evaluation_json)
+        with err_console.status("running the best and the worst model again for the report"):
+            overlays = report_overlays(ranking_json, paths, n_images=n_images, n_models=1) if n_images else None
+        write_html_report(ranking_json, path, image_paths=paths, evaluation_json=evaluation_json, overlays=overlays)
     except Exception as e:
         _fail(e, debug)
     console.print(f"report written to {path}")
@@ -383,33 +375,61 @@ def zoo_rank(
                                                "results.sqlite. Re-runs score only what changed.")] = None,
     annotate_cards: Annotated[bool, typer.Option("--annotate", help="Write each target's ranking back onto the "
                                                  "packages (in place, with backups).")] = False,
-    strength: StrengthOpt = None,
+    reports: Annotated[bool, typer.Option(help="Write the per-model zoo reports under OUTPUT_DIR/reports.")] = True,
+    match_task: Annotated[bool, typer.Option(help="Per target, rank only the models tagged with the task named in "
+                                             "the target's target.yaml.")] = False,
+    refresh: Annotated[bool, typer.Option(help="Score everything again, ignoring the results database.")] = False,
     retries: Annotated[int, typer.Option(help="Retries of a failing model before it is recorded as failed.")] = 1,
     dask_address: Annotated[str | None, typer.Option(help="Score on Dask: 'local' for a local cluster, or "
                                                      "tcp://HOST:PORT of an existing scheduler.")] = None,
     workers: Annotated[int | None, typer.Option(help="Workers of the local Dask cluster.")] = None,
-    tag: TagOpt = None,
+    cron: Annotated[str | None, typer.Option(help="Serve the flow on this cron schedule instead of running once, "
+                                             "e.g. '0 3 * * 1' (Mondays 03:00); needs a Prefect server "
+                                             "(PREFECT_API_URL).")] = None,
+    timezone: Annotated[str | None, typer.Option(help="Time zone of --cron, e.g. Europe/Berlin.")] = None,
+    deployment: Annotated[str, typer.Option(help="Name of the served deployment (with --cron).")] = "weekly",
+    estimator: Annotated[Estimator, typer.Option(help="Transferability estimator.")] = Estimator.cte_dropout,
+    task: TaskOpt = Task.semantic,
+    consistency: ConsistencyOpt = None,
+    perturbation: PerturbationOpt = Perturbation.gaussian,
+    strength: StrengthOpt = None,
+    repeats: RepeatsOpt = 1,
+    axes: AxesOpt = None,
+    device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
+    layer: LayerOpt = None,
+    weight_format: WeightsOpt = None,
+    tag: TagOpt = None,
     trust_code: TrustCodeOpt = False,
     trust_library: TrustLibraryOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Rank a whole zoo on several targets through the Prefect flow (incremental; no Prefect server needed)."""
     _quiet_libraries()
+    options = _options(estimator=estimator, task=task, consistency=consistency, perturbation=perturbation,
+                       strength=strength, repeats=repeats, seed=seed, axes=axes, layer=layer,
+                       weight_format=weight_format, device=device, tag=tag, trust_code=trust_code,
+                       trust_library=trust_library)
+    zoo_options = dict(store_path=None if store is None else str(store), output_dir=str(output_dir),
+                       annotate=annotate_cards, reports=reports, retries=retries, match_task=match_task)
     try:
-        from flows.zoo_ranking import run_zoo_ranking
+        if cron is not None:
+            from bioimage_cte_flows.zoo_ranking import serve_zoo_ranking
 
-        summary = run_zoo_ranking(zoo, [str(t) for t in targets], output_dir=str(output_dir),
-                                  store_path=None if store is None else str(store), annotate=annotate_cards,
-                                  p=strength, retries=retries, dask_address=dask_address, workers=workers,
-                                  tag=tag, seed=seed, trust_code=trust_code, trusted_libraries=trust_library or None)
+            console.print(f"serving deployment {deployment!r} on {cron!r}; stop with Ctrl+C")
+            serve_zoo_ranking(zoo, targets, options, cron=cron, timezone=timezone, name=deployment, **zoo_options)
+            return
+        from bioimage_cte_flows.zoo_ranking import run_zoo_ranking
+
+        summary = run_zoo_ranking(zoo, targets, options, refresh=refresh, dask_address=dask_address,
+                                  workers=workers, **zoo_options)
     except Exception as e:
         _fail(e, debug)
     console.print(f"scored {summary.scored} model x target pairs, {summary.cached} taken from {summary.store}")
     for target, path in summary.rankings.items():
         console.print(f"ranking of {target} written to {path}")
     for failed in summary.failed:
-        what = "skipped" if ": skipped" in failed.reason else "failed"
+        what = "skipped" if failed.stage == "skipped" else "failed"
         err_console.print(f"[yellow]{what}[/] {failed.model} on {failed.target}: {failed.reason}", highlight=False,
                           soft_wrap=True)
     for where, problem in summary.problems.items():
@@ -429,12 +449,11 @@ def transfer_matrix(
     """Evaluate every zoo model on every labelled target: the ground truth rankings are judged against."""
     _quiet_libraries()
     try:
-        from bioimage_cte.transfer import compute_transfer_matrix, summarize, write_transfer_matrix
+        from bioimage_cte.studies.transfer import compute_transfer_matrix, summarize, write_transfer_matrix
 
-        with _progress() as progress:
-            task = progress.add_task("evaluating", total=None)
-            rows, failures = compute_transfer_matrix(zoo, data, devices=[device],
-                                                     on_image=lambda: progress.advance(task))
+        with _progress("evaluating") as progress:
+            rows, failures = compute_transfer_matrix(zoo, data, options=_options(device=device),
+                                                     on_image=progress.image)
         write_transfer_matrix(rows, output)
     except Exception as e:
         _fail(e, debug)
@@ -481,16 +500,24 @@ def finetune_benchmark(
 ) -> None:
     """Fine-tune each model on k labelled images: does the zero-shot ranking predict the fine-tuned one?"""
     _quiet_libraries()
+    options = _options(seed=seed, tag=tag, trust_code=trust_code, trust_library=trust_library)
     try:
-        payload = _finetune(models, images, labels, k or ["1", "5", "all"], tag=tag, cte=cte, scratch=scratch,
-                            export=export, config=dict(steps=steps, batch_size=batch_size, patch=patch, seed=seed,
-                                                       learning_rate=learning_rate, eval_every=eval_every),
-                            n_test=n_test, code_policy=_code_policy(trust_code, trust_library))
+        k_values = [kv if kv == "all" else int(kv) for kv in (k or ["1", "5", "all"])]
+    except ValueError as e:
+        raise typer.BadParameter(f"--k {k}: use positive integers or 'all'") from e
+    try:
+        from bioimage_cte.studies.finetune import FinetuneConfig, run_finetune_study
+
+        config = FinetuneConfig(steps=steps, batch_size=batch_size, patch=patch, seed=seed,
+                                learning_rate=learning_rate, eval_every=eval_every)
+        with _progress("fine-tuning") as progress:
+            payload = run_finetune_study(models, images, labels, options, ks=k_values, config=config, n_test=n_test,
+                                         cte=cte, scratch=scratch, export=export, progress=progress)
         if output is not None:
             _write_json(output, payload)
             console.print(f"results written to {output}")
         if report is not None:
-            from bioimage_cte.finetune_report import write_finetune_report
+            from bioimage_cte.studies.finetune_report import write_finetune_report
 
             write_finetune_report({Path(images).name or "target": payload}, report)
             console.print(f"report written to {report}")
@@ -499,42 +526,6 @@ def finetune_benchmark(
     console.print(_finetune_table(payload))
     for name, reason in payload["failures"].items():
         err_console.print(f"[yellow]failed[/] {name}: {reason}", highlight=False, soft_wrap=True)
-
-
-def _finetune(models: list[str], images: str, labels: str, ks: list[str], *, tag: str | None, cte: bool,
-              scratch: bool, export: Path | None, config: dict[str, Any], n_test: int,
-              code_policy: Any = None) -> dict[str, Any]:
-    from bioimage_cte.errors import InvalidModelError
-    from bioimage_cte.finetune import FinetuneConfig, run_finetune_benchmark, zero_shot_cte
-    from bioimage_cte.images import list_images, load_labels
-    from bioimage_cte.ranking import load_target
-    from bioimage_cte.sources import filter_by_tag, find_models
-
-    try:
-        k_values = [kv if kv == "all" else int(kv) for kv in ks]
-    except ValueError as e:
-        raise typer.BadParameter(f"--k {ks}: use positive integers or 'all'") from e
-    sources = filter_by_tag(find_models(models), tag) if tag else find_models(models)
-    if not sources:
-        raise InvalidModelError(f"no model found in {' '.join(models)}" + (f" with the tag {tag!r}" if tag else ""))
-    paths = list_images(images)
-    label_arrays = load_labels(paths, labels)
-    arrays = [load_target(p) for p in paths]
-    with _progress() as progress:
-        zero_shot = None
-        if cte:
-            task = progress.add_task("zero-shot CTE", total=len(sources) * len(paths))
-            zero_shot = zero_shot_cte(sources, paths, seed=config["seed"], code_policy=code_policy,
-                                      on_image=lambda: progress.advance(task))
-        n_runs = (len(sources) + (1 if scratch else 0)) * len(k_values)
-        task = progress.add_task("fine-tuning", total=n_runs)
-        bench = run_finetune_benchmark(
-            [(s.name, s.location) for s in sources], arrays, label_arrays, ks=k_values, n_test=n_test,
-            config=FinetuneConfig(**config), scratch=scratch, zero_shot=zero_shot, export_dir=export,
-            code_policy=code_policy, on_run=lambda text: progress.update(task, advance=1, description=text))
-    payload = bench.to_json_dict()
-    payload["images"] = [str(p) for p in paths]
-    return payload
 
 
 def _finetune_table(payload: dict[str, Any]) -> Table:

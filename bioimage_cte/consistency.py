@@ -10,6 +10,7 @@ an image where neither prediction has any foreground has no score: the functions
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -310,3 +311,51 @@ CONSISTENCY_FUNCTIONS: dict[str, Callable[..., float]] = {
 
 :func:`instance_consistency` is not listed because it takes label images, not probabilities.
 """
+
+
+def bootstrap_intervals(
+    per_image: Sequence[Sequence[float | None]],
+    *,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int | np.random.SeedSequence = 0,
+) -> np.ndarray:
+    """Bootstrap intervals of each model's median score over images.
+
+    Each model's per-image scores are resampled with replacement and the ``nanmedian`` of each
+    resample is taken (images without foreground are ``nan`` and ignored, as in the ranking).
+
+    Parameters
+    ----------
+    per_image : sequence of sequences
+        ``per_image[m][i]``: model m's score on image i (``None`` or ``nan`` when missing).
+    n_boot : int
+        Number of resamples.
+    level : float
+        Coverage of the interval.
+    seed : int or numpy.random.SeedSequence
+        Seed of the resampling.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape (n_models, 2): lower and upper bound; ``nan`` for a model without any score.
+
+    Examples
+    --------
+    >>> bootstrap_intervals([[0.5, 0.5, 0.5], [None, None]]).tolist()[0]
+    [0.5, 0.5]
+    """
+    rng = np.random.default_rng(seed)
+    tail = (1.0 - level) / 2 * 100
+    out = np.full((len(per_image), 2), np.nan)
+    for m, values in enumerate(per_image):
+        arr = np.array([np.nan if v is None else v for v in values], dtype=float)
+        if arr.size == 0 or np.isnan(arr).all():
+            continue
+        samples = arr[rng.integers(0, arr.size, size=(n_boot, arr.size))]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # resamples of only empty images: nan, then skipped
+            medians = np.nanmedian(samples, axis=1)
+        out[m] = np.nanpercentile(medians, [tail, 100 - tail])
+    return out

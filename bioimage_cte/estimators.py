@@ -5,7 +5,7 @@ prediction of that image (computed once and shared by every estimator), and aggr
 per-image scores into the model's score. Higher is always better.
 
 - ``cte-dropout`` (grey-box): consistency between the clean prediction and one with channel
-  dropout at the bottleneck (CTE, arXiv 2503.00450; the authors' headline setting).
+  dropout (rate ``strength``) at the bottleneck (CTE, arXiv 2503.00450; the authors' headline setting).
 - ``cte-input`` (black-box): consistency under an input perturbation (Gaussian noise by default).
 
 Both default to the *soft* consistency (effective invariance), which also scores how confident the
@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -37,7 +37,8 @@ from bioimage_cte.consistency import (
     instance_consistency,
     soft_consistency,
 )
-from bioimage_cte.evaluation import dice, foreground_dice
+from bioimage_cte.metrics import dice, foreground_dice
+from bioimage_cte.options import CONSISTENCIES, Consistency, RankOptions
 from bioimage_cte.perturbations import (
     DEFAULT_DROPOUT,
     DEFAULT_INPUT_STRENGTH,
@@ -48,40 +49,43 @@ from bioimage_cte.perturbations import (
     perturb_image,
     undo_dihedral,
 )
-from bioimage_cte.segmentation import label_foreground, watershed_from_boundaries
-
-if TYPE_CHECKING:
-    from bioimage_cte.predictors import Prediction
-
-Consistency = Literal["hard", "soft", "instance"]
-CONSISTENCIES: tuple[Consistency, ...] = ("hard", "soft", "instance")
+from bioimage_cte.seeds import draw_seed, rng
+from bioimage_cte.segmentation import Prediction, instances
 
 
 @runtime_checkable
 class Estimator(Protocol):
-    """What the ranker needs from an estimator."""
+    """What the ranker needs from an estimator.
+
+    The flags say how the ranker feeds it: ``needs_greybox`` (a predictor that can perturb features),
+    ``needs_labels`` (scored by :meth:`score_labelled` against labels instead of :meth:`score_image`),
+    ``cross_model`` (scored by :meth:`score_models` from every model's clean masks at once) and ``random`` (the
+    score is a draw, not evidence from the images: no interval is resampled for it).
+    """
 
     name: ClassVar[str]
     needs_greybox: ClassVar[bool]
     needs_labels: ClassVar[bool]
     cross_model: ClassVar[bool]
+    random: ClassVar[bool]
 
     def settings(self) -> dict[str, object]:
         """Every parameter that changes the score, for reports and caches."""
 
-    def score_image(self, predictor, image: np.ndarray, clean: Prediction, *, seed: int) -> float:
-        """Score one image (``nan`` when it has no foreground to score)."""
+    def score_image(self, predictor, image: np.ndarray, clean: Prediction, *, seed: int, index: int) -> float:
+        """Score image number ``index`` of a run with seed ``seed`` (``nan`` when it has no foreground to score)."""
 
-    def aggregate(self, values: Sequence[float]) -> Aggregate:
-        """Combine per-image scores into the model's score."""
+    def aggregate(self, values: Sequence[float], *, model: str, seed: int) -> Aggregate:
+        """Combine one model's per-image scores into its score (``model`` and ``seed`` name a per-model draw)."""
 
 
-def instances(prediction: Prediction, *, threshold: float = 0.5, min_size: int = 16) -> np.ndarray:
-    """Instance labels of a prediction: seeded watershed when it has a boundary channel, else components."""
-    if prediction.boundary is not None:
-        return watershed_from_boundaries(prediction.foreground, prediction.boundary, threshold=threshold,
-                                         min_size=min_size)
-    return label_foreground(prediction.foreground, threshold=threshold, min_size=min_size)
+@runtime_checkable
+class Perturbing(Protocol):
+    """An estimator that compares a clean prediction with perturbed ones (reports show the perturbed one)."""
+
+    def perturbed_prediction(self, predictor, image: np.ndarray, *, seed: int, index: int,
+                             repeat: int = 0) -> Prediction:
+        """The prediction of one perturbed pass, with the draw that scoring uses."""
 
 
 def consistency_of(clean: Prediction, perturbed: Prediction, kind: Consistency, *, threshold: float = 0.5) -> float:
@@ -106,8 +110,6 @@ def _per_slice(clean: Prediction, perturbed: Prediction, kind: Consistency, thre
 
 
 def _slice(prediction: Prediction, z: int) -> Prediction:
-    from bioimage_cte.predictors import Prediction
-
     boundary = None if prediction.boundary is None else prediction.boundary[z]
     return Prediction(prediction.foreground[z], boundary)
 
@@ -118,15 +120,24 @@ def _check_consistency(kind: str) -> None:
 
 
 class _MedianAggregate:
-    def aggregate(self, values: Sequence[float]) -> Aggregate:
+    random: ClassVar[bool] = False
+
+    def aggregate(self, values: Sequence[float], *, model: str = "", seed: int = 0) -> Aggregate:
         return aggregate(values, how="median")
+
+    @classmethod
+    def from_options(cls, options: RankOptions) -> _MedianAggregate:
+        return cls()
 
 
 @dataclass(frozen=True)
 class CTEDropout(_MedianAggregate):
-    """CTE with channel dropout at one layer (grey-box); model score = median consistency over images."""
+    """CTE with channel dropout at one layer (grey-box); model score = median consistency over images.
 
-    p: float = DEFAULT_DROPOUT
+    ``strength`` is the dropout rate p: whole feature maps are zeroed with probability p.
+    """
+
+    strength: float = DEFAULT_DROPOUT
     consistency: Consistency = "soft"
     repeats: int = 1
     threshold: float = 0.5
@@ -136,21 +147,32 @@ class CTEDropout(_MedianAggregate):
     cross_model: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        FeatureDropout(self.p, 0)  # validates p
+        FeatureDropout(self.strength, 0)  # validates the rate
         _check_consistency(self.consistency)
         if self.repeats < 1:
             raise ValueError(f"repeats={self.repeats}: use 1 or more perturbed runs per image")
 
-    def settings(self) -> dict[str, object]:
-        return {"p": self.p, "consistency": self.consistency, "repeats": self.repeats, "threshold": self.threshold}
+    @classmethod
+    def from_options(cls, options: RankOptions) -> CTEDropout:
+        strength = DEFAULT_DROPOUT if options.strength is None else options.strength
+        return cls(strength=strength, consistency=options.consistency_kind, repeats=options.repeats)
 
-    def score_image(self, predictor, image: np.ndarray, clean: Prediction, *, seed: int) -> float:
-        values = []
-        for r in range(self.repeats):
-            with predictor.perturbed(FeatureDropout(self.p, seed=seed * 1000 + r)):
-                perturbed = predictor.predict(image)
-            values.append(_per_slice(clean, perturbed, self.consistency, self.threshold))
-        return _nanmean(values)
+    def settings(self) -> dict[str, object]:
+        return {"strength": self.strength, "consistency": self.consistency, "repeats": self.repeats,
+                "threshold": self.threshold}
+
+    def perturbed_prediction(self, predictor, image: np.ndarray, *, seed: int, index: int,
+                             repeat: int = 0) -> Prediction:
+        mask_seed = draw_seed(seed, "feature-dropout", image=index, repeat=repeat)
+        with predictor.perturbed(FeatureDropout(self.strength, seed=mask_seed)):
+            return predictor.predict(image)
+
+    def score_image(self, predictor, image: np.ndarray, clean: Prediction, *, seed: int, index: int) -> float:
+        return _nanmean([
+            _per_slice(clean, self.perturbed_prediction(predictor, image, seed=seed, index=index, repeat=r),
+                       self.consistency, self.threshold)
+            for r in range(self.repeats)
+        ])
 
 
 @dataclass(frozen=True)
@@ -173,17 +195,28 @@ class CTEInput(_MedianAggregate):
         if self.repeats < 1:
             raise ValueError(f"repeats={self.repeats}: use 1 or more perturbed runs per image")
 
+    @classmethod
+    def from_options(cls, options: RankOptions) -> CTEInput:
+        strength = DEFAULT_INPUT_STRENGTH if options.strength is None else options.strength
+        return cls(kind=options.perturbation, strength=strength, consistency=options.consistency_kind,
+                   repeats=options.repeats)
+
     def settings(self) -> dict[str, object]:
         return {"kind": self.kind, "strength": self.strength, "consistency": self.consistency,
                 "repeats": self.repeats, "threshold": self.threshold}
 
-    def score_image(self, predictor, image: np.ndarray, clean: Prediction, *, seed: int) -> float:
-        values = []
-        for r in range(self.repeats):
-            # The same seed for every model: each model sees the same noise on the same image.
-            noisy = perturb_image(image, InputPerturbation(self.kind, self.strength), rng=[seed, r])
-            values.append(_per_slice(clean, predictor.predict(noisy), self.consistency, self.threshold))
-        return _nanmean(values)
+    def perturbed_prediction(self, predictor, image: np.ndarray, *, seed: int, index: int,
+                             repeat: int = 0) -> Prediction:
+        # no model in the draw: every model sees the same noise on the same image
+        noise = rng(seed, f"input-{self.kind}", image=index, repeat=repeat)
+        return predictor.predict(perturb_image(image, InputPerturbation(self.kind, self.strength), rng=noise))
+
+    def score_image(self, predictor, image: np.ndarray, clean: Prediction, *, seed: int, index: int) -> float:
+        return _nanmean([
+            _per_slice(clean, self.perturbed_prediction(predictor, image, seed=seed, index=index, repeat=r),
+                       self.consistency, self.threshold)
+            for r in range(self.repeats)
+        ])
 
 
 def _nanmean(values: Sequence[float]) -> float:
@@ -205,7 +238,7 @@ class MeanConfidence(_CleanOnly):
 
     name: ClassVar[str] = "confidence"
 
-    def score_image(self, predictor, image: np.ndarray, clean: Prediction, *, seed: int) -> float:
+    def score_image(self, predictor, image: np.ndarray, clean: Prediction, *, seed: int, index: int) -> float:
         p = clean.foreground
         return float(np.maximum(p, 1 - p).mean())
 
@@ -215,7 +248,7 @@ class NegativeEntropy(_CleanOnly):
 
     name: ClassVar[str] = "entropy"
 
-    def score_image(self, predictor, image: np.ndarray, clean: Prediction, *, seed: int) -> float:
+    def score_image(self, predictor, image: np.ndarray, clean: Prediction, *, seed: int, index: int) -> float:
         p = np.clip(clean.foreground.astype(np.float64), 1e-7, 1 - 1e-7)
         return float(-(-(p * np.log2(p) + (1 - p) * np.log2(1 - p))).mean())
 
@@ -233,9 +266,7 @@ class TTAAgreement(_MedianAggregate):
     def settings(self) -> dict[str, object]:
         return {"transforms": list(self.transforms)}
 
-    def score_image(self, predictor, image: np.ndarray, clean: Prediction, *, seed: int) -> float:
-        from bioimage_cte.predictors import Prediction
-
+    def score_image(self, predictor, image: np.ndarray, clean: Prediction, *, seed: int, index: int) -> float:
         values = []
         for k in self.transforms:
             out = predictor.predict(np.ascontiguousarray(dihedral(image, k)))
@@ -248,20 +279,25 @@ class TTAAgreement(_MedianAggregate):
 class MCDropoutAgreement(_MedianAggregate):
     """MC-dropout: mean pairwise Dice between ``samples`` dropout predictions (not compared with the clean one)."""
 
-    p: float = DEFAULT_DROPOUT
+    strength: float = DEFAULT_DROPOUT
     samples: int = 4
     name: ClassVar[str] = "mc-dropout"
     needs_greybox: ClassVar[bool] = True
     needs_labels: ClassVar[bool] = False
     cross_model: ClassVar[bool] = False
 
-    def settings(self) -> dict[str, object]:
-        return {"p": self.p, "samples": self.samples}
+    @classmethod
+    def from_options(cls, options: RankOptions) -> MCDropoutAgreement:
+        return cls(strength=DEFAULT_DROPOUT if options.strength is None else options.strength)
 
-    def score_image(self, predictor, image: np.ndarray, clean: Prediction, *, seed: int) -> float:
+    def settings(self) -> dict[str, object]:
+        return {"strength": self.strength, "samples": self.samples}
+
+    def score_image(self, predictor, image: np.ndarray, clean: Prediction, *, seed: int, index: int) -> float:
         masks = []
         for r in range(self.samples):
-            with predictor.perturbed(FeatureDropout(self.p, seed=seed * 1000 + 500 + r)):
+            with predictor.perturbed(FeatureDropout(self.strength, seed=draw_seed(seed, self.name, image=index,
+                                                                                  repeat=r))):
                 masks.append(predictor.predict(image).foreground > 0.5)
         if not any(m.any() for m in masks):
             return float("nan")
@@ -279,7 +315,7 @@ class ConsensusAgreement(_MedianAggregate):
     def settings(self) -> dict[str, object]:
         return {}
 
-    def score_image(self, predictor, image: np.ndarray, clean: Prediction, *, seed: int) -> float:
+    def score_image(self, predictor, image: np.ndarray, clean: Prediction, *, seed: int, index: int) -> float:
         raise TypeError("consensus is a cross-model estimator: use score_models with every model's masks")
 
     def score_models(self, masks: Sequence[Sequence[np.ndarray]]) -> list[list[float]]:
@@ -298,6 +334,7 @@ class RandomScore:
     """A random score per model: the floor every estimator must beat."""
 
     name: ClassVar[str] = "random"
+    random: ClassVar[bool] = True
     needs_greybox: ClassVar[bool] = False
     needs_labels: ClassVar[bool] = False
     cross_model: ClassVar[bool] = False
@@ -305,12 +342,16 @@ class RandomScore:
     def settings(self) -> dict[str, object]:
         return {}
 
-    def score_image(self, predictor, image: np.ndarray, clean: Prediction, *, seed: int) -> float:
+    def score_image(self, predictor, image: np.ndarray, clean: Prediction, *, seed: int, index: int) -> float:
         return 0.0
 
-    def aggregate(self, values: Sequence[float]) -> Aggregate:
-        # The model's name is not known here, so the ranker draws the random score; this keeps the interface.
-        return aggregate(values, how="mean")
+    @classmethod
+    def from_options(cls, options: RankOptions) -> RandomScore:
+        return cls()
+
+    def aggregate(self, values: Sequence[float], *, model: str = "", seed: int = 0) -> Aggregate:
+        score = float(rng(seed, self.name, model=model).random())
+        return Aggregate(score, len(values), len(values), 0, score, 0.0)
 
 
 @dataclass(frozen=True)
@@ -319,6 +360,7 @@ class FewLabelOracle:
 
     k: int = 2
     name: ClassVar[str] = "few-label"
+    random: ClassVar[bool] = False
     needs_greybox: ClassVar[bool] = False
     needs_labels: ClassVar[bool] = True
     cross_model: ClassVar[bool] = False
@@ -327,16 +369,21 @@ class FewLabelOracle:
         return {"k": self.k}
 
     def score_labelled(self, clean: Prediction, labels: np.ndarray, index: int) -> float:
+        """True Dice of image ``index`` while it is one of the first ``k``, else ``nan``."""
         return foreground_dice(clean.foreground, labels) if index < self.k else float("nan")
 
-    def score_image(self, predictor, image: np.ndarray, clean: Prediction, *, seed: int) -> float:
+    def score_image(self, predictor, image: np.ndarray, clean: Prediction, *, seed: int, index: int) -> float:
         raise TypeError("few-label needs labels: use score_labelled")
 
-    def aggregate(self, values: Sequence[float]) -> Aggregate:
+    @classmethod
+    def from_options(cls, options: RankOptions) -> FewLabelOracle:
+        return cls()
+
+    def aggregate(self, values: Sequence[float], *, model: str = "", seed: int = 0) -> Aggregate:
         return aggregate(values, how="mean")
 
 
-#: Every estimator by its name (the CLI's choices come from here).
+#: Every estimator by its name; the command line's choices come from here.
 ESTIMATORS: dict[str, type] = {
     cls.name: cls
     for cls in (CTEDropout, CTEInput, MeanConfidence, NegativeEntropy, TTAAgreement, MCDropoutAgreement,
@@ -344,19 +391,21 @@ ESTIMATORS: dict[str, type] = {
 }
 
 #: Label-free estimators compared side by side by ``bioimage-cte evaluate``.
-LABEL_FREE = ("cte-dropout", "cte-input", "confidence", "entropy", "tta", "mc-dropout", "consensus", "random")
+LABEL_FREE = tuple(name for name, cls in ESTIMATORS.items() if not cls.needs_labels)
 
 
-def make_estimator(name: str, **options: object) -> Estimator:
-    """Build an estimator by name, passing only the options its dataclass takes.
+def make_estimator(name: str, options: RankOptions | None = None) -> Estimator:
+    """The estimator ``name``, configured by ``options`` (strength, consistency, repeats, perturbation).
 
     Examples
     --------
-    >>> make_estimator("cte-dropout", p=0.3, strength=0.5).settings()["p"]
+    >>> make_estimator("cte-dropout", RankOptions(strength=0.3)).settings()["strength"]
     0.3
+    >>> make_estimator("tta").settings()
+    {'transforms': [1, 2, 4]}
     """
     if name not in ESTIMATORS:
         raise ValueError(f"unknown estimator {name!r}: use one of {', '.join(ESTIMATORS)}")
-    cls = ESTIMATORS[name]
-    fields = getattr(cls, "__dataclass_fields__", {})
-    return cls(**{k: v for k, v in options.items() if k in fields and v is not None})
+    if options is None:
+        options = RankOptions(estimator=name)
+    return ESTIMATORS[name].from_options(options)

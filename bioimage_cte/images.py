@@ -18,8 +18,7 @@ Axis rules when ``axes`` is not given (see :func:`to_yx`):
 from __future__ import annotations
 
 import glob
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +27,9 @@ from bioimage_cte.errors import InvalidImageError
 
 __all__ = [
     "IMAGE_SUFFIXES",
-    "ImageItem",
     "check_images",
-    "iter_images",
+    "load_target",
+    "target_task",
     "list_images",
     "load_labels",
     "read_image",
@@ -43,30 +42,6 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".png", ".npy")
 _AXIS_LETTERS = "zcyx"
 _GLOB_CHARS = "*?["
 _ACCEPTED = "expected .tif, .tiff, .png or .npy files; pass a folder, a glob such as 'data/*.tif', or a file"
-
-
-@dataclass(frozen=True, eq=False)
-class ImageItem:
-    """One target image.
-
-    ``eq=False`` because comparing numpy arrays element-wise has no single truth value.
-
-    Parameters
-    ----------
-    path : Path
-        The file the image came from.
-    data : numpy.ndarray
-        The pixels with the file's intensities (not normalised); float32 ``yx`` or ``zyx``
-        when produced by :func:`iter_images`.
-
-    Examples
-    --------
-    >>> ImageItem(Path("a.tif"), np.zeros((4, 4), np.float32)).data.shape
-    (4, 4)
-    """
-
-    path: Path
-    data: np.ndarray
 
 
 def _is_image_file(path: Path) -> bool:
@@ -328,43 +303,6 @@ def check_images(paths: Sequence[Path], *, axes: str | None = None) -> list[str]
     return warnings
 
 
-def iter_images(spec: str | Path, *, axes: str | None = None) -> Iterator[ImageItem]:
-    """Stream the images of a folder, glob or file, one in memory at a time.
-
-    The listing (and the ``axes`` letters) are checked when this is called; each image is
-    read and converted with :func:`to_yx` only when the iterator reaches it.
-
-    Parameters
-    ----------
-    spec : str or Path
-        As :func:`list_images`.
-    axes : str, optional
-        As :func:`to_yx`; the same for every image.
-
-    Returns
-    -------
-    Iterator of ImageItem
-        ``data`` is float32 ``yx`` or ``zyx``, intensities as stored.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> tmp = Path(tempfile.mkdtemp())
-    >>> np.save(tmp / "a.npy", np.ones((5, 6), dtype=np.uint8))
-    >>> [item.data.dtype.name for item in iter_images(tmp)]
-    ['float32']
-    """
-    paths = list_images(spec)
-    if axes is not None:
-        _check_axes(axes.lower(), f"images {spec}")
-    return _iter(paths, axes)
-
-
-def _iter(paths: list[Path], axes: str | None) -> Iterator[ImageItem]:
-    for path in paths:
-        yield ImageItem(path, to_yx(read_image(path), axes=axes, path=path))
-
-
 def _labels_by_stem(folder: Path) -> dict[str, list[Path]]:
     by_stem: dict[str, list[Path]] = {}
     for p in sorted(folder.iterdir()):
@@ -443,3 +381,19 @@ def load_labels(
             )
         labels.append(label)
     return labels
+
+
+def load_target(path: Path, *, axes: str | None = None) -> np.ndarray:
+    """Read one target image as float32 (y, x) or (z, y, x)."""
+    return to_yx(read_image(path), axes=axes, path=path)
+
+
+def target_task(folder: Path) -> str | None:
+    """The task a target's images are for (``task`` in its ``target.yaml``), or None."""
+    import yaml
+
+    path = Path(folder) / "target.yaml"
+    if not path.is_file():
+        return None
+    meta = yaml.safe_load(path.read_text()) or {}
+    return str(meta["task"]) if isinstance(meta, dict) and "task" in meta else None

@@ -26,8 +26,6 @@ INPUT_KINDS: tuple[InputKind, ...] = ("gaussian", "brightness", "contrast", "gam
 #: Default strengths: dropout rate 0.2 (the paper's nuclei setting) and noise of 10 % of the range.
 DEFAULT_DROPOUT = 0.2
 DEFAULT_INPUT_STRENGTH = 0.1
-#: A sweep of dropout rates as in the paper's perturbation-strength study.
-DROPOUT_SWEEP = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
 
 
 @dataclass(frozen=True)

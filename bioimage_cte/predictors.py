@@ -34,21 +34,11 @@ from bioimageio.spec.model import v0_5
 
 from bioimage_cte.errors import InvalidImageError, InvalidModelError
 from bioimage_cte.perturbations import FeatureDropout
+from bioimage_cte.segmentation import Prediction
 from bioimage_cte.trust import CodePolicy, blackbox_weights, greybox_descr
 
 FOREGROUND_NAMES = ("foreground", "fg", "mask", "prob", "probability", "probabilities", "semantic", "nuclei")
 BOUNDARY_NAMES = ("boundary", "boundaries", "contour", "contours", "edge", "edges", "border")
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """A model's output on one image: foreground probability and, if the model has one, boundary probability.
-
-    Both are float32 arrays of the image's shape, (y, x) or (z, y, x).
-    """
-
-    foreground: np.ndarray
-    boundary: np.ndarray | None = None
 
 
 # bioimageio.spec parses every rdf.yaml with one shared YAML parser: two threads loading at once corrupt each other.

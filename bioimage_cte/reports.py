@@ -20,7 +20,6 @@ import io
 import json
 import math
 import re
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,12 +28,12 @@ from urllib.parse import parse_qs, quote, urlparse
 import numpy as np
 
 from bioimage_cte import __version__
-from bioimage_cte.annotate import locate_package, read_rdf, score_settings, write_atomic
+from bioimage_cte.annotate import locate_package, read_rdf, score_settings
 from bioimage_cte.errors import BioimageCteError
+from bioimage_cte.fileutils import write_atomic
 
 __all__ = [
     "TOOL_NAME",
-    "bootstrap_intervals",
     "merge_tool_reports",
     "write_html_report",
     "write_zoo_reports",
@@ -274,54 +273,6 @@ def write_zoo_reports(
 # --- HTML report ----------------------------------------------------------------------------------------------
 
 
-def bootstrap_intervals(
-    per_image: Sequence[Sequence[float | None]],
-    *,
-    n_boot: int = 2000,
-    level: float = 0.95,
-    seed: int = 0,
-) -> np.ndarray:
-    """Bootstrap intervals of each model's median score over images.
-
-    Each model's per-image scores are resampled with replacement and the ``nanmedian`` of each
-    resample is taken (images without foreground are ``nan`` and ignored, as in the ranking).
-
-    Parameters
-    ----------
-    per_image : sequence of sequences
-        ``per_image[m][i]``: model m's score on image i (``None`` or ``nan`` when missing).
-    n_boot : int
-        Number of resamples.
-    level : float
-        Coverage of the interval.
-    seed : int
-        Seed of the resampling.
-
-    Returns
-    -------
-    numpy.ndarray
-        Shape (n_models, 2): lower and upper bound; ``nan`` for a model without any score.
-
-    Examples
-    --------
-    >>> bootstrap_intervals([[0.5, 0.5, 0.5], [None, None]]).tolist()[0]
-    [0.5, 0.5]
-    """
-    rng = np.random.default_rng(seed)
-    tail = (1.0 - level) / 2 * 100
-    out = np.full((len(per_image), 2), np.nan)
-    for m, values in enumerate(per_image):
-        arr = np.array([np.nan if v is None else v for v in values], dtype=float)
-        if arr.size == 0 or np.isnan(arr).all():
-            continue
-        samples = arr[rng.integers(0, arr.size, size=(n_boot, arr.size))]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # resamples of only empty images: nan, then skipped
-            medians = np.nanmedian(samples, axis=1)
-        out[m] = np.nanpercentile(medians, [tail, 100 - tail])
-    return out
-
-
 def _png(fig) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=96)
@@ -409,45 +360,6 @@ def _perturbation(settings: Mapping[str, Any]) -> str | None:
     if estimator == "cte-input":
         return "input"
     return None
-
-
-def _predictions(source: str, indices: list[int], image_paths: Sequence[Path], settings: Mapping[str, Any]):
-    """Re-run one model on a few images: (image, clean, perturbed or None) each, with the ranking's settings."""
-    from bioimage_cte.perturbations import FeatureDropout, InputPerturbation, perturb_image
-    from bioimage_cte.predictors import load_model, make_predictor
-    from bioimage_cte.ranking import load_target
-
-    kind = _perturbation(settings)
-    seed = int(settings.get("seed") or 0)
-    descr = load_model(str(_rdf_location(locate_package(source))))
-    greybox = kind == "dropout"
-    from bioimage_cte.trust import CodePolicy
-
-    policy = CodePolicy.with_libraries(settings.get("trusted_libraries") or (),
-                                       trust_code=bool(settings.get("trust_code")))
-    predictor = make_predictor(descr, name=source, greybox=greybox, layer=settings.get("layer"),
-                               weight_format=None if greybox else settings.get("weight_format"), code_policy=policy)
-    rows = []
-    with predictor:
-        for i in indices:
-            image = load_target(Path(image_paths[i]), axes=settings.get("axes"))
-            clean = predictor.predict(image).foreground
-            perturbed = None
-            # the same seeds as the estimators (bioimage_cte.estimators), so the panels show the scored perturbation
-            if kind == "dropout":
-                with predictor.perturbed(FeatureDropout(float(settings.get("p", 0.2)), seed=(seed + i) * 1000)):
-                    perturbed = predictor.predict(image).foreground
-            elif kind == "input":
-                noise = InputPerturbation(settings.get("kind", "gaussian"), float(settings.get("strength", 0.1)))
-                perturbed = predictor.predict(perturb_image(image, noise, rng=[seed + i, 0])).foreground
-            rows.append((_middle(image), _middle(clean), None if perturbed is None else _middle(perturbed)))
-    return rows
-
-
-def _rdf_location(path: Path) -> Path:
-    if path.is_dir():
-        return next((path / n for n in ("rdf.yaml", "bioimageio.yaml") if (path / n).is_file()), path)
-    return path
 
 
 def _overlay_figure(name: str, rank: int, rows, indices: list[int], image_paths: Sequence[Path],
@@ -544,16 +456,16 @@ def write_html_report(
     *,
     image_paths: Sequence[Path],
     evaluation_json: Mapping[str, Any] | None = None,
-    n_overlays: int = 3,
+    overlays: Mapping[str, Any] | None = None,
     seed: int = 0,
 ) -> Path:
     """Write one self-contained HTML report of a ranking.
 
     The page holds the ranking table, a bar chart of the scores with 95% bootstrap intervals
     over images, the per-image scores of every model, the input, clean and perturbed
-    predictions of the best and the worst model on ``n_overlays`` images (the models are run
-    again with the ranking's settings and seeds), the agreement with true performance when an
-    evaluation is given, and the settings. Every figure is an inline PNG; the page loads
+    predictions of the best and the worst model on a few images (``overlays``, from
+    :func:`bioimage_cte.pipeline.report_overlays`: this module only renders), the agreement with true
+    performance when an evaluation is given, and the settings. Every figure is an inline PNG; the page loads
     nothing from anywhere.
 
     Parameters
@@ -566,10 +478,10 @@ def write_html_report(
         The target images, in the order they were ranked (``per_image`` follows this order).
     evaluation_json : mapping, optional
         :meth:`bioimage_cte.ranking.Evaluation.to_json_dict` output on labelled images.
-    n_overlays : int
-        Number of images shown with predictions (0: no predictions, nothing is run).
+    overlays : mapping, optional
+        :func:`bioimage_cte.pipeline.report_overlays` output; without it, no predictions are shown.
     seed : int
-        Seed of the bootstrap and of the choice of images shown.
+        Seed of the bootstrap.
 
     Returns
     -------
@@ -588,12 +500,12 @@ def write_html_report(
     if not isinstance(models, list) or not isinstance(settings, Mapping):
         raise BioimageCteError(f"cannot write {path}: the ranking has no 'models' or 'settings'; pass a ranking "
                                "written by 'bioimage-cte rank --output'")
-    if n_overlays < 0:
-        raise ValueError(f"n_overlays={n_overlays}: use 0 or more images")
     estimator = str(settings.get("estimator", "?"))
     names = [str(m["name"]) for m in models]
     per_image = [list(m.get("per_image") or []) for m in models]
-    ci = bootstrap_intervals(per_image, seed=seed) if models else np.empty((0, 2))
+    # the interval of each model's median over images, as the ranking recorded it (bioimage_cte.ranking)
+    ci = np.array([[np.nan if v is None else v for v in (m.get("interval") or (None, None))] for m in models],
+                  dtype=float).reshape(-1, 2)
 
     body = [f"<h1>bioimage-cte ranking: {html.escape(estimator)} on {len(image_paths)} images</h1>",
             f"<p class='note'>{len(models)} models ranked, {len(ranking_json.get('failures', []))} failed. "
@@ -621,7 +533,7 @@ def write_html_report(
         body.append(_img(_ranking_chart(names, [m.get("score") for m in models], ci, estimator), "ranking chart"))
         body.append("<h2>Scores per image</h2>")
         body.append(_img(_distribution_chart(names, per_image, estimator, seed), "per-image scores"))
-    body.extend(_overlay_section(models, settings, image_paths, n_overlays, seed))
+    body.extend(_overlay_section(models, settings, image_paths, overlays or {}))
     if evaluation_json:
         body.append(_evaluation_section(evaluation_json, ranking_json, estimator))
     body.append("<h2>Settings</h2><table id='settings'>" + "".join(
@@ -642,16 +554,14 @@ def write_page(path: Path, title: str, body: Sequence[str], style: str = _STYLE)
 
 
 def _overlay_section(models: list[Mapping[str, Any]], settings: Mapping[str, Any], image_paths: Sequence[Path],
-                     n_overlays: int, seed: int) -> list[str]:
-    scored = [m for m in models if m.get("score") is not None]
-    if n_overlays == 0 or not scored or not image_paths:
+                     overlays: Mapping[str, Any]) -> list[str]:
+    if not overlays.get("models") and not overlays.get("errors"):
         return []
-    chosen = scored[:1] + scored[-1:] if len(scored) > 1 else scored
-    rng = np.random.default_rng(seed)
-    indices = sorted(int(i) for i in rng.choice(len(image_paths), min(n_overlays, len(image_paths)), replace=False))
+    indices = list(overlays.get("indices", []))
     kind = _perturbation(settings)
     threshold = float(settings.get("threshold", 0.5))
-    text = {"dropout": f"channel dropout (p = {settings.get('p', 0.2)}) at {settings.get('layer') or 'the bottleneck'}",
+    text = {"dropout": f"channel dropout (p = {settings.get('strength', 0.2)}) at "
+                       f"{settings.get('layer') or 'the bottleneck'}",
             "input": f"{settings.get('kind', 'gaussian')} input perturbation (strength {settings.get('strength')})"}
     parts = ["<h2>Predictions of the best and the worst model</h2>",
              f"<p class='note'>Clean prediction and prediction with {html.escape(text[kind])}, as scored; the last "
@@ -659,14 +569,15 @@ def _overlay_section(models: list[Mapping[str, Any]], settings: Mapping[str, Any
              "image's score.</p>" if kind else
              f"<p class='note'>{html.escape(settings.get('estimator', ''))} uses no perturbation: clean predictions "
              "only.</p>"]
-    for model in chosen:
-        try:
-            rows = _predictions(str(model["source"]), indices, image_paths, settings)
-        except Exception as e:  # a report on a moved or broken package still shows everything else
-            parts.append(f"<p class='failed'>could not run {html.escape(str(model['name']))} again: "
-                         f"{html.escape(' '.join(str(e).split()))}</p>")
-            continue
-        figure = _overlay_figure(str(model["name"]), int(model["rank"]), rows, indices, image_paths,
+    by_name = {str(m["name"]): m for m in models}
+    for name, error in overlays.get("errors", {}).items():
+        parts.append(f"<p class='failed'>could not run {html.escape(name)} again: {html.escape(error)}</p>")
+    for name, predictions in overlays.get("models", {}).items():
+        model = by_name[name]
+        rows = [(_middle(image), _middle(clean.foreground),
+                 None if perturbed is None else _middle(perturbed.foreground))
+                for image, clean, perturbed in predictions]
+        figure = _overlay_figure(name, int(model["rank"]), rows, indices, image_paths,
                                  list(model.get("per_image") or []), threshold, kind)
-        parts.append(_img(figure, f"predictions of {model['name']}"))
+        parts.append(_img(figure, f"predictions of {name}"))
     return parts

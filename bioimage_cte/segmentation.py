@@ -1,4 +1,4 @@
-"""Turning 2D probability maps into foreground masks and instance label images.
+"""A model's prediction, and turning 2D probability maps into foreground masks and instance label images.
 
 Every function takes 2D arrays positionally and its options keyword-only. Label images
 are ``int32`` with background 0 and objects numbered consecutively ``1..N``.
@@ -11,6 +11,8 @@ at connectivity 1.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
@@ -18,7 +20,18 @@ from skimage.segmentation import watershed
 
 from bioimage_cte.errors import InvalidImageError
 
-__all__ = ["binarize", "label_foreground", "watershed_from_boundaries"]
+__all__ = ["Prediction", "binarize", "instances", "label_foreground", "watershed_from_boundaries"]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A model's output on one image: foreground probability and, if the model has one, boundary probability.
+
+    Both are float32 arrays of the image's shape, (y, x) or (z, y, x).
+    """
+
+    foreground: np.ndarray
+    boundary: np.ndarray | None = None
 
 
 def _as_2d_map(name: str, array: npt.ArrayLike) -> np.ndarray:
@@ -176,3 +189,18 @@ def watershed_from_boundaries(
         return np.zeros(fg.shape, dtype=np.int32)
     labels = watershed(bd.astype(np.float64, copy=False), seeds, mask=mask)
     return _relabel_sieved(labels, min_size)
+
+
+def instances(prediction: Prediction, *, threshold: float = 0.5, min_size: int = 16) -> np.ndarray:
+    """Instance labels of a prediction: seeded watershed when it has a boundary channel, else components.
+
+    Examples
+    --------
+    >>> fg = np.zeros((8, 8), np.float32); fg[1:3, 1:3] = fg[5:7, 5:7] = 0.9
+    >>> int(instances(Prediction(fg), min_size=1).max())
+    2
+    """
+    if prediction.boundary is not None:
+        return watershed_from_boundaries(prediction.foreground, prediction.boundary, threshold=threshold,
+                                         min_size=min_size)
+    return label_foreground(prediction.foreground, threshold=threshold, min_size=min_size)

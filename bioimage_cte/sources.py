@@ -504,6 +504,26 @@ def filter_by_tag(sources: Sequence[ModelSource], tag: str) -> list[ModelSource]
     return [s for s in sources if tag.lower() in read_tags(s)]
 
 
+def select_models(specs: Sequence[str | Path], *, tag: str | None = None) -> list[ModelSource]:
+    """Find the models of ``specs`` (:func:`find_models`) and keep those with ``tag``, if given.
+
+    Raises
+    ------
+    InvalidModelError
+        No model was found, or none has the tag.
+    """
+    sources = find_models(specs)
+    where = " ".join(str(s) for s in specs)
+    if not sources:
+        raise InvalidModelError(f"no model found in {where}; pass rdf.yaml files, packages or folders of packages")
+    if tag:
+        sources = filter_by_tag(sources, tag)
+        if not sources:
+            raise InvalidModelError(f"no model in {where} has the tag {tag!r}; drop --tag or pick a tag from the "
+                                    "models' rdf.yaml")
+    return sources
+
+
 def find_models(specs: Sequence[str | Path], *, extract_dir: Path | None = None) -> list[ModelSource]:
     """Work out where each model is, from what the user passed on the command line.
 

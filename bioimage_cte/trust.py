@@ -13,7 +13,7 @@ A zoo-wide run touches hundreds of packages written by others, so by default
 
 1. an architecture imported from a module of a **trusted library** (:data:`DEFAULT_TRUSTED_LIBRARIES`,
    extendable) that is installed;
-2. an architecture file whose bytes are identical to a module of :mod:`bioimage_cte.archs` (the
+2. an architecture file whose bytes are identical to a module of :mod:`bioimage_cte.demozoo.archs` (the
    demo zoo's UNet, which ships inside each demo package): the installed module is imported
    instead, and the package's copy is never executed;
 3. anything else runs only with ``trust_code=True`` (``--trust-code``). Without it, black-box
@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 DEFAULT_TRUSTED_LIBRARIES: tuple[str, ...] = (
-    "bioimage_cte.archs",
+    "bioimage_cte.demozoo.archs",
     "bioimageio",
     "cellpose",
     "monai",
@@ -84,7 +84,7 @@ class CodePolicy:
     trust_code : bool
         Run any code the package ships (its architecture file, custom processing).
     trusted_libraries : tuple of str
-        Import prefixes (``"monai"``, ``"bioimage_cte.archs"``) an architecture may be imported from.
+        Import prefixes (``"monai"``, ``"bioimage_cte.demozoo.archs"``) an architecture may be imported from.
 
     Examples
     --------
@@ -111,9 +111,9 @@ class CodePolicy:
 
 @lru_cache(maxsize=1)
 def _known_architecture_files() -> dict[str, str]:
-    """sha256 of each :mod:`bioimage_cte.archs` module's source -> its module name."""
-    folder = Path(__file__).parent / "archs"
-    return {hashlib.sha256(p.read_bytes()).hexdigest(): f"bioimage_cte.archs.{p.stem}"
+    """sha256 of each :mod:`bioimage_cte.demozoo.archs` module's source -> its module name."""
+    folder = Path(__file__).parent / "demozoo" / "archs"
+    return {hashlib.sha256(p.read_bytes()).hexdigest(): f"bioimage_cte.demozoo.archs.{p.stem}"
             for p in sorted(folder.glob("*.py")) if p.stem != "__init__"}
 
 

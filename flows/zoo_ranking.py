@@ -1,6 +1,6 @@
 """Rank every model of a zoo on every target, incrementally: a Prefect flow over the results store.
 
-One task per model x target checks the results store (:mod:`bioimage_cte.store`) and scores the
+One task per model x target checks the results store (:mod:`bioimage_cte.results`) and scores the
 model only if the store has no result for this package content, these images, this estimator
 and these settings. The flow then ranks the models per target from the store, writes
 ``<output_dir>/rankings/<target>.json``, optionally writes the rankings back onto the packages
@@ -8,13 +8,16 @@ and the zoo reports, and publishes a progress artifact and one table artifact pe
 
 Run it once, in this process (a temporary Prefect server starts if ``PREFECT_API_URL`` is unset)::
 
-    python -m flows.zoo_ranking run resources/zoo resources/data/dsb2018 resources/data/nuclei-tiny-crowded
+    bioimage-cte zoo-rank resources/zoo resources/data/dsb2018 resources/data/nuclei-tiny-crowded
 
 or from Python with :func:`run_zoo_ranking`. On a schedule (needs a real Prefect server)::
 
     prefect server start --background
     prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api
-    python -m flows.zoo_ranking serve --cron "0 3 * * 1" resources/zoo resources/data/dsb2018
+    bioimage-cte zoo-rank --cron "0 3 * * 1" resources/zoo resources/data/dsb2018
+
+The flow's parameters are the run's :class:`~bioimage_cte.options.RankOptions` (as JSON, ``options``) and the
+zoo run's own settings; the science is in plain library functions (:mod:`bioimage_cte.jobs`).
 
 ``flows/prefect.yaml`` declares the same schedule for a work pool. Images and packages are read
 by path inside the tasks, so with a Dask cluster every worker must see the same paths, and the
@@ -24,14 +27,12 @@ a network file system).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
 import os
 import re
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,22 +50,13 @@ from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from bioimage_cte import __version__
-from bioimage_cte.annotate import write_atomic
-from bioimage_cte.errors import BioimageCteError, InvalidModelError
-from bioimage_cte.store import (
-    JobOutcome,
-    ResultStore,
-    ScoreJob,
-    ScoringOptions,
-    TargetSpec,
-    failed_record,
-    plan_jobs,
-    rank_target,
-    read_target,
-    score_job,
-)
+from bioimage_cte.errors import BioimageCteError
+from bioimage_cte.fileutils import write_atomic
+from bioimage_cte.jobs import JobOutcome, ScoreJob, TargetSpec, plan_zoo, rank_target, record_failure, score_job
+from bioimage_cte.options import RankOptions
+from bioimage_cte.results import ResultStore
 
-__all__ = ["FailedJob", "ZooRunSummary", "make_task_runner", "run_zoo_ranking", "zoo_ranking_flow"]
+__all__ = ["FailedJob", "ZooRunSummary", "make_task_runner", "run_zoo_ranking", "serve_zoo_ranking", "zoo_ranking_flow"]
 
 if __name__ != "__main__":
     import cloudpickle
@@ -84,6 +76,7 @@ class FailedJob:
     source: str
     target: str
     reason: str
+    stage: str = "predict"
 
 
 @dataclass(frozen=True)
@@ -210,12 +203,7 @@ def _outcome(future, job: ScoreJob, store: ResultStore) -> JobOutcome:
     try:
         return future.result()
     except Exception as e:
-        record = store.get(job.key)
-        # the task stores its own failures; a worker that died never got to, so record it here
-        if record is None or record.status != "failed":
-            record = failed_record(job, e)
-            store.put(job.key, record)
-        return JobOutcome(job.key, "failed", scored=True, error=record.error)
+        return record_failure(job, store, e)
 
 
 def _score_all(jobs: Sequence[ScoreJob], store: ResultStore, runner: TaskRunner, *, retries: int, refresh: bool,
@@ -256,29 +244,19 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 def zoo_ranking_flow(
     zoo: str,
     targets: list[str],
+    options: dict[str, Any] | None = None,
     *,
-    estimator: str = "cte-dropout",
-    p: float | None = None,
-    estimator_options: dict[str, Any] | None = None,
     store_path: str | None = None,
     output_dir: str = "zoo-ranking",
     annotate: bool = False,
     annotate_output: str | None = None,
     reports: bool = True,
     retries: int = 1,
-    seed: int = 0,
-    tag: str | None = None,
     match_task: bool = False,
     refresh: bool = False,
     dask_address: str | None = None,
     workers: int | None = None,
     torch_threads: int | None = None,
-    device: str = "cpu",
-    axes: str | None = None,
-    layer: str | None = None,
-    weight_format: str | None = None,
-    trust_code: bool = False,
-    trusted_libraries: list[str] | None = None,
 ) -> ZooRunSummary:
     """Rank every model of ``zoo`` on every target, scoring only the pairs the store does not have.
 
@@ -288,9 +266,9 @@ def zoo_ranking_flow(
         A folder of model packages, or a collection index JSON (path or URL).
     targets : list of str
         Target folders, each with ``images/`` (``labels/`` optional: true metrics are then stored too).
-    estimator, p, estimator_options
-        The estimator (``cte-dropout`` by default), its dropout rate or perturbation strength ``p``,
-        and any other option of :func:`bioimage_cte.estimators.make_estimator`.
+    options : dict, optional
+        :meth:`bioimage_cte.options.RankOptions.to_json_dict` of the run (estimator, strength, seed, tag, trust,
+        ...); default: ``RankOptions()``. JSON, so that a deployment can store it.
     store_path : str, optional
         The results database; default ``~/.cache/bioimage-cte/results.sqlite``.
     output_dir : str
@@ -302,39 +280,18 @@ def zoo_ranking_flow(
         Write the per-model zoo reports (collection layout) under ``<output_dir>/reports``.
     retries : int
         Retries of a scoring task that raised (a broken package is not retried: it fails the same way).
-    seed : int
-        Seed of the perturbations; part of the store key.
-    tag, match_task
-        Rank only models with this RDF tag; or, per target, only models tagged with the target's
-        ``task`` from its ``target.yaml``.
+    match_task : bool
+        Per target, score only models tagged with the target's ``task`` from its ``target.yaml``.
     refresh : bool
         Score everything again, ignoring the store.
     dask_address, workers, torch_threads
         Task runner (see :func:`make_task_runner`) and torch threads per task (default: 1 on a
         local Dask cluster, torch's default otherwise).
-    device, axes, layer, weight_format
-        As for ``bioimage-cte rank``.
-    trust_code, trusted_libraries
-        Run Python code shipped in packages; trust architectures from these installed libraries
-        besides the default ones (see :mod:`bioimage_cte.trust`). Off by default: a model that needs
-        package code is scored with its torchscript/onnx weights where the estimator allows, or
-        recorded as skipped with the reason.
     """
-    from bioimage_cte.sources import filter_by_tag, find_models
-
     logger = get_run_logger()
     _check_api_for_processes(dask_address)
-    zoo_spec = zoo if zoo.startswith(("http://", "https://")) else str(Path(zoo).expanduser().resolve())
-    sources = find_models([zoo_spec])
-    if tag:
-        sources = filter_by_tag(sources, tag)
-        if not sources:
-            raise InvalidModelError(f"no model in {zoo} has the tag {tag!r}; drop the tag or pick one from the "
-                                    "models' rdf.yaml")
-    specs = [read_target(t) for t in targets]
-    options = ScoringOptions(estimator, {"p": p, "strength": p, **(estimator_options or {})}, seed, axes, layer,
-                             weight_format, device, trust_code, tuple(trusted_libraries or ()))
-    jobs = plan_jobs(sources, specs, options, match_task=match_task)
+    run_options = RankOptions.from_json_dict(options or {})
+    specs, jobs = plan_zoo(zoo, targets, run_options, match_task=match_task)
     store = ResultStore(store_path)  # created here, before workers race to create it
     if torch_threads is None and dask_address == "local":
         torch_threads = 1
@@ -347,13 +304,13 @@ def zoo_ranking_flow(
     annotated: dict[str, list[str]] = {}
     problems: dict[str, str] = {}
     for spec in specs:
-        payload = rank_target(spec, jobs, store, options, tag=tag)
+        payload = rank_target(spec, jobs, store, run_options)
         path = out / "rankings" / f"{spec.name}.json"
         _write_json(path, payload)
         rankings[spec.name], payloads[spec.name] = str(path), payload
         create_table_artifact(_table(payload), key=f"zoo-ranking-{_slug(spec.name)}",
-                              description=f"{estimator} ranking of {len(payload['models'])} models on {spec.name} "
-                                          f"({len(spec.images)} images); {path}")
+                              description=f"{run_options.estimator} ranking of {len(payload['models'])} models on "
+                                          f"{spec.name} ({len(spec.images)} images); {path}")
         if annotate:
             try:
                 annotated[spec.name] = annotate_task(str(path), spec, annotate_output)
@@ -369,7 +326,7 @@ def zoo_ranking_flow(
             problems["reports"] = str(e)
             logger.warning("zoo reports: %s", e)
 
-    failed = tuple(FailedJob(j.source.name, j.source.source, j.target.name, o.error or "failed")
+    failed = tuple(FailedJob(j.source.name, j.source.source, j.target.name, o.error or "failed", o.stage or "predict")
                    for j, o in zip(jobs, outcomes, strict=True) if o.status == "failed")
     summary = ZooRunSummary(rankings, scored=sum(o.scored and o.status == "ok" for o in outcomes),
                             cached=sum(not o.scored for o in outcomes), failed=failed, annotated=annotated,
@@ -407,88 +364,75 @@ def _api_for_processes(dask_address: str | None) -> Iterator[None]:
         yield
 
 
-def run_zoo_ranking(zoo: str | Path, targets: Sequence[str | Path], **options: Any) -> ZooRunSummary:
-    """Run :func:`zoo_ranking_flow` from plain Python (e.g. the CLI); ``options`` are the flow's keyword parameters.
+def run_zoo_ranking(
+    zoo: str | Path,
+    targets: Sequence[str | Path],
+    options: RankOptions | None = None,
+    *,
+    store_path: str | None = None,
+    output_dir: str = "zoo-ranking",
+    annotate: bool = False,
+    annotate_output: str | None = None,
+    reports: bool = True,
+    retries: int = 1,
+    match_task: bool = False,
+    refresh: bool = False,
+    dask_address: str | None = None,
+    workers: int | None = None,
+    torch_threads: int | None = None,
+) -> ZooRunSummary:
+    """Run :func:`zoo_ranking_flow` once from plain Python (e.g. the CLI); the parameters are the flow's.
 
     With ``dask_address`` set and no ``PREFECT_API_URL``, a temporary Prefect server is started for
     the run, since Dask worker processes cannot start their own.
     """
-    with _api_for_processes(options.get("dask_address")):
-        return zoo_ranking_flow(str(zoo), [str(t) for t in targets], **options)
+    with _api_for_processes(dask_address):
+        return zoo_ranking_flow(_absolute(zoo), [_absolute(t) for t in targets],
+                                (options or RankOptions()).to_json_dict(), store_path=store_path,
+                                output_dir=output_dir, annotate=annotate, annotate_output=annotate_output,
+                                reports=reports, retries=retries, match_task=match_task, refresh=refresh,
+                                dask_address=dask_address, workers=workers, torch_threads=torch_threads)
 
 
-# --- command line: run once, or serve on a schedule --------------------------------------------------------------
+def _absolute(path: str | Path) -> str:
+    # a served deployment runs in another folder: paths are made absolute when it is registered
+    text = str(path)
+    return text if text.startswith(("http://", "https://")) else str(Path(text).expanduser().resolve())
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m flows.zoo_ranking", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="Rank once, now.")
-    serve = commands.add_parser("serve", help="Serve the flow on a cron schedule (needs a Prefect server).")
-    serve.add_argument("--cron", required=True, help='Cron schedule, e.g. "0 3 * * 1" (Mondays 03:00).')
-    serve.add_argument("--name", default="weekly", help="Deployment name.")
-    serve.add_argument("--timezone", default=None, help="Time zone of the schedule, e.g. Europe/Berlin.")
-    for sub in (run, serve):
-        sub.add_argument("zoo", help="Folder of model packages, or a collection index JSON (path or URL).")
-        sub.add_argument("targets", nargs="+", help="Target folders with images/ (labels/ optional).")
-        sub.add_argument("--estimator", default="cte-dropout")
-        sub.add_argument("--p", type=float, default=None, help="Dropout rate / perturbation strength.")
-        sub.add_argument("--store", default=None, help="Results database (default ~/.cache/bioimage-cte).")
-        sub.add_argument("--output-dir", default="zoo-ranking")
-        sub.add_argument("--annotate", action="store_true", help="Write the rankings back onto the packages.")
-        sub.add_argument("--no-reports", dest="reports", action="store_false", help="Skip the zoo reports.")
-        sub.add_argument("--retries", type=int, default=1)
-        sub.add_argument("--seed", type=int, default=0)
-        sub.add_argument("--tag", default=None)
-        sub.add_argument("--match-task", action="store_true", help="Per target, only models tagged with its task.")
-        sub.add_argument("--dask-address", default=None, help="'local' or tcp://scheduler:8786.")
-        sub.add_argument("--workers", type=int, default=None)
-        sub.add_argument("--trust-code", action="store_true", help="Run Python code shipped in model packages.")
-    return parser
+def serve_zoo_ranking(
+    zoo: str | Path,
+    targets: Sequence[str | Path],
+    options: RankOptions | None = None,
+    *,
+    cron: str,
+    timezone: str | None = None,
+    name: str = "weekly",
+    store_path: str | None = None,
+    output_dir: str = "zoo-ranking",
+    annotate: bool = False,
+    reports: bool = True,
+    retries: int = 1,
+    match_task: bool = False,
+) -> None:
+    """Serve the flow on a cron schedule from this process (needs a Prefect server: ``PREFECT_API_URL``).
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m flows.zoo_ranking run|serve ...``."""
-    args = _parser().parse_args(argv)
-    os.environ.setdefault("TQDM_DISABLE", "1")  # bioimageio.core draws a bar per tiled image
-    parameters = {
-        "zoo": args.zoo if args.zoo.startswith(("http://", "https://")) else str(Path(args.zoo).resolve()),
-        "targets": [str(Path(t).resolve()) for t in args.targets],
-        "estimator": args.estimator, "p": args.p, "output_dir": str(Path(args.output_dir).resolve()),
-        "store_path": None if args.store is None else str(Path(args.store).resolve()),
-        "annotate": args.annotate, "reports": args.reports, "retries": args.retries, "seed": args.seed,
-        "tag": args.tag, "match_task": args.match_task, "dask_address": args.dask_address, "workers": args.workers,
-        "trust_code": args.trust_code,
-    }
-    if args.command == "run":
-        start = time.perf_counter()
-        summary = run_zoo_ranking(parameters.pop("zoo"), parameters.pop("targets"), **parameters)
-        print(f"{summary.scored} scored, {summary.cached} from the store, {len(summary.failed)} failed "
-              f"in {time.perf_counter() - start:.0f} s")
-        for target, path in summary.rankings.items():
-            print(f"  {target}: {path}")
-        for f in summary.failed:
-            print(f"  failed: {f.model} on {f.target}: {f.reason}", file=sys.stderr)
-        return 0
+    Raises
+    ------
+    RuntimeError
+        ``PREFECT_API_URL`` is unset (a schedule needs a server that outlives this process).
+    """
+    from prefect.schedules import Cron
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
-        print("error: serving on a schedule needs a Prefect server: run 'prefect server start' and "
-              "'prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api', then serve again", file=sys.stderr)
-        return 1
-    schedule = {"cron": args.cron} if args.timezone is None else {}
-    if args.timezone is not None:
-        from prefect.schedules import Cron
-
-        schedule = {"schedule": Cron(args.cron, timezone=args.timezone)}
+        raise RuntimeError("serving on a schedule needs a Prefect server: run 'prefect server start' and 'prefect "
+                           "config set PREFECT_API_URL=http://127.0.0.1:4200/api', then serve again")
+    parameters = {"zoo": _absolute(zoo), "targets": [_absolute(t) for t in targets],
+                  "options": (options or RankOptions()).to_json_dict(),
+                  "store_path": None if store_path is None else _absolute(store_path),
+                  "output_dir": _absolute(output_dir), "annotate": annotate, "reports": reports, "retries": retries,
+                  "match_task": match_task}
     # limit=1: a slow run and the next scheduled one never score the same zoo at once
-    zoo_ranking_flow.serve(name=args.name, parameters=parameters, limit=1, tags=["bioimage-cte"], **schedule)
-    return 0
-
-
-if __name__ == "__main__":
-    if __package__ in (None, ""):  # run as a file (python flows/zoo_ranking.py): make 'flows' importable
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from flows.zoo_ranking import main as _main
-
-    sys.exit(_main())
+    zoo_ranking_flow.serve(name=name, parameters=parameters, limit=1, tags=["bioimage-cte"],
+                           schedule=Cron(cron, timezone=timezone) if timezone else Cron(cron))

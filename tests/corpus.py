@@ -1,7 +1,7 @@
 """A corpus of bad inputs, built by code: broken packages, unsafe zips, broken networks, bad images.
 
 :func:`build_corpus` writes one real bioimageio package of a tiny UNet with
-:func:`bioimage_cte.packaging.build_package`, then derives every bad package from it by rewriting
+:func:`bioimage_cte.demozoo.packaging.build_package`, then derives every bad package from it by rewriting
 zip entries (and the sha256 of each rewritten file in the rdf.yaml, so that only the intended
 defect is left). Nothing is downloaded. About 5 s on a laptop core.
 
@@ -26,8 +26,8 @@ import tifffile
 import torch
 import yaml
 
-from bioimage_cte.archs.unet import UNet2d
-from bioimage_cte.packaging import ARCHITECTURE_FILE, PackageInfo, build_package
+from bioimage_cte.demozoo.archs.unet import UNet2d
+from bioimage_cte.demozoo.packaging import ARCHITECTURE_FILE, PackageInfo, build_package
 
 FEATURES, DEPTH = 4, 1
 GOOD = ("good-file-arch", "good-library-arch")
@@ -178,7 +178,7 @@ def _library_arch(rdf: dict) -> None:
     arch = rdf["weights"]["pytorch_state_dict"]["architecture"]
     for key in ("source", "sha256"):
         arch.pop(key)
-    arch["import_from"] = "bioimage_cte.archs.unet"
+    arch["import_from"] = "bioimage_cte.demozoo.archs.unet"
 
 
 def _model_3d(rdf: dict) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from ruyaml import YAML
 
-from bioimage_cte import annotate
+from bioimage_cte import annotate, fileutils
 from bioimage_cte.annotate import (
     TransferabilityEntry,
     annotate_from_ranking,
@@ -220,7 +220,7 @@ def test_an_interrupted_rdf_write_leaves_the_original(folder_package, tmp_path, 
         f.write(data[: len(data) // 2])
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(annotate, "_write_all", write_half)
+    monkeypatch.setattr(fileutils, "write_all", write_half)
     with pytest.raises(WriteError, match=f"{folder_package}.*No space left"):
         annotate_package(folder_package, _entry("dsb2018"))
     assert rdf.read_bytes() == original

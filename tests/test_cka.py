@@ -6,10 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from bioimage_cte.cka import cka_matrix, default_layers, feature_maps, layerwise_cka, linear_cka, sample_positions
-from bioimage_cte.finetune import load_packaged_network, prepare_input, zoo_similarity
-from bioimage_cte.images import list_images
-from bioimage_cte.ranking import load_target
+from bioimage_cte.images import list_images, load_target
+from bioimage_cte.studies.cka import (
+    cka_matrix,
+    default_layers,
+    feature_maps,
+    layerwise_cka,
+    linear_cka,
+    sample_positions,
+)
+from bioimage_cte.studies.finetune import load_packaged_network, prepare_input, zoo_similarity
 
 torch.set_num_threads(1)
 
@@ -68,6 +74,7 @@ def crops(dsb_images) -> list[np.ndarray]:
     return [load_target(p)[:128, :128] for p in dsb_images[:2]]
 
 
+@pytest.mark.slow
 def test_layerwise_cka_of_a_network_with_itself_is_one(nuclei_network, crops):
     prepare = lambda im: prepare_input(nuclei_network, im)  # noqa: E731
     layers = default_layers(nuclei_network.net)
@@ -77,6 +84,7 @@ def test_layerwise_cka_of_a_network_with_itself_is_one(nuclei_network, crops):
     assert all(v == pytest.approx(1.0, abs=1e-9) for v in cka.values())
 
 
+@pytest.mark.slow
 def test_feature_maps_pools_to_a_common_grid(nuclei_network, crops):
     maps = feature_maps(nuclei_network.net, crops, ["bottleneck", "encoders.0"], grid=(4, 4), n_samples=None,
                         prepare=lambda im: prepare_input(nuclei_network, im))
@@ -85,6 +93,7 @@ def test_feature_maps_pools_to_a_common_grid(nuclei_network, crops):
         feature_maps(nuclei_network.net, crops, ["nope"])
 
 
+@pytest.mark.slow
 def test_zoo_similarity_has_unit_diagonal_and_separates_task_families(nuclei_network, crops, zoo_packages):
     em = load_packaged_network(next(p for p in zoo_packages if p.stem == "em-organelles"))
     dsb = list_images(str(crops and zoo_packages[0].parents[1] / "data" / "dsb2018" / "images"))

@@ -124,7 +124,8 @@ def test_library_architecture_needs_a_trusted_installed_library(corpus, tmp_path
         GreyBoxPredictor(descr, name="m")
     with pytest.raises(InvalidModelError, match="'mylab' is not installed"):
         GreyBoxPredictor(descr, name="m", code_policy=CodePolicy.with_libraries(["mylab"]))
-    assert CodePolicy().allows_module("bioimage_cte.archs.unet") and not CodePolicy().allows_module("bioimage_cte")
+    assert CodePolicy().allows_module("bioimage_cte.demozoo.archs.unet")
+    assert not CodePolicy().allows_module("bioimage_cte")
 
 
 def test_custom_processing_code_does_not_run_by_default(corpus, tmp_path):
@@ -147,8 +148,8 @@ def test_custom_processing_code_does_not_run_by_default(corpus, tmp_path):
 
 
 def test_demo_zoo_architecture_file_runs_as_the_installed_module(package):
-    """The demo packages ship a copy of bioimage_cte/archs/unet.py: it is imported from the installed library."""
-    from bioimage_cte.archs.unet import UNet2d
+    """The demo packages ship a copy of bioimage_cte/demozoo/archs/unet.py: the installed module is imported."""
+    from bioimage_cte.demozoo.archs.unet import UNet2d
     from bioimage_cte.predictors import GreyBoxPredictor, load_model
 
     descr = load_model(str(package))
@@ -196,7 +197,7 @@ def test_mixed_shapes_and_stacks_are_padded_per_image(corpus, tmp_path):
 
 
 def test_trust_settings_reach_the_store_key_only_when_set(corpus):
-    from bioimage_cte.store import ScoringOptions, _settings, read_target
+    from bioimage_cte.jobs import ScoringOptions, _settings, read_target
 
     target = read_target(corpus.good_images)
     default = _settings(ScoringOptions(), target)

@@ -87,7 +87,8 @@ def _zoo_rank(tmp_path: Path, zoo: Path, target: Path, store: Path, out: Path) -
 def _reference_ranking(zoo: Path, target: Path, store: Path) -> list[tuple[str, int, float]]:
     """The same ranking, uninterrupted, through the library the flow's tasks call."""
     from bioimage_cte.sources import find_models
-    from bioimage_cte.store import ResultStore, ScoringOptions, plan_jobs, rank_target, read_target, score_job
+    from bioimage_cte.results import ResultStore
+    from bioimage_cte.jobs import ScoringOptions, plan_jobs, rank_target, read_target, score_job
 
     options = ScoringOptions("cte-dropout", {"p": None, "strength": None})
     spec = read_target(target)
@@ -242,7 +243,7 @@ def _backups_are_originals(folder: Path, originals: dict[str, dict], *, first_on
 
 
 def _originals(packages: dict[str, Path]) -> dict[str, dict]:
-    from bioimage_cte.store import package_fingerprint
+    from bioimage_cte.results import package_fingerprint
 
     originals = {}
     for name, location in packages.items():
@@ -265,7 +266,7 @@ def _write_back(tmp_path: Path, ranking: Path, images: list[Path]) -> subprocess
 def test_sigkill_during_write_back_never_leaves_a_broken_package(tmp_path: Path):
     from bioimage_cte.annotate import annotate_from_ranking
     from bioimage_cte.sources import find_models
-    from bioimage_cte.store import package_fingerprint
+    from bioimage_cte.results import package_fingerprint
 
     images = sorted(DSB.glob("*.tif"))[:2]
     zoo = tmp_path / "zoo"
@@ -311,7 +312,8 @@ def test_sigkill_during_write_back_never_leaves_a_broken_package(tmp_path: Path)
 
 
 def test_only_dead_writers_temporary_files_are_removed(tmp_path: Path):
-    from bioimage_cte.annotate import TransferabilityEntry, annotate_package, is_temporary
+    from bioimage_cte.annotate import TransferabilityEntry, annotate_package
+    from bioimage_cte.fileutils import is_temporary
 
     package = Path(shutil.copy(ZOO / "weak-nuclei-tiny.zip", tmp_path / "weak-nuclei-tiny.zip"))
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,

@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from bioimage_cte.cli import app
 from bioimage_cte.errors import InvalidImageError, InvalidModelError
-from bioimage_cte.finetune import (
+from bioimage_cte.images import list_images, load_labels, load_target
+from bioimage_cte.studies.finetune import (
     FinetuneConfig,
     convergence_step,
     export_finetuned,
@@ -24,8 +23,6 @@ from bioimage_cte.finetune import (
     run_finetune_benchmark,
     summarize_runs,
 )
-from bioimage_cte.images import list_images, load_labels
-from bioimage_cte.ranking import load_target
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +59,7 @@ def test_convergence_step():
     assert convergence_step([(0, 0.0), (5, 0.5), (10, 1.0)]) == 10
 
 
+@pytest.mark.slow
 def test_preprocessing_and_forward_match_the_bioimageio_pipeline(mediocre, target):
     from bioimage_cte.predictors import BlackBoxPredictor, load_model
 
@@ -71,6 +69,7 @@ def test_preprocessing_and_forward_match_the_bioimageio_pipeline(mediocre, targe
     assert np.allclose(predict_foreground(mediocre, image), expected, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_finetuning_improves_dice_on_an_easy_target(mediocre, target):
     images, labels = target
     split = kshot_split(len(images), ks=[1], n_test=2, seed=0)
@@ -80,6 +79,7 @@ def test_finetuning_improves_dice_on_an_easy_target(mediocre, target):
     assert [s for s, _ in run.curve] == [0, 4, 8]
 
 
+@pytest.mark.slow
 def test_same_seed_reproduces_bit_identically_and_pretrained_network_is_untouched(mediocre, target):
     images, labels = target
     before = {k: v.clone() for k, v in mediocre.net.state_dict().items()}
@@ -93,6 +93,7 @@ def test_same_seed_reproduces_bit_identically_and_pretrained_network_is_untouche
     assert c.curve != a.curve
 
 
+@pytest.mark.slow
 def test_benchmark_of_two_models_with_scratch_reference_and_cka(zoo_packages, target):
     images, labels = target
     names = ["nuclei-large-sparse", "nuclei-small-bright"]
@@ -111,6 +112,7 @@ def test_benchmark_of_two_models_with_scratch_reference_and_cka(zoo_packages, ta
     json.dumps(bench.to_json_dict(), allow_nan=False)
 
 
+@pytest.mark.slow
 def test_export_writes_a_package_that_bioimageio_loads_and_predicts(mediocre, target, tmp_path):
     from bioimageio.core import test_model
 
@@ -135,7 +137,12 @@ def test_load_names_the_package_on_error(tmp_path):
         load_packaged_network(bad)
 
 
+@pytest.mark.slow
 def test_cli_finetune_benchmark_end_to_end(zoo_packages, tmp_path):
+    from typer.testing import CliRunner
+
+    from bioimage_cte.cli import app
+
     zoo = tmp_path / "zoo"
     zoo.mkdir()
     for name in ("nuclei-large-sparse", "nuclei-small-bright", "weak-nuclei-undertrained"):
@@ -156,9 +163,10 @@ def test_cli_finetune_benchmark_end_to_end(zoo_packages, tmp_path):
     assert bad.exit_code != 0
 
 
+@pytest.mark.slow
 def test_finetuning_runs_package_code_only_when_trusted(corpus):
     from bioimage_cte.errors import UntrustedCodeError
-    from bioimage_cte.finetune import load_packaged_network
+    from bioimage_cte.studies.finetune import load_packaged_network
     from bioimage_cte.trust import CodePolicy
 
     package = corpus.package("custom-code-arch")

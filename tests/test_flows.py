@@ -81,7 +81,7 @@ def target(tmp_path_factory) -> Path:
 
 
 def _run(zoo: Path, target: Path, store: Path, out: Path, **options):
-    from flows.zoo_ranking import run_zoo_ranking
+    from bioimage_cte_flows.zoo_ranking import run_zoo_ranking
 
     summary = run_zoo_ranking(zoo, [target], store_path=str(store), output_dir=str(out), **options)
     return summary, json.loads(Path(summary.rankings[TARGET]).read_text())
@@ -149,7 +149,7 @@ def test_broken_package_fails_alone(first_run, target, tmp_path):
     assert _order(ranking) == _order(first_run["ranking"])
     assert [f["name"] for f in ranking["failures"]] == ["broken"]
 
-    from bioimage_cte.store import ResultStore
+    from bioimage_cte.results import ResultStore
 
     failed = ResultStore(first_run["store"]).records(status="failed")
     assert [r.name for r in failed.values()] == ["broken"] and "broken.zip" in next(iter(failed.values())).error
@@ -166,10 +166,10 @@ def test_dask_local_cluster_gives_the_same_ranking(first_run, target, tmp_path):
 
 
 def test_bad_input_is_not_retried():
+    from bioimage_cte_flows.zoo_ranking import _worth_retrying
     from prefect.states import Failed
 
     from bioimage_cte.errors import InvalidModelError
-    from flows.zoo_ranking import _worth_retrying
 
     assert _worth_retrying(None, None, Failed(data=RuntimeError("out of memory"))) is True
     assert _worth_retrying(None, None, Failed(data=InvalidModelError("x.zip is not a valid zip"))) is False
@@ -177,9 +177,8 @@ def test_bad_input_is_not_retried():
 
 def test_bad_input_corpus_in_a_zoo_run(prefect_harness, corpus, tmp_path):
     """One flow run over the whole bad-input corpus: every bad package is recorded with its reason, the good rank."""
+    from bioimage_cte_flows.zoo_ranking import run_zoo_ranking
     from corpus import MODELS, SKIPPED_BY_GREYBOX
-
-    from flows.zoo_ranking import run_zoo_ranking
 
     summary = run_zoo_ranking(corpus.zoo, [corpus.good_images], store_path=str(tmp_path / "r.sqlite"),
                               output_dir=str(tmp_path / "out"), reports=False, retries=0)

@@ -10,7 +10,7 @@ import pytest
 import tifffile
 
 from bioimage_cte.errors import BioimageCteError, InvalidImageError
-from bioimage_cte.images import ImageItem, iter_images, list_images, load_labels, read_image, to_yx
+from bioimage_cte.images import check_images, list_images, load_labels, load_target, read_image, to_yx
 
 RNG = np.random.default_rng(0)
 
@@ -209,36 +209,38 @@ def test_constant_allowed_nan_refused(tmp_path: Path) -> None:
     data[2, 3] = np.nan
     path = _write(tmp_path / "nan.tif", data.astype(np.float32))
     with pytest.raises(InvalidImageError, match="NaN") as info:
-        list(iter_images(path))
+        load_target(path)
     assert str(path) in str(info.value)
     with pytest.raises(InvalidImageError, match="NaN"):
         to_yx(np.full((8, 8), np.inf))
 
 
-# --- iterating -------------------------------------------------------------------------------------
+# --- loading one target image -----------------------------------------------------------------------
 
 
-def test_iter_images(folder: Path) -> None:
-    items = list(iter_images(folder))
-    assert [i.path.name for i in items] == ["a.png", "b.npy", "c.tif", "d.TIFF"]
-    assert all(
-        isinstance(i, ImageItem) and i.data.dtype == np.float32 and i.data.shape == (32, 40) for i in items
-    )
-    np.testing.assert_array_equal(items[2].data, tifffile.imread(folder / "c.tif").astype(np.float32))
+def test_load_target(folder: Path) -> None:
+    paths = list_images(folder)
+    loaded = [load_target(p) for p in paths]
+    assert all(data.dtype == np.float32 and data.shape == (32, 40) for data in loaded)
+    np.testing.assert_array_equal(loaded[2], tifffile.imread(folder / "c.tif").astype(np.float32))
 
 
-def test_iter_images_checks_eagerly(tmp_path: Path) -> None:
-    with pytest.raises(InvalidImageError):
-        iter_images(tmp_path)  # no next(): the listing is checked on the call itself
-    _write(tmp_path / "a.npy", np.ones((4, 4)))
+def test_load_target_with_axes(tmp_path: Path) -> None:
+    path = _write(tmp_path / "s.tif", RNG.integers(0, 255, (3, 20, 30), dtype=np.uint8))
+    assert load_target(path, axes="zyx").shape == (3, 20, 30)
     with pytest.raises(InvalidImageError, match="axes"):
-        iter_images(tmp_path, axes="qyx")
+        load_target(path, axes="qyx")
 
 
-def test_iter_images_with_axes(tmp_path: Path) -> None:
-    _write(tmp_path / "s.tif", RNG.integers(0, 255, (3, 20, 30), dtype=np.uint8))
-    [item] = iter_images(tmp_path, axes="zyx")
-    assert item.data.shape == (3, 20, 30)
+def test_check_images_warns_about_constant_images_only(tmp_path: Path) -> None:
+    flat = _write(tmp_path / "flat.npy", np.full((8, 8), 3, dtype=np.uint8))
+    busy = _write(tmp_path / "busy.npy", RNG.random((8, 8)))
+    [warning] = check_images([flat, busy])
+    assert str(flat) in warning and "constant" in warning
+    broken = tmp_path / "broken.npy"
+    broken.write_bytes(b"garbage")
+    with pytest.raises(InvalidImageError, match="broken.npy"):
+        check_images([busy, broken])
 
 
 # --- labels ----------------------------------------------------------------------------------------

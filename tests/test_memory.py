@@ -10,11 +10,15 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import pytest
 import torch
 
 from bioimage_cte.estimators import CTEDropout
-from bioimage_cte.ranking import rank_models
+from bioimage_cte.options import RankOptions
+from bioimage_cte.scoring import rank_models
 from bioimage_cte.sources import find_models
+
+pytestmark = pytest.mark.slow
 
 MODELS = ("weak-nuclei-tiny", "nuclei-small-bright", "em-vesicles")
 
@@ -38,7 +42,7 @@ def test_rank_models_holds_one_model_at_a_time_without_the_garbage_collector(zoo
     baseline = len(_networks())
     gc.disable()  # what is not freed by reference counting stays visible: no lucky collection hides a leak
     try:
-        results, failures = rank_models(sources, dsb_images[:2], [CTEDropout()],
+        results, failures = rank_models(sources, dsb_images[:2], [CTEDropout()], RankOptions(),
                                         on_model=lambda s: seen.append((s.name, len(_networks()), _open_zips())),
                                         on_image=lambda: during.append(len(_networks())))
     finally:
@@ -62,6 +66,7 @@ def test_images_are_read_one_at_a_time(tmp_path: Path, package: Path, dsb_images
             shutil.copy(dsb_images[1], second)
             created.append(True)
 
-    results, failures = rank_models(find_models([package]), [first, second], [CTEDropout()], on_image=on_image)
+    results, failures = rank_models(find_models([package]), [first, second], [CTEDropout()], RankOptions(),
+                                    on_image=on_image)
     assert failures == [], failures
     assert created == [True] and len(results[0].per_image["cte-dropout"]) == 2

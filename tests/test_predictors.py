@@ -7,6 +7,7 @@ import pytest
 import tifffile
 import torch
 
+from bioimage_cte.demozoo.training import normalize
 from bioimage_cte.errors import InvalidImageError, InvalidModelError
 from bioimage_cte.perturbations import FeatureDropout
 from bioimage_cte.predictors import (
@@ -15,7 +16,6 @@ from bioimage_cte.predictors import (
     find_bottleneck,
     load_model,
 )
-from bioimage_cte.training import normalize
 
 
 @pytest.fixture(scope="module")

@@ -20,19 +20,8 @@ import pytest
 
 from bioimage_cte.errors import BioimageCteError, InvalidImageError
 from bioimage_cte.sources import find_models
-from bioimage_cte.store import (
-    InvalidStoreError,
-    ResultStore,
-    ScoreRecord,
-    ScoringOptions,
-    collect_results,
-    package_fingerprint,
-    plan_jobs,
-    rank_target,
-    read_target,
-    result_key,
-    score_job,
-)
+from bioimage_cte.results import InvalidStoreError, ResultStore, ScoreRecord, package_fingerprint, result_key
+from bioimage_cte.jobs import ScoringOptions, collect_results, plan_jobs, rank_target, read_target, score_job
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +66,7 @@ def test_put_get_round_trip_keeps_nan_and_lists(store: ResultStore):
 
 
 def test_records_of_older_and_newer_versions_decode():
-    from bioimage_cte.store import _decode, _encode
+    from bioimage_cte.results import _decode, _encode
 
     payload = json.loads(_encode(_record()))
     older = {k: v for k, v in payload.items() if k != "foreground"}  # written before foreground was stored
@@ -133,7 +122,7 @@ def test_concurrent_puts_from_two_threads(tmp_path: Path):
 
 _WRITER = """
 import sys
-from bioimage_cte.store import ResultStore, ScoreRecord
+from bioimage_cte.results import ResultStore, ScoreRecord
 store = ResultStore(sys.argv[1])
 for i in range(100000):
     record = ScoreRecord(f"model-{i}", "d", "cte-dropout", {"p": 0.2}, "0.1.0", "ok", per_image={"x": [0.5] * 50})

@@ -8,18 +8,19 @@ from pathlib import Path
 import pytest
 
 from bioimage_cte.errors import InvalidImageError
-from bioimage_cte.transfer import (
+from bioimage_cte.images import target_task
+from bioimage_cte.studies.transfer import (
     compute_transfer_matrix,
     find_targets,
     read_transfer_matrix,
     summarize,
-    target_task,
     write_transfer_matrix,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_transfer_matrix_on_a_small_zoo(tmp_path, package, instance_package):
     data = tmp_path / "data"
     for sub in ("images", "labels"):

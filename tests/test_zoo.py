@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bioimage_cte.synthetic import DOMAINS, TARGET_DOMAINS
+from bioimage_cte.demozoo.synthetic import DOMAINS, TARGET_DOMAINS
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "resources" / "zoo"

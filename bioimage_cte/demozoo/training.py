@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 from skimage.segmentation import find_boundaries
 
-from bioimage_cte.synthetic import Domain, render_many
+from bioimage_cte.demozoo.synthetic import Domain, render_many
 
 Preprocessing = Literal["zero_mean_unit_variance", "scale_range"]
 Outputs = Literal["foreground", "foreground+boundary"]
@@ -139,7 +139,7 @@ def train_unet(
     config: TrainingConfig = TrainingConfig(),
     label_filter: Callable[[np.ndarray], np.ndarray] | None = None,
 ):
-    """Train a :class:`~bioimage_cte.archs.unet.UNet2d` on images rendered from ``domain``.
+    """Train a :class:`~bioimage_cte.demozoo.archs.unet.UNet2d` on images rendered from ``domain``.
 
     Parameters
     ----------
@@ -161,7 +161,7 @@ def train_unet(
     """
     import torch
 
-    from bioimage_cte.archs.unet import UNet2d
+    from bioimage_cte.demozoo.archs.unet import UNet2d
 
     rng = np.random.default_rng(config.seed)
     images, labels = render_many(domain, config.pool_size, config.pool_shape, rng=rng)
@@ -193,7 +193,7 @@ def fit(
 ):
     """Train ``net`` in place on random patches of normalised images: Adam, cosine schedule, Dice + BCE loss.
 
-    This is the loop the demo zoo was trained with; fine-tuning (:mod:`bioimage_cte.finetune`) runs the same
+    This is the loop the demo zoo was trained with; fine-tuning (:mod:`bioimage_cte.studies.finetune`) runs the same
     loop from a pre-trained network.
 
     Parameters

@@ -11,11 +11,7 @@ process killed in the middle of a run (even with SIGKILL) leaves every row it ha
 intact. Several threads or processes on one machine may read and write the same file at once;
 do not put it on a network file system (SQLite's WAL needs shared memory between the writers).
 
-The rest of the module is the plumbing a zoo-wide run needs around the store, as plain
-functions: :func:`read_target` and :func:`plan_jobs` turn folders into small, picklable
-:class:`ScoreJob` values (paths, never arrays), :func:`score_job` scores one job unless the store
-already has it, and :func:`collect_results` rebuilds :class:`~bioimage_cte.ranking.ModelResult`
-values from the store for :func:`~bioimage_cte.ranking.build_ranking`.
+Planning and running a zoo-wide run over this database is :mod:`bioimage_cte.jobs`.
 """
 
 from __future__ import annotations
@@ -26,36 +22,26 @@ import hashlib
 import json
 import sqlite3
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from bioimage_cte import __version__
-from bioimage_cte.errors import BioimageCteError, InvalidImageError
-from bioimage_cte.sources import RDF_NAMES, ModelSource
+from bioimage_cte.errors import BioimageCteError
+from bioimage_cte.sources import RDF_NAMES
 
 if TYPE_CHECKING:
-    from bioimage_cte.ranking import ModelFailure, ModelResult
+    pass
 
 __all__ = [
     "SCHEMA_VERSION",
     "InvalidStoreError",
-    "JobOutcome",
     "ResultStore",
-    "ScoreJob",
     "ScoreRecord",
-    "ScoringOptions",
-    "TargetSpec",
-    "collect_results",
     "default_store_path",
-    "failed_record",
     "package_fingerprint",
-    "plan_jobs",
-    "rank_target",
-    "read_target",
     "result_key",
-    "score_job",
 ]
 
 #: Version of the table layout; a file written by a newer layout is refused, not misread.
@@ -156,13 +142,15 @@ class ScoreRecord:
     true : dict
         True metric (dice, f1, map) -> one value per image; empty without labels.
     failures : dict
-        Estimator name -> why it could not run for this model (e.g. no grey-box weights).
+        Estimator name -> (stage, reason): why it could not run for this model (e.g. no grey-box weights).
     layer : str or None
         The layer a grey-box estimator perturbed.
     foreground : list of float
         Fraction of the pixels the clean prediction marks as foreground, per image.
     error : str or None
         One-line reason when ``status == "failed"``.
+    stage : str or None
+        Where a failed model dropped out (:class:`bioimage_cte.scoring.Stage`), when ``status == "failed"``.
     seconds : float
         Scoring time.
     created : str
@@ -187,6 +175,7 @@ class ScoreRecord:
     seconds: float = 0.0
     created: str = ""
     foreground: list[float] = field(default_factory=list)
+    stage: str | None = None
 
     @property
     def key(self) -> str:
@@ -194,7 +183,8 @@ class ScoreRecord:
         return result_key(self.model, self.dataset, self.estimator, self.settings, version=self.version)
 
 
-def _now() -> str:
+def now() -> str:
+    """The current time, ISO 8601 in UTC, as records carry it."""
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
 
 
@@ -290,7 +280,7 @@ class ResultStore:
             raise ValueError(f"key {key[:12]}... does not match the record's own key {record.key[:12]}...; "
                              "pass record.key")
         row = (key, record.model, record.dataset, record.estimator, _canonical(record.settings), record.version,
-               record.status, record.created or _now(), _encode(record))
+               record.status, record.created or now(), _encode(record))
         with self._connect() as conn, self._transaction(conn):
             conn.execute("INSERT OR REPLACE INTO results (key, model, dataset, estimator, settings, version, status, "
                          "created, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
@@ -329,6 +319,8 @@ def _encode(record: ScoreRecord) -> str:
 def _decode(text: str) -> ScoreRecord:
     data = json.loads(text)
     data["images"] = tuple(data.get("images", ()))
+    # (stage, reason) pairs come back from JSON as lists
+    data["failures"] = {k: tuple(v) for k, v in data.get("failures", {}).items()}
     known = {f.name for f in fields(ScoreRecord)}  # a field added by a later version is left out, not an error
     return ScoreRecord(**{k: v for k, v in data.items() if k in known})
 
@@ -395,7 +387,7 @@ def package_fingerprint(location: str) -> str:
             from bioimage_cte.sources import file_sha256
 
             return str(file_sha256(path))
-    from bioimage_cte.annotate import is_temporary
+    from bioimage_cte.fileutils import is_temporary
 
     folder = path if path.is_dir() else path.parent
     for file in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -406,318 +398,3 @@ def package_fingerprint(location: str) -> str:
             continue
         _add_file(digest, relative, file.read_bytes())
     return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class TargetSpec:
-    """One target dataset as a run needs it: paths and fingerprints, no pixels.
-
-    Attributes
-    ----------
-    name : str
-        The target's folder name.
-    folder : str
-        The target folder.
-    images : tuple of str
-        The image files, sorted.
-    labels : str or None
-        The ``labels/`` folder when there is one (true metrics are then recorded too).
-    fingerprint : str
-        :func:`bioimage_cte.annotate.dataset_fingerprint` of the images.
-    labels_fingerprint : str or None
-        sha256 over the label files' names and bytes.
-    task : str or None
-        ``task`` from the target's ``target.yaml``.
-    """
-
-    name: str
-    folder: str
-    images: tuple[str, ...]
-    labels: str | None
-    fingerprint: str
-    labels_fingerprint: str | None
-    task: str | None
-
-
-def read_target(folder: str | Path) -> TargetSpec:
-    """Describe a target folder: its ``images/`` (or the folder's own images), optional ``labels/`` and task.
-
-    Raises
-    ------
-    InvalidImageError
-        The folder does not exist, holds no images, or has labels for some images only.
-    """
-    from bioimage_cte.annotate import dataset_fingerprint
-    from bioimage_cte.images import list_images
-    from bioimage_cte.transfer import target_task
-
-    folder = Path(folder).expanduser().resolve()
-    if not folder.is_dir():
-        raise InvalidImageError(f"target {folder} is not a folder; pass folders laid out as <target>/images/*.tif "
-                                "(labels/ optional)")
-    images = list_images(folder / "images" if (folder / "images").is_dir() else folder)
-    labels_dir = folder / "labels"
-    labels: list[Path] = []
-    if labels_dir.is_dir():
-        with contextlib.suppress(InvalidImageError):  # an empty labels/ folder is no labels
-            labels = list_images(labels_dir)
-    missing = sorted({p.stem for p in images} - {p.stem for p in labels}) if labels else []
-    if missing:  # checked here, once, rather than failing every model on the same image
-        raise InvalidImageError(f"target {folder}: no label in {labels_dir} for image {missing[0]} (and "
-                                f"{len(missing) - 1} more); add the labels or remove the labels/ folder")
-    return TargetSpec(
-        name=folder.name,
-        folder=str(folder),
-        images=tuple(str(p) for p in images),
-        labels=str(labels_dir) if labels else None,
-        fingerprint=dataset_fingerprint(images),
-        labels_fingerprint=dataset_fingerprint(labels) if labels else None,
-        task=target_task(folder),
-    )
-
-
-# --- jobs --------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ScoringOptions:
-    """How to score: the estimator and every run option that is not a model or a target.
-
-    ``estimator_options`` go to :func:`bioimage_cte.estimators.make_estimator` (``None`` values
-    mean the estimator's default). ``device`` and ``torch_threads`` do not change the scores
-    beyond float rounding, so they are not part of the store key. ``trust_code`` and
-    ``trusted_libraries`` (see :mod:`bioimage_cte.trust`) decide which package code may run, so
-    they are part of the key when set: a model skipped without them is scored with them.
-    """
-
-    estimator: str = "cte-dropout"
-    estimator_options: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    axes: str | None = None
-    layer: str | None = None
-    weight_format: str | None = None
-    device: str = "cpu"
-    trust_code: bool = False
-    trusted_libraries: tuple[str, ...] = ()
-
-    def make_estimator(self):
-        from bioimage_cte.estimators import make_estimator
-
-        return make_estimator(self.estimator, **self.estimator_options)
-
-    def code_policy(self):
-        """The :class:`bioimage_cte.trust.CodePolicy` of these options."""
-        from bioimage_cte.trust import CodePolicy
-
-        return CodePolicy.with_libraries(self.trusted_libraries, trust_code=self.trust_code)
-
-
-@dataclass(frozen=True)
-class ScoreJob:
-    """One model on one target: everything a worker needs, as paths and small values (picklable)."""
-
-    key: str
-    source: ModelSource
-    model: str
-    sha256: str | None
-    target: TargetSpec
-    options: ScoringOptions
-    settings: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class JobOutcome:
-    """What :func:`score_job` did: ``scored`` is False when the store already had the result."""
-
-    key: str
-    status: Literal["ok", "failed"]
-    scored: bool
-    error: str | None = None
-
-
-def _settings(options: ScoringOptions, target: TargetSpec) -> dict[str, Any]:
-    estimator = options.make_estimator()
-    if estimator.cross_model:
-        raise BioimageCteError(f"estimator {options.estimator!r} compares every model's masks at once and cannot be "
-                               "stored per model; use 'bioimage-cte evaluate' for it, or another estimator")
-    if estimator.needs_labels and target.labels is None:
-        raise InvalidImageError(f"estimator {options.estimator!r} needs labels but target {target.folder} has no "
-                                "labels/ folder; add labels or choose a label-free estimator")
-    # the trust settings enter the key only when set, so the default keys stay those of earlier versions
-    trust = {"trust_code": True} if options.trust_code else {}
-    if options.trusted_libraries:
-        trust["trusted_libraries"] = sorted(options.trusted_libraries)
-    return {**estimator.settings(), "seed": options.seed, "axes": options.axes, "layer": options.layer,
-            "weight_format": options.weight_format, "labels": target.labels_fingerprint, **trust}
-
-
-def plan_jobs(
-    sources: Sequence[ModelSource],
-    targets: Sequence[TargetSpec],
-    options: ScoringOptions,
-    *,
-    match_task: bool = False,
-) -> list[ScoreJob]:
-    """One job per model and target (targets outer, models in the given order), each with its store key.
-
-    Every package is fingerprinted once (it is read in full; no model is loaded).
-
-    Parameters
-    ----------
-    sources : sequence of ModelSource
-        The models, e.g. from :func:`bioimage_cte.sources.find_models`.
-    targets : sequence of TargetSpec
-        From :func:`read_target`.
-    options : ScoringOptions
-        Estimator and run options.
-    match_task : bool
-        Score on a target only the models whose RDF tags contain the target's ``task``
-        (targets without a task get every model). Models without tags, or whose RDF cannot be
-        read, are kept: a broken package is then reported as failed instead of silently left out.
-
-    Raises
-    ------
-    BioimageCteError
-        The estimator cannot be stored per model (``consensus``) or needs labels a target lacks.
-    """
-    from bioimage_cte.sources import file_sha256, read_tags
-
-    names = [t.name for t in targets]
-    if len(set(names)) != len(names):
-        raise BioimageCteError(f"two targets share a folder name ({', '.join(names)}); rankings are written per "
-                               "target name, so rename one folder")
-    identity = {s.location: (package_fingerprint(s.location), file_sha256(s.location)) for s in sources}
-    tags = {s.location: read_tags(s) for s in sources} if match_task else {}
-    jobs: list[ScoreJob] = []
-    for target in targets:
-        settings = _settings(options, target)
-        task = (target.task or "").lower()
-        chosen = [s for s in sources if not (match_task and task and tags[s.location]) or task in tags[s.location]]
-        for source in chosen:
-            model, sha256 = identity[source.location]
-            key = result_key(model, target.fingerprint, options.estimator, settings)
-            jobs.append(ScoreJob(key, source, model, sha256, target, options, settings))
-    return jobs
-
-
-def _reason(e: BaseException) -> str:
-    text = str(e) if isinstance(e, BioimageCteError) else f"{type(e).__name__}: {e}"
-    return " ".join(text.split()) or type(e).__name__
-
-
-def failed_record(job: ScoreJob, error: BaseException | str) -> ScoreRecord:
-    """The record of a job that could not be scored, with the error as one line."""
-    if isinstance(error, BaseException):
-        error = _reason(error)
-    return ScoreRecord(job.model, job.target.fingerprint, job.options.estimator, job.settings, __version__, "failed",
-                       name=job.source.name, source=job.source.source, sha256=job.sha256,
-                       images=tuple(Path(p).name for p in job.target.images), error=error, created=_now())
-
-
-def score_job(job: ScoreJob, store: ResultStore, *, refresh: bool = False) -> JobOutcome:
-    """Score one model on one target, unless the store already has it; write the result to the store.
-
-    Idempotent: running a job twice scores it once. A model that cannot be scored is stored
-    as ``"failed"`` with its reason, and the error is raised again so that the caller may retry
-    it; a failed record is never a cache hit (a failure may be transient).
-
-    Parameters
-    ----------
-    job : ScoreJob
-        From :func:`plan_jobs`.
-    store : ResultStore
-        Where results are looked up and written.
-    refresh : bool
-        Score even if the store has the result.
-
-    Returns
-    -------
-    JobOutcome
-        ``scored=False`` for a cache hit.
-    """
-    if not refresh:
-        cached = store.get(job.key)
-        if cached is not None and cached.status == "ok":
-            return JobOutcome(job.key, "ok", scored=False)
-    from bioimage_cte.images import load_labels
-    from bioimage_cte.ranking import score_model
-
-    options = job.options
-    paths = [Path(p) for p in job.target.images]
-    try:
-        labels = load_labels(paths, job.target.labels, axes=options.axes) if job.target.labels else None
-        result = score_model(job.source, paths, [options.make_estimator()], labels=labels, axes=options.axes,
-                             devices=(options.device,), weight_format=options.weight_format, layer=options.layer,
-                             seed=options.seed, code_policy=options.code_policy())
-    except Exception as e:  # stored as failed, then raised again for the caller's retries
-        store.put(job.key, failed_record(job, e))
-        raise
-    record = ScoreRecord(job.model, job.target.fingerprint, options.estimator, job.settings, __version__, "ok",
-                         name=job.source.name, source=job.source.source, sha256=result.sha256,
-                         images=tuple(p.name for p in paths), per_image=result.per_image, true=result.true,
-                         failures=result.failures, layer=result.layer, seconds=result.seconds, created=_now(),
-                         foreground=result.foreground)
-    store.put(job.key, record)
-    return JobOutcome(job.key, "ok", scored=True)
-
-
-def collect_results(jobs: Sequence[ScoreJob], store: ResultStore) -> tuple[list[ModelResult], list[ModelFailure]]:
-    """Rebuild the results of one target's jobs from the store, for :func:`bioimage_cte.ranking.build_ranking`.
-
-    Returns
-    -------
-    results : list of ModelResult
-        One per job stored as ``"ok"``, in job order, carrying the package's current sha256.
-    failures : list of ModelFailure
-        One per job stored as ``"failed"`` (with its reason) or missing from the store.
-    """
-    from bioimage_cte.ranking import ModelFailure, ModelResult
-
-    results: list[ModelResult] = []
-    failures: list[ModelFailure] = []
-    for job in jobs:
-        record = store.get(job.key)
-        if record is None:
-            failures.append(ModelFailure(job.source.name, job.source.source, "predict",
-                                         "not scored: the run stopped before this model finished; run it again"))
-        elif record.status == "failed":
-            failures.append(ModelFailure(job.source.name, job.source.source, "predict", record.error or "failed"))
-        else:
-            # the current sha256, not the stored one: a package annotated since has the same scores and a new file
-            results.append(ModelResult(job.source, record.per_image, record.true, None, record.failures, record.layer,
-                                       record.seconds, job.sha256, record.foreground))
-    return results, failures
-
-
-def rank_target(
-    target: TargetSpec,
-    jobs: Sequence[ScoreJob],
-    store: ResultStore,
-    options: ScoringOptions,
-    *,
-    tag: str | None = None,
-) -> dict[str, Any]:
-    """Rank the models of ``jobs`` scored on ``target`` from the store, as a ranking JSON.
-
-    Returns
-    -------
-    dict
-        :meth:`bioimage_cte.ranking.Ranking.to_json_dict` with the run's settings added (as
-        ``bioimage-cte rank --output`` writes them, so :func:`bioimage_cte.annotate.annotate_from_ranking`
-        reads it) and a ``target`` section (name, folder, task, fingerprint). Models without a
-        result are listed under ``failures``.
-    """
-    from bioimage_cte.ranking import build_ranking
-
-    mine = [j for j in jobs if j.target.name == target.name]
-    results, failures = collect_results(mine, store)
-    ranking = build_ranking(results, options.make_estimator(), failures=failures, seed=options.seed)
-    payload = ranking.to_json_dict()
-    images = Path(target.images[0]).parent if target.images else Path(target.folder)
-    payload["settings"].update({"images": str(images), "n_images": len(target.images), "tag": tag,
-                                "seed": options.seed, "device": options.device, "layer": options.layer,
-                                "weight_format": options.weight_format, "axes": options.axes,
-                                "trust_code": options.trust_code, "trusted_libraries": list(options.trusted_libraries)})
-    payload["target"] = {"name": target.name, "folder": target.folder, "task": target.task,
-                         "fingerprint": target.fingerprint, "labels_fingerprint": target.labels_fingerprint}
-    return payload

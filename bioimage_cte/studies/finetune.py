@@ -3,14 +3,14 @@
 Does the zero-shot ranking predict which model is best to *fine-tune*? For every model with
 ``pytorch_state_dict`` weights the package's torch network is loaded (weights with
 ``torch.load(..., weights_only=True)``, through bioimageio.core), fine-tuned on k labelled target images with
-the loop the demo zoo was trained with (:func:`bioimage_cte.training.fit`: Adam, cosine schedule, Dice + BCE,
+the loop the demo zoo was trained with (:func:`bioimage_cte.demozoo.training.fit`: Adam, cosine schedule, Dice + BCE,
 random patches with flips and rotations), and evaluated on a fixed held-out test split every ``eval_every``
 steps. The same architecture trained from a seeded random initialisation with the same budget is the
 reference. Every model sees the same patches in the same order (the patch RNG depends on the seed and k
 only), so differences between models come from their initial weights.
 
 The package's own preprocessing (``zero_mean_unit_variance`` or ``scale_range``, from its rdf.yaml) is
-applied with :func:`bioimage_cte.training.normalize`, which reproduces bioimageio.core's exactly.
+applied with :func:`bioimage_cte.demozoo.training.normalize`, which reproduces bioimageio.core's exactly.
 
 This module imports torch and bioimageio.core when its functions run; import it lazily from the CLI.
 """
@@ -26,9 +26,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from bioimage_cte.demozoo.training import EPS, Outputs, Preprocessing, fit, normalize, targets_from_labels
 from bioimage_cte.errors import BioimageCteError, InvalidImageError, InvalidModelError
 from bioimage_cte.evaluation import foreground_dice
-from bioimage_cte.training import EPS, Outputs, Preprocessing, fit, normalize, targets_from_labels
 from bioimage_cte.trust import CodePolicy, greybox_descr
 
 __all__ = ["FinetuneConfig", "FinetuneRun", "KShotSplit", "PackagedNetwork", "convergence_step", "export_finetuned",
@@ -402,9 +402,9 @@ def export_finetuned(
     """Write a fine-tuned network as a bioimageio package (spec 0.5) with the original's preprocessing.
 
     Only networks of the demo zoo's ``UNet2d`` architecture (``features``, ``depth`` kwargs) can be exported,
-    since :func:`bioimage_cte.packaging.build_package` ships that architecture file.
+    since :func:`bioimage_cte.demozoo.packaging.build_package` ships that architecture file.
     """
-    from bioimage_cte.packaging import PackageInfo, build_package
+    from bioimage_cte.demozoo.packaging import PackageInfo, build_package
 
     kwargs = model.architecture["kwargs"]
     if model.architecture["callable"] != "UNet2d" or not {"features", "depth"} <= set(kwargs):
@@ -541,8 +541,8 @@ def zoo_similarity(models: Sequence[PackagedNetwork], images: Sequence[np.ndarra
     Every bottleneck map is average-pooled to ``grid`` per image so models of different depth compare the same
     image regions. Returns ``{"models": [...], "layers": [...], "cka": [[...]]}``.
     """
-    from bioimage_cte.cka import cka_matrix, feature_maps
     from bioimage_cte.predictors import find_bottleneck
+    from bioimage_cte.studies.cka import cka_matrix, feature_maps
 
     feats, layers = [], []
     for m in models:
@@ -614,7 +614,7 @@ def run_finetune_benchmark(
             run, net = finetune(net0, images, labels, train, split.test, config=config, k=k, init=init)
             runs.append(run)
             if init == "pretrained":
-                from bioimage_cte.cka import layerwise_cka
+                from bioimage_cte.studies.cka import layerwise_cka
 
                 layer_cka.setdefault(model.name, {})[k] = layerwise_cka(
                     model.net, net, test_images, n_samples=cka_samples, rng=config.seed,

@@ -136,7 +136,7 @@ def _target_section(target: str, payload: Mapping[str, Any]) -> list[str]:
 def write_finetune_report(benchmarks: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
     """Write the fine-tuning benchmark of one or more targets (target name to benchmark JSON) as one HTML page.
 
-    Each value is :meth:`bioimage_cte.finetune.FinetuneBenchmark.to_json_dict` output. Returns ``path``.
+    Each value is :meth:`bioimage_cte.studies.finetune.FinetuneBenchmark.to_json_dict` output. Returns ``path``.
     """
     body = ["<h1>bioimage-cte k-shot fine-tuning benchmark</h1>",
             f"<p class='note'>Generated {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')} by "

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from bioimage_cte.training import PERCENTILES, Outputs, Preprocessing, normalize
+from bioimage_cte.demozoo.training import PERCENTILES, Outputs, Preprocessing, normalize
 
 ARCHITECTURE_FILE = Path(__file__).parent / "archs" / "unet.py"
 

@@ -17,8 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from bioimage_cte.errors import InvalidImageError
+from bioimage_cte.evaluation import true_performance
 from bioimage_cte.images import list_images, load_labels
-from bioimage_cte.ranking import METRICS, ModelFailure, rank_models, true_performance
+from bioimage_cte.metrics import METRICS
+from bioimage_cte.options import RankOptions
+from bioimage_cte.scoring import ModelFailure, rank_models
 from bioimage_cte.sources import find_models
 
 
@@ -40,32 +43,22 @@ def find_targets(data: Path) -> dict[str, Path]:
     return targets
 
 
-def target_task(folder: Path) -> str | None:
-    """The task a target's images are for (``task`` in its ``target.yaml``), or None."""
-    import yaml
-
-    path = Path(folder) / "target.yaml"
-    if not path.is_file():
-        return None
-    meta = yaml.safe_load(path.read_text()) or {}
-    return str(meta["task"]) if isinstance(meta, dict) and "task" in meta else None
-
-
 def compute_transfer_matrix(
     zoo: Path | Sequence[str],
     data: Path,
     *,
-    devices: Sequence[str] = ("cpu",),
+    options: RankOptions | None = None,
     on_image: Callable[[], None] | None = None,
 ) -> tuple[list[TransferRow], list[ModelFailure]]:
-    """Evaluate every model in ``zoo`` on every labelled target in ``data``."""
+    """Evaluate every model in ``zoo`` on every labelled target in ``data`` (``options``: device, trust, axes)."""
+    options = options or RankOptions()
     sources = find_models([zoo] if isinstance(zoo, Path) else zoo)
     rows: list[TransferRow] = []
     failures: list[ModelFailure] = []
     for target, folder in find_targets(data).items():
         paths = list_images(folder / "images")
         labels = load_labels(paths, folder / "labels")
-        results, failed = rank_models(sources, paths, [], labels=labels, devices=devices, on_image=on_image)
+        results, failed = rank_models(sources, paths, [], options, labels=labels, on_image=on_image)
         failures.extend(failed)
         for model, metrics in true_performance(results).items():
             rows.extend(TransferRow(model, target, m, metrics[m]) for m in METRICS if m in metrics)
@@ -74,7 +67,7 @@ def compute_transfer_matrix(
 
 def write_transfer_matrix(rows: Sequence[TransferRow], path: Path) -> None:
     """Write rows as CSV (model, target, metric, value), atomically."""
-    from bioimage_cte.annotate import write_atomic
+    from bioimage_cte.fileutils import write_atomic
 
     text = io.StringIO(newline="")
     writer = csv.writer(text)
@@ -98,8 +91,3 @@ def summarize(rows: Sequence[TransferRow], *, metric: str = "dice") -> dict[str,
         out[target] = {"best": cells[-1][0], "best_model": cells[-1][1], "median": float(np.median(values)),
                        "worst": cells[0][0], "worst_model": cells[0][1]}
     return out
-
-
-def true_scores(rows: Sequence[TransferRow], target: str, *, metric: str = "dice") -> dict[str, float]:
-    """Model -> true score on one target."""
-    return {r.model: r.value for r in rows if r.target == target and r.metric == metric}

@@ -1,0 +1,160 @@
+"""The run options: one frozen object for everything that is not a model or an image.
+
+The command line, the library entry point (:mod:`bioimage_cte.pipeline`), the zoo jobs (:mod:`bioimage_cte.jobs`),
+the Prefect flow and the benchmarks all build one :class:`RankOptions` and pass it on; nothing passes options as
+``**kwargs``. Construction is keyword-only and an unknown name is an error, so a typo never silently becomes the
+default.
+
+Examples
+--------
+>>> RankOptions(estimator="cte-input", strength=0.05).strength
+0.05
+>>> RankOptions(p=0.2)
+Traceback (most recent call last):
+...
+TypeError: RankOptions.__init__() got an unexpected keyword argument 'p'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from bioimage_cte.perturbations import INPUT_KINDS, InputKind
+
+if TYPE_CHECKING:
+    from bioimage_cte.estimators import Estimator
+    from bioimage_cte.trust import CodePolicy
+
+__all__ = ["CONSISTENCIES", "INPUT_KINDS", "TASKS", "RankOptions"]
+
+Task = Literal["semantic", "instance"]
+Consistency = Literal["hard", "soft", "instance"]
+TASKS: tuple[Task, ...] = ("semantic", "instance")
+CONSISTENCIES: tuple[Consistency, ...] = ("hard", "soft", "instance")
+
+@dataclass(frozen=True, kw_only=True)
+class RankOptions:
+    """How to rank: the estimator and every run option that is not a model or an image.
+
+    Parameters
+    ----------
+    estimator : str
+        Estimator name from :data:`bioimage_cte.estimators.ESTIMATORS` (default ``"cte-dropout"``).
+    task : {"semantic", "instance"}
+        What the models segment; chooses the default consistency.
+    consistency : {"soft", "hard", "instance"}, optional
+        Consistency score of the CTE estimators; default ``"soft"`` (``"instance"`` for the instance task).
+    perturbation : {"gaussian", "brightness", "contrast", "gamma"}
+        Input perturbation of ``cte-input``.
+    strength : float, optional
+        Perturbation strength: the dropout rate for the dropout estimators (default 0.2), the fraction of the
+        image's range for ``cte-input`` (default 0.1).
+    repeats : int
+        Perturbed passes per image; their consistencies are averaged.
+    seed : int
+        The run's seed; every random draw derives from it (:mod:`bioimage_cte.seeds`).
+    axes : str, optional
+        Axes of the image files when ambiguous (``"yx"``, ``"cyx"``, ``"zyx"``, ...).
+    layer : str, optional
+        Module to perturb for grey-box estimators; default: the bottleneck, found automatically.
+    weight_format : str, optional
+        Weights for black-box prediction (``"torchscript"``, ``"onnx"``, ...); default: bioimageio's order.
+    device : str
+        Torch device.
+    tag : str, optional
+        Rank only the models whose RDF has this tag.
+    trust_code : bool
+        Run Python code shipped inside packages (see :mod:`bioimage_cte.trust`).
+    trusted_libraries : tuple of str
+        Import prefixes trusted besides the default ones.
+    """
+
+    estimator: str = "cte-dropout"
+    task: Task = "semantic"
+    consistency: Consistency | None = None
+    perturbation: InputKind = "gaussian"
+    strength: float | None = None
+    repeats: int = 1
+    seed: int = 0
+    axes: str | None = None
+    layer: str | None = None
+    weight_format: str | None = None
+    device: str = "cpu"
+    tag: str | None = None
+    trust_code: bool = False
+    trusted_libraries: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        from bioimage_cte.estimators import ESTIMATORS
+
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {self.estimator!r}: use one of {', '.join(ESTIMATORS)}")
+        _one_of("task", self.task, TASKS)
+        _one_of("perturbation", self.perturbation, INPUT_KINDS)
+        if self.consistency is not None:
+            _one_of("consistency", self.consistency, CONSISTENCIES)
+        if self.repeats < 1:
+            raise ValueError(f"repeats={self.repeats}: use 1 or more perturbed runs per image")
+        if self.seed < 0:
+            raise ValueError(f"seed={self.seed}: use a non-negative integer")
+        # a list from a command line or a JSON file becomes a tuple, so the options stay hashable
+        object.__setattr__(self, "trusted_libraries", tuple(self.trusted_libraries))
+        self.make_estimator()  # validates the strength for this estimator
+
+    @property
+    def consistency_kind(self) -> Consistency:
+        """The consistency score in effect: the given one, else the task's default."""
+        return self.consistency or ("instance" if self.task == "instance" else "soft")
+
+    def replace(self, **changes: Any) -> RankOptions:
+        """A copy with some options changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def make_estimator(self, name: str | None = None) -> Estimator:
+        """The estimator ``name`` (default: :attr:`estimator`) configured by these options."""
+        from bioimage_cte.estimators import make_estimator
+
+        return make_estimator(name or self.estimator, self)
+
+    def code_policy(self) -> CodePolicy:
+        """The :class:`bioimage_cte.trust.CodePolicy` of these options."""
+        from bioimage_cte.trust import CodePolicy
+
+        return CodePolicy.with_libraries(self.trusted_libraries, trust_code=self.trust_code)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """Every option, JSON-ready (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_json_dict(cls, data: Mapping[str, Any]) -> RankOptions:
+        """Options from :meth:`to_json_dict` (e.g. a Prefect flow parameter); unknown names are an error."""
+        return cls(**dict(data))
+
+    def score_settings(self, estimator: str | None = None) -> dict[str, Any]:
+        """What changes the scores of ``estimator`` (default :attr:`estimator`): the key of the results database.
+
+        The estimator's own settings plus seed, axes, layer and weights; the trust options only when set, so
+        a model skipped without them is scored again with them. Device and tag change no score.
+        """
+        settings: dict[str, Any] = {**self.make_estimator(estimator).settings(), "seed": self.seed,
+                                    "axes": self.axes, "layer": self.layer, "weight_format": self.weight_format}
+        if self.trust_code:
+            settings["trust_code"] = True
+        if self.trusted_libraries:
+            settings["trusted_libraries"] = sorted(self.trusted_libraries)
+        return settings
+
+    def run_settings(self) -> dict[str, Any]:
+        """Every option as a ranking JSON's ``settings`` records it (as :func:`bioimage_cte.annotate` reads it)."""
+        return {"seed": self.seed, "task": self.task, "axes": self.axes, "device": self.device, "layer": self.layer,
+                "weight_format": self.weight_format, "tag": self.tag, "trust_code": self.trust_code,
+                "trusted_libraries": list(self.trusted_libraries)}
+
+
+def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}: use one of {', '.join(choices)}")

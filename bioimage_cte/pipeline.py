@@ -1,0 +1,224 @@
+"""The library's entry points: from what a user names to a ranking, in one call.
+
+:func:`rank` finds the models, keeps those with the tag, checks every image before any model runs, scores every
+model and ranks them; :func:`evaluate` does the same for several estimators on labelled images and compares each
+ranking with the ranking by true performance. The command line and the benchmarks call these and only parse and
+print; the zoo flow runs the same steps as jobs over the results database (:mod:`bioimage_cte.jobs`).
+
+Examples
+--------
+>>> from bioimage_cte.options import RankOptions
+>>> run = rank(["resources/zoo"], "resources/data/dsb2018/images",
+...            RankOptions(tag="nuclei"))  # doctest: +SKIP
+>>> run.ranking.scores[0].name  # doctest: +SKIP
+'nuclei-versatile'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bioimage_cte.errors import InvalidImageError
+from bioimage_cte.estimators import LABEL_FREE, Estimator, FewLabelOracle
+from bioimage_cte.evaluation import Evaluation, evaluate_rankings
+from bioimage_cte.images import check_images, list_images, load_labels
+from bioimage_cte.metrics import METRICS
+from bioimage_cte.options import RankOptions
+from bioimage_cte.ranking import Ranking, build_ranking, ranking_json
+from bioimage_cte.scoring import ModelFailure, ModelResult, overlay_predictions, rank_models
+from bioimage_cte.sources import ModelSource, select_models
+
+__all__ = ["EvaluationRun", "Progress", "RankingRun", "evaluate", "rank", "report_overlays"]
+
+
+@dataclass
+class Progress:
+    """Callbacks a caller may give to follow a long run (all optional)."""
+
+    #: a warning about the input (e.g. a constant image), before any model runs
+    warning: Callable[[str], None] | None = None
+    #: the run is about to score this many models x images
+    start: Callable[[int], None] | None = None
+    #: a model starts
+    model: Callable[[ModelSource], None] | None = None
+    #: one image of one model is done
+    image: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
+class RankingRun:
+    """A ranking and what it was made from."""
+
+    ranking: Ranking
+    sources: tuple[ModelSource, ...]
+    images: tuple[Path, ...]
+    options: RankOptions
+    warnings: tuple[str, ...] = ()
+
+    def to_json_dict(self, *, images: str | None = None) -> dict[str, Any]:
+        """The ranking JSON (``rank --output``): models, failures and every setting of the run."""
+        return ranking_json(self.ranking, self.options, images=images or _common_folder(self.images),
+                            n_images=len(self.images))
+
+
+@dataclass(frozen=True)
+class EvaluationRun:
+    """Every estimator's ranking next to the true ranking, and what it was made from."""
+
+    evaluation: Evaluation
+    sources: tuple[ModelSource, ...]
+    images: tuple[Path, ...]
+    options: RankOptions
+    warnings: tuple[str, ...] = ()
+    failures: tuple[ModelFailure, ...] = field(default=())
+
+
+def _common_folder(paths: Sequence[Path]) -> str:
+    parents = {str(Path(p).parent) for p in paths}
+    return parents.pop() if len(parents) == 1 else ", ".join(sorted(parents))
+
+
+def _inputs(models: Sequence[str | Path], images: str | Path | Sequence[Path], options: RankOptions,
+            progress: Progress) -> tuple[list[ModelSource], list[Path], list[str]]:
+    """Find and filter the models, then read every image once: a bad image fails before any model loads."""
+    sources = select_models(models, tag=options.tag)
+    paths = list_images(images) if isinstance(images, str | Path) else [Path(p) for p in images]
+    if not paths:
+        raise InvalidImageError("no images given; pass a folder, a glob or image files")
+    warnings = check_images(paths, axes=options.axes)
+    for text in warnings:
+        if progress.warning is not None:
+            progress.warning(text)
+    if progress.start is not None:
+        progress.start(len(sources) * len(paths))
+    return sources, paths, warnings
+
+
+def _score(sources: Sequence[ModelSource], paths: Sequence[Path], estimators: Sequence[Estimator],
+           options: RankOptions, progress: Progress,
+           labels: Sequence[np.ndarray] | None = None) -> tuple[list[ModelResult], list[ModelFailure]]:
+    return rank_models(sources, paths, estimators, options, labels=labels, on_image=progress.image,
+                       on_model=progress.model)
+
+
+def rank(
+    models: Sequence[str | Path],
+    images: str | Path | Sequence[Path],
+    options: RankOptions | None = None,
+    *,
+    progress: Progress | None = None,
+) -> RankingRun:
+    """Rank models by estimated transferability to the target images (no labels needed).
+
+    Parameters
+    ----------
+    models : sequence of str or Path
+        rdf.yaml files, package folders or zips, folders of packages, a collection index, URLs.
+    images : str, Path or sequence of Path
+        A folder, a glob or files of target images.
+    options : RankOptions, optional
+        Estimator and run options (default: ``RankOptions()``).
+    progress : Progress, optional
+        Callbacks for warnings and progress.
+
+    Returns
+    -------
+    RankingRun
+        The ranking (best first; models that could not be scored under ``failures``) and its inputs.
+
+    Raises
+    ------
+    BioimageCteError
+        No model found (or none with the tag), or an image cannot be read; one model's failure never raises.
+    """
+    options = options or RankOptions()
+    progress = progress or Progress()
+    sources, paths, warnings = _inputs(models, images, options, progress)
+    estimator = options.make_estimator()
+    results, failures = _score(sources, paths, [estimator], options, progress)
+    ranking = build_ranking(results, estimator, failures=failures, seed=options.seed)
+    return RankingRun(ranking, tuple(sources), tuple(paths), options, tuple(warnings))
+
+
+def evaluate(
+    models: Sequence[str | Path],
+    images: str | Path | Sequence[Path],
+    labels: str | Path,
+    options: RankOptions | None = None,
+    *,
+    estimators: Sequence[str] = LABEL_FREE,
+    few_label: int = 2,
+    metric: str | None = None,
+    progress: Progress | None = None,
+) -> EvaluationRun:
+    """Compare each estimator's ranking with the ranking by true performance on labelled images.
+
+    Parameters
+    ----------
+    models, images, options, progress
+        As for :func:`rank`; every estimator takes its strength, consistency and repeats from ``options``.
+    labels : str or Path
+        Folder of label images with the images' file stems (instance labels, 0 = background).
+    estimators : sequence of str
+        Estimators to compare (default: every label-free one).
+    few_label : int
+        Also score the few-label oracle: true Dice on the first k labelled images (0 to skip).
+    metric : {"dice", "f1", "map"}, optional
+        True-performance metric; default dice for the semantic task, map for instances.
+    """
+    options = options or RankOptions()
+    progress = progress or Progress()
+    chosen = metric or ("map" if options.task == "instance" else "dice")
+    if chosen not in METRICS:
+        raise ValueError(f"unknown metric {chosen!r}: use one of {', '.join(METRICS)}")
+    ests: list[Estimator] = [options.make_estimator(name) for name in estimators]
+    if few_label > 0:
+        ests.append(FewLabelOracle(k=few_label))
+    sources, paths, warnings = _inputs(models, images, options, progress)
+    label_arrays = load_labels(paths, labels, axes=options.axes)
+    results, failures = _score(sources, paths, ests, options, progress, labels=label_arrays)
+    evaluation = evaluate_rankings(results, ests, metric=chosen, failures=failures, seed=options.seed)
+    return EvaluationRun(evaluation, tuple(sources), tuple(paths), options, tuple(warnings), tuple(failures))
+
+
+def report_overlays(ranking_json: dict[str, Any], image_paths: Sequence[Path], *, n_images: int = 3,
+                    n_models: int = 2) -> dict[str, Any]:
+    """Clean and perturbed predictions of the top and bottom models on a few images, for the HTML report.
+
+    Returns
+    -------
+    dict
+        ``{"indices": [...], "models": {name: [(image, clean, perturbed or None), ...]}, "errors": {name: text}}``;
+        a model that cannot be re-run is named under ``errors`` instead of stopping the report.
+    """
+    from bioimage_cte.annotate import locate_package, rdf_location
+    from bioimage_cte.seeds import rng
+
+    settings = ranking_json.get("settings", {})
+    options = options_from_settings(settings)
+    models = [m for m in ranking_json.get("models", []) if m.get("score") is not None]
+    chosen = models[:n_models] + [m for m in models[-n_models:] if m not in models[:n_models]]
+    count = min(n_images, len(image_paths))
+    indices = sorted(int(i) for i in rng(options.seed, "report").choice(len(image_paths), count, replace=False))
+    out: dict[str, Any] = {"indices": indices, "models": {}, "errors": {}}
+    for model in chosen:
+        try:
+            location = str(rdf_location(locate_package(model["source"])))
+            out["models"][model["name"]] = overlay_predictions(location, image_paths, indices, options)
+        except Exception as e:  # a report is a view on the ranking: one model that cannot re-run is named
+            out["errors"][model["name"]] = " ".join(str(e).split())
+    return out
+
+
+def options_from_settings(settings: dict[str, Any]) -> RankOptions:
+    """The options a ranking JSON's settings record (unknown keys, e.g. the estimator's own, are ignored)."""
+    names = set(RankOptions.__dataclass_fields__)
+    known = {k: v for k, v in settings.items() if k in names and v is not None}
+    if settings.get("kind") is not None:
+        known["perturbation"] = settings["kind"]
+    return RankOptions(**known)
