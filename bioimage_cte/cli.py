@@ -7,10 +7,12 @@ torch and bioimageio are imported inside the commands, so ``bioimage-cte --help`
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -30,9 +32,9 @@ console = Console()
 err_console = Console(stderr=True)
 
 from bioimage_cte.estimators import ESTIMATORS, LABEL_FREE  # noqa: E402  (numpy/scipy only, no torch)
+from bioimage_cte.options import RankOptions  # noqa: E402
 
 if TYPE_CHECKING:
-    from bioimage_cte.options import RankOptions
     from bioimage_cte.pipeline import Progress
 
 # the choices come from the estimators' registry; few-label needs labels and is evaluate's --few-label
@@ -116,8 +118,6 @@ def _options(*, estimator: str = "cte-dropout", task: Task = Task.semantic, cons
              device: str = "cpu", tag: str | None = None, trust_code: bool = False,
              trust_library: list[str] | None = None) -> RankOptions:
     """The command line's options as the library's one options object (a bad value is a usage error)."""
-    from bioimage_cte.options import RankOptions
-
     try:
         return RankOptions(estimator=str(estimator), task=str(task), consistency=consistency and str(consistency),
                            perturbation=str(perturbation), strength=strength, repeats=repeats, seed=seed, axes=axes,
@@ -125,6 +125,36 @@ def _options(*, estimator: str = "cte-dropout", task: Task = Task.semantic, cons
                            trusted_libraries=tuple(trust_library or ()))
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
+
+
+# The options every ranking command shares, declared once: _with_rank_options adds them to a command's signature
+# (typer reads the signature) and hands the command one RankOptions.
+_RANK_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
+    ("task", TaskOpt, Task.semantic), ("consistency", ConsistencyOpt, None),
+    ("perturbation", PerturbationOpt, Perturbation.gaussian), ("strength", StrengthOpt, None),
+    ("repeats", RepeatsOpt, 1), ("axes", AxesOpt, None), ("device", DeviceOpt, "cpu"), ("seed", SeedOpt, 0),
+    ("layer", LayerOpt, None), ("weight_format", WeightsOpt, None), ("tag", TagOpt, None),
+    ("trust_code", TrustCodeOpt, False), ("trust_library", TrustLibraryOpt, None),
+)
+
+
+def _with_rank_options(command: Callable[..., None]) -> Callable[..., None]:
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+              for name, annotation, default in _RANK_OPTIONS]
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "options"]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        chosen = {name: kwargs.pop(name) for name, _, _ in _RANK_OPTIONS}
+        if "estimator" in kwargs:  # evaluate compares several and has its own --estimator
+            chosen["estimator"] = kwargs["estimator"]
+        command(**kwargs, options=_options(**chosen))
+
+    # keyword-only parameters may not come before positional ones: the commands' own come first
+    wrapper.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + shared)
+    wrapper.__annotations__ = {p.name: p.annotation for p in own + shared}
+    return wrapper
 
 
 @contextlib.contextmanager
@@ -170,35 +200,20 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 @app.command()
+@_with_rank_options
 def rank(
     models: ModelsArg,
     images: ImagesOpt,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the ranking as JSON here.")] = None,
     estimator: Annotated[Estimator, typer.Option(help="Transferability estimator.")] = "cte-dropout",  # type: ignore[assignment]
-    task: TaskOpt = Task.semantic,
-    consistency: ConsistencyOpt = None,
-    perturbation: PerturbationOpt = Perturbation.gaussian,
-    strength: StrengthOpt = None,
-    repeats: RepeatsOpt = 1,
-    axes: AxesOpt = None,
-    device: DeviceOpt = "cpu",
-    seed: SeedOpt = 0,
-    layer: LayerOpt = None,
-    weight_format: WeightsOpt = None,
-    tag: TagOpt = None,
     report: Annotated[Path | None, typer.Option("--report", help="Also write a self-contained HTML report "
                                                 "(charts, per-image scores, overlays of the top and bottom "
                                                 "models).")] = None,
-    trust_code: TrustCodeOpt = False,
-    trust_library: TrustLibraryOpt = None,
     debug: DebugOpt = False,
+    options: RankOptions | None = None,
 ) -> None:
     """Rank models by estimated transferability to the target images (no labels needed)."""
     _quiet_libraries()
-    options = _options(estimator=estimator, task=task, consistency=consistency, perturbation=perturbation,
-                       strength=strength, repeats=repeats, seed=seed, axes=axes, layer=layer,
-                       weight_format=weight_format, device=device, tag=tag, trust_code=trust_code,
-                       trust_library=trust_library)
     try:
         from bioimage_cte.pipeline import rank as rank_models
 
@@ -218,6 +233,7 @@ def rank(
 
 
 @app.command()
+@_with_rank_options
 def evaluate(
     models: ModelsArg,
     images: ImagesOpt,
@@ -232,26 +248,11 @@ def evaluate(
     metric: Annotated[str | None, typer.Option(help="True-performance metric to rank by: dice, f1 or map "
                                                "(default: dice for semantic, map for instance).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the evaluation as JSON here.")] = None,
-    task: TaskOpt = Task.semantic,
-    consistency: ConsistencyOpt = None,
-    perturbation: PerturbationOpt = Perturbation.gaussian,
-    strength: StrengthOpt = None,
-    repeats: RepeatsOpt = 1,
-    axes: AxesOpt = None,
-    device: DeviceOpt = "cpu",
-    seed: SeedOpt = 0,
-    layer: LayerOpt = None,
-    weight_format: WeightsOpt = None,
-    tag: TagOpt = None,
-    trust_code: TrustCodeOpt = False,
-    trust_library: TrustLibraryOpt = None,
     debug: DebugOpt = False,
+    options: RankOptions | None = None,
 ) -> None:
     """Compare every estimator's ranking with the ranking by true performance on labelled images."""
     _quiet_libraries()
-    options = _options(task=task, consistency=consistency, perturbation=perturbation, strength=strength,
-                       repeats=repeats, seed=seed, axes=axes, layer=layer, weight_format=weight_format,
-                       device=device, tag=tag, trust_code=trust_code, trust_library=trust_library)
     try:
         from bioimage_cte.pipeline import evaluate as evaluate_models
 
@@ -364,6 +365,7 @@ def _agreement_table(evaluation, n_models: int, n_images: int) -> Table:
 
 
 @app.command("zoo-rank")
+@_with_rank_options
 def zoo_rank(
     zoo: Annotated[str, typer.Argument(help="Folder of model packages, or a collection index JSON (path or URL).",
                                        show_default=False)],
@@ -389,27 +391,11 @@ def zoo_rank(
     timezone: Annotated[str | None, typer.Option(help="Time zone of --cron, e.g. Europe/Berlin.")] = None,
     deployment: Annotated[str, typer.Option(help="Name of the served deployment (with --cron).")] = "weekly",
     estimator: Annotated[Estimator, typer.Option(help="Transferability estimator.")] = Estimator.cte_dropout,
-    task: TaskOpt = Task.semantic,
-    consistency: ConsistencyOpt = None,
-    perturbation: PerturbationOpt = Perturbation.gaussian,
-    strength: StrengthOpt = None,
-    repeats: RepeatsOpt = 1,
-    axes: AxesOpt = None,
-    device: DeviceOpt = "cpu",
-    seed: SeedOpt = 0,
-    layer: LayerOpt = None,
-    weight_format: WeightsOpt = None,
-    tag: TagOpt = None,
-    trust_code: TrustCodeOpt = False,
-    trust_library: TrustLibraryOpt = None,
     debug: DebugOpt = False,
+    options: RankOptions | None = None,
 ) -> None:
     """Rank a whole zoo on several targets through the Prefect flow (incremental; no Prefect server needed)."""
     _quiet_libraries()
-    options = _options(estimator=estimator, task=task, consistency=consistency, perturbation=perturbation,
-                       strength=strength, repeats=repeats, seed=seed, axes=axes, layer=layer,
-                       weight_format=weight_format, device=device, tag=tag, trust_code=trust_code,
-                       trust_library=trust_library)
     zoo_options = dict(store_path=None if store is None else str(store), output_dir=str(output_dir),
                        annotate=annotate_cards, reports=reports, retries=retries, match_task=match_task)
     try:

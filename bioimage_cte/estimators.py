@@ -130,8 +130,31 @@ class _MedianAggregate:
         return cls()
 
 
+class _ConsistencyCTE(_MedianAggregate):
+    """CTE: mean consistency of ``repeats`` perturbed predictions with the clean one; median over images."""
+
+    needs_labels: ClassVar[bool] = False
+    cross_model: ClassVar[bool] = False
+
+    def _check_common(self) -> None:
+        _check_consistency(self.consistency)
+        if self.repeats < 1:
+            raise ValueError(f"repeats={self.repeats}: use 1 or more perturbed runs per image")
+
+    def settings(self) -> dict[str, object]:
+        return {"strength": self.strength, "consistency": self.consistency, "repeats": self.repeats,
+                "threshold": self.threshold}
+
+    def score_image(self, predictor, image: np.ndarray, clean: Prediction, *, seed: int, index: int) -> float:
+        return _nanmean([
+            _per_slice(clean, self.perturbed_prediction(predictor, image, seed=seed, index=index, repeat=r),
+                       self.consistency, self.threshold)
+            for r in range(self.repeats)
+        ])
+
+
 @dataclass(frozen=True)
-class CTEDropout(_MedianAggregate):
+class CTEDropout(_ConsistencyCTE):
     """CTE with channel dropout at one layer (grey-box); model score = median consistency over images.
 
     ``strength`` is the dropout rate p: whole feature maps are zeroed with probability p.
@@ -143,23 +166,15 @@ class CTEDropout(_MedianAggregate):
     threshold: float = 0.5
     name: ClassVar[str] = "cte-dropout"
     needs_greybox: ClassVar[bool] = True
-    needs_labels: ClassVar[bool] = False
-    cross_model: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         FeatureDropout(self.strength, 0)  # validates the rate
-        _check_consistency(self.consistency)
-        if self.repeats < 1:
-            raise ValueError(f"repeats={self.repeats}: use 1 or more perturbed runs per image")
+        self._check_common()
 
     @classmethod
     def from_options(cls, options: RankOptions) -> CTEDropout:
         strength = DEFAULT_DROPOUT if options.strength is None else options.strength
         return cls(strength=strength, consistency=options.consistency_kind, repeats=options.repeats)
-
-    def settings(self) -> dict[str, object]:
-        return {"strength": self.strength, "consistency": self.consistency, "repeats": self.repeats,
-                "threshold": self.threshold}
 
     def perturbed_prediction(self, predictor, image: np.ndarray, *, seed: int, index: int,
                              repeat: int = 0) -> Prediction:
@@ -167,16 +182,9 @@ class CTEDropout(_MedianAggregate):
         with predictor.perturbed(FeatureDropout(self.strength, seed=mask_seed)):
             return predictor.predict(image)
 
-    def score_image(self, predictor, image: np.ndarray, clean: Prediction, *, seed: int, index: int) -> float:
-        return _nanmean([
-            _per_slice(clean, self.perturbed_prediction(predictor, image, seed=seed, index=index, repeat=r),
-                       self.consistency, self.threshold)
-            for r in range(self.repeats)
-        ])
-
 
 @dataclass(frozen=True)
-class CTEInput(_MedianAggregate):
+class CTEInput(_ConsistencyCTE):
     """CTE with an input-space perturbation (black-box); model score = median consistency over images."""
 
     kind: InputKind = "gaussian"
@@ -186,14 +194,10 @@ class CTEInput(_MedianAggregate):
     threshold: float = 0.5
     name: ClassVar[str] = "cte-input"
     needs_greybox: ClassVar[bool] = False
-    needs_labels: ClassVar[bool] = False
-    cross_model: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         InputPerturbation(self.kind, self.strength)  # validates kind and strength
-        _check_consistency(self.consistency)
-        if self.repeats < 1:
-            raise ValueError(f"repeats={self.repeats}: use 1 or more perturbed runs per image")
+        self._check_common()
 
     @classmethod
     def from_options(cls, options: RankOptions) -> CTEInput:
@@ -202,21 +206,13 @@ class CTEInput(_MedianAggregate):
                    repeats=options.repeats)
 
     def settings(self) -> dict[str, object]:
-        return {"kind": self.kind, "strength": self.strength, "consistency": self.consistency,
-                "repeats": self.repeats, "threshold": self.threshold}
+        return {"kind": self.kind, **super().settings()}
 
     def perturbed_prediction(self, predictor, image: np.ndarray, *, seed: int, index: int,
                              repeat: int = 0) -> Prediction:
         # no model in the draw: every model sees the same noise on the same image
         noise = rng(seed, f"input-{self.kind}", image=index, repeat=repeat)
         return predictor.predict(perturb_image(image, InputPerturbation(self.kind, self.strength), rng=noise))
-
-    def score_image(self, predictor, image: np.ndarray, clean: Prediction, *, seed: int, index: int) -> float:
-        return _nanmean([
-            _per_slice(clean, self.perturbed_prediction(predictor, image, seed=seed, index=index, repeat=r),
-                       self.consistency, self.threshold)
-            for r in range(self.repeats)
-        ])
 
 
 def _nanmean(values: Sequence[float]) -> float:
