@@ -139,7 +139,7 @@ def _run(models: list[str], images: str, estimators: list, *, labels_spec: str |
             raise InvalidModelError(f"no model in {' '.join(models)} has the tag {tag!r}; drop --tag or pick "
                                     "a tag from the models' rdf.yaml")
     paths = list_images(images)
-    for warning in check_images(paths, axes=axes):  # fails on a bad image before any model is loaded
+    for warning in check_images(paths, axes=axes).warnings:  # fails on bad images before any model is loaded
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     labels = load_labels(paths, labels_spec, axes=axes) if labels_spec else None
     with _progress() as progress:
