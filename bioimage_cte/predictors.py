@@ -403,6 +403,11 @@ class BlackBoxPredictor(_Predictor):
         try:
             pipeline = create_prediction_pipeline(descr, devices=list(devices), weights_format=self.weight_format)
         except Exception as e:
+            damage = _damaged_weights(e)
+            if damage is not None:
+                source = getattr(getattr(descr.weights, self.weight_format or "", None), "source", "a weights file")
+                raise InvalidModelError(f"{name}: weights file {source} is corrupt or truncated ({damage}); download "
+                                        "the package again") from e
             raise InvalidModelError(f"{name}: could not load the model ({_first_line(e)}); check its weights "
                                     "with 'bioimageio test'") from e
         super().__init__(descr, pipeline, name=name, max_tile=max_tile, devices=devices)
@@ -520,6 +525,12 @@ class GreyBoxPredictor(_Predictor):
         except InvalidModelError as e:
             raise InvalidModelError(f"{name}: {e}") from e
         except Exception as e:
+            damage = _damaged_weights(e)
+            if damage is not None:  # checked first: bioimageio.core words every torch.load failure as weights_only's
+                raise InvalidModelError(
+                    f"{name}: weights file {descr.weights.pytorch_state_dict.source} is corrupt or truncated "
+                    f"({damage}); download the package again"
+                ) from e
             if "weights_only" in str(e):  # bioimageio.core refused a pickle that is not a plain state dict
                 raise InvalidModelError(
                     f"{name}: {descr.weights.pytorch_state_dict.source} is not a plain state dict (torch.load with "
@@ -561,6 +572,37 @@ def make_predictor(descr: v0_5.ModelDescr, *, name: str, greybox: bool, weight_f
                                 code_policy=code_policy)
     return BlackBoxPredictor(descr, name=name, weight_format=weight_format, devices=devices, max_tile=max_tile,
                              code_policy=code_policy)
+
+
+# what torch and zipfile say about a weights file that was cut short or damaged (rather than refused)
+_DAMAGE_MARKERS = ("PytorchStreamReader failed", "unexpected EOF", "file might be corrupted", "negative seek value",
+                   "truncated", "Ran out of input")
+
+
+def _damaged_weights(e: BaseException) -> str | None:
+    """The first line of the error, in ``e``'s chain, showing that a weights file is truncated or damaged; else None.
+
+    bioimageio.core wraps every failure of ``torch.load(weights_only=True)`` in one ValueError, so
+    the original error is looked up in the chain, innermost first. A pickle that ``weights_only``
+    refuses ("Unsupported global") is not damage: the file is whole, only unsafe.
+    """
+    import pickle
+    import zipfile
+
+    chain: list[BaseException] = []
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for err in reversed(chain):
+        text = str(err)
+        if "Unsupported global" in text:
+            return None
+        if isinstance(err, zipfile.BadZipFile | EOFError) or (
+            isinstance(err, RuntimeError | ValueError | pickle.UnpicklingError)
+            and any(marker in text for marker in _DAMAGE_MARKERS)
+        ):
+            return _first_line(err)
+    return None
 
 
 def _first_line(e: BaseException) -> str:
