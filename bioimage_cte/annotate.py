@@ -316,11 +316,12 @@ def _one_line(e: BaseException | str) -> str:
 def _parse(text: str, where: str) -> dict[str, Any]:
     # bioimageio.spec reads RDFs with ruyaml as YAML 1.2; PyYAML reads YAML 1.1, where `no` is false and
     # `1e-6` a string, so reading with PyYAML could silently change a model's values.
-    from ruyaml import YAML
     from ruyaml.error import YAMLError
 
-    try:
-        data = YAML(typ="safe").load(text)
+    from bioimage_cte.safe_yaml import load_untrusted_yaml
+
+    try:  # an alias bomb or oversized RDF raises UnsafeYamlError, an InvalidModelError naming the file
+        data = load_untrusted_yaml(text, where=where)
     except YAMLError as e:
         raise InvalidModelError(f"{where} is not valid YAML ({_one_line(e)}); fix the rdf.yaml") from e
     if not isinstance(data, dict):

@@ -54,3 +54,7 @@ class AnnotationError(BioimageCteError, RuntimeError):
 
 class UntrustedCodeError(BioimageCteError, PermissionError):
     """A model needs code shipped in its package, and the user did not allow package code to run."""
+
+
+class UnsafeYamlError(InvalidModelError):
+    """An rdf.yaml is too large, or would expand too far (a YAML alias bomb), to be parsed safely."""

@@ -18,7 +18,9 @@ Axis rules when ``axes`` is not given (see :func:`to_yx`):
 from __future__ import annotations
 
 import glob
+import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +28,9 @@ import numpy as np
 from bioimage_cte.errors import InvalidImageError
 
 __all__ = [
+    "DEFAULT_MAX_IMAGE_BYTES",
     "IMAGE_SUFFIXES",
+    "ImageCheck",
     "check_images",
     "load_target",
     "target_task",
@@ -38,6 +42,9 @@ __all__ = [
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".png", ".npy")
 """File suffixes read as images (compared case-insensitively)."""
+
+DEFAULT_MAX_IMAGE_BYTES: int = 2**31
+"""Largest decoded image read by default (2 GiB): its header is checked before any pixel is decoded."""
 
 _AXIS_LETTERS = "zcyx"
 _GLOB_CHARS = "*?["
@@ -101,7 +108,82 @@ def _reason(e: BaseException) -> str:
     return " ".join(f"{type(e).__name__}: {e}".split())
 
 
-def read_image(path: Path) -> np.ndarray:
+def _unreadable(path: Path, e: BaseException) -> InvalidImageError:
+    return InvalidImageError(
+        f"cannot read image {path} ({_reason(e)}); check that the file is a complete, uncorrupted image"
+    )
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# samples per pixel by PNG colour type; a palette is counted as RGBA, which is what it may decode to
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 4, 4: 2, 6: 4}
+
+
+def _png_header(path: Path) -> tuple[tuple[int, ...], int] | None:
+    """(shape, bytes per sample) from a PNG's IHDR (and acTL, for the frames of an animated PNG).
+
+    Reads chunk headers only, up to the first image data. None when the file is no PNG: then
+    the decoder gets it and reports what it is.
+    """
+    with path.open("rb") as f:
+        if f.read(8) != _PNG_SIGNATURE:
+            return None
+        length, kind = struct.unpack(">I4s", f.read(8))
+        if kind != b"IHDR" or length < 13:
+            raise ValueError("the PNG's first chunk is not a valid IHDR header")
+        width, height, depth, colour = struct.unpack(">IIBB", f.read(10))
+        f.seek(length - 10 + 4, 1)  # rest of IHDR and its CRC
+        frames = 1
+        while len(head := f.read(8)) == 8:
+            length, kind = struct.unpack(">I4s", head)
+            if kind in (b"IDAT", b"IEND"):
+                break
+            if kind == b"acTL":
+                frames = max(1, struct.unpack(">I", f.read(4))[0])
+                length -= 4
+            f.seek(length + 4, 1)
+    shape = (height, width, _PNG_SAMPLES.get(colour, 4))
+    return (frames, *shape) if frames > 1 else shape, 2 if depth == 16 else 1
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], int]:
+    from numpy.lib import format as npy
+
+    with path.open("rb") as f:
+        version = npy.read_magic(f)
+        # version 3.0 differs from 2.0 only in allowing UTF-8 in the header, which a numeric image's has none of
+        read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+        shape, _, dtype = read(f)
+    return tuple(shape), dtype.itemsize
+
+
+def _tiff_header(path: Path) -> tuple[tuple[int, ...], int]:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:  # parses the tags only; no strip or tile is read
+        series = tif.series[0]
+        return tuple(series.shape), np.dtype(series.dtype).itemsize
+
+
+def _decoded_bytes(path: Path, suffix: str) -> tuple[int, tuple[int, ...]] | None:
+    """(bytes, shape) the decoder would produce, from the file's header alone; None when unknown."""
+    if suffix == ".png":
+        header = _png_header(path)
+    elif suffix == ".npy":
+        header = _npy_header(path)
+    else:
+        header = _tiff_header(path)
+    if header is None:
+        return None
+    shape, itemsize = header
+    return int(np.prod(shape, dtype=object)) * itemsize, shape
+
+
+def _human(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def read_image(path: Path, *, max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES) -> np.ndarray:
     """Read one image file as stored, without normalising or reordering axes.
 
     Parameters
@@ -109,6 +191,10 @@ def read_image(path: Path) -> np.ndarray:
     path : Path
         A .tif/.tiff (tifffile, first series), .png (imageio) or .npy file (loaded
         without pickle).
+    max_bytes : int or None, optional
+        Largest decoded size allowed (default 2 GiB). The file's header is read first and an
+        image that would decode to more is refused before any pixel is decoded, so a small
+        compressed file declaring a huge image cannot exhaust memory. None: no limit.
 
     Returns
     -------
@@ -118,7 +204,8 @@ def read_image(path: Path) -> np.ndarray:
     Raises
     ------
     InvalidImageError
-        The file cannot be read, has an unsupported suffix or dtype, or is empty.
+        The file cannot be read, would decode to more than ``max_bytes``, has an unsupported
+        suffix or dtype, or is empty.
 
     Examples
     --------
@@ -137,6 +224,17 @@ def read_image(path: Path) -> np.ndarray:
             raise InvalidImageError(f"image {path} is an empty file (0 bytes); remove it or export it again")
     except OSError:
         pass  # a missing or unreadable file is reported by the reader below
+    if max_bytes is not None:
+        try:
+            decoded = _decoded_bytes(path, suffix)
+        except Exception as e:  # a header the readers cannot parse either: damaged or not an image
+            raise _unreadable(path, e) from e
+        if decoded is not None and decoded[0] > max_bytes:
+            size, shape = decoded
+            raise InvalidImageError(
+                f"image {path} decodes to {_human(size)} (shape {shape}; limit {_human(max_bytes)}, max_bytes); "
+                "crop it or raise the limit"
+            )
     try:
         if suffix == ".png":
             import imageio.v3 as iio
@@ -150,9 +248,7 @@ def read_image(path: Path) -> np.ndarray:
             data = np.asarray(tifffile.imread(path))
     # the readers raise many unrelated types for damaged files (ValueError, OSError, EOFError, ...)
     except Exception as e:
-        raise InvalidImageError(
-            f"cannot read image {path} ({_reason(e)}); check that the file is a complete, uncorrupted image"
-        ) from e
+        raise _unreadable(path, e) from e
     if not isinstance(data, np.ndarray) or not (
         data.dtype == bool or np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)
     ):
@@ -163,6 +259,25 @@ def read_image(path: Path) -> np.ndarray:
     if data.size == 0:
         raise InvalidImageError(f"image {path} is empty (shape {data.shape}); remove it or re-export it")
     return data
+
+
+@dataclass(frozen=True)
+class ImageCheck:
+    """What :func:`check_images` found: the images to score, warnings about them, and the images skipped.
+
+    Parameters
+    ----------
+    paths : tuple of Path
+        The readable images, in the order given.
+    warnings : tuple of str
+        One line per image that is scored but says little (a constant image), naming the file.
+    skipped : tuple of (Path, str)
+        Each unreadable image with the one-line reason; empty unless ``skip_bad=True``.
+    """
+
+    paths: tuple[Path, ...]
+    warnings: tuple[str, ...] = ()
+    skipped: tuple[tuple[Path, str], ...] = ()
 
 
 def _check_axes(axes: str, label: str) -> None:
@@ -262,8 +377,14 @@ def to_yx(data: np.ndarray, *, axes: str | None = None, path: Path | None = None
     return np.ascontiguousarray(out)
 
 
-def check_images(paths: Sequence[Path], *, axes: str | None = None) -> list[str]:
-    """Read every target image once, before any model runs; return warnings about images that say little.
+def check_images(
+    paths: Sequence[Path],
+    *,
+    axes: str | None = None,
+    skip_bad: bool = False,
+    max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES,
+) -> ImageCheck:
+    """Read every target image once, before any model runs; report the unreadable ones all together.
 
     Images of different shapes are fine: each is padded (or tiled) to a size the model accepts
     and cropped back. A constant image (every pixel equal) is kept and scored, but flagged: it
@@ -275,32 +396,56 @@ def check_images(paths: Sequence[Path], *, axes: str | None = None) -> list[str]
         From :func:`list_images`.
     axes : str, optional
         As :func:`to_yx`.
+    skip_bad : bool, optional
+        Return the unreadable images in :attr:`ImageCheck.skipped` instead of raising; the
+        caller decides what to do when none is left.
+    max_bytes : int or None, optional
+        As :func:`read_image`.
 
     Returns
     -------
-    list of str
-        One line per constant image, naming the file.
+    ImageCheck
+        The readable images, one warning per constant image, and the skipped ones.
 
     Raises
     ------
     InvalidImageError
-        An image cannot be read (unreadable, empty file, unsupported dtype, axes that do not fit).
+        Unless ``skip_bad``: an image cannot be read (unreadable, too large, empty file,
+        unsupported dtype, axes that do not fit). One image's error is raised as is; several are
+        raised as one error whose first line counts them and whose next lines give each one's reason.
 
     Examples
     --------
     >>> import tempfile
     >>> tmp = Path(tempfile.mkdtemp())
     >>> np.save(tmp / "flat.npy", np.full((8, 8), 3, dtype=np.uint8))
-    >>> "constant: every pixel is 3.0" in check_images([tmp / "flat.npy"])[0]
+    >>> "constant: every pixel is 3.0" in check_images([tmp / "flat.npy"]).warnings[0]
     True
+    >>> _ = (tmp / "bad.tif").write_bytes(b"not a tiff")
+    >>> check = check_images([tmp / "flat.npy", tmp / "bad.tif"], skip_bad=True)
+    >>> [p.name for p in check.paths], [p.name for p, _ in check.skipped]
+    (['flat.npy'], ['bad.tif'])
     """
     warnings: list[str] = []
+    readable: list[Path] = []
+    errors: list[tuple[Path, InvalidImageError]] = []
     for path in paths:
-        data = to_yx(read_image(path), axes=axes, path=path)
+        try:
+            data = to_yx(read_image(path, max_bytes=max_bytes), axes=axes, path=path)
+        except InvalidImageError as e:  # every bad image is collected, so one run shows the user all of them
+            errors.append((path, e))
+            continue
+        readable.append(path)
         if data.min() == data.max():
             warnings.append(f"image {path} is constant: every pixel is {float(data.flat[0])}; it is scored, but "
                             "a blank image says little about a model's transferability, remove it from the targets")
-    return warnings
+    if errors and not skip_bad:
+        if len(errors) == 1:
+            raise errors[0][1]
+        lines = "\n".join(f"  {e}" for _, e in errors)
+        raise InvalidImageError(f"{len(errors)} of {len(paths)} images cannot be read; fix or remove them (or skip "
+                                f"them with skip_bad=True):\n{lines}") from errors[0][1]
+    return ImageCheck(tuple(readable), tuple(warnings), tuple((p, str(e)) for p, e in errors))
 
 
 def _labels_by_stem(folder: Path) -> dict[str, list[Path]]:
@@ -312,7 +457,11 @@ def _labels_by_stem(folder: Path) -> dict[str, list[Path]]:
 
 
 def load_labels(
-    image_paths: Sequence[Path], labels_spec: str | Path, *, axes: str | None = None
+    image_paths: Sequence[Path],
+    labels_spec: str | Path,
+    *,
+    axes: str | None = None,
+    max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES,
 ) -> list[np.ndarray]:
     """Load the label image of each target image: the file with the same stem in a labels folder.
 
@@ -325,6 +474,8 @@ def load_labels(
     axes : str, optional
         The images' axes, as for :func:`to_yx`; used to work out each image's ``yx``/``zyx``
         shape, which its label must match.
+    max_bytes : int or None, optional
+        As :func:`read_image`, for each label and image.
 
     Returns
     -------
@@ -369,11 +520,11 @@ def load_labels(
                 f"several labels for image {image_path} in {folder} ({names}); keep only one of them"
             )
         label_path = candidates[0]
-        label = read_image(label_path)
+        label = read_image(label_path, max_bytes=max_bytes)
         label = label.reshape([n for n in label.shape if n != 1])
         # the image is read in full only for its shape: formats differ in how cheaply they expose it,
         # and labels are loaded for small evaluation sets
-        image_shape = to_yx(read_image(image_path), axes=axes, path=image_path).shape
+        image_shape = to_yx(read_image(image_path, max_bytes=max_bytes), axes=axes, path=image_path).shape
         if label.shape != image_shape:
             raise InvalidImageError(
                 f"label {label_path} has shape {label.shape} but image {image_path} has shape {image_shape} "

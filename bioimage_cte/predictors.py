@@ -91,9 +91,14 @@ def load_model(location: str, *, perform_io_checks: bool = True) -> v0_5.ModelDe
 
 
 def _read_local_rdf(location: str) -> tuple[str, bytes] | None:
-    """(file name, bytes) of a local package's RDF; None for URLs (bioimageio fetches those itself)."""
+    """(file name, bytes) of a local package's RDF; None for URLs (bioimageio fetches those itself).
+
+    At most one byte more than the YAML size limit is read: enough for the parser to refuse an
+    oversized RDF without holding all of it.
+    """
     import zipfile
 
+    from bioimage_cte.safe_yaml import DEFAULT_MAX_BYTES
     from bioimage_cte.sources import RDF_NAMES
 
     path = Path(location)
@@ -102,18 +107,25 @@ def _read_local_rdf(location: str) -> tuple[str, bytes] | None:
     if path.suffix.lower() == ".zip":
         with zipfile.ZipFile(path) as zf:
             name = next((n for n in RDF_NAMES if n in zf.namelist()), None)
-            return None if name is None else (name, zf.read(name))
-    return path.name, path.read_bytes()
+            if name is None:
+                return None
+            with zf.open(name) as f:
+                return name, f.read(DEFAULT_MAX_BYTES + 1)
+    with path.open("rb") as f:
+        return path.name, f.read(DEFAULT_MAX_BYTES + 1)
 
 
 def _precheck_rdf(location: str) -> None:
     """Name the first problem of an RDF that is no model RDF at all, in words a user can act on.
 
     bioimageio.spec reports broken YAML and RDFs of other types as long validation reports; this
-    parses the RDF the same way (safe YAML 1.2 loader: no tags, no code) and says what it is.
+    parses the RDF the same way (safe YAML 1.2 loader: no tags, no code) and says what it is. A
+    YAML alias bomb or an oversized RDF raises here, so that bioimageio.spec never parses it.
     """
-    from ruyaml import YAML
     from ruyaml.error import MarkedYAMLError
+
+    from bioimage_cte.errors import UnsafeYamlError
+    from bioimage_cte.safe_yaml import load_untrusted_yaml
 
     try:
         found = _read_local_rdf(location)
@@ -123,7 +135,9 @@ def _precheck_rdf(location: str) -> None:
         return
     name, raw = found
     try:
-        content = YAML(typ="safe").load(raw.decode("utf-8"))
+        content = load_untrusted_yaml(raw, where=f"{name} of {location}")
+    except UnsafeYamlError:
+        raise
     except UnicodeDecodeError:
         raise InvalidModelError(f"{location}: {name} is not UTF-8 text; save the RDF as UTF-8 YAML") from None
     except MarkedYAMLError as e:
@@ -164,17 +178,26 @@ def _missing_files(location: str, content: dict) -> tuple[str, str] | None:
     return None
 
 
-def _sources(node: Any, loc: tuple[str, ...]) -> Iterator[tuple[str, str]]:
-    """Every ``source`` string of the RDF's files (weights, architecture, test tensors, ...) with its field."""
+def _sources(node: Any, loc: tuple[str, ...], seen: set[int] | None = None) -> Iterator[tuple[str, str]]:
+    """Every ``source`` string of the RDF's files (weights, architecture, test tensors, ...) with its field.
+
+    A YAML alias makes one object appear in many places: each collection is visited once (by
+    ``id``), so shared or self-containing data cannot make the walk exponential or endless.
+    """
+    seen = set() if seen is None else seen
+    if isinstance(node, dict | list):
+        if id(node) in seen:
+            return
+        seen.add(id(node))
     if isinstance(node, dict):
         for key, value in node.items():
             if key == "source" and isinstance(value, str) and loc and loc[0] != "config":
                 yield ".".join(loc + ("source",)), value
             else:
-                yield from _sources(value, loc + (str(key),))
+                yield from _sources(value, loc + (str(key),), seen)
     elif isinstance(node, list):
         for i, value in enumerate(node):
-            yield from _sources(value, loc + (str(i),))
+            yield from _sources(value, loc + (str(i),), seen)
 
 
 def check_segmentation_model(descr: v0_5.ModelDescr, *, location: str) -> None:
@@ -370,6 +393,11 @@ class BlackBoxPredictor(_Predictor):
         try:
             pipeline = create_prediction_pipeline(descr, devices=list(devices), weights_format=self.weight_format)
         except Exception as e:
+            damage = _damaged_weights(e)
+            if damage is not None:
+                source = getattr(getattr(descr.weights, self.weight_format or "", None), "source", "a weights file")
+                raise InvalidModelError(f"{name}: weights file {source} is corrupt or truncated ({damage}); download "
+                                        "the package again") from e
             raise InvalidModelError(f"{name}: could not load the model ({_first_line(e)}); check its weights "
                                     "with 'bioimageio test'") from e
         super().__init__(descr, pipeline, name=name, max_tile=max_tile, devices=devices)
@@ -487,6 +515,12 @@ class GreyBoxPredictor(_Predictor):
         except InvalidModelError as e:
             raise InvalidModelError(f"{name}: {e}") from e
         except Exception as e:
+            damage = _damaged_weights(e)
+            if damage is not None:  # checked first: bioimageio.core words every torch.load failure as weights_only's
+                raise InvalidModelError(
+                    f"{name}: weights file {descr.weights.pytorch_state_dict.source} is corrupt or truncated "
+                    f"({damage}); download the package again"
+                ) from e
             if "weights_only" in str(e):  # bioimageio.core refused a pickle that is not a plain state dict
                 raise InvalidModelError(
                     f"{name}: {descr.weights.pytorch_state_dict.source} is not a plain state dict (torch.load with "
@@ -528,6 +562,37 @@ def make_predictor(descr: v0_5.ModelDescr, *, name: str, greybox: bool, weight_f
                                 code_policy=code_policy)
     return BlackBoxPredictor(descr, name=name, weight_format=weight_format, devices=devices, max_tile=max_tile,
                              code_policy=code_policy)
+
+
+# what torch and zipfile say about a weights file that was cut short or damaged (rather than refused)
+_DAMAGE_MARKERS = ("PytorchStreamReader failed", "unexpected EOF", "file might be corrupted", "negative seek value",
+                   "truncated", "Ran out of input")
+
+
+def _damaged_weights(e: BaseException) -> str | None:
+    """The first line of the error, in ``e``'s chain, showing that a weights file is truncated or damaged; else None.
+
+    bioimageio.core wraps every failure of ``torch.load(weights_only=True)`` in one ValueError, so
+    the original error is looked up in the chain, innermost first. A pickle that ``weights_only``
+    refuses ("Unsupported global") is not damage: the file is whole, only unsafe.
+    """
+    import pickle
+    import zipfile
+
+    chain: list[BaseException] = []
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for err in reversed(chain):
+        text = str(err)
+        if "Unsupported global" in text:
+            return None
+        if isinstance(err, zipfile.BadZipFile | EOFError) or (
+            isinstance(err, RuntimeError | ValueError | pickle.UnpicklingError)
+            and any(marker in text for marker in _DAMAGE_MARKERS)
+        ):
+            return _first_line(err)
+    return None
 
 
 def _first_line(e: BaseException) -> str:

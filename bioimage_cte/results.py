@@ -334,11 +334,13 @@ def _rdf_fingerprint(raw: bytes) -> bytes:
     Writing a ranking back onto a package (bioimage_cte.annotate) rewrites its rdf.yaml; that
     must not look like a new model, or every annotated model would be scored again.
     """
-    from ruyaml import YAML
+    from bioimage_cte.safe_yaml import load_untrusted_yaml
 
     try:  # parsed as YAML 1.2, as bioimageio.spec and bioimage_cte.annotate read it
-        data = YAML(typ="safe").load(raw.decode("utf-8"))
-    except Exception:  # an unreadable RDF is fingerprinted by its bytes; loading it will report the problem
+        data = load_untrusted_yaml(raw, where="rdf.yaml")
+    # an unreadable RDF, or one refused as an alias bomb or oversized, is fingerprinted by its bytes;
+    # loading it will report the problem
+    except Exception:
         return raw
     config = data.get("config") if isinstance(data, dict) else None
     ours = config.get(_ANNOTATION_NAMESPACE) if isinstance(config, dict) else None

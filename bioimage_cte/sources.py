@@ -43,6 +43,8 @@ _ACCEPTED = (
     "a collection index .json, or an http(s) URL"
 )
 _INDEX_TIMEOUT_S = 30.0
+MAX_INDEX_BYTES = 64 * 1024**2
+"""Largest collection index read (64 MiB); the zoo's index.json is a few MB."""
 _ZOO_ID_PREFIX = "bioimage-io/"
 
 
@@ -233,18 +235,32 @@ def safe_extract_zip(path: Path, dest: Path) -> Path:
     return dest
 
 
-def _fetch_text(url: str) -> str:
+def _index_too_large(spec: str, max_bytes: int) -> InvalidIndexError:
+    return InvalidIndexError(
+        f"collection index {spec} is over the size limit of {max_bytes} bytes (max_bytes); pass the zoo's "
+        "index.json, or raise max_bytes if you trust this index"
+    )
+
+
+def _fetch_text(url: str, *, max_bytes: int = MAX_INDEX_BYTES) -> str:
     import httpx
 
     try:
-        response = httpx.get(url, timeout=_INDEX_TIMEOUT_S, follow_redirects=True)
-        response.raise_for_status()
+        # streamed, so that a server sending an endless body is cut off at the limit, not held in memory
+        with httpx.stream("GET", url, timeout=_INDEX_TIMEOUT_S, follow_redirects=True) as response:
+            response.raise_for_status()
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise _index_too_large(url, max_bytes)
+            encoding = response.encoding or "utf-8"
     except httpx.HTTPError as e:
         raise InvalidIndexError(
             f"cannot download collection index {url}: {_one_line(e)}; check the URL and your connection, "
             "or pass a local copy of the index"
         ) from e
-    return response.text
+    return bytes(body).decode(encoding, errors="replace")
 
 
 def _resolve_entry(raw: str, base: str | Path) -> str:
@@ -267,7 +283,7 @@ def _display_name(model_id: str) -> str:
     return model_id.removeprefix(_ZOO_ID_PREFIX)
 
 
-def read_collection_index(path_or_url: str | Path) -> list[ModelSource]:
+def read_collection_index(path_or_url: str | Path, *, max_bytes: int = MAX_INDEX_BYTES) -> list[ModelSource]:
     """Read the models listed in a zoo collection index.
 
     Two shapes are accepted: the current index
@@ -280,6 +296,8 @@ def read_collection_index(path_or_url: str | Path) -> list[ModelSource]:
     ----------
     path_or_url : str or Path
         Local path or http(s) URL of the index JSON.
+    max_bytes : int, optional
+        Largest index read (default 64 MiB); a larger one is refused before it is parsed.
 
     Returns
     -------
@@ -289,7 +307,8 @@ def read_collection_index(path_or_url: str | Path) -> list[ModelSource]:
     Raises
     ------
     InvalidIndexError
-        The index cannot be read, is not JSON, or does not have either shape.
+        The index cannot be read, is larger than ``max_bytes``, is not JSON (or nests too deeply to
+        parse), or does not have either shape.
 
     Examples
     --------
@@ -304,12 +323,16 @@ def read_collection_index(path_or_url: str | Path) -> list[ModelSource]:
     spec = str(path_or_url)
     base: str | Path
     if _is_url(spec):
-        text = _fetch_text(spec)
+        text = _fetch_text(spec, max_bytes=max_bytes)
         base = spec
     else:
         path = Path(spec).expanduser()
         try:
-            text = path.read_text(encoding="utf-8")
+            with path.open("rb") as f:
+                raw = f.read(max_bytes + 1)  # never more than the limit in memory
+            if len(raw) > max_bytes:
+                raise _index_too_large(spec, max_bytes)
+            text = raw.decode("utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise InvalidIndexError(
                 f"cannot read collection index {path}: {_one_line(getattr(e, 'strerror', None) or e)}; "
@@ -323,6 +346,11 @@ def read_collection_index(path_or_url: str | Path) -> list[ModelSource]:
             f"collection index {spec} is not valid JSON ({_one_line(e)}); pass the zoo's index.json "
             "or a collection.json"
         ) from e
+    except RecursionError:  # e.g. a megabyte of '[': json's decoder recurses per nesting level
+        raise InvalidIndexError(
+            f"collection index {spec} nests JSON arrays or objects too deeply to parse; pass the zoo's index.json "
+            "or a collection.json"
+        ) from None
 
     if isinstance(content, dict) and isinstance(content.get("items"), list):
         entries = [(item, _latest_source(item, spec)) for item in content["items"] if _is_model(item, spec)]
@@ -483,16 +511,21 @@ def read_tags(source: ModelSource) -> list[str]:
     source : ModelSource
         A model found by :func:`find_models`.
     """
-    import yaml
+    from bioimage_cte.safe_yaml import DEFAULT_MAX_BYTES, load_untrusted_yaml
 
     path = Path(source.location)
     try:
+        # read as bioimageio.spec reads it, bounded: an alias bomb or oversized RDF is refused here
+        # (and reported when the model is loaded), one byte over the limit is enough to tell
         if path.suffix.lower() == ".zip":
             with zipfile.ZipFile(path) as zf:
                 name = next(n for n in RDF_NAMES if n in zf.namelist())
-                rdf = yaml.safe_load(zf.read(name))
+                with zf.open(name) as f:
+                    raw = f.read(DEFAULT_MAX_BYTES + 1)
         else:
-            rdf = yaml.safe_load(path.read_text())
+            with path.open("rb") as f:
+                raw = f.read(DEFAULT_MAX_BYTES + 1)
+        rdf = load_untrusted_yaml(raw, where=f"rdf.yaml of {source.location}")
     except Exception:  # a broken package is reported when it is loaded, not while filtering
         return []
     tags = rdf.get("tags", []) if isinstance(rdf, dict) else []
