@@ -2,6 +2,7 @@
 
     cd /path/to/bioimage-cte && .venv/bin/python benchmarks/dask_speedup.py
         [--zoo resources/zoo] [--targets resources/data/dsb2018 resources/data/nuclei-tiny-crowded] [--workers 1 2]
+        [--seed 0]
 
 Every run starts from an empty results store, so every model x target pair is scored. The runs
 share one temporary Prefect server, started before any timing. Each worker process runs torch
@@ -13,8 +14,9 @@ with one thread. Two numbers per comparison:
   which is what more workers can speed up.
 
 The fixed cost is the same for 1 and 2 workers, so the end-to-end speed-up grows with the work:
-one target of the demo zoo (17 models x 4 images) is too little to hide it. Run from the
-repository root (prefect.toml keeps it quiet and offline), on otherwise idle CPUs.
+one target of the demo zoo (17 models x 4 images) is too little to hide it. Every run ranks with the same
+:class:`~bioimage_cte.options.RankOptions` (``cte-dropout``, ``--seed``), so the rankings must be equal. Run from
+the repository root (prefect.toml keeps it quiet and offline), on otherwise idle CPUs.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bioimage_cte.options import RankOptions
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TARGETS = [ROOT / "resources" / "data" / "dsb2018", ROOT / "resources" / "data" / "nuclei-tiny-crowded"]
 
@@ -41,14 +45,14 @@ class Run:
     rankings: dict[str, list[str]]
 
 
-def _run(zoo: Path, targets: list[Path], workers: int, tmp: Path) -> Run:
+def _run(zoo: Path, targets: list[Path], workers: int, tmp: Path, options: RankOptions) -> Run:
     from bioimage_cte_flows.zoo_ranking import run_zoo_ranking
 
     from bioimage_cte.results import ResultStore
 
     out = tmp / f"workers-{workers}"
     start = time.perf_counter()
-    summary = run_zoo_ranking(zoo, targets, store_path=str(out / "results.sqlite"), output_dir=str(out),
+    summary = run_zoo_ranking(zoo, targets, options, store_path=str(out / "results.sqlite"), output_dir=str(out),
                               reports=False, dask_address="local", workers=workers, torch_threads=1)
     wall = time.perf_counter() - start
     records = ResultStore(summary.store).records().values()
@@ -63,7 +67,9 @@ def main() -> int:
     parser.add_argument("--zoo", type=Path, default=ROOT / "resources" / "zoo")
     parser.add_argument("--targets", type=Path, nargs="+", default=DEFAULT_TARGETS)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    options = RankOptions(estimator="cte-dropout", seed=args.seed)
     for name, value in {"TQDM_DISABLE": "1", "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                         "PREFECT_LOGGING_LEVEL": "WARNING"}.items():
         os.environ.setdefault(name, value)
@@ -79,7 +85,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, SubprocessASGIServer() as server, \
             temporary_settings(updates={PREFECT_API_URL: server.api_url}):
         for workers in args.workers:
-            run = runs[workers] = _run(args.zoo, args.targets, workers, Path(tmp))
+            run = runs[workers] = _run(args.zoo, args.targets, workers, Path(tmp), options)
             print(f"  {workers} worker(s): {run.wall:6.1f} s end to end, {run.scoring:6.1f} s scoring, "
                   f"{run.scored} pairs scored")
     base = runs[args.workers[0]]

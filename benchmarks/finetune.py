@@ -6,7 +6,9 @@ For each target, the models tagged with the target's task are scored zero-shot w
 target's images, no labels), then each is fine-tuned on k = 1, 5 and all-but-the-test-split labelled images with
 the same step budget, next to the same architectures trained from scratch; Dice is measured on 2 held-out images.
 Writes ``<output>.json``, ``<output>.md`` (the README table) and ``<output>.html`` (plots and CKA heatmaps).
-Targets run in parallel worker processes with one torch thread each.
+Targets run in parallel worker processes with one torch thread each. The zero-shot scores and the fine-tuning
+share one :class:`~bioimage_cte.options.RankOptions` (``--seed``; its code policy decides which architectures may
+be built). A smoke run: ``--steps 1 --k 1 --targets nuclei-tiny-crowded --workers 1 --output /tmp/finetune``.
 """
 
 from __future__ import annotations
@@ -29,25 +31,26 @@ def run_target(target: str, steps: int, ks: list, seed: int) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from bioimage_cte.images import list_images, load_labels
-    from bioimage_cte.ranking import load_target
+    from bioimage_cte.images import list_images, load_labels, load_target, target_task
+    from bioimage_cte.options import RankOptions
     from bioimage_cte.sources import filter_by_tag, find_models
     from bioimage_cte.studies.finetune import FinetuneConfig, run_finetune_benchmark, zero_shot_cte
-    from bioimage_cte.studies.transfer import target_task
 
+    options = RankOptions(estimator="cte-dropout", seed=seed)
+    zero_shot_name = f"CTE (cte-dropout, strength={options.make_estimator().settings()['strength']})"
     folder = ROOT / "resources" / "data" / target
     start, cpu_start = time.perf_counter(), time.process_time()
     paths = list_images(folder / "images")
     labels = load_labels(paths, folder / "labels")
     sources = filter_by_tag(find_models([ROOT / "resources" / "zoo"]), target_task(folder) or "")
-    zero_shot = zero_shot_cte(sources, paths, seed=seed)
+    zero_shot = zero_shot_cte(sources, paths, options)
     cte_seconds = time.perf_counter() - start
     bench = run_finetune_benchmark([(s.name, s.location) for s in sources], [load_target(p) for p in paths], labels,
                                    ks=ks, n_test=2, config=FinetuneConfig(steps=steps, eval_every=max(steps // 6, 1),
                                                                           seed=seed),
-                                   zero_shot=zero_shot)
+                                   zero_shot=zero_shot, code_policy=options.code_policy())
     payload = bench.to_json_dict()
-    payload.update(task=target_task(folder), n_images=len(paths), zero_shot_name="CTE (cte-dropout, p=0.2)",
+    payload.update(task=target_task(folder), n_images=len(paths), zero_shot_name=zero_shot_name,
                    seconds={"cte": round(cte_seconds, 1), "total": round(time.perf_counter() - start, 1),
                             # CPU time of this worker: on a shared machine it, not wall time, predicts an idle run
                             "cpu": round(time.process_time() - cpu_start, 1)})

@@ -7,19 +7,10 @@ and annotating the same target again replaces only that target's entry. ``config
 RDF's free-form section; the spec asks tools to nest their data under a key named after the
 tool, and ``config.bioimageio`` is reserved for bioimage.io itself.
 
-Packages are rewritten, never edited in place byte by byte:
-
-- a package folder (or its ``rdf.yaml``): the new ``rdf.yaml`` replaces the old one, which is
-  kept as ``rdf.yaml.bak`` (then ``rdf.yaml.bak.1``, ...), or the folder is copied to ``output``;
-- a zipped package: a new zip with every other entry identical (same names, same bytes, same
-  order) replaces the old one, which is kept as ``<name>.zip.bak``, or goes to ``output``.
-
-Every write goes to a temporary file next to its destination, is flushed to disk and then
-moved over the destination with :func:`os.replace`, so an interrupted run leaves either the
-old or the new package, never half of one. A run killed mid-write leaves its hidden temporary
-file (``.<name>.<pid>.<random>.tmp``), which no package finder or fingerprint counts
-(:func:`is_temporary`) and which the next write to the same destination removes once the
-process that made it is gone.
+Packages are read and rewritten by :mod:`bioimage_cte.packages`: a zip or a folder's ``rdf.yaml`` is
+replaced atomically (the old one kept as ``.bak``) or written to ``output``, every other file byte for byte the
+same, so an interrupted run leaves either the old or the new package, never half of one. This module decides
+what the new RDF says.
 
 A package that changed after it was ranked is refused, except for changes made by this module:
 each entry records the sha256 the package file had when it was ranked (``package_sha256``) and a
@@ -33,17 +24,12 @@ import copy
 import datetime
 import hashlib
 import json
-import os
-import re
-import shutil
-import zipfile
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any
 
-from bioimage_cte import __version__, fileutils
+from bioimage_cte import __version__
 from bioimage_cte.errors import (
     AnnotationError,
     BioimageCteError,
@@ -52,8 +38,20 @@ from bioimage_cte.errors import (
     PackageChangedError,
     WriteError,
 )
-from bioimage_cte.sources import RDF_NAMES, file_sha256
+from bioimage_cte.packages import (
+    dump_rdf,
+    locate_package,
+    open_package,
+    output_destination,
+    parse_rdf,
+    rdf_location,
+    read_rdf,
+    read_rdf_text,
+    rewrite_package,
+)
+from bioimage_cte.sources import file_sha256
 
+# locate_package, rdf_location and read_rdf are re-exported: callers found them here before bioimage_cte.packages
 __all__ = [
     "TransferabilityEntry",
     "annotate_from_ranking",
@@ -61,6 +59,7 @@ __all__ = [
     "dataset_fingerprint",
     "entries_from_ranking",
     "locate_package",
+    "rdf_location",
     "read_rdf",
     "read_transferability",
     "score_settings",
@@ -171,8 +170,8 @@ def score_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
 
     Examples
     --------
-    >>> score_settings({"estimator": "cte-dropout", "p": 0.2, "images": "/home/me/data", "layer": None})
-    {'p': 0.2}
+    >>> score_settings({"estimator": "cte-dropout", "strength": 0.2, "images": "/home/me/data", "layer": None})
+    {'strength': 0.2}
     """
     return {k: v for k, v in settings.items() if k not in _RUN_ONLY_SETTINGS and v is not None}
 
@@ -213,10 +212,10 @@ def entries_from_ranking(
     Examples
     --------
     >>> ranking = {"models": [{"name": "m", "source": "m.zip", "score": 0.9, "rank": 1, "n_images": 4,
-    ...                        "sha256": "ab"}], "settings": {"estimator": "cte-dropout", "p": 0.2}}
+    ...                        "sha256": "ab"}], "settings": {"estimator": "cte-dropout", "strength": 0.2}}
     >>> entry, sha = entries_from_ranking(ranking, target="t", fingerprint="f", date="2025-01-01")["m.zip"]
     >>> entry.rank, entry.settings, sha
-    (1, {'p': 0.2}, 'ab')
+    (1, {'strength': 0.2}, 'ab')
     """
     if not isinstance(target, str) or not target.strip():
         raise BioimageCteError(f"target name {target!r} is empty; name the target dataset, e.g. --target dsb2018")
@@ -247,86 +246,8 @@ def entries_from_ranking(
     return entries
 
 
-# --- reading packages ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Package:
-    kind: Literal["zip", "folder"]
-    path: Path  # the .zip, or the package folder
-    rdf_name: str
-
-    @property
-    def checksum_file(self) -> Path:
-        """The file whose sha256 the ranking recorded (bioimage_cte.ranking.file_sha256 of the location)."""
-        return self.path if self.kind == "zip" else self.path / self.rdf_name
-
-
-def _open_package(location: Path) -> _Package:
-    if location.is_dir():
-        name = next((n for n in RDF_NAMES if (location / n).is_file()), None)
-        if name is None:
-            raise InvalidModelError(f"{location}: no rdf.yaml or bioimageio.yaml in this folder; pass a model "
-                                    "package folder, its rdf.yaml or a package .zip")
-        return _Package("folder", location, name)
-    if not location.is_file():
-        raise InvalidModelError(f"{location} does not exist; pass a model package folder, rdf.yaml or .zip")
-    if location.suffix.lower() == ".zip":
-        try:
-            with zipfile.ZipFile(location) as zf:
-                names = set(zf.namelist())
-        except (zipfile.BadZipFile, OSError) as e:
-            raise InvalidModelError(f"{location} is not a valid zip ({_one_line(e)}); re-download or re-export "
-                                    "the model package") from e
-        name = next((n for n in RDF_NAMES if n in names), None)
-        if name is None:
-            raise InvalidModelError(f"{location}: no rdf.yaml or bioimageio.yaml at the top of the zip; pass a "
-                                    "bioimageio model package")
-        return _Package("zip", location, name)
-    if location.name in RDF_NAMES or location.name.endswith(tuple("." + n for n in RDF_NAMES)):
-        return _Package("folder", location.parent, location.name)
-    raise InvalidModelError(f"{location}: not an rdf.yaml, package folder or .zip; pass a model package")
-
-
-def _read_rdf_text(pkg: _Package) -> str:
-    try:
-        if pkg.kind == "zip":
-            with zipfile.ZipFile(pkg.path) as zf:
-                raw = zf.read(pkg.rdf_name)
-        else:
-            raw = (pkg.path / pkg.rdf_name).read_bytes()
-        return raw.decode("utf-8")
-    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
-        raise InvalidModelError(f"{pkg.path} is a corrupt zip ({_one_line(e)}); re-download or re-export the "
-                                "model package") from e
-    except UnicodeDecodeError as e:
-        raise InvalidModelError(f"{_where(pkg)} is not UTF-8 text; re-save the rdf.yaml as UTF-8") from e
-    except OSError as e:
-        raise InvalidModelError(f"cannot read {_where(pkg)}: {e.strerror or e}; check its permissions") from e
-
-
-def _where(pkg: _Package) -> str:
-    return f"{pkg.path}:{pkg.rdf_name}" if pkg.kind == "zip" else str(pkg.path / pkg.rdf_name)
-
-
 def _one_line(e: BaseException | str) -> str:
     return " ".join(str(e).split())
-
-
-def _parse(text: str, where: str) -> dict[str, Any]:
-    # bioimageio.spec reads RDFs with ruyaml as YAML 1.2; PyYAML reads YAML 1.1, where `no` is false and
-    # `1e-6` a string, so reading with PyYAML could silently change a model's values.
-    from ruyaml.error import YAMLError
-
-    from bioimage_cte.safe_yaml import load_untrusted_yaml
-
-    try:  # an alias bomb or oversized RDF raises UnsafeYamlError, an InvalidModelError naming the file
-        data = load_untrusted_yaml(text, where=where)
-    except YAMLError as e:
-        raise InvalidModelError(f"{where} is not valid YAML ({_one_line(e)}); fix the rdf.yaml") from e
-    if not isinstance(data, dict):
-        raise InvalidModelError(f"{where} is not a YAML mapping; pass a bioimageio model package")
-    return data
 
 
 def _check_model(data: Mapping[str, Any], where: str) -> None:
@@ -364,18 +285,6 @@ def _content_sha256(data: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def read_rdf(location: Path) -> dict[str, Any]:
-    """The RDF of a local model package (folder, rdf.yaml or zip) as plain data, read as bioimageio reads it.
-
-    Raises
-    ------
-    InvalidModelError
-        Not a package, a corrupt zip, or an rdf.yaml that is not a YAML mapping.
-    """
-    pkg = _open_package(Path(location))
-    return _parse(_read_rdf_text(pkg), _where(pkg))
-
-
 def read_transferability(location: Path) -> list[dict[str, Any]]:
     """The transferability entries of a model package (folder, rdf.yaml or zip), one per target.
 
@@ -389,32 +298,12 @@ def read_transferability(location: Path) -> list[dict[str, Any]]:
     list of dict
         ``config.bioimage_cte.transferability``; empty if the package has none.
     """
-    pkg = _open_package(Path(location))
-    return _entries(_parse(_read_rdf_text(pkg), _where(pkg)), _where(pkg))
-
-
-# --- writing --------------------------------------------------------------------------------------------------
-
-
-def _yaml_dumper():
-    import yaml
-
-    class Dumper(yaml.SafeDumper):
-        """PyYAML's safe dumper, quoting also the strings that YAML 1.2 would read as numbers (e.g. ``1e3``)."""
-
-    Dumper.add_implicit_resolver(
-        "tag:yaml.org,2002:float",
-        re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$"),
-        list("-+0123456789."),
-    )
-    Dumper.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^0o[0-7]+$"), ["0"])
-    return Dumper
+    pkg = open_package(Path(location))
+    return _entries(parse_rdf(read_rdf_text(pkg), pkg.where), pkg.where)
 
 
 def _render(data: dict[str, Any], record: dict[str, Any], *, where: str, yaml12_header: bool) -> bytes:
     """The RDF text with ``record`` put in its target's place, checked to change nothing else."""
-    import yaml
-
     new = copy.deepcopy(data)
     entries = _entries(new, where)
     position = next((i for i, e in enumerate(entries) if e.get("target") == record["target"]), None)
@@ -427,82 +316,13 @@ def _render(data: dict[str, Any], record: dict[str, Any], *, where: str, yaml12_
     if not isinstance(new["config"].get(NAMESPACE), dict):
         new["config"][NAMESPACE] = {}
     new["config"][NAMESPACE][ENTRIES_KEY] = entries
-    text = yaml.dump(new, Dumper=_yaml_dumper(), sort_keys=False, allow_unicode=True, default_flow_style=False,
-                     width=4096)
-    if yaml12_header:
-        text = "%YAML 1.2\n---\n" + text
+    text = dump_rdf(new, yaml12_header=yaml12_header)
     # Read back the way bioimageio.spec reads it: every value but ours must have survived the round trip.
-    again = _parse(text, where)
+    again = parse_rdf(text, where)
     if _without_entries(again) != _without_entries(data) or _entries(again, where) != entries:
         raise BioimageCteError(f"{where}: rewriting the rdf.yaml would change values other than "
                                f"config.{NAMESPACE}; the package was left untouched, please report this RDF")
     return text.encode("utf-8")
-
-
-def _copy_entry(zin: zipfile.ZipFile, zout: zipfile.ZipFile, info: zipfile.ZipInfo, data: bytes | None) -> None:
-    """Copy one zip entry with its name, time, mode and compression; ``data`` replaces its content if given."""
-    new = zipfile.ZipInfo(info.filename, date_time=info.date_time)
-    new.compress_type = info.compress_type
-    new.external_attr = info.external_attr
-    new.internal_attr = info.internal_attr
-    new.create_system = info.create_system
-    new.comment = info.comment
-    if data is not None:
-        zout.writestr(new, data)
-        return
-    if info.is_dir():
-        zout.writestr(new, b"")
-        return
-    new.file_size = info.file_size
-    with zin.open(info) as src, zout.open(new, "w", force_zip64=info.file_size >= zipfile.ZIP64_LIMIT) as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
-
-
-def _rewrite_zip(source: Path, rdf_name: str, rdf: bytes, dest: Path, *, backup: bool) -> None:
-    def fill(f: IO[bytes]) -> None:
-        with zipfile.ZipFile(source) as zin, zipfile.ZipFile(f, "w") as zout:
-            for info in zin.infolist():
-                _copy_entry(zin, zout, info, rdf if info.filename == rdf_name else None)
-            zout.comment = zin.comment
-
-    try:
-        fileutils.atomic_write(dest, fill, backup=backup, mode_from=source)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
-        raise InvalidModelError(f"{source} is a corrupt zip ({_one_line(e)}); re-download or re-export the model "
-                                "package") from e
-
-
-def _copy_folder(source: Path, rdf_name: str, rdf: bytes, dest: Path) -> None:
-    """Copy a package folder to ``dest`` with a new rdf file; ``dest`` appears complete or not at all."""
-    fileutils.remove_stale_temporaries(dest)
-    tmp = fileutils.temp_path(dest)
-    tmp.mkdir()
-    try:
-        backups = shutil.ignore_patterns(f"*{fileutils.BACKUP_SUFFIX}", f"*{fileutils.BACKUP_SUFFIX}.*")
-        # neither backups nor a killed write-back's temporary files are part of the package
-        shutil.copytree(source, tmp, dirs_exist_ok=True, ignore=lambda folder, names: backups(folder, names)
-                        | {n for n in names if fileutils.is_temporary(n)})
-        for copied in tmp.rglob("*"):  # on disk before the rename publishes the folder, as the rdf below
-            if copied.is_file() and not copied.is_symlink():
-                with copied.open("rb") as f:
-                    os.fsync(f.fileno())
-        with (tmp / rdf_name).open("wb") as f:
-            fileutils.write_all(f, rdf)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    fileutils.fsync_folder(dest.parent)
-
-
-def _output_destination(pkg: _Package, output: Path) -> Path:
-    dest = Path(output) / pkg.path.name
-    if dest.resolve() == pkg.path.resolve():
-        raise WriteError(f"{output} is the folder the package {pkg.path} is in; omit the output folder to annotate "
-                         "in place, or choose another one")
-    return dest
 
 
 def annotate_package(
@@ -561,10 +381,10 @@ def annotate_package(
     WriteError
         The destination cannot be written. In every error case the package is unchanged.
     """
-    pkg = _open_package(Path(location))
-    where = _where(pkg)
-    text = _read_rdf_text(pkg)
-    data = _parse(text, where)
+    pkg = open_package(Path(location))
+    where = pkg.where
+    text = read_rdf_text(pkg)
+    data = parse_rdf(text, where)
     _check_model(data, where)
     content = _content_sha256(data)
     current = file_sha256(pkg.checksum_file)
@@ -583,10 +403,10 @@ def annotate_package(
         except OSError as e:
             raise WriteError(f"cannot create output folder {output}: {e.strerror or e}; choose a writable "
                              "folder") from e
-        dest = _output_destination(pkg, Path(output))
+        dest = output_destination(pkg, Path(output))
         if dest.exists():
-            base = _open_package(dest)
-            base_data = _parse(_read_rdf_text(base), _where(base))
+            base = open_package(dest)
+            base_data = parse_rdf(read_rdf_text(base), base.where)
             if base.kind != pkg.kind or _content_sha256(base_data) != content:
                 raise WriteError(f"{dest} already exists and is not an annotated copy of {pkg.path}; remove it or "
                                  "choose another output folder")
@@ -595,15 +415,7 @@ def annotate_package(
 
     target = base.path if in_place else dest
     try:
-        if pkg.kind == "zip":
-            _rewrite_zip(base.path, base.rdf_name, rdf, target, backup=backup and output is None)
-            return target
-        if in_place:
-            fileutils.atomic_write(target / base.rdf_name, lambda f: fileutils.write_all(f, rdf),
-                                   backup=backup and output is None)
-        else:
-            _copy_folder(pkg.path, pkg.rdf_name, rdf, target)
-        return target / base.rdf_name
+        return rewrite_package(base, rdf, None if in_place else dest, backup=backup and output is None)
     except OSError as e:
         raise WriteError(f"cannot write {target}: {e.strerror or _one_line(e)}; choose a writable output folder "
                          "or check the package's permissions") from e
@@ -625,43 +437,6 @@ def _read_ranking(path: Path) -> dict[str, Any]:
         raise BioimageCteError(f"{path} is not a ranking (no 'models'); pass the JSON written by "
                                "'bioimage-cte rank --output'")
     return payload
-
-
-def rdf_location(path: Path) -> Path:
-    """The rdf.yaml of a package folder; a zip or an rdf.yaml is its own location."""
-    if path.is_dir():
-        return next((path / n for n in RDF_NAMES if (path / n).is_file()), path)
-    return path
-
-
-def locate_package(source: str, *, base: Path | None = None) -> Path:
-    """The local package a ranking's model ``source`` refers to.
-
-    Parameters
-    ----------
-    source : str
-        The source as recorded in the ranking (the path given to ``rank``).
-    base : Path, optional
-        Folder to try for a relative path that does not exist from the current folder,
-        typically the ranking JSON's folder.
-
-    Raises
-    ------
-    InvalidModelError
-        ``source`` is a URL or cannot be found.
-    """
-    base = Path.cwd() if base is None else Path(base)
-    if source.startswith(("http://", "https://")):
-        raise InvalidModelError(f"{source} is a URL; only local packages can be annotated (download the package, "
-                                "rank and annotate the local copy)")
-    path = Path(source).expanduser()
-    if path.exists():
-        return path
-    if not path.is_absolute() and (base / path).exists():
-        return base / path
-    where = "" if path.is_absolute() else f" (looked in the current folder and in {base})"
-    raise InvalidModelError(f"{source} not found{where}; was the package moved after ranking? Rank again, or run "
-                            "from the folder 'rank' ran in")
 
 
 def annotate_from_ranking(
@@ -720,7 +495,7 @@ def annotate_from_ranking(
         try:
             location = locate_package(source, base=path.parent.resolve())
             if output is not None:
-                dest = _output_destination(_open_package(location), Path(output)).resolve()
+                dest = output_destination(open_package(location), Path(output)).resolve()
                 if dest in claimed:
                     raise WriteError(f"{source} and {claimed[dest]} would both be written to {dest}; annotate them "
                                      "into different output folders")

@@ -496,9 +496,10 @@ def finetune_benchmark(
 
         config = FinetuneConfig(steps=steps, batch_size=batch_size, patch=patch, seed=seed,
                                 learning_rate=learning_rate, eval_every=eval_every)
-        with _progress("fine-tuning") as progress:
+        with _progress("zero-shot CTE") as progress:
             payload = run_finetune_study(models, images, labels, options, ks=k_values, config=config, n_test=n_test,
-                                         cte=cte, scratch=scratch, export=export, progress=progress)
+                                         cte=cte, scratch=scratch, export=export, on_image=progress.image,
+                                         on_run=lambda text: err_console.print(f"fine-tuned {text}", highlight=False))
         if output is not None:
             _write_json(output, payload)
             console.print(f"results written to {output}")

@@ -282,6 +282,11 @@ class MCDropoutAgreement(_MedianAggregate):
     needs_labels: ClassVar[bool] = False
     cross_model: ClassVar[bool] = False
 
+    def __post_init__(self) -> None:
+        FeatureDropout(self.strength, 0)  # validates the rate
+        if self.samples < 2:
+            raise ValueError(f"samples={self.samples}: mc-dropout compares pairs of samples, use 2 or more")
+
     @classmethod
     def from_options(cls, options: RankOptions) -> MCDropoutAgreement:
         return cls(strength=DEFAULT_DROPOUT if options.strength is None else options.strength)

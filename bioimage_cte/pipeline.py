@@ -196,7 +196,7 @@ def report_overlays(ranking_json: dict[str, Any], image_paths: Sequence[Path], *
         ``{"indices": [...], "models": {name: [(image, clean, perturbed or None), ...]}, "errors": {name: text}}``;
         a model that cannot be re-run is named under ``errors`` instead of stopping the report.
     """
-    from bioimage_cte.annotate import locate_package, rdf_location
+    from bioimage_cte.packages import locate_package, rdf_location
     from bioimage_cte.seeds import rng
 
     settings = ranking_json.get("settings", {})

@@ -28,9 +28,10 @@ from urllib.parse import parse_qs, quote, urlparse
 import numpy as np
 
 from bioimage_cte import __version__
-from bioimage_cte.annotate import locate_package, read_rdf, score_settings
+from bioimage_cte.annotate import score_settings
 from bioimage_cte.errors import BioimageCteError
 from bioimage_cte.fileutils import write_atomic
+from bioimage_cte.packages import locate_package, read_rdf
 
 __all__ = [
     "TOOL_NAME",

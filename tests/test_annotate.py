@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from ruyaml import YAML
 
-from bioimage_cte import annotate, fileutils
+from bioimage_cte import fileutils, packages
 from bioimage_cte.annotate import (
     TransferabilityEntry,
     annotate_from_ranking,
@@ -42,7 +42,7 @@ def _sha(path: Path) -> str:
 
 def _entry(target: str, score: float = 0.9, rank: int = 1) -> TransferabilityEntry:
     return TransferabilityEntry(target=target, target_fingerprint="f" * 64, estimator="cte-dropout",
-                                settings={"p": 0.2, "consistency": "hard"}, score=score, rank=rank, n_models=3,
+                                settings={"strength": 0.2, "consistency": "hard"}, score=score, rank=rank, n_models=3,
                                 n_images=2, date="2025-01-02T03:04:05+00:00", bioimage_cte_version="0.1.0")
 
 
@@ -72,7 +72,9 @@ def folder_package(tmp_path: Path) -> Path:
 def ranking_file(tmp_path_factory) -> tuple[Path, list[Path]]:
     """A real CTE ranking of three demo packages (copied, so they can be annotated) on two DSB images."""
     from bioimage_cte.estimators import CTEDropout
-    from bioimage_cte.ranking import build_ranking, rank_models
+    from bioimage_cte.options import RankOptions
+    from bioimage_cte.ranking import build_ranking, ranking_json
+    from bioimage_cte.scoring import rank_models
     from bioimage_cte.sources import find_models
 
     folder = tmp_path_factory.mktemp("ranked")
@@ -82,11 +84,12 @@ def ranking_file(tmp_path_factory) -> tuple[Path, list[Path]]:
     cwd = Path.cwd()
     os.chdir(folder)  # ranked as `bioimage-cte rank a.zip b.zip ...` run in that folder: relative sources
     try:
-        results, failures = rank_models(find_models([f"{name}.zip" for name in RANKED]), images, [CTEDropout()])
+        results, failures = rank_models(find_models([f"{name}.zip" for name in RANKED]), images, [CTEDropout()],
+                                        RankOptions())
     finally:
         os.chdir(cwd)
-    payload = build_ranking(results, CTEDropout(), failures=failures).to_json_dict()
-    payload["settings"].update({"images": str(DSB), "n_images": len(images), "seed": 0, "device": "cpu"})
+    payload = ranking_json(build_ranking(results, CTEDropout(), failures=failures), RankOptions(), images=str(DSB),
+                           n_images=len(images))
     path = folder / "ranking.json"
     path.write_text(json.dumps(payload))
     return path, images
@@ -108,6 +111,7 @@ def test_dataset_fingerprint_depends_on_names_and_bytes_not_order_or_folder(tmp_
         dataset_fingerprint([a / "missing.tif"])
 
 
+@pytest.mark.slow
 def test_entries_from_a_real_ranking(ranking_file):
     path, images = ranking_file
     ranking = json.loads(path.read_text())
@@ -117,7 +121,7 @@ def test_entries_from_a_real_ranking(ranking_file):
         entry, sha = entries[model["source"]]
         assert (entry.rank, entry.score, entry.n_models, entry.n_images) == (model["rank"], model["score"], 3, 2)
         assert sha == model["sha256"] == _sha(path.parent / model["source"])
-        assert entry.estimator == "cte-dropout" and entry.settings["p"] == 0.2
+        assert entry.estimator == "cte-dropout" and entry.settings["strength"] == 0.2
         assert not {"images", "device", "n_images", "estimator"} & set(entry.settings)  # no local paths on a card
 
 
@@ -154,6 +158,7 @@ def test_zip_round_trip_keeps_every_other_entry_identical(zip_package):
     assert not (zip_package.parent / "nuclei-small-bright.zip.bak").exists()
 
 
+@pytest.mark.slow
 def test_annotated_zip_and_folder_load_with_bioimageio(zip_package, folder_package, tmp_path):
     from bioimageio.spec import load_description
     from bioimageio.spec.model.v0_5 import ModelDescr
@@ -195,7 +200,7 @@ def test_output_folder_leaves_the_original_and_accumulates_targets(folder_packag
 
 def test_an_interrupted_zip_write_leaves_the_original(zip_package, monkeypatch):
     original = zip_package.read_bytes()
-    copy_entry = annotate._copy_entry
+    copy_entry = packages._copy_entry
     calls = []
 
     def fail_halfway(zin, zout, info, data):
@@ -204,7 +209,7 @@ def test_an_interrupted_zip_write_leaves_the_original(zip_package, monkeypatch):
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C halfway through the zip
         copy_entry(zin, zout, info, data)
 
-    monkeypatch.setattr(annotate, "_copy_entry", fail_halfway)
+    monkeypatch.setattr(packages, "_copy_entry", fail_halfway)
     with pytest.raises(KeyboardInterrupt):
         annotate_package(zip_package, _entry("dsb2018"))
     assert zip_package.read_bytes() == original
@@ -297,6 +302,7 @@ def test_an_rdf_that_is_not_a_model_is_refused(folder_package):
         annotate_package(folder_package.parent, _entry("dsb2018"))
 
 
+@pytest.mark.slow
 def test_yaml_1_2_values_survive(folder_package):
     """`no` and `1e-3` mean a string and a float in YAML 1.2 (bioimageio) but not in PyYAML's YAML 1.1."""
     from bioimageio.spec import load_description
@@ -312,6 +318,7 @@ def test_yaml_1_2_values_survive(folder_package):
     assert isinstance(load_description(rdf, perform_io_checks=True), ModelDescr)
 
 
+@pytest.mark.slow
 def test_annotate_from_ranking_in_place_then_second_target(ranking_file):
     path, images = ranking_file
     sources = [m["source"] for m in json.loads(path.read_text())["models"]]
@@ -326,6 +333,7 @@ def test_annotate_from_ranking_in_place_then_second_target(ranking_file):
         annotate_from_ranking(path, target="dsb2018", images=images[:1])
 
 
+@pytest.mark.slow
 def test_annotate_from_ranking_collects_failures(ranking_file, tmp_path):
     path, images = ranking_file
     ranking = json.loads(path.read_text())

@@ -12,6 +12,7 @@ from bioimage_cte.consistency import (
     CONSISTENCY_FUNCTIONS,
     Aggregate,
     aggregate,
+    bootstrap_intervals,
     hard_consistency,
     instance_consistency,
     soft_consistency,
@@ -191,3 +192,17 @@ def test_registry_and_shape_mismatch() -> None:
         with pytest.raises(InvalidImageError, match="threshold"):
             function(np.zeros(3), np.zeros(3), threshold=2.0)
         assert function(np.ones(3), np.ones(3)) == 1.0, name
+
+
+# ---------------------------------------------------------------------------- bootstrap intervals
+
+
+def test_bootstrap_intervals_contain_the_median_and_skip_empty_images():
+    scores = [[0.1, 0.5, 0.9, None], [0.7, 0.7], [None]]
+    ci = bootstrap_intervals(scores, seed=1)
+    assert ci[0, 0] <= 0.5 <= ci[0, 1] and 0.1 <= ci[0, 0] and ci[0, 1] <= 0.9
+    assert ci[1].tolist() == [0.7, 0.7] and np.isnan(ci[2]).all()
+    assert np.array_equal(ci, bootstrap_intervals(scores, seed=1), equal_nan=True)
+    seq = np.random.SeedSequence(1, spawn_key=(7,))
+    assert np.array_equal(bootstrap_intervals(scores, seed=seq), bootstrap_intervals(scores, seed=seq),
+                          equal_nan=True)

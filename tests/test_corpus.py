@@ -19,6 +19,8 @@ from bioimage_cte.cli import app
 from bioimage_cte.errors import InvalidModelError, UntrustedCodeError
 from bioimage_cte.trust import CodePolicy
 
+pytestmark = pytest.mark.slow  # the corpus is built from real torch networks and every test loads packages
+
 runner = CliRunner()
 
 
@@ -53,7 +55,9 @@ def test_bad_model_is_one_line_naming_the_package_and_the_reason(cli_ranking, co
     reason = failure["reason"]
     assert "\n" not in reason and str(corpus.package(name)) in reason
     assert MODELS[name][1] in reason
-    assert failure["stage"] == ("cte-dropout" if name in SKIPPED_BY_GREYBOX + ("pickle-weights",) else "predict")
+    # untrusted package code: skipped; weights the grey-box estimator refuses: estimator; anything else: predict
+    expected = "skipped" if name in SKIPPED_BY_GREYBOX else "estimator" if name == "pickle-weights" else "predict"
+    assert failure["stage"] == expected
     (line,) = _lines(result.output, name)
     assert MODELS[name][1] in line
     assert line.startswith("skipped" if name in SKIPPED_BY_GREYBOX else "failed")
@@ -68,18 +72,20 @@ def test_no_package_code_and_no_pickle_ran(cli_ranking, corpus):
 
 def test_black_box_falls_back_to_torchscript_and_skips_code_only_models(corpus):
     from bioimage_cte.estimators import make_estimator
-    from bioimage_cte.ranking import rank_models
+    from bioimage_cte.options import RankOptions
+    from bioimage_cte.scoring import Stage, rank_models
     from bioimage_cte.sources import find_models
 
     names = ("good-file-arch", "custom-code-arch", "custom-code-only", "pickle-weights")
     sources = find_models([corpus.package(n) for n in names])
-    results, failures = rank_models(sources, sorted(corpus.good_images.iterdir()), [make_estimator("cte-input")])
+    results, failures = rank_models(sources, sorted(corpus.good_images.iterdir()), [make_estimator("cte-input")],
+                                    RankOptions(estimator="cte-input"))
     # the untrusted architecture is replaced by its torchscript weights; bioimageio.core falls back to them too
     # when the state dict is refused
     assert sorted(r.source.name for r in results) == ["custom-code-arch", "good-file-arch", "pickle-weights"]
     assert all(len(r.per_image["cte-input"]) == 2 for r in results)
     (failure,) = failures
-    assert (failure.name, failure.stage) == ("custom-code-only", "skipped")
+    assert (failure.name, failure.stage) == ("custom-code-only", Stage.SKIPPED)
     assert "no torchscript or onnx weights to use instead; pass --trust-code" in failure.reason
     assert not corpus.marker.exists() and not corpus.pickle_marker.exists()
 
@@ -98,7 +104,7 @@ def test_trust_code_runs_the_package_architecture_only_when_asked(corpus):
     image = sorted(corpus.good_images.iterdir())[0]
     result = _invoke("rank", package, "--images", image)
     assert result.exit_code == 0, result.output
-    assert "skipped custom-code-arch (cte-dropout)" in result.output and "--trust-code" in result.output
+    assert "skipped custom-code-arch (skipped)" in result.output and "--trust-code" in result.output
     assert not corpus.marker.exists()
     try:
         result = _invoke("rank", package, "--images", image, "--trust-code")
@@ -197,12 +203,13 @@ def test_mixed_shapes_and_stacks_are_padded_per_image(corpus, tmp_path):
 
 
 def test_trust_settings_reach_the_store_key_only_when_set(corpus):
-    from bioimage_cte.jobs import ScoringOptions, _settings, read_target
+    from bioimage_cte.jobs import _settings, read_target
+    from bioimage_cte.options import RankOptions
 
     target = read_target(corpus.good_images)
-    default = _settings(ScoringOptions(), target)
-    trusted = _settings(ScoringOptions(trust_code=True, trusted_libraries=("mylab",)), target)
+    default = _settings(RankOptions(), target)
+    trusted = _settings(RankOptions(trust_code=True, trusted_libraries=("mylab",)), target)
     assert "trust_code" not in default  # keys of earlier runs stay valid
     assert trusted == {**default, "trust_code": True, "trusted_libraries": ["mylab"]}
-    policy = ScoringOptions(trust_code=True, trusted_libraries=("mylab",)).code_policy()
+    policy = RankOptions(trust_code=True, trusted_libraries=("mylab",)).code_policy()
     assert policy.trust_code and policy.allows_module("mylab.nets") and policy.allows_module("monai")

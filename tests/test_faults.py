@@ -86,11 +86,12 @@ def _zoo_rank(tmp_path: Path, zoo: Path, target: Path, store: Path, out: Path) -
 
 def _reference_ranking(zoo: Path, target: Path, store: Path) -> list[tuple[str, int, float]]:
     """The same ranking, uninterrupted, through the library the flow's tasks call."""
-    from bioimage_cte.sources import find_models
+    from bioimage_cte.jobs import plan_jobs, rank_target, read_target, score_job
+    from bioimage_cte.options import RankOptions
     from bioimage_cte.results import ResultStore
-    from bioimage_cte.jobs import ScoringOptions, plan_jobs, rank_target, read_target, score_job
+    from bioimage_cte.sources import find_models
 
-    options = ScoringOptions("cte-dropout", {"p": None, "strength": None})
+    options = RankOptions(estimator="cte-dropout")  # what zoo-rank runs without options
     spec = read_target(target)
     jobs = plan_jobs(find_models([zoo]), [spec], options)
     results = ResultStore(store)
@@ -265,8 +266,8 @@ def _write_back(tmp_path: Path, ranking: Path, images: list[Path]) -> subprocess
 
 def test_sigkill_during_write_back_never_leaves_a_broken_package(tmp_path: Path):
     from bioimage_cte.annotate import annotate_from_ranking
-    from bioimage_cte.sources import find_models
     from bioimage_cte.results import package_fingerprint
+    from bioimage_cte.sources import find_models
 
     images = sorted(DSB.glob("*.tif"))[:2]
     zoo = tmp_path / "zoo"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,8 +22,6 @@ os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
 os.environ.pop("PREFECT_API_URL", None)
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # 'flows' lives next to the package, not inside it
-    sys.path.insert(0, str(ROOT))
 
 ZOO = ROOT / "resources" / "zoo"
 MODELS = ("nuclei-small-bright", "nuclei-large-sparse", "nuclei-dim-blurry")

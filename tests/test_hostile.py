@@ -128,8 +128,8 @@ def test_load_model_refuses_a_bomb_before_bioimageio_parses_it(bomb_package, mon
 
 def test_tags_fingerprint_and_annotation_survive_a_bomb(bomb_package):
     from bioimage_cte.annotate import read_rdf
+    from bioimage_cte.results import _rdf_fingerprint
     from bioimage_cte.sources import ModelSource, read_tags
-    from bioimage_cte.store import _rdf_fingerprint
 
     source = ModelSource("bomb", str(bomb_package), kind="zip", location=str(bomb_package))
     assert read_tags(source) == []
@@ -233,7 +233,7 @@ def test_skip_bad_returns_the_readable_images(mixed):
     assert check.paths == (mixed[0], mixed[3])
     assert [p for p, _ in check.skipped] == [mixed[1], mixed[2], mixed[4]]
     assert all(str(p) in reason and "\n" not in reason for p, reason in check.skipped)
-    assert list(check) == list(check.warnings) == []
+    assert check.warnings == ()
 
 
 # --- weights ---------------------------------------------------------------------------------------------------

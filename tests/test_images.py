@@ -235,8 +235,10 @@ def test_load_target_with_axes(tmp_path: Path) -> None:
 def test_check_images_warns_about_constant_images_only(tmp_path: Path) -> None:
     flat = _write(tmp_path / "flat.npy", np.full((8, 8), 3, dtype=np.uint8))
     busy = _write(tmp_path / "busy.npy", RNG.random((8, 8)))
-    [warning] = check_images([flat, busy])
+    check = check_images([flat, busy])
+    [warning] = check.warnings
     assert str(flat) in warning and "constant" in warning
+    assert check.paths == (flat, busy) and check.skipped == ()
     broken = tmp_path / "broken.npy"
     broken.write_bytes(b"garbage")
     with pytest.raises(InvalidImageError, match="broken.npy"):

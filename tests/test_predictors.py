@@ -17,6 +17,8 @@ from bioimage_cte.predictors import (
     load_model,
 )
 
+pytestmark = pytest.mark.slow  # every test here loads a real package through bioimageio.core and torch
+
 
 @pytest.fixture(scope="module")
 def descr(package):

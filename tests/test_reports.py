@@ -13,7 +13,6 @@ import pytest
 
 from bioimage_cte.errors import BioimageCteError
 from bioimage_cte.reports import (
-    bootstrap_intervals,
     merge_tool_reports,
     write_html_report,
     write_zoo_reports,
@@ -32,17 +31,21 @@ REPORT_KEYS = {"status", "score", "error", "details", "badge", "links"}
 def ranked(tmp_path_factory) -> dict:
     """A real CTE ranking and evaluation of three demo packages on two labelled DSB images."""
     from bioimage_cte.estimators import CTEDropout, MeanConfidence
+    from bioimage_cte.evaluation import evaluate_rankings
     from bioimage_cte.images import load_labels
-    from bioimage_cte.ranking import build_ranking, evaluate_rankings, rank_models
+    from bioimage_cte.options import RankOptions
+    from bioimage_cte.ranking import build_ranking, ranking_json
+    from bioimage_cte.scoring import rank_models
     from bioimage_cte.sources import find_models
 
     images = sorted((DSB / "images").glob("*.tif"))[:2]
     labels = load_labels(images, str(DSB / "labels"))
+    options = RankOptions()
     estimators = [CTEDropout(), MeanConfidence()]
     sources = find_models([str(ZOO / f"{name}.zip") for name in RANKED])
-    results, failures = rank_models(sources, images, estimators, labels=labels)
-    ranking = build_ranking(results, estimators[0], failures=failures).to_json_dict()
-    ranking["settings"].update({"n_images": len(images), "seed": 0})
+    results, failures = rank_models(sources, images, estimators, options, labels=labels)
+    ranking = ranking_json(build_ranking(results, estimators[0], failures=failures), options,
+                           images=str(DSB / "images"), n_images=len(images))
     evaluation = evaluate_rankings(results, estimators, failures=failures, n_permutations=50, n_boot=20)
     return {"ranking": ranking, "evaluation": evaluation.to_json_dict(), "images": images,
             "tmp": tmp_path_factory.mktemp("reports")}
@@ -91,14 +94,7 @@ def test_merging_targets():
     assert merge_tool_reports([c])["status"] == "failed"
 
 
-def test_bootstrap_intervals_contain_the_median_and_skip_empty_images():
-    scores = [[0.1, 0.5, 0.9, None], [0.7, 0.7], [None]]
-    ci = bootstrap_intervals(scores, seed=1)
-    assert ci[0, 0] <= 0.5 <= ci[0, 1] and 0.1 <= ci[0, 0] and ci[0, 1] <= 0.9
-    assert ci[1].tolist() == [0.7, 0.7] and np.isnan(ci[2]).all()
-    assert np.array_equal(ci, bootstrap_intervals(scores, seed=1), equal_nan=True)
-
-
+@pytest.mark.slow
 def test_zoo_reports_layout(ranked, tmp_path):
     ranking = ranked["ranking"]
     # one package with a zoo id and version in its RDF: those name its folder
@@ -143,12 +139,17 @@ def _chromium(*args: str, user_data: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
 
 
+@pytest.mark.slow
 def test_html_report_is_self_contained_and_renders(ranked):
+    from bioimage_cte.pipeline import report_overlays
+
     tmp = ranked["tmp"]
     ranking = ranked["ranking"]
     moved = json.loads(json.dumps(ranking))
+    overlays = report_overlays(ranking, ranked["images"], n_images=2, n_models=1)
+    assert len(overlays["indices"]) == 2 and not overlays["errors"]
     path = write_html_report(ranking, tmp / "report.html", image_paths=ranked["images"],
-                             evaluation_json=ranked["evaluation"], n_overlays=2)
+                             evaluation_json=ranked["evaluation"], overlays=overlays)
     page = path.read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page)  # nothing loads from outside
     assert "<link" not in page and "@import" not in page and "<script" not in page
@@ -157,7 +158,9 @@ def test_html_report_is_self_contained_and_renders(ranked):
     assert page.count("<img ") == 5  # chart, per-image scores, best and worst model, agreement scatter
     for model in moved["models"]:
         model["source"] = f"nowhere/{model['name']}.zip"  # a moved package is reported on the page, not raised
-    without = write_html_report(moved, tmp / "moved.html", image_paths=ranked["images"], n_overlays=1)
+    moved_overlays = report_overlays(moved, ranked["images"], n_images=1, n_models=1)
+    assert set(moved_overlays["errors"]) == {m["name"] for m in (moved["models"][0], moved["models"][-1])}
+    without = write_html_report(moved, tmp / "moved.html", image_paths=ranked["images"], overlays=moved_overlays)
     assert without.read_text().count("could not run") == 2 and without.read_text().count("<img ") == 2
 
     if not CHROMIUM.exists():
@@ -179,6 +182,36 @@ def test_html_report_is_self_contained_and_renders(ranked):
     shot = _chromium("--screenshot=" + str(tmp / "report.png"), "--window-size=1400,3000",
                      f"file://{path}", user_data=tmp / "chromium-shot")
     assert (tmp / "report.png").stat().st_size > 50_000, shot.stderr[-2000:]
+
+
+def test_html_report_renders_hand_made_overlays_without_a_model(tmp_path):
+    """The report only renders: a ranking and overlays built by hand need no model."""
+    from bioimage_cte.segmentation import Prediction
+
+    images = sorted((DSB / "images").glob("*.tif"))[:2]
+    ranking = {
+        "models": [
+            {"name": "best", "source": "best.zip", "score": 0.9, "rank": 1, "n_images": 2, "n_valid": 2,
+             "n_empty": 0, "per_image": [0.85, 0.95], "note": "", "interval": [0.85, 0.95]},
+            {"name": "worst", "source": "worst.zip", "score": None, "rank": 2, "n_images": 2, "n_valid": 0,
+             "n_empty": 2, "per_image": [None, None], "note": "no foreground predicted", "interval": [None, None]},
+        ],
+        "failures": [{"name": "broken", "source": "broken.zip", "stage": "predict", "reason": "not a <zip>"}],
+        "settings": {"estimator": "cte-dropout", "strength": 0.2, "seed": 0, "n_images": 2},
+    }
+    image = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    clean = Prediction((image > 0.5).astype(np.float32))
+    perturbed = Prediction((image > 0.6).astype(np.float32))
+    overlays = {"indices": [1], "models": {"best": [(image, clean, perturbed)]}, "errors": {"worst": "moved away"}}
+    page = write_html_report(ranking, tmp_path / "r.html", image_paths=images, overlays=overlays).read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page)
+    assert "<script" not in page and "<link" not in page
+    assert page.count("<img ") == 3  # chart, per-image scores, the best model's overlay
+    assert "could not run worst again: moved away" in page
+    assert "<td>best</td>" in page and "<td>worst</td>" in page and "not a &lt;zip&gt;" in page
+    assert "channel dropout (p = 0.2)" in page
+    plain = write_html_report(ranking, tmp_path / "plain.html", image_paths=images).read_text()
+    assert plain.count("<img ") == 2 and "Predictions of the best" not in plain  # no overlays given, none shown
 
 
 def test_report_failures_are_one_line(tmp_path):

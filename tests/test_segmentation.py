@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bioimage_cte.errors import InvalidImageError
-from bioimage_cte.segmentation import binarize, label_foreground, watershed_from_boundaries
+from bioimage_cte.segmentation import Prediction, binarize, instances, label_foreground, watershed_from_boundaries
 
 
 def _two_touching_discs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -87,3 +87,16 @@ def test_bad_parameters_raise() -> None:
         binarize(np.zeros((3, 3)), threshold=float("nan"))
     with pytest.raises(InvalidImageError, match="NaN"):
         binarize(np.full((3, 3), np.nan))
+
+
+def test_instances_use_the_boundary_channel_when_there_is_one() -> None:
+    foreground, boundary, _ = _two_touching_discs()
+    assert instances(Prediction(foreground)).max() == 1
+    assert instances(Prediction(foreground, boundary)).max() == 2
+    np.testing.assert_array_equal(instances(Prediction(foreground, boundary)),
+                                  watershed_from_boundaries(foreground, boundary, min_size=16))
+    small = np.zeros((10, 10))
+    small[1:3, 1:3] = small[6:9, 6:9] = 1.0  # 4 and 9 pixels
+    assert instances(Prediction(small)).max() == 0  # below the default min_size of 16
+    assert instances(Prediction(small), min_size=5).max() == 1
+    assert instances(Prediction(small * 0.6), threshold=0.7, min_size=1).max() == 0

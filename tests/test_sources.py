@@ -216,6 +216,7 @@ def _check_loads(sources: list[ModelSource]) -> None:
         assert isinstance(descr, ModelDescr), (src, descr.validation_summary.format())
 
 
+@pytest.mark.slow  # loads every listed package with bioimageio.spec
 def test_current_index_local(zoo: Path, tmp_path: Path) -> None:
     index = {
         "items": [
@@ -248,6 +249,7 @@ def test_current_index_local(zoo: Path, tmp_path: Path) -> None:
     _check_loads(sources)
 
 
+@pytest.mark.slow  # loads every listed package with bioimageio.spec
 def test_legacy_index_local(zoo: Path, tmp_path: Path) -> None:
     index = {
         "collection": [

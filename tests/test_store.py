@@ -1,4 +1,4 @@
-"""The results store, without Prefect: keys, durability, concurrency and cached scoring."""
+"""The results store and the zoo jobs over it, without Prefect: keys, durability, concurrency and cached scoring."""
 
 from __future__ import annotations
 
@@ -18,17 +18,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bioimage_cte.errors import BioimageCteError, InvalidImageError
-from bioimage_cte.sources import find_models
+from bioimage_cte import __version__
+from bioimage_cte.errors import BioimageCteError, InvalidImageError, UntrustedCodeError
+from bioimage_cte.jobs import (
+    ScoreJob,
+    TargetSpec,
+    collect_results,
+    failed_record,
+    plan_jobs,
+    rank_target,
+    read_target,
+    record_failure,
+    score_job,
+)
+from bioimage_cte.options import RankOptions
 from bioimage_cte.results import InvalidStoreError, ResultStore, ScoreRecord, package_fingerprint, result_key
-from bioimage_cte.jobs import ScoringOptions, collect_results, plan_jobs, rank_target, read_target, score_job
+from bioimage_cte.scoring import Stage
+from bioimage_cte.sources import ModelSource, find_models
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _record(i: int = 0, **changes) -> ScoreRecord:
-    base = ScoreRecord(f"model-{i}", "dataset", "cte-dropout", {"p": 0.2, "seed": 0}, "0.1.0", "ok", name=f"m{i}",
-                       per_image={"cte-dropout": [0.5, float("nan")]}, true={"dice": [0.9, 0.8]})
+    base = ScoreRecord(f"model-{i}", "dataset", "cte-dropout", {"strength": 0.2, "seed": 0}, "0.1.0", "ok",
+                       name=f"m{i}", per_image={"cte-dropout": [0.5, float("nan")]}, true={"dice": [0.9, 0.8]})
     return replace(base, **changes)
 
 
@@ -38,18 +51,18 @@ def store(tmp_path: Path) -> ResultStore:
 
 
 def test_key_changes_when_any_component_changes():
-    base = {"model": "m", "dataset": "d", "estimator": "cte-dropout", "settings": {"p": 0.2, "seed": 0}}
+    base = {"model": "m", "dataset": "d", "estimator": "cte-dropout", "settings": {"strength": 0.2, "seed": 0}}
     key = result_key(**base, version="0.1.0")
     changed = [
         result_key(**{**base, "model": "m2"}, version="0.1.0"),
         result_key(**{**base, "dataset": "d2"}, version="0.1.0"),
         result_key(**{**base, "estimator": "cte-input"}, version="0.1.0"),
-        result_key(**{**base, "settings": {"p": 0.3, "seed": 0}}, version="0.1.0"),
-        result_key(**{**base, "settings": {"p": 0.2, "seed": 1}}, version="0.1.0"),
+        result_key(**{**base, "settings": {"strength": 0.3, "seed": 0}}, version="0.1.0"),
+        result_key(**{**base, "settings": {"strength": 0.2, "seed": 1}}, version="0.1.0"),
         result_key(**base, version="0.2.0"),
     ]
     assert len({key, *changed}) == 7
-    assert key == result_key("m", "d", "cte-dropout", {"seed": 0, "p": 0.2}, version="0.1.0")  # order-free
+    assert key == result_key("m", "d", "cte-dropout", {"seed": 0, "strength": 0.2}, version="0.1.0")  # order-free
 
 
 def test_put_get_round_trip_keeps_nan_and_lists(store: ResultStore):
@@ -125,7 +138,8 @@ import sys
 from bioimage_cte.results import ResultStore, ScoreRecord
 store = ResultStore(sys.argv[1])
 for i in range(100000):
-    record = ScoreRecord(f"model-{i}", "d", "cte-dropout", {"p": 0.2}, "0.1.0", "ok", per_image={"x": [0.5] * 50})
+    record = ScoreRecord(f"model-{i}", "d", "cte-dropout", {"strength": 0.2}, "0.1.0", "ok",
+                         per_image={"x": [0.5] * 50})
     store.put(record.key, record)
     print(record.key, flush=True)  # printed only after the commit returned
 """
@@ -206,21 +220,21 @@ def test_plan_jobs_keys_follow_targets_and_settings(tmp_path: Path, small_target
     sources = find_models([package])
     target = read_target(small_target)
     assert target.labels is None and target.task == "nuclei" and len(target.images) == 2
-    jobs = plan_jobs(sources, [target], ScoringOptions())
+    jobs = plan_jobs(sources, [target], RankOptions())
     moved = tmp_path / "moved"
     shutil.copytree(small_target, moved)
-    assert plan_jobs(sources, [read_target(moved)], ScoringOptions())[0].key == jobs[0].key  # content-addressed
-    assert plan_jobs(sources, [target], ScoringOptions(seed=1))[0].key != jobs[0].key
-    assert plan_jobs(sources, [target], ScoringOptions(estimator_options={"p": 0.3}))[0].key != jobs[0].key
-    assert plan_jobs(sources, [target], ScoringOptions(), match_task=True) == jobs  # the package is tagged nuclei
+    assert plan_jobs(sources, [read_target(moved)], RankOptions())[0].key == jobs[0].key  # content-addressed
+    assert plan_jobs(sources, [target], RankOptions(seed=1))[0].key != jobs[0].key
+    assert plan_jobs(sources, [target], RankOptions(strength=0.3))[0].key != jobs[0].key
+    assert plan_jobs(sources, [target], RankOptions(), match_task=True) == jobs  # the package is tagged nuclei
     junk = tmp_path / "zoo" / "junk.zip"
     junk.parent.mkdir()
     junk.write_bytes(os.urandom(512))
     cells = replace(target, task="cells")
-    kept = plan_jobs(sources + find_models([junk.parent]), [cells], ScoringOptions(), match_task=True)
+    kept = plan_jobs(sources + find_models([junk.parent]), [cells], RankOptions(), match_task=True)
     assert [j.source.name for j in kept] == ["junk"]  # a nuclei model is left out; an unreadable one is not
     with pytest.raises(BioimageCteError, match="consensus"):
-        plan_jobs(sources, [target], ScoringOptions("consensus"))
+        plan_jobs(sources, [target], RankOptions(estimator="consensus"))
 
 
 @pytest.mark.slow
@@ -231,7 +245,7 @@ def test_score_job_scores_once_and_records_failures(tmp_path: Path, small_target
     assert sources[1].name == "broken"
     store = ResultStore(tmp_path / "results.sqlite")
     target = read_target(small_target)
-    good, bad = plan_jobs(sources, [target], ScoringOptions())
+    good, bad = plan_jobs(sources, [target], RankOptions())
 
     assert score_job(good, store).scored is True
     assert score_job(good, store).scored is False  # cache hit: nothing recomputed
@@ -243,7 +257,7 @@ def test_score_job_scores_once_and_records_failures(tmp_path: Path, small_target
     assert [r.source.name for r in results] == ["nuclei-small-bright"] and len(results[0].per_image["cte-dropout"]) == 2
     assert len(results[0].foreground) == 2 and all(0.0 < f < 0.9 for f in results[0].foreground)
     assert [f.name for f in failures] == ["broken"]
-    payload = rank_target(target, [good, bad], store, ScoringOptions())
+    payload = rank_target(target, [good, bad], store, RankOptions())
     assert payload["models"][0]["sha256"] == good.sha256 and payload["settings"]["n_images"] == 2
     assert payload["models"][0]["foreground_fraction"] == pytest.approx(np.median(results[0].foreground))
     assert payload["target"]["fingerprint"] == target.fingerprint
@@ -251,3 +265,67 @@ def test_score_job_scores_once_and_records_failures(tmp_path: Path, small_target
     store.delete(good.key)
     _, failures = collect_results([good], store)
     assert "not scored" in failures[0].reason
+
+
+def _hand_job(target: TargetSpec, name: str, options: RankOptions) -> ScoreJob:
+    """A job as plan_jobs makes it, for a package that need not exist (nothing is loaded)."""
+    settings = {**options.score_settings(), "labels": target.labels_fingerprint}
+    model = f"fingerprint-of-{name}"
+    source = ModelSource(name, f"{name}.zip", "zip", f"/zoo/{name}.zip")
+    return ScoreJob(result_key(model, target.fingerprint, options.estimator, settings), source, model, f"sha-{name}",
+                    target, options, settings)
+
+
+def _hand_target() -> TargetSpec:
+    return TargetSpec("t", "/data/t", ("/data/t/images/a.tif", "/data/t/images/b.tif"), None, "fp", None, "nuclei")
+
+
+def test_rank_target_from_stored_records_without_a_model(store: ResultStore):
+    options = RankOptions(seed=2)
+    target = _hand_target()
+    good, fair, greybox, crashed, untrusted, missing = (
+        _hand_job(target, n, options) for n in ("good", "fair", "no-greybox", "crashed", "untrusted", "missing"))
+
+    def ok(job: ScoreJob, values: list[float], **changes) -> ScoreRecord:
+        return ScoreRecord(job.model, target.fingerprint, "cte-dropout", job.settings, __version__, "ok",
+                           name=job.source.name, per_image={"cte-dropout": values} if values else {},
+                           foreground=[0.2, 0.3], **changes)
+
+    store.put(good.key, ok(good, [0.9, 0.8]))
+    store.put(fair.key, ok(fair, [0.5, 0.6]))
+    store.put(greybox.key, ok(greybox, [], failures={"cte-dropout": (Stage.ESTIMATOR, "no pytorch_state_dict")}))
+    store.put(crashed.key, failed_record(crashed, RuntimeError("the model crashed")))
+    outcome = record_failure(untrusted, store, UntrustedCodeError("untrusted.zip needs --trust-code"))
+    assert outcome.status == "failed" and "--trust-code" in outcome.error
+    assert store.get(untrusted.key).stage == Stage.SKIPPED
+    assert store.get(crashed.key).stage == Stage.PREDICT and "RuntimeError: the model crashed" in \
+        store.get(crashed.key).error
+    # a job that already stored its own failure keeps it
+    assert record_failure(crashed, store, RuntimeError("later")).error == "RuntimeError: the model crashed"
+
+    results, failures = collect_results([good, fair, greybox, crashed, untrusted, missing], store)
+    assert [r.source.name for r in results] == ["good", "fair", "no-greybox"]
+    assert results[0].sha256 == "sha-good"  # the package's current sha256, not the stored one
+    assert [(f.name, f.stage) for f in failures] == [("crashed", Stage.PREDICT), ("untrusted", Stage.SKIPPED),
+                                                     ("missing", Stage.PREDICT)]
+    assert "not scored" in failures[-1].reason
+
+    payload = rank_target(target, [good, fair, greybox, crashed, untrusted, missing], store, options)
+    assert [(m["name"], m["rank"]) for m in payload["models"]] == [("good", 1), ("fair", 2)]
+    assert payload["models"][0]["score"] == pytest.approx(0.85)
+    stages = {f["name"]: (f["stage"], f["reason"]) for f in payload["failures"]}
+    assert stages == {"crashed": ("predict", "RuntimeError: the model crashed"),
+                      "untrusted": ("skipped", "untrusted.zip needs --trust-code"),
+                      "missing": ("predict", stages["missing"][1]),
+                      "no-greybox": ("estimator", "no pytorch_state_dict")}
+    assert payload["settings"]["seed"] == 2 and payload["settings"]["n_images"] == 2
+    assert payload["settings"]["images"] == "/data/t/images" and payload["target"]["task"] == "nuclei"
+    json.dumps(payload, allow_nan=False)
+
+
+def test_device_and_tag_do_not_change_the_key():
+    target = _hand_target()
+    key = _hand_job(target, "m", RankOptions()).key
+    assert _hand_job(target, "m", RankOptions(device="cuda:1", tag="nuclei")).key == key
+    assert _hand_job(target, "m", RankOptions(trust_code=True)).key != key
+    assert _hand_job(target, "m", RankOptions(strength=0.3)).key != key

@@ -31,6 +31,7 @@ def test_zoo_has_enough_varied_models():
     assert sum(p.stat().st_size for p in PACKAGES) < 30 * 1024**2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("package", PACKAGES, ids=[p.stem for p in PACKAGES])
 def test_package_loads_offline_and_passes_test_model(package):
     from bioimageio.core import test_model

@@ -1,8 +1,8 @@
 """k-shot fine-tuning of zoo models on a few labelled target images (issue #7).
 
 Does the zero-shot ranking predict which model is best to *fine-tune*? For every model with
-``pytorch_state_dict`` weights the package's torch network is loaded (weights with
-``torch.load(..., weights_only=True)``, through bioimageio.core), fine-tuned on k labelled target images with
+``pytorch_state_dict`` weights the package's torch network is loaded (:mod:`bioimage_cte.studies.networks`),
+fine-tuned on k labelled target images with
 the loop the demo zoo was trained with (:func:`bioimage_cte.demozoo.training.fit`: Adam, cosine schedule, Dice + BCE,
 random patches with flips and rotations), and evaluated on a fixed held-out test split every ``eval_every``
 steps. The same architecture trained from a seeded random initialisation with the same budget is the
@@ -10,7 +10,8 @@ reference. Every model sees the same patches in the same order (the patch RNG de
 only), so differences between models come from their initial weights.
 
 The package's own preprocessing (``zero_mean_unit_variance`` or ``scale_range``, from its rdf.yaml) is
-applied with :func:`bioimage_cte.demozoo.training.normalize`, which reproduces bioimageio.core's exactly.
+applied as bioimageio.core applies it (:func:`bioimage_cte.studies.networks.prepare_input`). The zero-shot scores
+to compare with come from :func:`zero_shot_cte`, which ranks with :mod:`bioimage_cte.scoring` as ``rank`` does.
 
 This module imports torch and bioimageio.core when its functions run; import it lazily from the CLI.
 """
@@ -20,19 +21,34 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from bioimage_cte.demozoo.training import EPS, Outputs, Preprocessing, fit, normalize, targets_from_labels
+from bioimage_cte.demozoo.training import fit, targets_from_labels
 from bioimage_cte.errors import BioimageCteError, InvalidImageError, InvalidModelError
-from bioimage_cte.evaluation import foreground_dice
-from bioimage_cte.trust import CodePolicy, greybox_descr
+from bioimage_cte.studies.networks import (
+    PackagedNetwork,
+    load_packaged_network,
+    normalize_input,
+    predict_foreground,
+    prepare_input,
+    scratch_network,
+    test_dice,
+)
+from bioimage_cte.trust import CodePolicy
 
-__all__ = ["FinetuneConfig", "FinetuneRun", "KShotSplit", "PackagedNetwork", "convergence_step", "export_finetuned",
-           "finetune", "kshot_split", "load_packaged_network", "predict_foreground", "scratch_network", "test_dice"]
+if TYPE_CHECKING:
+    from bioimage_cte.options import RankOptions
+    from bioimage_cte.sources import ModelSource
+
+# the network helpers stay importable from here, where the fine-tuning study's callers found them
+__all__ = ["FinetuneBenchmark", "FinetuneConfig", "FinetuneRun", "KShotSplit", "KSummary", "PackagedNetwork",
+           "convergence_step", "export_finetuned", "finetune", "kshot_split", "load_packaged_network",
+           "predict_foreground", "prepare_input", "run_finetune_benchmark", "scratch_network", "summarize_runs",
+           "test_dice", "zero_shot_cte", "zoo_similarity"]
 
 KValue = int | Literal["all"]
 
@@ -69,29 +85,6 @@ class FinetuneConfig:
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or self.patch < 8:
             raise ValueError(f"invalid fine-tuning budget {self}: steps, batch_size and eval_every must be >= 1 "
                              "and patch >= 8")
-
-
-@dataclass
-class PackagedNetwork:
-    """A package's torch network with what is needed to train and run it outside bioimageio.core."""
-
-    name: str
-    source: str
-    net: Any  # torch.nn.Module, eval mode, logits out
-    preprocessing: Preprocessing
-    percentiles: tuple[float, float]
-    outputs: Outputs
-    architecture: dict[str, Any]
-    tags: tuple[str, ...]
-    step: int  # input sides must be min_size + n * step
-    min_size: int
-    halo: int  # context padded around an image before prediction, as bioimage-cte's predictors do
-    descr: Any = field(repr=False, default=None)
-
-    @property
-    def architecture_key(self) -> str:
-        """Architectures that are equal have equal keys (callable, kwargs and file hash)."""
-        return "{callable}({kwargs}) sha256={sha256}".format(**self.architecture)
 
 
 @dataclass(frozen=True)
@@ -143,84 +136,6 @@ class FinetuneRun:
         return d
 
 
-def _preprocessing(descr: Any, location: str) -> tuple[Preprocessing, tuple[float, float]]:
-    ops = [p for p in descr.inputs[0].preprocessing if p.id not in ("ensure_dtype", "binarize")]
-    if len(ops) != 1 or ops[0].id not in ("zero_mean_unit_variance", "scale_range"):
-        raise InvalidModelError(f"{location}: input preprocessing {[p.id for p in ops]}; fine-tuning supports "
-                                "exactly one of zero_mean_unit_variance or scale_range (per image)")
-    kwargs = ops[0].kwargs
-    axes = {str(a) for a in (getattr(kwargs, "axes", None) or ())}
-    if axes and not {"y", "x"} <= axes or abs(float(getattr(kwargs, "eps", EPS)) - EPS) > 1e-12:
-        raise InvalidModelError(f"{location}: {ops[0].id} over axes {sorted(axes)} with eps "
-                                f"{getattr(kwargs, 'eps', None)}; fine-tuning supports per-image (y, x) "
-                                f"normalisation with eps {EPS}")
-    if ops[0].id == "scale_range":
-        return "scale_range", (float(kwargs.min_percentile), float(kwargs.max_percentile))
-    return "zero_mean_unit_variance", (1.0, 99.8)
-
-
-def load_packaged_network(location: str | Path, *, name: str | None = None,
-                          code_policy: CodePolicy | None = None) -> PackagedNetwork:
-    """Load a package's ``pytorch_state_dict`` network, its preprocessing and its input size rules.
-
-    The architecture is built only if ``code_policy`` (default: trusted installed libraries only, see
-    :mod:`bioimage_cte.trust`) allows it, exactly as for grey-box ranking.
-
-    Raises
-    ------
-    InvalidModelError
-        The package has no ``pytorch_state_dict`` weights, no sigmoid output, or a preprocessing other than one
-        per-image normalisation; the message names the package.
-    UntrustedCodeError
-        Its architecture is package code that ``code_policy`` does not allow.
-    """
-    from bioimageio.core.backends.pytorch_backend import load_torch_model
-    from bioimageio.spec.model import v0_5
-
-    from bioimage_cte.predictors import _spatial_spec, available_weight_formats, load_model
-
-    location = str(location)
-    descr = load_model(location)
-    weights = descr.weights.pytorch_state_dict
-    if weights is None:
-        raise InvalidModelError(f"{location}: fine-tuning needs pytorch_state_dict weights; this package has "
-                                f"{', '.join(available_weight_formats(descr))}; leave it out of the benchmark")
-    if not any(p.id == "sigmoid" for p in descr.outputs[0].postprocessing):
-        raise InvalidModelError(f"{location}: output has no sigmoid postprocessing; fine-tuning trains logits with "
-                                "Dice + BCE and needs a sigmoid-output segmentation model")
-    preprocessing, percentiles = _preprocessing(descr, location)
-    # the network is built from the description the policy allows (an installed module may stand in for the
-    # package's own architecture file); the package's own description is kept for export
-    allowed = greybox_descr(descr, code_policy or CodePolicy(), name=location)
-    try:
-        net = load_torch_model(allowed.weights.pytorch_state_dict, load_state=True, devices=["cpu"]).eval()
-    except Exception as e:
-        raise InvalidModelError(f"{location}: could not load the torch network ({type(e).__name__}: {e})") from e
-    channels = next((len(a.channel_names) for a in descr.outputs[0].axes if isinstance(a, v0_5.ChannelAxis)), 1)
-    spec = _spatial_spec(descr, "y")
-    arch = weights.architecture
-    return PackagedNetwork(
-        name=name or str(descr.name), source=location, net=net, preprocessing=preprocessing, percentiles=percentiles,
-        outputs="foreground" if channels == 1 else "foreground+boundary",
-        architecture={"callable": str(arch.callable), "kwargs": dict(arch.kwargs),
-                      # a file architecture is identified by its content, a library one by its module
-                      "sha256": str(getattr(arch, "sha256", None) or getattr(arch, "import_from", ""))},
-        tags=tuple(str(t) for t in descr.tags), step=max(spec.step, 1), min_size=spec.minimum, halo=spec.halo,
-        descr=descr)
-
-
-def scratch_network(model: PackagedNetwork, *, seed: int) -> PackagedNetwork:
-    """The same architecture and preprocessing with a fresh, seeded random initialisation."""
-    import torch
-    from bioimageio.core.backends.pytorch_backend import load_torch_model
-
-    with torch.random.fork_rng():  # seeds the initialisation without touching the caller's global RNG
-        torch.manual_seed(seed)
-        net = load_torch_model(model.descr.weights.pytorch_state_dict, load_state=False).eval()
-    kwargs = ", ".join(f"{k}={v}" for k, v in model.architecture["kwargs"].items() if k in ("features", "depth"))
-    return PackagedNetwork(**{**model.__dict__, "net": net, "name": f"scratch ({kwargs or model.name})"})
-
-
 def kshot_split(n_images: int, *, ks: Sequence[KValue], n_test: int, seed: int) -> KShotSplit:
     """Seeded split: ``n_test`` test images, and nested training sets of k images from the rest.
 
@@ -253,55 +168,6 @@ def kshot_split(n_images: int, *, ks: Sequence[KValue], n_test: int, seed: int) 
         else:
             train[str(k)] = tuple(sorted(pool[:k]))
     return KShotSplit(test, train, skipped)
-
-
-def _pad_to_valid(image: np.ndarray, model: PackagedNetwork) -> tuple[np.ndarray, tuple[int, int]]:
-    # the predictors' padding: what the packaged pipeline is fed at prediction time
-    from bioimage_cte.predictors import _SpatialSpec, pad_to_valid
-
-    spec = _SpatialSpec(model.min_size, model.step, model.halo)
-    return pad_to_valid(image, (spec, spec), name=model.source)
-
-
-def prepare_input(model: PackagedNetwork, image: np.ndarray) -> np.ndarray:
-    """The network input for a raw (y, x) image: padded to a valid size, then the package's normalisation.
-
-    The order is that of the packaged pipeline run by :mod:`bioimage_cte.predictors`, which normalises the
-    padded image.
-    """
-    return _normalize(model, _pad_to_valid(image.astype(np.float32), model)[0])
-
-
-def _normalize(model: PackagedNetwork, image: np.ndarray) -> np.ndarray:
-    return normalize(image, method=model.preprocessing, percentiles=model.percentiles)
-
-
-def predict_foreground(model: PackagedNetwork, image: np.ndarray, *, net: Any | None = None) -> np.ndarray:
-    """Foreground probability (y, x) of a raw image, as the package's pipeline computes it.
-
-    ``net`` replaces the package's network (e.g. a fine-tuned copy).
-    """
-    import torch
-
-    padded, before = _pad_to_valid(image.astype(np.float32), model)
-    x = _normalize(model, padded)
-    net = model.net if net is None else net
-    with torch.no_grad():
-        prob = torch.sigmoid(net(torch.from_numpy(np.ascontiguousarray(x))[None, None]))[0, 0].numpy()
-    return prob[before[0] : before[0] + image.shape[0], before[1] : before[1] + image.shape[1]]
-
-
-def test_dice(model: PackagedNetwork, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], *,
-              net: Any | None = None) -> float:
-    """Mean foreground Dice (threshold 0.5) over labelled images."""
-    net = model.net if net is None else net
-    was_training = net.training
-    net.eval()
-    try:
-        return float(np.mean([foreground_dice(predict_foreground(model, im, net=net), lab)
-                              for im, lab in zip(images, labels, strict=True)]))
-    finally:
-        net.train(was_training)
 
 
 def convergence_step(curve: Sequence[tuple[int, float]], *, fraction: float = 0.95) -> int:
@@ -369,7 +235,7 @@ def finetune(
         if step % config.eval_every == 0 or step == config.steps:
             curve.append((step, test_dice(model, test_images, test_labels, net=current)))
 
-    pool_x = _stack_crops([_normalize(model, images[i]) for i in train])
+    pool_x = _stack_crops([normalize_input(model, images[i]) for i in train])
     pool_y = _stack_crops([targets_from_labels(labels[i], outputs=model.outputs) for i in train])
     rng = np.random.default_rng([config.seed, _k_code(k)])
     fit(net, pool_x, pool_y, steps=config.steps, batch_size=config.batch_size, patch=patch,
@@ -630,20 +496,58 @@ def run_finetune_benchmark(
                              zero_shot)
 
 
-def zero_shot_cte(sources: Sequence[Any], image_paths: Sequence[Path], *, seed: int = 0,
-                  code_policy: CodePolicy | None = None,
+def zero_shot_cte(sources: Sequence[ModelSource], image_paths: Sequence[Path], options: RankOptions, *,
                   on_image: Callable[[], None] | None = None) -> dict[str, float]:
-    """Zero-shot CTE score (``cte-dropout``, the default estimator) of each model on unlabelled images.
+    """Zero-shot CTE score of each model on unlabelled images: ``cte-dropout`` configured by ``options``.
 
-    ``sources`` are :class:`~bioimage_cte.sources.ModelSource`; models that cannot be scored are left out.
+    ``options`` gives the estimator's strength, consistency and repeats, the run's seed, the device, axes, layer
+    and code policy, as for ``rank`` (its ``estimator`` is not used: fine-tuning is compared with CTE-dropout).
+    Models that cannot be scored, or have no valid score, are left out.
     """
     import math
 
-    from bioimage_cte.estimators import make_estimator
-    from bioimage_cte.ranking import build_ranking, rank_models
+    from bioimage_cte.ranking import build_ranking
+    from bioimage_cte.scoring import rank_models
 
-    estimator = make_estimator("cte-dropout")
-    results, failures = rank_models(sources, image_paths, [estimator], seed=seed, code_policy=code_policy,
-                                    on_image=on_image)
-    ranking = build_ranking(results, estimator, failures=failures, seed=seed)
+    estimator = options.make_estimator("cte-dropout")
+    results, failures = rank_models(sources, image_paths, [estimator], options, on_image=on_image)
+    ranking = build_ranking(results, estimator, failures=failures, seed=options.seed)
     return {s.name: float(s.score) for s in ranking.scores if math.isfinite(s.score)}
+
+
+def run_finetune_study(
+    models: Sequence[str | Path],
+    images: str | Path,
+    labels: str | Path,
+    options: RankOptions,
+    *,
+    ks: Sequence[KValue] = (1, 5, "all"),
+    config: FinetuneConfig = FinetuneConfig(),
+    n_test: int = 2,
+    cte: bool = True,
+    scratch: bool = True,
+    export: Path | None = None,
+    on_image: Callable[[], None] | None = None,
+    on_run: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """The whole fine-tuning study from what a user names: models (with ``options.tag``), images and labels.
+
+    Scores the models zero-shot with CTE (when ``cte``), fine-tunes each on k labelled images and returns the
+    JSON of :class:`FinetuneBenchmark` with the image paths. ``on_image`` is called once per zero-shot image,
+    ``on_run`` with one line per fine-tuning run as it ends.
+    """
+    from bioimage_cte.images import list_images, load_labels, load_target
+    from bioimage_cte.sources import select_models
+
+    sources = select_models(models, tag=options.tag)
+    paths = list_images(images)
+    label_arrays = load_labels(paths, labels, axes=options.axes)
+    arrays = [load_target(p, axes=options.axes) for p in paths]
+    zero_shot = zero_shot_cte(sources, paths, options, on_image=on_image) if cte else None
+    bench = run_finetune_benchmark(
+        [(s.name, s.location) for s in sources], arrays, label_arrays, ks=ks, n_test=n_test, config=config,
+        scratch=scratch, zero_shot=zero_shot, export_dir=export, code_policy=options.code_policy(),
+        on_run=on_run)
+    payload = bench.to_json_dict()
+    payload["images"] = [str(p) for p in paths]
+    return payload

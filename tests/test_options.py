@@ -1,0 +1,131 @@
+"""RankOptions: keyword-only, validated, one name per option, and what each option reaches (model-free)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from bioimage_cte.estimators import CTEDropout, CTEInput, MCDropoutAgreement, TTAAgreement
+from bioimage_cte.options import RankOptions
+from bioimage_cte.perturbations import DEFAULT_DROPOUT, DEFAULT_INPUT_STRENGTH
+from bioimage_cte.trust import DEFAULT_TRUSTED_LIBRARIES
+
+
+def test_defaults():
+    options = RankOptions()
+    assert (options.estimator, options.task, options.consistency_kind, options.repeats, options.seed) == (
+        "cte-dropout", "semantic", "soft", 1, 0)
+    assert options.device == "cpu" and options.strength is None and options.trusted_libraries == ()
+
+
+@pytest.mark.parametrize("name", ["p", "estimator_options", "dropout", "strenght"])
+def test_unknown_keyword_is_a_type_error(name):
+    with pytest.raises(TypeError, match=name):
+        RankOptions(**{name: 0.2})
+
+
+def test_construction_is_keyword_only_and_frozen():
+    with pytest.raises(TypeError):
+        RankOptions("cte-input")  # type: ignore[misc]
+    options = RankOptions()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.seed = 3  # type: ignore[misc]
+    assert hash(options) == hash(RankOptions())
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"estimator": "oracle"}, "unknown estimator 'oracle'"),
+    ({"task": "detection"}, "unknown task 'detection'"),
+    ({"perturbation": "blur"}, "unknown perturbation 'blur'"),
+    ({"consistency": "dice"}, "unknown consistency 'dice'"),
+    ({"repeats": 0}, "repeats=0"),
+    ({"seed": -1}, "seed=-1"),
+    ({"strength": 1.0}, "0 <= p < 1"),  # a dropout rate of 1 drops every channel
+    ({"strength": -0.1}, "0 <= p < 1"),
+    ({"estimator": "cte-input", "strength": -0.1}, "gaussian strength -0.1 is invalid"),
+    ({"estimator": "cte-input", "perturbation": "gamma", "strength": -1.0}, "must be > -1"),
+])
+def test_validation_errors(changes, message):
+    with pytest.raises(ValueError, match=message):
+        RankOptions(**changes)
+
+
+def test_replace_validates_again():
+    options = RankOptions(strength=0.3)
+    assert options.replace(seed=4) == RankOptions(strength=0.3, seed=4)
+    with pytest.raises(ValueError, match="repeats"):
+        options.replace(repeats=0)
+    with pytest.raises(TypeError):
+        options.replace(p=0.2)
+
+
+def test_estimator_built_from_options_uses_strength_consistency_and_repeats():
+    dropout = RankOptions(strength=0.35, consistency="hard", repeats=3).make_estimator()
+    assert dropout == CTEDropout(strength=0.35, consistency="hard", repeats=3)
+    assert dropout.settings() == {"strength": 0.35, "consistency": "hard", "repeats": 3, "threshold": 0.5}
+    assert RankOptions().make_estimator() == CTEDropout(strength=DEFAULT_DROPOUT)
+    assert RankOptions(task="instance").make_estimator().consistency == "instance"
+    assert RankOptions(task="instance", consistency="soft").make_estimator().consistency == "soft"
+    noise = RankOptions(estimator="cte-input", perturbation="gamma", strength=0.2, repeats=2).make_estimator()
+    assert noise == CTEInput(kind="gamma", strength=0.2, consistency="soft", repeats=2)
+    assert RankOptions(estimator="cte-input").make_estimator().strength == DEFAULT_INPUT_STRENGTH
+    # one name for the dropout rate, whichever estimator uses it
+    options = RankOptions(strength=0.4)
+    assert options.make_estimator("mc-dropout") == MCDropoutAgreement(strength=0.4)
+    assert options.make_estimator("mc-dropout").settings()["strength"] == 0.4
+    assert options.make_estimator("tta") == TTAAgreement()
+
+
+def test_score_settings_are_the_estimators_plus_what_changes_a_score():
+    options = RankOptions(strength=0.3, seed=2, axes="yx", layer="encoders.2", weight_format="torchscript")
+    assert options.score_settings() == {"strength": 0.3, "consistency": "soft", "repeats": 1, "threshold": 0.5,
+                                        "seed": 2, "axes": "yx", "layer": "encoders.2",
+                                        "weight_format": "torchscript"}
+    assert options.score_settings("tta") == {"transforms": [1, 2, 4], "seed": 2, "axes": "yx",
+                                             "layer": "encoders.2", "weight_format": "torchscript"}
+
+
+def test_score_settings_exclude_device_and_tag_and_name_trust_only_when_set():
+    base = RankOptions().score_settings()
+    assert RankOptions(device="cuda:0", tag="nuclei").score_settings() == base
+    assert "device" not in base and "tag" not in base
+    assert "trust_code" not in base and "trusted_libraries" not in base  # keys of earlier runs stay valid
+    trusted = RankOptions(trust_code=True, trusted_libraries=("zlab", "mylab")).score_settings()
+    assert trusted == {**base, "trust_code": True, "trusted_libraries": ["mylab", "zlab"]}
+
+
+def test_run_settings_record_every_run_option():
+    options = RankOptions(seed=5, task="instance", device="cuda", tag="cells", trusted_libraries=["mylab"])
+    assert options.trusted_libraries == ("mylab",)  # a list becomes a tuple: the options stay hashable
+    assert options.run_settings() == {"seed": 5, "task": "instance", "axes": None, "device": "cuda", "layer": None,
+                                      "weight_format": None, "tag": "cells", "trust_code": False,
+                                      "trusted_libraries": ["mylab"]}
+
+
+def test_json_round_trip():
+    options = RankOptions(estimator="cte-input", task="instance", consistency="hard", perturbation="contrast",
+                          strength=0.25, repeats=2, seed=9, axes="zyx", layer="bottleneck",
+                          weight_format="onnx", device="cuda:1", tag="nuclei", trust_code=True,
+                          trusted_libraries=("mylab", "otherlab"))
+    data = options.to_json_dict()
+    assert data["trusted_libraries"] == ["mylab", "otherlab"]
+    text = json.dumps(data)
+    assert RankOptions.from_json_dict(json.loads(text)) == options
+    assert RankOptions.from_json_dict(RankOptions().to_json_dict()) == RankOptions()
+    with pytest.raises(TypeError, match="'p'"):
+        RankOptions.from_json_dict({**data, "p": 0.2})
+
+
+def test_code_policy_of_options():
+    policy = RankOptions(trust_code=True, trusted_libraries=("mylab",)).code_policy()
+    assert policy.trust_code and policy.allows_module("mylab.nets") and policy.allows_module("monai")
+    default = RankOptions().code_policy()
+    assert not default.trust_code and default.trusted_libraries == DEFAULT_TRUSTED_LIBRARIES
+    assert not default.allows_module("mylab.nets")
+
+
+def test_mc_dropout_rate_is_validated_up_front():
+    with pytest.raises(ValueError, match="0 <= p < 1"):
+        RankOptions(estimator="mc-dropout", strength=1.5)
