@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import stat
 import tempfile
 import zipfile
 from collections.abc import Sequence
@@ -21,7 +19,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 from urllib.parse import urljoin, urlparse
 
-from bioimage_cte.errors import InvalidIndexError, InvalidModelError, UnsafeArchiveError
+from bioimage_cte.archives import RDF_NAMES, check_zip, is_rdf_name, safe_extract_zip
+from bioimage_cte.errors import InvalidIndexError, InvalidModelError
 
 __all__ = [
     "RDF_NAMES",
@@ -35,7 +34,6 @@ __all__ = [
     "safe_extract_zip",
 ]
 
-RDF_NAMES: tuple[str, ...] = ("rdf.yaml", "bioimageio.yaml")
 """File names of a model description, in the order bioimageio prefers them."""
 
 _ACCEPTED = (
@@ -81,11 +79,6 @@ def _is_url(spec: str) -> bool:
     return spec.startswith(("http://", "https://"))
 
 
-def _is_rdf_name(file_name: str) -> bool:
-    # bioimageio also accepts "<anything>.rdf.yaml", so a file given explicitly may carry a prefix
-    return any(file_name == n or file_name.endswith("." + n) for n in RDF_NAMES)
-
-
 def _rdf_in_folder(folder: Path) -> Path | None:
     for file_name in RDF_NAMES:
         candidate = folder / file_name
@@ -96,143 +89,6 @@ def _rdf_in_folder(folder: Path) -> Path | None:
 
 def _one_line(text: object) -> str:
     return " ".join(str(text).split())
-
-
-def check_zip(
-    path: Path,
-    *,
-    max_entry_bytes: int = 2 * 1024**3,
-    max_total_bytes: int = 8 * 1024**3,
-) -> None:
-    """Check that a model zip is safe to read or extract, without extracting it.
-
-    Parameters
-    ----------
-    path : Path
-        The .zip package.
-    max_entry_bytes : int, optional
-        Largest uncompressed size allowed for one entry (default 2 GiB).
-    max_total_bytes : int, optional
-        Largest uncompressed size allowed for all entries together (default 8 GiB).
-
-    Raises
-    ------
-    UnsafeArchiveError
-        An entry has an absolute path, a drive letter or a ``..`` component, is a symlink,
-        or is larger than the limits.
-    InvalidModelError
-        The file is missing, not a valid zip, or has no rdf.yaml/bioimageio.yaml at its top level.
-
-    Examples
-    --------
-    >>> import io, tempfile, zipfile
-    >>> p = Path(tempfile.mkdtemp()) / "m.zip"
-    >>> with zipfile.ZipFile(p, "w") as zf:
-    ...     zf.writestr("rdf.yaml", "type: model\\n")
-    >>> check_zip(p)
-    """
-    path = Path(path)
-    try:
-        zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as e:
-        raise InvalidModelError(
-            f"{path} is not a valid zip ({_one_line(e)}); re-download or re-export the model package"
-        ) from e
-    except OSError as e:
-        raise InvalidModelError(
-            f"cannot open model zip {path}: {_one_line(e.strerror or e)}; check the path and its permissions"
-        ) from e
-    with zf:
-        infos = zf.infolist()
-    total = 0
-    top_level: set[str] = set()
-    for info in infos:
-        name = info.filename
-        fix = "do not use this archive; get the package again from a trusted source"
-        # Windows tools may write backslash separators, which zipfile would keep as part of a name
-        parts = name.replace("\\", "/").split("/")
-        if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":" and name[0].isalpha()):
-            raise UnsafeArchiveError(f"zip {path} has an entry with an absolute path {name!r}; {fix}")
-        if ".." in parts:
-            raise UnsafeArchiveError(
-                f"zip {path} has an entry {name!r} that points outside the package; {fix}"
-            )
-        if stat.S_ISLNK(info.external_attr >> 16):
-            raise UnsafeArchiveError(f"zip {path} has a symlink entry {name!r}; {fix}")
-        if info.file_size > max_entry_bytes:
-            raise UnsafeArchiveError(
-                f"zip {path} entry {name!r} unpacks to {info.file_size} bytes, above the limit of "
-                f"{max_entry_bytes}; raise max_entry_bytes if you trust this package"
-            )
-        total += info.file_size
-        if total > max_total_bytes:
-            raise UnsafeArchiveError(
-                f"zip {path} unpacks to more than {max_total_bytes} bytes (reached at entry {name!r}); "
-                "raise max_total_bytes if you trust this package"
-            )
-        if len(parts) == 1:
-            top_level.add(name)
-    if not any(_is_rdf_name(n) for n in top_level):
-        raise InvalidModelError(
-            f"zip {path} has no rdf.yaml or bioimageio.yaml at its top level; "
-            "pass a bioimageio model package (e.g. one saved with bioimageio.spec.save_bioimageio_package)"
-        )
-
-
-def safe_extract_zip(path: Path, dest: Path) -> Path:
-    """Extract a model zip into ``dest`` after :func:`check_zip`, never writing outside ``dest``.
-
-    Parameters
-    ----------
-    path : Path
-        The .zip package.
-    dest : Path
-        Folder to extract into; created if missing.
-
-    Returns
-    -------
-    Path
-        ``dest``.
-
-    Raises
-    ------
-    UnsafeArchiveError, InvalidModelError
-        As :func:`check_zip`; nothing is written when an entry is unsafe.
-
-    Examples
-    --------
-    >>> import tempfile, zipfile
-    >>> tmp = Path(tempfile.mkdtemp())
-    >>> with zipfile.ZipFile(tmp / "m.zip", "w") as zf:
-    ...     zf.writestr("rdf.yaml", "type: model\\n")
-    >>> (safe_extract_zip(tmp / "m.zip", tmp / "out") / "rdf.yaml").is_file()
-    True
-    """
-    path = Path(path)
-    dest = Path(dest)
-    check_zip(path)
-    dest.mkdir(parents=True, exist_ok=True)
-    root = dest.resolve()
-    with zipfile.ZipFile(path) as zf:
-        # every target is resolved before the first write, so a symlink already inside dest
-        # cannot redirect an entry after part of the archive has been written
-        plan: list[tuple[zipfile.ZipInfo, Path]] = []
-        for info in zf.infolist():
-            target = (root / info.filename.replace("\\", "/")).resolve()
-            if target != root and not target.is_relative_to(root):
-                raise UnsafeArchiveError(
-                    f"zip {path} entry {info.filename!r} would be written outside {dest}; "
-                    "extract into an empty folder without symlinks"
-                )
-            plan.append((info, target))
-        for info, target in plan:
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out)
-    return dest
 
 
 def _index_too_large(spec: str, max_bytes: int) -> InvalidIndexError:
@@ -472,7 +328,7 @@ def _find_one(spec: str | Path) -> list[ModelSource]:
             ]
         return _folder_of_packages(path)
     suffix = path.suffix.lower()
-    if _is_rdf_name(path.name):
+    if is_rdf_name(path.name):
         return [
             ModelSource(
                 name=path.resolve().parent.name, source=text, kind="rdf", location=str(path.resolve())
