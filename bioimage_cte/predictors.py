@@ -35,7 +35,7 @@ from bioimageio.spec.model import v0_5
 from bioimage_cte.errors import InvalidImageError, InvalidModelError
 from bioimage_cte.perturbations import FeatureDropout
 from bioimage_cte.segmentation import Prediction
-from bioimage_cte.trust import CodePolicy, blackbox_weights, greybox_descr
+from bioimage_cte.trust import CodePolicy, available_weight_formats, blackbox_weights, greybox_descr
 
 FOREGROUND_NAMES = ("foreground", "fg", "mask", "prob", "probability", "probabilities", "semantic", "nuclei")
 BOUNDARY_NAMES = ("boundary", "boundaries", "contour", "contours", "edge", "edges", "border")
@@ -546,11 +546,6 @@ class GreyBoxPredictor(_Predictor):
             yield
         finally:
             self.adapter.set_perturbation(None)
-
-
-def available_weight_formats(descr: v0_5.ModelDescr) -> list[str]:
-    """Weights formats present in a model description."""
-    return [name for name, entry in descr.weights if entry is not None]
 
 
 def make_predictor(descr: v0_5.ModelDescr, *, name: str, greybox: bool, weight_format: str | None = None,

@@ -197,6 +197,11 @@ def greybox_descr(descr, policy: CodePolicy, *, name: str):
                                  "estimators such as cte-input use its torchscript/onnx weights)") from None
 
 
+def available_weight_formats(descr) -> list[str]:
+    """Weights formats present in a model description."""
+    return [name for name, entry in descr.weights if entry is not None]
+
+
 def blackbox_weights(descr, weight_format: str | None, policy: CodePolicy, *, name: str):
     """The description and weights format for black-box prediction under ``policy``.
 

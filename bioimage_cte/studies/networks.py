@@ -86,7 +86,8 @@ def load_packaged_network(location: str | Path, *, name: str | None = None,
     from bioimageio.core.backends.pytorch_backend import load_torch_model
     from bioimageio.spec.model import v0_5
 
-    from bioimage_cte.predictors import _spatial_spec, available_weight_formats, load_model
+    from bioimage_cte.predictors import _spatial_spec, load_model
+    from bioimage_cte.trust import available_weight_formats
 
     location = str(location)
     descr = load_model(location)
