@@ -46,14 +46,14 @@ class Run:
 
 
 def _run(zoo: Path, targets: list[Path], workers: int, tmp: Path, options: RankOptions) -> Run:
-    from bioimage_cte_flows.zoo_ranking import run_zoo_ranking
-
     from bioimage_cte.results import ResultStore
+    from bioimage_cte_flows.zoo_ranking import ZooRunOptions, run_zoo_ranking
 
     out = tmp / f"workers-{workers}"
     start = time.perf_counter()
-    summary = run_zoo_ranking(zoo, targets, options, store_path=str(out / "results.sqlite"), output_dir=str(out),
-                              reports=False, dask_address="local", workers=workers, torch_threads=1)
+    run = ZooRunOptions(store_path=str(out / "results.sqlite"), output_dir=str(out), reports=False,
+                        dask_address="local", workers=workers, torch_threads=1)
+    summary = run_zoo_ranking(zoo, targets, options, run)
     wall = time.perf_counter() - start
     records = ResultStore(summary.store).records().values()
     ends = [datetime.datetime.fromisoformat(r.created).timestamp() for r in records]

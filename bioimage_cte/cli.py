@@ -112,17 +112,17 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
 
 
-def _options(*, estimator: str = "cte-dropout", task: Task = Task.semantic, consistency: ConsistencyKind | None = None,
-             perturbation: Perturbation = Perturbation.gaussian, strength: float | None = None, repeats: int = 1,
-             seed: int = 0, axes: str | None = None, layer: str | None = None, weight_format: str | None = None,
-             device: str = "cpu", tag: str | None = None, trust_code: bool = False,
-             trust_library: list[str] | None = None) -> RankOptions:
-    """The command line's options as the library's one options object (a bad value is a usage error)."""
+def _options(**values: Any) -> RankOptions:
+    """The command line's values as the library's one options object (a bad value is a usage error).
+
+    Only the values given are set; every other option keeps :class:`RankOptions`' default.
+    """
+    if "trust_library" in values:
+        values["trusted_libraries"] = tuple(values.pop("trust_library") or ())
+    # typer hands choices over as enum members; the library takes their plain values
+    plain = {k: str(v) if isinstance(v, StrEnum) else v for k, v in values.items()}
     try:
-        return RankOptions(estimator=str(estimator), task=str(task), consistency=consistency and str(consistency),
-                           perturbation=str(perturbation), strength=strength, repeats=repeats, seed=seed, axes=axes,
-                           layer=layer, weight_format=weight_format, device=device, tag=tag, trust_code=trust_code,
-                           trusted_libraries=tuple(trust_library or ()))
+        return RankOptions(**plain)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
 
@@ -396,19 +396,17 @@ def zoo_rank(
 ) -> None:
     """Rank a whole zoo on several targets through the Prefect flow (incremental; no Prefect server needed)."""
     _quiet_libraries()
-    zoo_options = dict(store_path=None if store is None else str(store), output_dir=str(output_dir),
-                       annotate=annotate_cards, reports=reports, retries=retries, match_task=match_task)
     try:
+        from bioimage_cte_flows.zoo_ranking import ZooRunOptions, run_zoo_ranking, serve_zoo_ranking
+
+        run = ZooRunOptions(store_path=None if store is None else str(store), output_dir=str(output_dir),
+                            annotate=annotate_cards, reports=reports, retries=retries, match_task=match_task,
+                            refresh=refresh, dask_address=dask_address, workers=workers)
         if cron is not None:
-            from bioimage_cte_flows.zoo_ranking import serve_zoo_ranking
-
             console.print(f"serving deployment {deployment!r} on {cron!r}; stop with Ctrl+C")
-            serve_zoo_ranking(zoo, targets, options, cron=cron, timezone=timezone, name=deployment, **zoo_options)
+            serve_zoo_ranking(zoo, targets, options, run, cron=cron, timezone=timezone, name=deployment)
             return
-        from bioimage_cte_flows.zoo_ranking import run_zoo_ranking
-
-        summary = run_zoo_ranking(zoo, targets, options, refresh=refresh, dask_address=dask_address,
-                                  workers=workers, **zoo_options)
+        summary = run_zoo_ranking(zoo, targets, options, run)
     except Exception as e:
         _fail(e, debug)
     console.print(f"scored {summary.scored} model x target pairs, {summary.cached} taken from {summary.store}")

@@ -319,8 +319,9 @@ def _encode(record: ScoreRecord) -> str:
 def _decode(text: str) -> ScoreRecord:
     data = json.loads(text)
     data["images"] = tuple(data.get("images", ()))
-    # (stage, reason) pairs come back from JSON as lists
-    data["failures"] = {k: tuple(v) for k, v in data.get("failures", {}).items()}
+    # (stage, reason) pairs come back from JSON as lists; a record of 0.1 kept the reason alone
+    data["failures"] = {k: ("estimator", v) if isinstance(v, str) else tuple(v)
+                        for k, v in data.get("failures", {}).items()}
     known = {f.name for f in fields(ScoreRecord)}  # a field added by a later version is left out, not an error
     return ScoreRecord(**{k: v for k, v in data.items() if k in known})
 

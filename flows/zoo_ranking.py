@@ -28,6 +28,7 @@ a network file system).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -56,7 +57,15 @@ from bioimage_cte.jobs import JobOutcome, ScoreJob, TargetSpec, plan_zoo, rank_t
 from bioimage_cte.options import RankOptions
 from bioimage_cte.results import ResultStore
 
-__all__ = ["FailedJob", "ZooRunSummary", "make_task_runner", "run_zoo_ranking", "serve_zoo_ranking", "zoo_ranking_flow"]
+__all__ = [
+    "FailedJob",
+    "ZooRunOptions",
+    "ZooRunSummary",
+    "make_task_runner",
+    "run_zoo_ranking",
+    "serve_zoo_ranking",
+    "zoo_ranking_flow",
+]
 
 if __name__ != "__main__":
     import cloudpickle
@@ -109,6 +118,50 @@ class ZooRunSummary:
     problems: dict[str, str] = field(default_factory=dict)
     reports: str | None = None
     store: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ZooRunOptions:
+    """How a zoo run is carried out, beside the ranking's own :class:`~bioimage_cte.options.RankOptions`.
+
+    Attributes
+    ----------
+    store_path : str, optional
+        The results database; default ``~/.cache/bioimage-cte/results.sqlite``.
+    output_dir : str
+        Rankings go to ``<output_dir>/rankings/<target>.json``, reports to ``<output_dir>/reports``.
+    annotate : bool
+        Write each target's ranking back onto the packages (in place with ``.bak`` backups, or into
+        ``annotate_output``).
+    reports : bool
+        Write the per-model zoo reports (collection layout) under ``<output_dir>/reports``.
+    retries : int
+        Retries of a scoring task that raised (a broken package is not retried: it fails the same way).
+    match_task : bool
+        Per target, score only models tagged with the target's ``task`` from its ``target.yaml``.
+    refresh : bool
+        Score everything again, ignoring the store.
+    dask_address, workers, torch_threads
+        Task runner (see :func:`make_task_runner`) and torch threads per task (default: 1 on a
+        local Dask cluster, torch's default otherwise).
+    """
+
+    store_path: str | None = None
+    output_dir: str = "zoo-ranking"
+    annotate: bool = False
+    annotate_output: str | None = None
+    reports: bool = True
+    retries: int = 1
+    match_task: bool = False
+    refresh: bool = False
+    dask_address: str | None = None
+    workers: int | None = None
+    torch_threads: int | None = None
+
+    def for_deployment(self) -> ZooRunOptions:
+        """A copy whose paths are absolute: a served deployment runs in another folder."""
+        return dataclasses.replace(self, output_dir=_absolute(self.output_dir),
+                                   store_path=None if self.store_path is None else _absolute(self.store_path))
 
 
 def _worth_retrying(task, task_run, state) -> bool:
@@ -245,18 +298,7 @@ def zoo_ranking_flow(
     zoo: str,
     targets: list[str],
     options: dict[str, Any] | None = None,
-    *,
-    store_path: str | None = None,
-    output_dir: str = "zoo-ranking",
-    annotate: bool = False,
-    annotate_output: str | None = None,
-    reports: bool = True,
-    retries: int = 1,
-    match_task: bool = False,
-    refresh: bool = False,
-    dask_address: str | None = None,
-    workers: int | None = None,
-    torch_threads: int | None = None,
+    run: dict[str, Any] | None = None,
 ) -> ZooRunSummary:
     """Rank every model of ``zoo`` on every target, scoring only the pairs the store does not have.
 
@@ -269,36 +311,21 @@ def zoo_ranking_flow(
     options : dict, optional
         :meth:`bioimage_cte.options.RankOptions.to_json_dict` of the run (estimator, strength, seed, tag, trust,
         ...); default: ``RankOptions()``. JSON, so that a deployment can store it.
-    store_path : str, optional
-        The results database; default ``~/.cache/bioimage-cte/results.sqlite``.
-    output_dir : str
-        Rankings go to ``<output_dir>/rankings/<target>.json``, reports to ``<output_dir>/reports``.
-    annotate : bool
-        Write each target's ranking back onto the packages (in place with ``.bak`` backups, or into
-        ``annotate_output``).
-    reports : bool
-        Write the per-model zoo reports (collection layout) under ``<output_dir>/reports``.
-    retries : int
-        Retries of a scoring task that raised (a broken package is not retried: it fails the same way).
-    match_task : bool
-        Per target, score only models tagged with the target's ``task`` from its ``target.yaml``.
-    refresh : bool
-        Score everything again, ignoring the store.
-    dask_address, workers, torch_threads
-        Task runner (see :func:`make_task_runner`) and torch threads per task (default: 1 on a
-        local Dask cluster, torch's default otherwise).
+    run : dict, optional
+        The fields of :class:`ZooRunOptions` (store, output folder, write-back, retries, task runner); default:
+        ``ZooRunOptions()``.
     """
     logger = get_run_logger()
-    _check_api_for_processes(dask_address)
+    how = ZooRunOptions(**(run or {}))
+    _check_api_for_processes(how.dask_address)
     run_options = RankOptions.from_json_dict(options or {})
-    specs, jobs = plan_zoo(zoo, targets, run_options, match_task=match_task)
-    store = ResultStore(store_path)  # created here, before workers race to create it
-    if torch_threads is None and dask_address == "local":
-        torch_threads = 1
-    outcomes = _score_all(jobs, store, make_task_runner(dask_address, workers), retries=retries, refresh=refresh,
-                          torch_threads=torch_threads)
+    specs, jobs = plan_zoo(zoo, targets, run_options, match_task=how.match_task)
+    store = ResultStore(how.store_path)  # created here, before workers race to create it
+    torch_threads = 1 if how.torch_threads is None and how.dask_address == "local" else how.torch_threads
+    outcomes = _score_all(jobs, store, make_task_runner(how.dask_address, how.workers), retries=how.retries,
+                          refresh=how.refresh, torch_threads=torch_threads)
 
-    out = Path(output_dir).expanduser().resolve()
+    out = Path(how.output_dir).expanduser().resolve()
     rankings: dict[str, str] = {}
     payloads: dict[str, dict[str, Any]] = {}
     annotated: dict[str, list[str]] = {}
@@ -311,15 +338,15 @@ def zoo_ranking_flow(
         create_table_artifact(_table(payload), key=f"zoo-ranking-{_slug(spec.name)}",
                               description=f"{run_options.estimator} ranking of {len(payload['models'])} models on "
                                           f"{spec.name} ({len(spec.images)} images); {path}")
-        if annotate:
+        if how.annotate:
             try:
-                annotated[spec.name] = annotate_task(str(path), spec, annotate_output)
+                annotated[spec.name] = annotate_task(str(path), spec, how.annotate_output)
             except BioimageCteError as e:  # write-back is a view on the ranking: report it, keep the ranking
                 annotated[spec.name] = [str(p) for p in getattr(e, "written", [])]
                 problems[spec.name] = str(e)
                 logger.warning("write-back for %s: %s", spec.name, e)
     report_dir = None
-    if reports:
+    if how.reports:
         try:
             report_dir = reports_task(payloads, str(out))
         except BioimageCteError as e:
@@ -368,30 +395,17 @@ def run_zoo_ranking(
     zoo: str | Path,
     targets: Sequence[str | Path],
     options: RankOptions | None = None,
-    *,
-    store_path: str | None = None,
-    output_dir: str = "zoo-ranking",
-    annotate: bool = False,
-    annotate_output: str | None = None,
-    reports: bool = True,
-    retries: int = 1,
-    match_task: bool = False,
-    refresh: bool = False,
-    dask_address: str | None = None,
-    workers: int | None = None,
-    torch_threads: int | None = None,
+    run: ZooRunOptions | None = None,
 ) -> ZooRunSummary:
-    """Run :func:`zoo_ranking_flow` once from plain Python (e.g. the CLI); the parameters are the flow's.
+    """Run :func:`zoo_ranking_flow` once from plain Python (e.g. the CLI).
 
-    With ``dask_address`` set and no ``PREFECT_API_URL``, a temporary Prefect server is started for
+    With ``run.dask_address`` set and no ``PREFECT_API_URL``, a temporary Prefect server is started for
     the run, since Dask worker processes cannot start their own.
     """
-    with _api_for_processes(dask_address):
+    run = run or ZooRunOptions()
+    with _api_for_processes(run.dask_address):
         return zoo_ranking_flow(_absolute(zoo), [_absolute(t) for t in targets],
-                                (options or RankOptions()).to_json_dict(), store_path=store_path,
-                                output_dir=output_dir, annotate=annotate, annotate_output=annotate_output,
-                                reports=reports, retries=retries, match_task=match_task, refresh=refresh,
-                                dask_address=dask_address, workers=workers, torch_threads=torch_threads)
+                                (options or RankOptions()).to_json_dict(), dataclasses.asdict(run))
 
 
 def _absolute(path: str | Path) -> str:
@@ -404,16 +418,11 @@ def serve_zoo_ranking(
     zoo: str | Path,
     targets: Sequence[str | Path],
     options: RankOptions | None = None,
+    run: ZooRunOptions | None = None,
     *,
     cron: str,
     timezone: str | None = None,
     name: str = "weekly",
-    store_path: str | None = None,
-    output_dir: str = "zoo-ranking",
-    annotate: bool = False,
-    reports: bool = True,
-    retries: int = 1,
-    match_task: bool = False,
 ) -> None:
     """Serve the flow on a cron schedule from this process (needs a Prefect server: ``PREFECT_API_URL``).
 
@@ -430,9 +439,7 @@ def serve_zoo_ranking(
                            "config set PREFECT_API_URL=http://127.0.0.1:4200/api', then serve again")
     parameters = {"zoo": _absolute(zoo), "targets": [_absolute(t) for t in targets],
                   "options": (options or RankOptions()).to_json_dict(),
-                  "store_path": None if store_path is None else _absolute(store_path),
-                  "output_dir": _absolute(output_dir), "annotate": annotate, "reports": reports, "retries": retries,
-                  "match_task": match_task}
+                  "run": dataclasses.asdict((run or ZooRunOptions()).for_deployment())}
     # limit=1: a slow run and the next scheduled one never score the same zoo at once
     zoo_ranking_flow.serve(name=name, parameters=parameters, limit=1, tags=["bioimage-cte"],
                            schedule=Cron(cron, timezone=timezone) if timezone else Cron(cron))

@@ -77,10 +77,11 @@ def target(tmp_path_factory) -> Path:
     return folder
 
 
-def _run(zoo: Path, target: Path, store: Path, out: Path, **options):
-    from bioimage_cte_flows.zoo_ranking import run_zoo_ranking
+def _run(zoo: Path, target: Path, store: Path, out: Path, **run_options):
+    from bioimage_cte_flows.zoo_ranking import ZooRunOptions, run_zoo_ranking
 
-    summary = run_zoo_ranking(zoo, [target], store_path=str(store), output_dir=str(out), **options)
+    summary = run_zoo_ranking(zoo, [target], run=ZooRunOptions(store_path=str(store), output_dir=str(out),
+                                                               **run_options))
     return summary, json.loads(Path(summary.rankings[TARGET]).read_text())
 
 
@@ -163,10 +164,10 @@ def test_dask_local_cluster_gives_the_same_ranking(first_run, target, tmp_path):
 
 
 def test_bad_input_is_not_retried():
-    from bioimage_cte_flows.zoo_ranking import _worth_retrying
     from prefect.states import Failed
 
     from bioimage_cte.errors import InvalidModelError
+    from bioimage_cte_flows.zoo_ranking import _worth_retrying
 
     assert _worth_retrying(None, None, Failed(data=RuntimeError("out of memory"))) is True
     assert _worth_retrying(None, None, Failed(data=InvalidModelError("x.zip is not a valid zip"))) is False
@@ -174,11 +175,13 @@ def test_bad_input_is_not_retried():
 
 def test_bad_input_corpus_in_a_zoo_run(prefect_harness, corpus, tmp_path):
     """One flow run over the whole bad-input corpus: every bad package is recorded with its reason, the good rank."""
-    from bioimage_cte_flows.zoo_ranking import run_zoo_ranking
     from corpus import MODELS, SKIPPED_BY_GREYBOX
 
-    summary = run_zoo_ranking(corpus.zoo, [corpus.good_images], store_path=str(tmp_path / "r.sqlite"),
-                              output_dir=str(tmp_path / "out"), reports=False, retries=0)
+    from bioimage_cte_flows.zoo_ranking import ZooRunOptions, run_zoo_ranking
+
+    run = ZooRunOptions(store_path=str(tmp_path / "r.sqlite"), output_dir=str(tmp_path / "out"), reports=False,
+                        retries=0)
+    summary = run_zoo_ranking(corpus.zoo, [corpus.good_images], run=run)
     ranking = json.loads(Path(summary.rankings[corpus.good_images.name]).read_text())
     assert sorted(m["name"] for m in ranking["models"]) == ["good-file-arch", "good-library-arch"]
     reasons = {f["name"]: f["reason"] for f in ranking["failures"]}

@@ -103,13 +103,13 @@ def test_weekly_deployment_gets_scheduled_runs(prefect_server, tmp_path):
     from prefect.schedules import Cron
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.zoo_ranking import zoo_ranking_flow
+    from bioimage_cte_flows.zoo_ranking import zoo_ranking_flow
 
     api_url, log_path = prefect_server
     parameters = {"zoo": str(ROOT / "resources" / "zoo"), "targets": [str(ROOT / "resources" / "data" / "dsb2018")],
-                  "output_dir": str(tmp_path / "out"), "store_path": str(tmp_path / "results.sqlite")}
+                  "run": {"output_dir": str(tmp_path / "out"), "store_path": str(tmp_path / "results.sqlite")}}
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
-        # the deployment `python -m flows.zoo_ranking serve --cron ... --timezone ...` registers; nothing runs it
+        # the deployment `bioimage-cte zoo-rank --cron ... --timezone ...` registers; nothing runs it
         deployment = zoo_ranking_flow.to_deployment(name="weekly", parameters=parameters, tags=["bioimage-cte"],
                                                     schedule=Cron(CRON, timezone=TIMEZONE))
         deployment_id = deployment.apply()
