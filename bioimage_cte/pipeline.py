@@ -17,7 +17,7 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,15 +50,21 @@ class Progress:
     image: Callable[[], None] | None = None
 
 
-@dataclass(frozen=True)
-class RankingRun:
-    """A ranking and what it was made from."""
+@dataclass(frozen=True, kw_only=True)
+class _Run:
+    """What a run was made from: the models found, the images, the options and the warnings about the images."""
 
-    ranking: Ranking
     sources: tuple[ModelSource, ...]
     images: tuple[Path, ...]
     options: RankOptions
     warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class RankingRun(_Run):
+    """A ranking and what it was made from."""
+
+    ranking: Ranking
 
     def to_json_dict(self, *, images: str | None = None) -> dict[str, Any]:
         """The ranking JSON (``rank --output``): models, failures and every setting of the run."""
@@ -66,16 +72,12 @@ class RankingRun:
                             n_images=len(self.images))
 
 
-@dataclass(frozen=True)
-class EvaluationRun:
-    """Every estimator's ranking next to the true ranking, and what it was made from."""
+@dataclass(frozen=True, kw_only=True)
+class EvaluationRun(_Run):
+    """Every estimator's ranking next to the true ranking, what it was made from, and the models that failed."""
 
     evaluation: Evaluation
-    sources: tuple[ModelSource, ...]
-    images: tuple[Path, ...]
-    options: RankOptions
-    warnings: tuple[str, ...] = ()
-    failures: tuple[ModelFailure, ...] = field(default=())
+    failures: tuple[ModelFailure, ...] = ()
 
 
 def _common_folder(paths: Sequence[Path]) -> str:
@@ -142,7 +144,8 @@ def rank(
     estimator = options.make_estimator()
     results, failures = _score(sources, paths, [estimator], options, progress)
     ranking = build_ranking(results, estimator, failures=failures, seed=options.seed)
-    return RankingRun(ranking, tuple(sources), tuple(paths), options, tuple(warnings))
+    return RankingRun(ranking=ranking, sources=tuple(sources), images=tuple(paths), options=options,
+                      warnings=tuple(warnings))
 
 
 def evaluate(
@@ -183,7 +186,8 @@ def evaluate(
     label_arrays = load_labels(paths, labels, axes=options.axes)
     results, failures = _score(sources, paths, ests, options, progress, labels=label_arrays)
     evaluation = evaluate_rankings(results, ests, metric=chosen, failures=failures, seed=options.seed)
-    return EvaluationRun(evaluation, tuple(sources), tuple(paths), options, tuple(warnings), tuple(failures))
+    return EvaluationRun(evaluation=evaluation, sources=tuple(sources), images=tuple(paths), options=options,
+                         warnings=tuple(warnings), failures=tuple(failures))
 
 
 def report_overlays(ranking_json: dict[str, Any], image_paths: Sequence[Path], *, n_images: int = 3,
