@@ -1,6 +1,6 @@
 """Ranking quality of every label-free estimator on every shipped target (prints a table; not a test).
 
-    python benchmarks/ranking_quality.py [--images 8] [--seed 0] [--output benchmarks/results/ranking_quality]
+    python benchmarks/ranking_quality.py [--images 8] [--seeds 0 1 2 3 4] [--output benchmarks/results/ranking_quality]
 
 For each labelled target under resources/data, every zoo model is run once over the images and scored by every
 estimator from the same clean predictions; each estimator's ranking is compared with the ranking by true
@@ -17,7 +17,7 @@ while looking at the shipped targets (such as the soft consistency score) holds 
 
 Every estimator is configured by one :class:`~bioimage_cte.options.RankOptions` (``--seed``; default strengths), plus
 ``cte-dropout-hard`` and ``cte-input-hard``, the same options with the paper's hard score. A smoke run:
-``--held-out 1 --images 1 --output /tmp/rq``.
+``--held-out 1 --images 1 --seeds 0 1 --output /tmp/rq``.
 """
 
 from __future__ import annotations
@@ -107,39 +107,68 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8, help="images per target (at most)")
     parser.add_argument("--held-out", type=int, default=0, metavar="N",
                         help="rank on N randomly drawn synthetic targets instead of the shipped ones")
-    parser.add_argument("--seed", type=int, default=0, help="the run's seed (dropout masks, noise, bootstrap)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                        help="run seeds (dropout masks, noise, bootstrap); the summary is the mean over them with its "
+                             "range")
     parser.add_argument("--output", type=Path, default=None,
                         help="output stem (default benchmarks/results/ranking_quality[_held_out])")
     args = parser.parse_args()
-    options = RankOptions(seed=args.seed)
     stem = "ranking_quality_held_out" if args.held_out else "ranking_quality"
     output = args.output or ROOT / "benchmarks" / "results" / stem
     sources = find_models([ROOT / "resources" / "zoo"])
-    report: dict[str, dict] = {}
+    reports: dict[int, dict[str, dict]] = {}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         if args.held_out:  # the task pool only: the all-models pool is reported for the shipped targets
             targets = write_held_out_targets(args.held_out, Path(tmp))
         else:
             targets = {t: (f, target_task(f)) for t, f in find_targets(ROOT / "resources" / "data").items()}
-        for target, (folder, task) in targets.items():
-            report[target] = evaluate_target(sources, folder, task, args.images, options,
-                                             task_only=bool(args.held_out))
-            print(f"{target}: {report[target]['n_images']} images, {time.perf_counter() - start:.0f} s", flush=True)
+        for seed in args.seeds:
+            options = RankOptions(seed=seed)
+            reports[seed] = {}
+            for target, (folder, task) in targets.items():
+                reports[seed][target] = evaluate_target(sources, folder, task, args.images, options,
+                                                        task_only=bool(args.held_out))
+                print(f"seed {seed}, {target}: {reports[seed][target]['n_images']} images, "
+                      f"{time.perf_counter() - start:.0f} s", flush=True)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    markdown = render(report, [e.name for e in make_estimators(options)])
+    output.with_suffix(".json").write_text(json.dumps({str(s): r for s, r in reports.items()}, indent=1))
+    names = [e.name for e in make_estimators(RankOptions())]
+    markdown = summary(reports, names) + "\n" + render(reports[args.seeds[0]], names, seed=args.seeds[0])
     output.with_suffix(".md").write_text(markdown)
     print(markdown)
 
 
-def render(report: dict[str, dict], names: list[str]) -> str:
+def _pool_stats(report: dict[str, dict], name: str, pool: str) -> tuple[float, float, float, float]:
+    """Mean and min Spearman, mean Kendall and mean regret of one estimator over the targets of one run."""
+    targets = [t for t in report if pool in report[t]]
+    stats = [report[t][pool]["agreement"].get(name, {}) for t in targets]
+    values = {k: np.array([np.nan if s.get(k) is None else s[k] for s in stats], dtype=float)
+              for k in ("spearman", "kendall", "regret")}
+    return (float(np.nanmean(values["spearman"])), float(np.nanmin(values["spearman"])),
+            float(np.nanmean(values["kendall"])), float(np.nanmean(values["regret"])))
+
+
+def summary(reports: dict[int, dict[str, dict]], names: list[str], pool: str = "task") -> str:
+    """Each estimator over all seeds: mean of the per-seed figures, and the range over seeds in brackets."""
+    seeds = sorted(reports)
+    lines = [f"### Models of the target's task: mean over seeds {', '.join(map(str, seeds))} (range over seeds)", "",
+             "| estimator | mean Spearman | min Spearman | mean Kendall | mean regret |", "|---|---|---|---|---|"]
+    for name in names:
+        per_seed = np.array([_pool_stats(reports[s], name, pool) for s in seeds])
+        cells = [f"{m:.2f} ({lo:.2f}–{hi:.2f})" if k < 3 else f"{m:.3f} ({lo:.3f}–{hi:.3f})"
+                 for k, (m, lo, hi) in enumerate(zip(per_seed.mean(0), per_seed.min(0), per_seed.max(0), strict=True))]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render(report: dict[str, dict], names: list[str], *, seed: int) -> str:
     lines = []
     for pool, title in (("task", "models of the target's task"), ("all", "all zoo models")):
         targets = [t for t in report if pool in report[t]]
         if not targets:
             continue
-        lines += [f"### Spearman with true Dice, {title}", "",
+        lines += [f"### Spearman with true Dice, {title} (seed {seed})", "",
                   "| estimator | " + " | ".join(f"{t} ({report[t][pool]['n_models']})" for t in targets)
                   + " | mean | min | mean regret |",
                   "|---|" + "---|" * (len(targets) + 3)]
