@@ -37,6 +37,7 @@ from bioimage_cte.errors import (
     InvalidModelError,
     PackageChangedError,
     WriteError,
+    one_line,
 )
 from bioimage_cte.packages import (
     dump_rdf,
@@ -246,10 +247,6 @@ def entries_from_ranking(
     return entries
 
 
-def _one_line(e: BaseException | str) -> str:
-    return " ".join(str(e).split())
-
-
 def _check_model(data: Mapping[str, Any], where: str) -> None:
     if data.get("type") != "model":
         raise InvalidModelError(f"{where}: RDF of type {data.get('type')!r}, not a model; annotate model packages "
@@ -417,7 +414,7 @@ def annotate_package(
     try:
         return rewrite_package(base, rdf, None if in_place else dest, backup=backup and output is None)
     except OSError as e:
-        raise WriteError(f"cannot write {target}: {e.strerror or _one_line(e)}; choose a writable output folder "
+        raise WriteError(f"cannot write {target}: {e.strerror or one_line(e)}; choose a writable output folder "
                          "or check the package's permissions") from e
 
 
@@ -503,7 +500,7 @@ def annotate_from_ranking(
             written.append(annotate_package(location, entry, expected_sha256=sha256, output=output, backup=backup))
         except Exception as e:  # one model's problem must not stop the others; all are reported at the end
             reason = str(e) if isinstance(e, BioimageCteError) else f"{type(e).__name__}: {e}"
-            failures[source] = _one_line(reason)
+            failures[source] = one_line(reason)
     if failures:
         listed = "; ".join(f"{s}: {r}" for s, r in failures.items())
         raise AnnotationError(f"annotated {len(written)} of {len(entries)} models from {path}; failed: {listed}",

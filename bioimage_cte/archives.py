@@ -12,7 +12,7 @@ import tempfile  # noqa: F401  (the doctests use it)
 import zipfile
 from pathlib import Path
 
-from bioimage_cte.errors import InvalidModelError, UnsafeArchiveError
+from bioimage_cte.errors import InvalidModelError, UnsafeArchiveError, one_line
 
 __all__ = ["RDF_NAMES", "check_zip", "is_rdf_name", "safe_extract_zip"]
 
@@ -23,10 +23,6 @@ RDF_NAMES: tuple[str, ...] = ("rdf.yaml", "bioimageio.yaml")
 def is_rdf_name(file_name: str) -> bool:
     """Whether a file name is an RDF's (bioimageio also accepts ``<anything>.rdf.yaml``)."""
     return any(file_name == n or file_name.endswith("." + n) for n in RDF_NAMES)
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 def check_zip(
@@ -67,11 +63,11 @@ def check_zip(
         zf = zipfile.ZipFile(path)
     except zipfile.BadZipFile as e:
         raise InvalidModelError(
-            f"{path} is not a valid zip ({_one_line(e)}); re-download or re-export the model package"
+            f"{path} is not a valid zip ({one_line(e)}); re-download or re-export the model package"
         ) from e
     except OSError as e:
         raise InvalidModelError(
-            f"cannot open model zip {path}: {_one_line(e.strerror or e)}; check the path and its permissions"
+            f"cannot open model zip {path}: {one_line(e.strerror or e)}; check the path and its permissions"
         ) from e
     with zf:
         infos = zf.infolist()

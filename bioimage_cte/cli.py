@@ -205,7 +205,7 @@ def rank(
     models: ModelsArg,
     images: ImagesOpt,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the ranking as JSON here.")] = None,
-    estimator: Annotated[Estimator, typer.Option(help="Transferability estimator.")] = "cte-dropout",  # type: ignore[assignment]
+    estimator: Annotated[Estimator, typer.Option(help="Transferability estimator.")] = Estimator.cte_dropout,
     report: Annotated[Path | None, typer.Option("--report", help="Also write a self-contained HTML report "
                                                 "(charts, per-image scores, overlays of the top and bottom "
                                                 "models).")] = None,

@@ -58,3 +58,17 @@ class UntrustedCodeError(BioimageCteError, PermissionError):
 
 class UnsafeYamlError(InvalidModelError):
     """An rdf.yaml is too large, or would expand too far (a YAML alias bomb), to be parsed safely."""
+
+
+def one_line(text: object) -> str:
+    r"""A message (or an exception) on one line, its white space folded; an empty one says what it was.
+
+    Examples
+    --------
+    >>> one_line("cannot read\n  x.tif"), one_line(OSError())
+    ('cannot read x.tif', 'OSError')
+    """
+    folded = " ".join(str(text).split())
+    if folded:
+        return folded
+    return type(text).__name__ if isinstance(text, BaseException) else "unknown error"

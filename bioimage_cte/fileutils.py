@@ -18,16 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from bioimage_cte.errors import WriteError
+from bioimage_cte.errors import WriteError, one_line
 
 __all__ = ["BACKUP_SUFFIX", "atomic_write", "is_temporary", "keep_backup", "write_atomic"]
 
 #: Suffix of the backups kept of a replaced file (``rdf.yaml.bak``, then ``rdf.yaml.bak.1``, ...).
 BACKUP_SUFFIX = ".bak"
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 def write_atomic(path: Path, data: bytes, *, backup: bool = False) -> Path:
@@ -43,7 +39,7 @@ def write_atomic(path: Path, data: bytes, *, backup: bool = False) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda f: write_all(f, data), backup=backup)
     except OSError as e:
-        raise WriteError(f"cannot write {path}: {e.strerror or _one_line(e)}; choose a writable folder") from e
+        raise WriteError(f"cannot write {path}: {e.strerror or one_line(e)}; choose a writable folder") from e
     return path
 
 

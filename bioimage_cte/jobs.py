@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bioimage_cte import __version__
-from bioimage_cte.errors import BioimageCteError, InvalidImageError, UntrustedCodeError
+from bioimage_cte.errors import BioimageCteError, InvalidImageError
 from bioimage_cte.options import RankOptions
 from bioimage_cte.results import ResultStore, ScoreRecord, now, package_fingerprint, result_key
-from bioimage_cte.scoring import ModelFailure, ModelResult, Stage, one_line
+from bioimage_cte.scoring import ModelFailure, ModelResult, Stage, failure_of
 from bioimage_cte.sources import ModelSource, select_models
 
 __all__ = [
@@ -193,9 +193,9 @@ def plan_jobs(
 def failed_record(job: ScoreJob, error: BaseException | str) -> ScoreRecord:
     """The record of a job that could not be scored, with the error as one line."""
     stage = Stage.PREDICT
-    if isinstance(error, BaseException):
-        stage = Stage.SKIPPED if isinstance(error, UntrustedCodeError) else Stage.PREDICT
-        error = one_line(str(error) if isinstance(error, BioimageCteError) else f"{type(error).__name__}: {error}")
+    if isinstance(error, BaseException):  # classified and worded as rank's failures are
+        failure = failure_of(job.source, error)
+        stage, error = failure.stage, failure.reason
     return ScoreRecord(job.model, job.target.fingerprint, job.options.estimator, job.settings, __version__, "failed",
                        name=job.source.name, source=job.source.source, sha256=job.sha256,
                        images=tuple(Path(p).name for p in job.target.images), error=error, stage=stage,

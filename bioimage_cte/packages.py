@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from bioimage_cte import fileutils
-from bioimage_cte.errors import InvalidModelError, WriteError
+from bioimage_cte.errors import InvalidModelError, WriteError, one_line
 from bioimage_cte.sources import RDF_NAMES
 
 __all__ = [
@@ -63,10 +63,6 @@ class Package:
         return f"{self.path}:{self.rdf_name}" if self.kind == "zip" else str(self.path / self.rdf_name)
 
 
-def _one_line(e: BaseException | str) -> str:
-    return " ".join(str(e).split())
-
-
 # --- reading ------------------------------------------------------------------------------------------------------
 
 
@@ -92,7 +88,7 @@ def open_package(location: Path) -> Package:
             with zipfile.ZipFile(location) as zf:
                 names = set(zf.namelist())
         except (zipfile.BadZipFile, OSError) as e:
-            raise InvalidModelError(f"{location} is not a valid zip ({_one_line(e)}); re-download or re-export "
+            raise InvalidModelError(f"{location} is not a valid zip ({one_line(e)}); re-download or re-export "
                                     "the model package") from e
         name = next((n for n in RDF_NAMES if n in names), None)
         if name is None:
@@ -120,7 +116,7 @@ def read_rdf_text(pkg: Package) -> str:
             raw = (pkg.path / pkg.rdf_name).read_bytes()
         return raw.decode("utf-8")
     except (zipfile.BadZipFile, zlib.error, EOFError) as e:
-        raise InvalidModelError(f"{pkg.path} is a corrupt zip ({_one_line(e)}); re-download or re-export the "
+        raise InvalidModelError(f"{pkg.path} is a corrupt zip ({one_line(e)}); re-download or re-export the "
                                 "model package") from e
     except UnicodeDecodeError as e:
         raise InvalidModelError(f"{pkg.where} is not UTF-8 text; re-save the rdf.yaml as UTF-8") from e
@@ -146,7 +142,7 @@ def parse_rdf(text: str, where: str) -> dict[str, Any]:
     try:  # an alias bomb or oversized RDF raises UnsafeYamlError, an InvalidModelError naming the file
         data = load_untrusted_yaml(text, where=where)
     except YAMLError as e:
-        raise InvalidModelError(f"{where} is not valid YAML ({_one_line(e)}); fix the rdf.yaml") from e
+        raise InvalidModelError(f"{where} is not valid YAML ({one_line(e)}); fix the rdf.yaml") from e
     if not isinstance(data, dict):
         raise InvalidModelError(f"{where} is not a YAML mapping; pass a bioimageio model package")
     return data
@@ -261,7 +257,7 @@ def _rewrite_zip(source: Path, rdf_name: str, rdf: bytes, dest: Path, *, backup:
     try:
         fileutils.atomic_write(dest, fill, backup=backup, mode_from=source)
     except (zipfile.BadZipFile, zlib.error, EOFError) as e:
-        raise InvalidModelError(f"{source} is a corrupt zip ({_one_line(e)}); re-download or re-export the model "
+        raise InvalidModelError(f"{source} is a corrupt zip ({one_line(e)}); re-download or re-export the model "
                                 "package") from e
 
 

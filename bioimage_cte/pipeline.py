@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from bioimage_cte.errors import InvalidImageError
+from bioimage_cte.errors import InvalidImageError, one_line
 from bioimage_cte.estimators import LABEL_FREE, Estimator, FewLabelOracle
 from bioimage_cte.evaluation import Evaluation, evaluate_rankings
 from bioimage_cte.images import check_images, list_images, load_labels
@@ -215,7 +215,7 @@ def report_overlays(ranking_json: dict[str, Any], image_paths: Sequence[Path], *
             location = str(rdf_location(locate_package(model["source"])))
             out["models"][model["name"]] = overlay_predictions(location, image_paths, indices, options)
         except Exception as e:  # a report is a view on the ranking: one model that cannot re-run is named
-            out["errors"][model["name"]] = " ".join(str(e).split())
+            out["errors"][model["name"]] = one_line(e)
     return out
 
 

@@ -393,11 +393,8 @@ class BlackBoxPredictor(_Predictor):
         try:
             pipeline = create_prediction_pipeline(descr, devices=list(devices), weights_format=self.weight_format)
         except Exception as e:
-            damage = _damaged_weights(e)
-            if damage is not None:
-                source = getattr(getattr(descr.weights, self.weight_format or "", None), "source", "a weights file")
-                raise InvalidModelError(f"{name}: weights file {source} is corrupt or truncated ({damage}); download "
-                                        "the package again") from e
+            source = getattr(getattr(descr.weights, self.weight_format or "", None), "source", "a weights file")
+            _raise_if_damaged(e, name=name, source=source)
             raise InvalidModelError(f"{name}: could not load the model ({_first_line(e)}); check its weights "
                                     "with 'bioimageio test'") from e
         super().__init__(descr, pipeline, name=name, max_tile=max_tile, devices=devices)
@@ -515,12 +512,8 @@ class GreyBoxPredictor(_Predictor):
         except InvalidModelError as e:
             raise InvalidModelError(f"{name}: {e}") from e
         except Exception as e:
-            damage = _damaged_weights(e)
-            if damage is not None:  # checked first: bioimageio.core words every torch.load failure as weights_only's
-                raise InvalidModelError(
-                    f"{name}: weights file {descr.weights.pytorch_state_dict.source} is corrupt or truncated "
-                    f"({damage}); download the package again"
-                ) from e
+            # checked first: bioimageio.core words every torch.load failure as weights_only's
+            _raise_if_damaged(e, name=name, source=descr.weights.pytorch_state_dict.source)
             if "weights_only" in str(e):  # bioimageio.core refused a pickle that is not a plain state dict
                 raise InvalidModelError(
                     f"{name}: {descr.weights.pytorch_state_dict.source} is not a plain state dict (torch.load with "
@@ -562,6 +555,14 @@ def make_predictor(descr: v0_5.ModelDescr, *, name: str, greybox: bool, weight_f
 # what torch and zipfile say about a weights file that was cut short or damaged (rather than refused)
 _DAMAGE_MARKERS = ("PytorchStreamReader failed", "unexpected EOF", "file might be corrupted", "negative seek value",
                    "truncated", "Ran out of input")
+
+
+def _raise_if_damaged(e: BaseException, *, name: str, source: Any) -> None:
+    """Raise a 'corrupt or truncated' error from ``e`` when loading failed on a damaged weights file."""
+    damage = _damaged_weights(e)
+    if damage is not None:
+        raise InvalidModelError(f"{name}: weights file {source} is corrupt or truncated ({damage}); download the "
+                                "package again") from e
 
 
 def _damaged_weights(e: BaseException) -> str | None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from bioimage_cte.errors import BioimageCteError, ModelRunError, UntrustedCodeError
+from bioimage_cte.errors import BioimageCteError, ModelRunError, UntrustedCodeError, one_line
 from bioimage_cte.estimators import Estimator, Perturbing
 from bioimage_cte.images import load_target
 from bioimage_cte.metrics import foreground_dice, instance_f1, mean_average_precision
@@ -174,11 +174,6 @@ def _check_prediction(clean: Prediction, source: ModelSource, path: Path) -> Non
     if not np.isfinite(clean.foreground).all():
         raise ModelRunError(f"{source.location}: the model returned NaN or inf on {path}; "
                             "the model is broken for this input, check its weights and preprocessing")
-
-
-def one_line(text: str) -> str:
-    """``text`` with its white space folded, for a failure's reason."""
-    return " ".join(text.split()) or "unknown error"
 
 
 def failure_of(source: ModelSource, e: BaseException) -> ModelFailure:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from urllib.parse import urljoin, urlparse
 
 from bioimage_cte.archives import RDF_NAMES, check_zip, is_rdf_name, safe_extract_zip
-from bioimage_cte.errors import InvalidIndexError, InvalidModelError
+from bioimage_cte.errors import InvalidIndexError, InvalidModelError, one_line
 
 __all__ = [
     "RDF_NAMES",
@@ -87,10 +87,6 @@ def _rdf_in_folder(folder: Path) -> Path | None:
     return None
 
 
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
 def _index_too_large(spec: str, max_bytes: int) -> InvalidIndexError:
     return InvalidIndexError(
         f"collection index {spec} is over the size limit of {max_bytes} bytes (max_bytes); pass the zoo's "
@@ -113,7 +109,7 @@ def _fetch_text(url: str, *, max_bytes: int = MAX_INDEX_BYTES) -> str:
             encoding = response.encoding or "utf-8"
     except httpx.HTTPError as e:
         raise InvalidIndexError(
-            f"cannot download collection index {url}: {_one_line(e)}; check the URL and your connection, "
+            f"cannot download collection index {url}: {one_line(e)}; check the URL and your connection, "
             "or pass a local copy of the index"
         ) from e
     return bytes(body).decode(encoding, errors="replace")
@@ -191,7 +187,7 @@ def read_collection_index(path_or_url: str | Path, *, max_bytes: int = MAX_INDEX
             text = raw.decode("utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise InvalidIndexError(
-                f"cannot read collection index {path}: {_one_line(getattr(e, 'strerror', None) or e)}; "
+                f"cannot read collection index {path}: {one_line(getattr(e, 'strerror', None) or e)}; "
                 "check the path"
             ) from e
         base = path.resolve().parent
@@ -199,7 +195,7 @@ def read_collection_index(path_or_url: str | Path, *, max_bytes: int = MAX_INDEX
         content = json.loads(text)
     except json.JSONDecodeError as e:
         raise InvalidIndexError(
-            f"collection index {spec} is not valid JSON ({_one_line(e)}); pass the zoo's index.json "
+            f"collection index {spec} is not valid JSON ({one_line(e)}); pass the zoo's index.json "
             "or a collection.json"
         ) from e
     except RecursionError:  # e.g. a megabyte of '[': json's decoder recurses per nesting level
