@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from bioimage_cte.errors import InvalidImageError, one_line
-from bioimage_cte.estimators import LABEL_FREE, Estimator, FewLabelOracle
+from bioimage_cte.estimators import LABEL_FREE, Estimator, FewLabelOracle, Perturbing
 from bioimage_cte.evaluation import Evaluation, evaluate_rankings
 from bioimage_cte.images import check_images, list_images, load_labels
 from bioimage_cte.metrics import METRICS
@@ -197,8 +197,9 @@ def report_overlays(ranking_json: dict[str, Any], image_paths: Sequence[Path], *
     Returns
     -------
     dict
-        ``{"indices": [...], "models": {name: [(image, clean, perturbed or None), ...]}, "errors": {name: text}}``;
-        a model that cannot be re-run is named under ``errors`` instead of stopping the report.
+        ``{"indices": [...], "perturbation": "dropout" | "input" | None, "models": {name: [(image, clean,
+        perturbed or None), ...]}, "errors": {name: text}}``; a model that cannot be re-run is named under
+        ``errors`` instead of stopping the report.
     """
     from bioimage_cte.packages import locate_package, rdf_location
     from bioimage_cte.seeds import rng
@@ -209,7 +210,11 @@ def report_overlays(ranking_json: dict[str, Any], image_paths: Sequence[Path], *
     chosen = models[:n_models] + [m for m in models[-n_models:] if m not in models[:n_models]]
     count = min(n_images, len(image_paths))
     indices = sorted(int(i) for i in rng(options.seed, "report").choice(len(image_paths), count, replace=False))
-    out: dict[str, Any] = {"indices": indices, "models": {}, "errors": {}}
+    estimator = options.make_estimator()
+    perturbation = None
+    if isinstance(estimator, Perturbing):  # what the perturbed panels show
+        perturbation = "dropout" if estimator.needs_greybox else "input"
+    out: dict[str, Any] = {"indices": indices, "perturbation": perturbation, "models": {}, "errors": {}}
     for model in chosen:
         try:
             location = str(rdf_location(locate_package(model["source"])))

@@ -354,15 +354,6 @@ def _middle(array: np.ndarray) -> np.ndarray:
     return array[array.shape[0] // 2] if array.ndim == 3 else array
 
 
-def _perturbation(settings: Mapping[str, Any]) -> str | None:
-    estimator = settings.get("estimator")
-    if estimator in ("cte-dropout", "mc-dropout"):
-        return "dropout"
-    if estimator == "cte-input":
-        return "input"
-    return None
-
-
 def _overlay_figure(name: str, rank: int, rows, indices: list[int], image_paths: Sequence[Path],
                     per_image: Sequence[float | None], threshold: float, perturbation: str | None) -> str:
     n_cols = 4 if perturbation else 2
@@ -559,7 +550,7 @@ def _overlay_section(models: list[Mapping[str, Any]], settings: Mapping[str, Any
     if not overlays.get("models") and not overlays.get("errors"):
         return []
     indices = list(overlays.get("indices", []))
-    kind = _perturbation(settings)
+    kind = overlays.get("perturbation")
     threshold = float(settings.get("threshold", 0.5))
     text = {"dropout": f"channel dropout (p = {settings.get('strength', 0.2)}) at "
                        f"{settings.get('layer') or 'the bottleneck'}",

@@ -202,7 +202,8 @@ def test_html_report_renders_hand_made_overlays_without_a_model(tmp_path):
     image = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
     clean = Prediction((image > 0.5).astype(np.float32))
     perturbed = Prediction((image > 0.6).astype(np.float32))
-    overlays = {"indices": [1], "models": {"best": [(image, clean, perturbed)]}, "errors": {"worst": "moved away"}}
+    overlays = {"indices": [1], "perturbation": "dropout", "models": {"best": [(image, clean, perturbed)]},
+                "errors": {"worst": "moved away"}}
     page = write_html_report(ranking, tmp_path / "r.html", image_paths=images, overlays=overlays).read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page)
     assert "<script" not in page and "<link" not in page
