@@ -130,9 +130,13 @@ class _MedianAggregate:
         return cls()
 
 
+@dataclass(frozen=True, kw_only=True)
 class _ConsistencyCTE(_MedianAggregate):
     """CTE: mean consistency of ``repeats`` perturbed predictions with the clean one; median over images."""
 
+    consistency: Consistency = "soft"
+    repeats: int = 1
+    threshold: float = 0.5
     needs_labels: ClassVar[bool] = False
     cross_model: ClassVar[bool] = False
 
@@ -161,9 +165,6 @@ class CTEDropout(_ConsistencyCTE):
     """
 
     strength: float = DEFAULT_DROPOUT
-    consistency: Consistency = "soft"
-    repeats: int = 1
-    threshold: float = 0.5
     name: ClassVar[str] = "cte-dropout"
     needs_greybox: ClassVar[bool] = True
 
@@ -189,9 +190,6 @@ class CTEInput(_ConsistencyCTE):
 
     kind: InputKind = "gaussian"
     strength: float = DEFAULT_INPUT_STRENGTH
-    consistency: Consistency = "soft"
-    repeats: int = 1
-    threshold: float = 0.5
     name: ClassVar[str] = "cte-input"
     needs_greybox: ClassVar[bool] = False
 
