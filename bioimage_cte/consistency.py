@@ -37,15 +37,20 @@ def _check_threshold(threshold: float) -> None:
         raise InvalidImageError(f"threshold must be a number in [0, 1], got {threshold!r}; use e.g. 0.5.")
 
 
+def _same_shape(clean: npt.ArrayLike, perturbed: npt.ArrayLike, names: tuple[str, str],
+                what: str) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(clean), np.asarray(perturbed)
+    if a.shape != b.shape or a.ndim == 0:
+        raise InvalidImageError(f"{names[0]} and {names[1]} must be arrays of the same shape, got {a.shape} and "
+                                f"{b.shape}; {what} with and without perturbation.")
+    return a, b
+
+
 def _probability_pair(
     clean: npt.ArrayLike, perturbed: npt.ArrayLike, *, probabilities: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    a, b = np.asarray(clean), np.asarray(perturbed)
-    if a.shape != b.shape or a.ndim == 0:
-        raise InvalidImageError(
-            f"clean and perturbed must be arrays of the same shape, got {a.shape} and {b.shape}; "
-            "predict the same image (same crop, same channel) with and without perturbation."
-        )
+    a, b = _same_shape(clean, perturbed, ("clean", "perturbed"),
+                       "predict the same image (same crop, same channel)")
     for name, arr in (("clean", a), ("perturbed", b)):
         if arr.dtype.kind not in "biuf" or (arr.dtype.kind == "f" and not np.isfinite(arr).all()):
             raise InvalidImageError(
@@ -76,7 +81,7 @@ def hard_consistency(clean: npt.ArrayLike, perturbed: npt.ArrayLike, *, threshol
     Returns
     -------
     float
-        In [0, 1]; ``nan`` if neither map has foreground.
+        The IoU of the two masks, in [0, 1]; ``nan`` if neither map has foreground.
 
     Raises
     ------
@@ -115,7 +120,8 @@ def soft_consistency(clean: npt.ArrayLike, perturbed: npt.ArrayLike, *, threshol
     Returns
     -------
     float
-        In [0, 1]; ``nan`` if neither map has foreground.
+        The mean effective invariance over the union foreground, in [0, 1]; ``nan`` if neither map has
+        foreground.
 
     Raises
     ------
@@ -143,12 +149,8 @@ def soft_consistency(clean: npt.ArrayLike, perturbed: npt.ArrayLike, *, threshol
 def _label_pair(
     clean_labels: npt.ArrayLike, perturbed_labels: npt.ArrayLike
 ) -> tuple[np.ndarray, np.ndarray]:
-    a, b = np.asarray(clean_labels), np.asarray(perturbed_labels)
-    if a.shape != b.shape or a.ndim == 0:
-        raise InvalidImageError(
-            f"clean_labels and perturbed_labels must have the same shape, got {a.shape} and {b.shape}; "
-            "segment the same image with and without perturbation."
-        )
+    a, b = _same_shape(clean_labels, perturbed_labels, ("clean_labels", "perturbed_labels"),
+                       "segment the same image")
     for name, arr in (("clean_labels", a), ("perturbed_labels", b)):
         if arr.dtype.kind not in "biu" or (arr.size and arr.min() < 0):
             raise InvalidImageError(

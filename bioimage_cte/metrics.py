@@ -197,7 +197,7 @@ def instance_f1(
     Returns
     -------
     float
-        In [0, 1]; 1.0 if both images have no object.
+        The F1 score, in [0, 1]; 1.0 if both images have no object.
 
     Raises
     ------
@@ -235,7 +235,7 @@ def average_precision(
     Returns
     -------
     float
-        In [0, 1]; 1.0 if both images have no object.
+        ``TP / (TP + FP + FN)``, in [0, 1]; 1.0 if both images have no object.
 
     Raises
     ------
