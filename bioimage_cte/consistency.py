@@ -5,6 +5,11 @@ companion code (Talks & Kreshuk, arXiv 2503.00450). Every score is in [0, 1] and
 means more consistent. Scores are computed on the union of the two foregrounds only, so
 an image where neither prediction has any foreground has no score: the functions return
 ``nan`` and :func:`aggregate` counts such images in ``n_empty`` instead of averaging them.
+
+Maps may be 2D images or 3D volumes: a 3D model's (z, y, x) prediction is scored over its voxels
+as one sample. Multi-class (softmax) predictions, (C, ...) class probabilities with class 0 the
+background, have their own forms (:func:`hard_consistency_multiclass`, :func:`soft_consistency_multiclass`)
+that equal the binary ones on a two-class prediction ``[1 - p, p]`` at threshold 0.5.
 """
 
 from __future__ import annotations
@@ -24,11 +29,14 @@ from bioimage_cte.errors import InvalidImageError
 
 __all__ = [
     "CONSISTENCY_FUNCTIONS",
+    "MULTICLASS_CONSISTENCY_FUNCTIONS",
     "Aggregate",
     "aggregate",
     "hard_consistency",
+    "hard_consistency_multiclass",
     "instance_consistency",
     "soft_consistency",
+    "soft_consistency_multiclass",
 ]
 
 
@@ -74,7 +82,7 @@ def hard_consistency(clean: npt.ArrayLike, perturbed: npt.ArrayLike, *, threshol
     Parameters
     ----------
     clean, perturbed : array_like
-        Foreground probability maps of the same shape.
+        Foreground probability maps of the same shape (any ndim; a volume is scored over its voxels).
     threshold : float, optional
         Pixels strictly above it are foreground. Default 0.5.
 
@@ -113,7 +121,7 @@ def soft_consistency(clean: npt.ArrayLike, perturbed: npt.ArrayLike, *, threshol
     Parameters
     ----------
     clean, perturbed : array_like
-        Foreground probability maps of the same shape, values in [0, 1].
+        Foreground probability maps of the same shape (any ndim), values in [0, 1].
     threshold : float, optional
         Pixels strictly above it are foreground. Default 0.5.
 
@@ -143,6 +151,112 @@ def soft_consistency(clean: npt.ArrayLike, perturbed: npt.ArrayLike, *, threshol
     qa = np.where(ca[union], pa, 1.0 - pa)
     qb = np.where(cb[union], pb, 1.0 - pb)
     ei = np.where(ca[union] == cb[union], np.sqrt(qa * qb), 0.0)
+    return float(ei.mean())
+
+
+def _class_pair(
+    clean: npt.ArrayLike, perturbed: npt.ArrayLike, *, background: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checked (C, ...) class probabilities, their argmax labels and the union-foreground mask as (p, q, mask)."""
+    a, b = _probability_pair(clean, perturbed, probabilities=True)
+    if a.ndim < 2 or a.shape[0] < 2:
+        raise InvalidImageError(
+            f"class probabilities must have shape (classes, ...) with at least 2 classes, got {a.shape}; pass the "
+            "softmax output with its channel axis first."
+        )
+    if background is not None and not (isinstance(background, int | np.integer) and 0 <= background < a.shape[0]):
+        raise InvalidImageError(f"background must be a class index in [0, {a.shape[0] - 1}] or None, "
+                                f"got {background!r}.")
+    # argmax takes the first of tied classes, as "p > 0.5" calls p = 0.5 background in the binary forms.
+    la, lb = a.argmax(axis=0), b.argmax(axis=0)
+    mask = np.ones(la.shape, bool) if background is None else (la != background) | (lb != background)
+    return a, b, np.stack([la, lb, mask])
+
+
+def hard_consistency_multiclass(clean: npt.ArrayLike, perturbed: npt.ArrayLike, *,
+                                background: int | None = 0) -> float:
+    """Hard CTE of a multi-class prediction: agreement of the argmax labels on the union foreground.
+
+    With ``a`` and ``b`` the argmax classes of the clean and perturbed predictions, the score is the
+    share of pixels with ``a == b`` among those where ``a`` or ``b`` is not the background class. On
+    two classes ``[1 - p, p]`` it equals :func:`hard_consistency` of ``p`` at threshold 0.5 (the IoU).
+
+    Parameters
+    ----------
+    clean, perturbed : array_like, shape (C, ...)
+        Class probabilities (softmax output, classes first) of the same shape, values in [0, 1].
+    background : int or None, optional
+        Index of the background class, left out where both predictions call it; None scores every
+        pixel (a model without a background class). Default 0.
+
+    Returns
+    -------
+    float
+        The agreement in [0, 1]; ``nan`` if neither prediction has a non-background pixel.
+
+    Raises
+    ------
+    InvalidImageError
+        If the shapes differ, there are fewer than 2 classes, a value is outside [0, 1], or
+        ``background`` is not a class index.
+
+    Examples
+    --------
+    >>> clean = [[0.8, 0.1, 0.1, 0.2], [0.1, 0.8, 0.1, 0.2], [0.1, 0.1, 0.8, 0.6]]  # classes 0, 1, 2, 2
+    >>> perturbed = [[0.8, 0.1, 0.2, 0.9], [0.1, 0.2, 0.7, 0.0], [0.1, 0.7, 0.1, 0.1]]  # 0, 2, 1, 0
+    >>> hard_consistency_multiclass(clean, perturbed)  # 3 foreground pixels, none agree
+    0.0
+    >>> hard_consistency_multiclass(clean, clean)
+    1.0
+    """
+    _, _, stacked = _class_pair(clean, perturbed, background=background)
+    la, lb, mask = stacked[0], stacked[1], stacked[2].astype(bool)
+    if not mask.any():
+        return math.nan
+    return float(np.count_nonzero(la[mask] == lb[mask]) / np.count_nonzero(mask))
+
+
+def soft_consistency_multiclass(clean: npt.ArrayLike, perturbed: npt.ArrayLike, *,
+                                background: int | None = 0) -> float:
+    """Soft CTE of a multi-class prediction: Effective Invariance (Deng et al. 2022) on the union foreground.
+
+    Per pixel, with ``a`` and ``b`` the argmax classes and ``q`` each prediction's probability of its
+    own argmax class, ``EI = sqrt(q_clean * q_perturbed)`` where ``a == b`` and 0 elsewhere; the score
+    is the mean EI over the pixels where ``a`` or ``b`` is not the background class. This is Deng et
+    al.'s multi-class definition, of which :func:`soft_consistency` is the two-class case: on
+    ``[1 - p, p]`` the two are equal at threshold 0.5.
+
+    Parameters
+    ----------
+    clean, perturbed : array_like, shape (C, ...)
+        Class probabilities (softmax output, classes first) of the same shape, values in [0, 1].
+    background : int or None, optional
+        Index of the background class; None scores every pixel. Default 0.
+
+    Returns
+    -------
+    float
+        The mean effective invariance in [0, 1]; ``nan`` if neither prediction has a non-background pixel.
+
+    Raises
+    ------
+    InvalidImageError
+        As :func:`hard_consistency_multiclass`.
+
+    Examples
+    --------
+    >>> clean = [[0.1, 0.2], [0.9, 0.0], [0.0, 0.8]]         # classes 1, 2
+    >>> perturbed = [[0.1, 0.2], [0.4, 0.0], [0.5, 0.8]]     # classes 2, 2
+    >>> round(soft_consistency_multiclass(clean, perturbed), 6)  # (0 + sqrt(0.8 * 0.8)) / 2
+    0.4
+    """
+    a, b, stacked = _class_pair(clean, perturbed, background=background)
+    la, lb, mask = stacked[0], stacked[1], stacked[2].astype(bool)
+    if not mask.any():
+        return math.nan
+    qa = a.max(axis=0)[mask].astype(np.float64)
+    qb = b.max(axis=0)[mask].astype(np.float64)
+    ei = np.where(la[mask] == lb[mask], np.sqrt(qa * qb), 0.0)
     return float(ei.mean())
 
 
@@ -185,7 +299,8 @@ def instance_consistency(
     Parameters
     ----------
     clean_labels, perturbed_labels : array_like of int
-        Non-negative instance label images of the same shape (any ndim), 0 = background.
+        Non-negative instance label images of the same shape (any ndim: label a 3D model's volume in
+        3D, see :func:`bioimage_cte.segmentation.label_foreground`), 0 = background.
     border_width : int, optional
         Half-width of the ignored band; 0 ignores nothing. Default 1.
 
@@ -313,6 +428,12 @@ CONSISTENCY_FUNCTIONS: dict[str, Callable[..., float]] = {
 
 :func:`instance_consistency` is not listed because it takes label images, not probabilities.
 """
+
+MULTICLASS_CONSISTENCY_FUNCTIONS: dict[str, Callable[..., float]] = {
+    "hard": hard_consistency_multiclass,
+    "soft": soft_consistency_multiclass,
+}
+"""Multi-class forms of :data:`CONSISTENCY_FUNCTIONS`; each is ``f(clean, perturbed, *, background) -> float``."""
 
 
 def bootstrap_intervals(

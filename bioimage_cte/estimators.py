@@ -31,6 +31,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 import numpy as np
 
 from bioimage_cte.consistency import (
+    MULTICLASS_CONSISTENCY_FUNCTIONS,
     Aggregate,
     aggregate,
     hard_consistency,
@@ -89,7 +90,13 @@ class Perturbing(Protocol):
 
 
 def consistency_of(clean: Prediction, perturbed: Prediction, kind: Consistency, *, threshold: float = 0.5) -> float:
-    """Consistency between a clean and a perturbed prediction of one 2-D image."""
+    """Consistency between a clean and a perturbed prediction of one 2-D image or one 3-D model's volume.
+
+    Multi-class predictions (``classes`` set on both) use the multi-class soft and hard forms; instances
+    are always labelled from the foreground.
+    """
+    if kind != "instance" and clean.classes is not None and perturbed.classes is not None:
+        return MULTICLASS_CONSISTENCY_FUNCTIONS[kind](clean.classes, perturbed.classes)
     if kind == "hard":
         return hard_consistency(clean.foreground, perturbed.foreground, threshold=threshold)
     if kind == "soft":
@@ -98,8 +105,9 @@ def consistency_of(clean: Prediction, perturbed: Prediction, kind: Consistency, 
 
 
 def _per_slice(clean: Prediction, perturbed: Prediction, kind: Consistency, threshold: float) -> float:
-    """2-D scores; a stack's slices are scored one by one and averaged (empty slices skipped)."""
-    if clean.foreground.ndim == 2:
+    """2-D scores, or one score over the voxels of a 3-D model's volume; a 2-D model's stack is scored slice by
+    slice and averaged (empty slices skipped)."""
+    if clean.foreground.ndim == 2 or clean.volumetric:
         return consistency_of(clean, perturbed, kind, threshold=threshold)
     values = [
         consistency_of(_slice(clean, z), _slice(perturbed, z), kind, threshold=threshold)
@@ -111,7 +119,8 @@ def _per_slice(clean: Prediction, perturbed: Prediction, kind: Consistency, thre
 
 def _slice(prediction: Prediction, z: int) -> Prediction:
     boundary = None if prediction.boundary is None else prediction.boundary[z]
-    return Prediction(prediction.foreground[z], boundary)
+    classes = None if prediction.classes is None else prediction.classes[:, z]
+    return Prediction(prediction.foreground[z], boundary, classes)
 
 
 def _check_consistency(kind: str) -> None:
@@ -264,7 +273,9 @@ class TTAAgreement(_MedianAggregate):
         values = []
         for k in self.transforms:
             out = predictor.predict(np.ascontiguousarray(dihedral(image, k)))
-            back = Prediction(np.ascontiguousarray(undo_dihedral(out.foreground, k)))
+            classes = None if out.classes is None else np.ascontiguousarray(undo_dihedral(out.classes, k))
+            back = Prediction(np.ascontiguousarray(undo_dihedral(out.foreground, k)), classes=classes,
+                              volumetric=out.volumetric)
             values.append(_per_slice(clean, back, "hard", 0.5))
         return _nanmean(values)
 

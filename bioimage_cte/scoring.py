@@ -71,7 +71,7 @@ class ModelResult:
 
 def _true_metrics(clean: Prediction, labels: np.ndarray, out: dict[str, list[float]]) -> None:
     out.setdefault("dice", []).append(foreground_dice(clean.foreground, labels))
-    if clean.foreground.ndim == 2:
+    if clean.foreground.ndim == 2 or clean.volumetric:  # a 3D model's objects are labelled in 3D
         pred = instances(clean)
         out.setdefault("f1", []).append(instance_f1(pred, labels))
         out.setdefault("map", []).append(mean_average_precision(pred, labels))

@@ -1,12 +1,12 @@
-"""A model's prediction, and turning 2D probability maps into foreground masks and instance label images.
+"""A model's prediction, and turning 2D or 3D probability maps into foreground masks and instance label images.
 
-Every function takes 2D arrays positionally and its options keyword-only. Label images
-are ``int32`` with background 0 and objects numbered consecutively ``1..N``.
+Every function takes 2D (y, x) or 3D (z, y, x) arrays positionally and its options keyword-only.
+Label images are ``int32`` with background 0 and objects numbered consecutively ``1..N``.
 
-Connected components use 4-connectivity (scipy's default structuring element), so two
-objects that touch only at a corner stay separate; this matches the nuclei pipelines
-of the CTE companion code, which label thresholded maps with ``skimage.measure.label``
-at connectivity 1.
+Connected components use face connectivity (scipy's default structuring element: 4-connected
+pixels in 2D, 6-connected voxels in 3D), so two objects that touch only at a corner or an edge
+stay separate; this matches the nuclei pipelines of the CTE companion code, which label
+thresholded maps with ``skimage.measure.label`` at connectivity 1.
 """
 
 from __future__ import annotations
@@ -28,18 +28,33 @@ class Prediction:
     """A model's output on one image: foreground probability and, if the model has one, boundary probability.
 
     Both are float32 arrays of the image's shape, (y, x) or (z, y, x).
+
+    Attributes
+    ----------
+    foreground : numpy.ndarray
+        Foreground probability; for a multi-class model, one minus the background class's probability.
+    boundary : numpy.ndarray, optional
+        Boundary probability of a foreground+boundary model (instances by seeded watershed).
+    classes : numpy.ndarray, optional
+        A multi-class (softmax) model's class probabilities, (C, y, x) or (C, z, y, x), class 0 the
+        background; consistency then uses the multi-class forms (:mod:`bioimage_cte.consistency`).
+    volumetric : bool
+        True when a 3D model predicted the (z, y, x) stack as a whole: it is scored over voxels and
+        labelled in 3D. False for a 2D model run slice by slice: each slice is scored on its own.
     """
 
     foreground: np.ndarray
     boundary: np.ndarray | None = None
+    classes: np.ndarray | None = None
+    volumetric: bool = False
 
 
-def _as_2d_map(name: str, array: npt.ArrayLike) -> np.ndarray:
+def _as_map(name: str, array: npt.ArrayLike) -> np.ndarray:
     arr = np.asarray(array)
-    if arr.ndim != 2:
+    if arr.ndim not in (2, 3):
         raise InvalidImageError(
-            f"{name} must be a 2D probability map (rows, cols), got ndim={arr.ndim} with shape "
-            f"{arr.shape}; pass one 2D channel, e.g. prob[0] or np.squeeze(prob)."
+            f"{name} must be a 2D (rows, cols) or 3D (planes, rows, cols) probability map, got ndim={arr.ndim} "
+            f"with shape {arr.shape}; pass one channel, e.g. prob[0] or np.squeeze(prob)."
         )
     if arr.dtype.kind not in "biuf":
         raise InvalidImageError(f"{name} must hold real numbers, got dtype {arr.dtype}; convert it to float.")
@@ -69,23 +84,23 @@ def _relabel_sieved(labels: np.ndarray, min_size: int) -> np.ndarray:
 
 
 def binarize(prob: npt.ArrayLike, *, threshold: float = 0.5) -> npt.NDArray[np.bool_]:
-    """Foreground mask of a 2D probability map, ``prob > threshold``.
+    """Foreground mask of a 2D or 3D probability map, ``prob > threshold``.
 
     Parameters
     ----------
-    prob : array_like, shape (rows, cols)
+    prob : array_like, shape (rows, cols) or (planes, rows, cols)
         Foreground probabilities.
     threshold : float, optional
         Pixels strictly above it are foreground. Default 0.5.
 
     Returns
     -------
-    numpy.ndarray of bool, shape (rows, cols)
+    numpy.ndarray of bool, the shape of ``prob``
 
     Raises
     ------
     InvalidImageError
-        If ``prob`` is not 2D, not real-valued or not finite, or ``threshold`` is not finite.
+        If ``prob`` is not 2D or 3D, not real-valued or not finite, or ``threshold`` is not finite.
 
     Examples
     --------
@@ -94,17 +109,17 @@ def binarize(prob: npt.ArrayLike, *, threshold: float = 0.5) -> npt.NDArray[np.b
            [ True,  True]])
     """
     _check_options(threshold, 0)
-    return _as_2d_map("prob", prob) > threshold
+    return _as_map("prob", prob) > threshold
 
 
 def label_foreground(
     prob: npt.ArrayLike, *, threshold: float = 0.5, min_size: int = 0
 ) -> npt.NDArray[np.int32]:
-    """Instance labels as the 4-connected components of ``prob > threshold``.
+    """Instance labels as the face-connected components of ``prob > threshold`` (4-connected in 2D, 6 in 3D).
 
     Parameters
     ----------
-    prob : array_like, shape (rows, cols)
+    prob : array_like, shape (rows, cols) or (planes, rows, cols)
         Foreground probabilities.
     threshold : float, optional
         Pixels strictly above it are foreground. Default 0.5.
@@ -113,22 +128,24 @@ def label_foreground(
 
     Returns
     -------
-    numpy.ndarray of int32, shape (rows, cols)
+    numpy.ndarray of int32, the shape of ``prob``
         Background 0, objects ``1..N`` in raster order of their first pixel.
 
     Raises
     ------
     InvalidImageError
-        If ``prob`` is not a finite 2D map, or an option is out of range.
+        If ``prob`` is not a finite 2D or 3D map, or an option is out of range.
 
     Examples
     --------
     >>> label_foreground([[0.9, 0.0, 0.9, 0.9], [0.9, 0.0, 0.0, 0.0]], min_size=2)
     array([[1, 0, 2, 2],
            [1, 0, 0, 0]], dtype=int32)
+    >>> int(label_foreground(np.eye(3)[None].repeat(2, axis=0)).max())  # diagonal voxels touch by edges only
+    3
     """
     _check_options(threshold, min_size)
-    labels, _ = ndimage.label(_as_2d_map("prob", prob) > threshold)
+    labels, _ = ndimage.label(_as_map("prob", prob) > threshold)
     return _relabel_sieved(labels, min_size)
 
 
@@ -141,7 +158,7 @@ def watershed_from_boundaries(
 ) -> npt.NDArray[np.int32]:
     """Instance labels from a foreground map and a boundary map by seeded watershed.
 
-    Seeds are the 4-connected components of ``(foreground > threshold) & (boundary < threshold)``;
+    Seeds are the face-connected components of ``(foreground > threshold) & (boundary < threshold)``;
     seeds smaller than ``max(1, min_size // 4)`` pixels are dropped, because a seed is an
     object's interior and is smaller than the object itself. The seeds are grown over
     ``boundary`` (``skimage.segmentation.watershed``) inside ``foreground > threshold``. Finally
@@ -149,9 +166,9 @@ def watershed_from_boundaries(
 
     Parameters
     ----------
-    foreground : array_like, shape (rows, cols)
+    foreground : array_like, shape (rows, cols) or (planes, rows, cols)
         Foreground probabilities.
-    boundary : array_like, shape (rows, cols)
+    boundary : array_like, the shape of ``foreground``
         Boundary probabilities, high between touching objects.
     threshold : float, optional
         Threshold for both maps. Default 0.5.
@@ -160,12 +177,12 @@ def watershed_from_boundaries(
 
     Returns
     -------
-    numpy.ndarray of int32, shape (rows, cols)
+    numpy.ndarray of int32, the shape of ``foreground``
 
     Raises
     ------
     InvalidImageError
-        If a map is not a finite 2D array, the shapes differ, or an option is out of range.
+        If a map is not a finite 2D or 3D array, the shapes differ, or an option is out of range.
 
     Examples
     --------
@@ -175,8 +192,8 @@ def watershed_from_boundaries(
     array([[1, 1, 1, 2, 2, 2]], dtype=int32)
     """
     _check_options(threshold, min_size)
-    fg = _as_2d_map("foreground", foreground)
-    bd = _as_2d_map("boundary", boundary)
+    fg = _as_map("foreground", foreground)
+    bd = _as_map("boundary", boundary)
     if fg.shape != bd.shape:
         raise InvalidImageError(
             f"foreground and boundary must have the same shape, got {fg.shape} and {bd.shape}; "

@@ -70,11 +70,11 @@ def test_watershed_min_size_and_no_seed() -> None:
     assert not watershed_from_boundaries(foreground, all_boundary).any()
 
 
-@pytest.mark.parametrize("shape", [(5,), (2, 3, 4)])
-def test_non_2d_input_raises_with_shape(shape: tuple[int, ...]) -> None:
+@pytest.mark.parametrize("shape", [(5,), (2, 2, 3, 4)])
+def test_non_2d_or_3d_input_raises_with_shape(shape: tuple[int, ...]) -> None:
     with pytest.raises(InvalidImageError, match=r"2D.*" + str(shape).replace("(", r"\(").replace(")", r"\)")):
         label_foreground(np.zeros(shape))
-    with pytest.raises(InvalidImageError, match="2D"):
+    with pytest.raises(InvalidImageError, match="2D .* or 3D"):
         binarize(np.zeros(shape))
 
 
