@@ -33,6 +33,7 @@ from bioimageio.core.common import MemberId
 from bioimageio.spec.model import v0_5
 
 from bioimage_cte.errors import InvalidImageError, InvalidModelError
+from bioimage_cte.layers import find_perturbation_layer
 from bioimage_cte.perturbations import FeatureDropout
 from bioimage_cte.segmentation import Prediction
 from bioimage_cte.trust import CodePolicy, available_weight_formats, blackbox_weights, greybox_descr
@@ -415,7 +416,7 @@ class _DropoutAdapter(PytorchModelAdapter):
     def _init_model_on_device(self, device: torch.device) -> torch.nn.Module:
         net = super()._init_model_on_device(device)
         modules = dict(net.named_modules())
-        self.layer = self.requested_layer or find_bottleneck(net, self._descr)
+        self.layer = self.requested_layer or find_perturbation_layer(net, descr=self._descr)
         if self.layer not in modules:
             raise InvalidModelError(f"layer {self.layer!r} not found; layers are: {', '.join(list(modules)[1:20])} ...")
         self._hooks.append(modules[self.layer].register_forward_hook(self._hook))
@@ -442,40 +443,6 @@ class _DropoutAdapter(PytorchModelAdapter):
         return output * self._mask.to(device=output.device, dtype=output.dtype)
 
 
-def find_bottleneck(net: torch.nn.Module, descr: v0_5.ModelDescr | None = None) -> str:
-    """Name of the layer whose output is the deepest encoder output of a UNet-like network.
-
-    A module named ``bottleneck`` wins. Otherwise one probe forward pass records every module's
-    output; the bottleneck is the module that finishes last among those at the coarsest
-    resolution with the most channels (hooks of a container fire after its children, so this
-    picks the outermost block, e.g. ``encoders.3`` of a pytorch-3dunet UNet).
-    """
-    names = dict(net.named_modules())
-    if "bottleneck" in names:
-        return "bottleneck"
-    records: list[tuple[int, int, int, str]] = []
-    hooks = []
-    for name, module in names.items():
-        if name:
-            def record(m, a, out, name=name):
-                if isinstance(out, torch.Tensor) and out.ndim >= 4:
-                    records.append((int(np.prod(out.shape[2:])), -out.shape[1], -len(records), name))
-            hooks.append(module.register_forward_hook(record))
-    side = 256
-    if descr is not None:
-        side = _valid_size(128, _spatial_spec(descr, "y"))
-    device = next(net.parameters()).device
-    try:
-        with torch.no_grad():
-            net(torch.zeros(1, 1, side, side, device=device))
-    finally:
-        for h in hooks:
-            h.remove()
-    if not records:
-        raise InvalidModelError("could not find a bottleneck layer: no 4-D feature maps; pass --layer NAME")
-    return min(records)[3]
-
-
 class GreyBoxPredictor(_Predictor):
     """Predict with ``pytorch_state_dict`` weights and optional channel dropout at one layer.
 
@@ -487,7 +454,7 @@ class GreyBoxPredictor(_Predictor):
         Display name used in error messages.
     layer : str, optional
         Module name (as in ``net.named_modules()``) to perturb; default: the bottleneck found by
-        :func:`find_bottleneck`.
+        :func:`bioimage_cte.layers.find_perturbation_layer`.
     devices : sequence of str
         Torch devices.
     max_tile : int

@@ -9,11 +9,11 @@ import torch
 
 from bioimage_cte.demozoo.training import normalize
 from bioimage_cte.errors import InvalidImageError, InvalidModelError
+from bioimage_cte.layers import find_perturbation_layer
 from bioimage_cte.perturbations import FeatureDropout
 from bioimage_cte.predictors import (
     BlackBoxPredictor,
     GreyBoxPredictor,
-    find_bottleneck,
     load_model,
 )
 
@@ -74,7 +74,7 @@ def test_dropout_changes_the_prediction_reproducibly(greybox, image):
     assert np.array_equal(greybox.predict(image).foreground, clean)  # the hook is off again
 
 
-def test_bottleneck_is_found_by_name_and_by_structure(greybox):
+def test_bottleneck_is_found_by_structure(greybox):
     assert greybox.layer == "bottleneck"
 
     class Net(torch.nn.Module):  # pytorch-3dunet style: the last encoder is the bottleneck
@@ -88,7 +88,7 @@ def test_bottleneck_is_found_by_name_and_by_structure(greybox):
         def forward(self, x):
             return self.decoder(self.encoders[1](self.encoders[0](x)))
 
-    assert find_bottleneck(Net()) == "encoders.1"
+    assert find_perturbation_layer(Net()) == "encoders.1"
 
 
 def test_any_image_size_stack_and_tiling(greybox, image):

@@ -407,12 +407,12 @@ def zoo_similarity(models: Sequence[PackagedNetwork], images: Sequence[np.ndarra
     Every bottleneck map is average-pooled to ``grid`` per image so models of different depth compare the same
     image regions. Returns ``{"models": [...], "layers": [...], "cka": [[...]]}``.
     """
-    from bioimage_cte.predictors import find_bottleneck
+    from bioimage_cte.layers import find_perturbation_layer
     from bioimage_cte.studies.cka import cka_matrix, feature_maps
 
     feats, layers = [], []
     for m in models:
-        layer = find_bottleneck(m.net)
+        layer = find_perturbation_layer(m.net)
         layers.append(layer)
         feats.append(feature_maps(m.net, images, [layer], grid=grid, n_samples=n_samples, rng=seed,
                                   prepare=lambda im, m=m: prepare_input(m, im))[layer])
