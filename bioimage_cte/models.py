@@ -25,7 +25,7 @@ _LOAD_LOCK = threading.Lock()
 
 
 def load_model(location: str, *, perform_io_checks: bool = True) -> v0_5.ModelDescr:
-    """Load and check a model description: a v0.5 (or convertible) 2D segmentation model.
+    """Load and check a model description: a v0.5 (or convertible) 2D or 3D segmentation model.
 
     Raises :class:`~bioimage_cte.errors.InvalidModelError` naming ``location`` and the fix.
     """
@@ -173,20 +173,28 @@ def _sources(node: Any, loc: tuple[str, ...], seen: set[int] | None = None) -> I
 
 
 def check_segmentation_model(descr: v0_5.ModelDescr, *, location: str) -> None:
-    """Raise unless the model maps one image to a same-sized probability map (a segmentation model)."""
+    """Raise unless the model maps one image to a same-sized probability map (a segmentation model).
+
+    The output checked is the one that would be scored (:func:`bioimage_cte.readout.choose_readout`).
+    """
+    from bioimage_cte.readout import choose_readout
+
     if len(descr.inputs) != 1:
         raise InvalidModelError(f"{location}: model has {len(descr.inputs)} inputs; bioimage-cte ranks "
                                 "single-input segmentation models")
+    out = next(o for o in descr.outputs if str(o.id) == choose_readout(descr, name=location).tensor)
     in_axes = {str(a.id) for a in descr.inputs[0].axes}
-    out = descr.outputs[0]
     out_axes = {str(a.id) for a in out.axes}
     if not {"y", "x"} <= in_axes or not {"y", "x"} <= out_axes:
         raise InvalidModelError(f"{location}: input axes {sorted(in_axes)} / output axes {sorted(out_axes)} "
                                 "have no y and x; not an image segmentation model")
+    if ("z" in in_axes) != ("z" in out_axes):
+        raise InvalidModelError(f"{location}: input axes {sorted(in_axes)} but output {out.id!r} has axes "
+                                f"{sorted(out_axes)}; bioimage-cte scores outputs with the input's spatial axes")
     for axis in out.axes:
-        if str(axis.id) in "yx" and not isinstance(axis.size, v0_5.SizeReference):
-            if getattr(axis, "scale", 1.0) not in (1, 1.0):
-                raise InvalidModelError(f"{location}: output axis {axis.id} is rescaled; not a segmentation map")
+        if str(axis.id) in ("z", "y", "x") and getattr(axis, "scale", 1.0) not in (1, 1.0):
+            raise InvalidModelError(f"{location}: output {out.id!r} axis {axis.id} is rescaled (scale "
+                                    f"{axis.scale}); bioimage-cte scores full-resolution probability maps only")
     ops = {type(p).__name__ for p in out.postprocessing}
     tags = {t.lower() for t in descr.tags}
     if not ({"SigmoidDescr", "SoftmaxDescr", "BinarizeDescr"} & ops or any("segmentation" in t for t in tags)):
@@ -195,16 +203,27 @@ def check_segmentation_model(descr: v0_5.ModelDescr, *, location: str) -> None:
             "'segmentation'; bioimage-cte ranks models whose output is a foreground probability map")
 
 
+def input_channels(descr: v0_5.ModelDescr) -> int:
+    """How many channels the model's input takes (1 without a channel axis)."""
+    return next((len(a.channel_names) for a in descr.inputs[0].axes if isinstance(a, v0_5.ChannelAxis)), 1)
+
+
 def _check_inputs(descr: v0_5.ModelDescr, name: str) -> None:
-    """Raise unless the model takes single-channel 2D images (checked before the model is loaded)."""
-    axes = [str(a.id) for a in descr.inputs[0].axes]
-    n_channels = next((len(a.channel_names) for a in descr.inputs[0].axes if isinstance(a, v0_5.ChannelAxis)), 1)
-    if n_channels != 1:
-        raise InvalidModelError(f"{name}: model expects {n_channels} input channels; bioimage-cte feeds "
-                                "single-channel (grey) images, so rank models made for one channel")
-    if "z" in axes:
-        raise InvalidModelError(f"{name}: 3D model (input axes {axes}); bioimage-cte ranks 2D models, which it "
-                                "runs slice by slice on stacks")
+    """Raise unless the model's input is an image bioimage-cte can feed (checked before the model is loaded).
+
+    2D (``yx``) and 3D (``zyx``) inputs with any number of channels are fed; other axes (time, an
+    index) are not.
+    """
+    others = [str(a.id) for a in descr.inputs[0].axes
+              if not isinstance(a, v0_5.BatchAxis | v0_5.ChannelAxis) and str(a.id) not in ("z", "y", "x")]
+    if others:
+        axes = [str(a.id) for a in descr.inputs[0].axes]
+        raise InvalidModelError(f"{name}: input axes {axes} include {', '.join(others)}; bioimage-cte feeds 2D "
+                                "(yx) and 3D (zyx) images with channels, not time series or other axes")
+    for axis in descr.inputs[0].axes:
+        if str(axis.id) in ("z", "y", "x") and not isinstance(axis.size, int | v0_5.ParameterizedSize):
+            raise InvalidModelError(f"{name}: input axis {axis.id} takes a size of type {type(axis.size).__name__}; "
+                                    "bioimage-cte needs a fixed or parameterized size")
 
 
 # what torch and zipfile say about a weights file that was cut short or damaged (rather than refused)

@@ -10,8 +10,10 @@ predict`` reloads the model on every call, which is what makes a naive loop slow
   so it can inject channel dropout at a named layer, by default the bottleneck.
 
 Images of any size are padded (reflect) to a size the model accepts plus its halo, and cropped
-back; images larger than ``max_tile`` are predicted tile by tile with the halo through
-bioimageio.core's blocking. A 2D model on a (z, y, x) stack runs slice by slice.
+back; images larger than the block budget, or larger than a model's one exact input size, are
+predicted tile by tile with the halo through bioimageio.core's blocking (:mod:`bioimage_cte.tiling`).
+A 2D model on a (z, y, x) stack runs slice by slice, a 3D model natively. Multi-channel models get
+images with the channel axis first. Which output is scored: :mod:`bioimage_cte.readout`.
 
 This module imports torch and bioimageio.core; import it lazily.
 """
@@ -20,98 +22,49 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from bioimageio.core import Sample, Tensor, create_prediction_pipeline
+from bioimageio.core.axis import AxisId
 from bioimageio.core.backends.pytorch_backend import PytorchModelAdapter
 from bioimageio.core.common import MemberId
 from bioimageio.spec.model import v0_5
 
 from bioimage_cte.errors import InvalidImageError, InvalidModelError
-from bioimage_cte.models import _check_inputs, _first_line, _raise_if_damaged
+from bioimage_cte.models import _check_inputs, _first_line, _raise_if_damaged, input_channels
 from bioimage_cte.models import load_model as load_model  # re-exported: callers import it from here
 from bioimage_cte.perturbations import FeatureDropout
+from bioimage_cte.readout import Readout, choose_readout
 from bioimage_cte.segmentation import Prediction
+from bioimage_cte.tiling import crop, pad_centred, plan, probe_shape, spatial_axes, spatial_spec
 from bioimage_cte.trust import CodePolicy, available_weight_formats, blackbox_weights, greybox_descr
-
-FOREGROUND_NAMES = ("foreground", "fg", "mask", "prob", "probability", "probabilities", "semantic", "nuclei")
-BOUNDARY_NAMES = ("boundary", "boundaries", "contour", "contours", "edge", "edges", "border")
-
-
-@dataclass(frozen=True)
-class _SpatialSpec:
-    minimum: int
-    step: int
-    halo: int
-
-
-def _channel_index(descr: v0_5.ModelDescr, names: Sequence[str]) -> int | None:
-    for axis in descr.outputs[0].axes:
-        if isinstance(axis, v0_5.ChannelAxis):
-            lowered = [str(c).lower() for c in axis.channel_names]
-            return next((i for i, c in enumerate(lowered) if c in names), None)
-    return None
-
-
-def _spatial_spec(descr: v0_5.ModelDescr, axis_id: str) -> _SpatialSpec:
-    axis = next(a for a in descr.inputs[0].axes if str(a.id) == axis_id)
-    halo = max((getattr(a, "halo", 0) for a in descr.outputs[0].axes if str(a.id) == axis_id), default=0)
-    size = axis.size
-    if isinstance(size, v0_5.ParameterizedSize):
-        return _SpatialSpec(size.min, size.step, halo)
-    if isinstance(size, int):
-        return _SpatialSpec(size, 0, halo)
-    raise InvalidModelError(f"input axis {axis_id} has a size of type {type(size).__name__}; "
-                            "bioimage-cte needs a fixed or parameterized size")
-
-
-def pad_to_valid(image: np.ndarray, specs: Sequence[_SpatialSpec], *, name: str = "model"):
-    """Reflect-pad a (y, x) image, centred, to the smallest size the model accepts plus its halo.
-
-    Returns the padded image and the offset of the original image in it, for cropping back.
-    """
-    sizes = [_valid_size(n, spec) for n, spec in zip(image.shape, specs, strict=True)]
-    for n, size, a, spec in zip(image.shape, sizes, "yx", specs, strict=True):
-        if size < n:
-            raise InvalidImageError(f"{name}: image axis {a} has {n} px but the model takes exactly "
-                                    f"{spec.minimum}; crop or tile the images to that size")
-    before = tuple((s - n) // 2 for s, n in zip(sizes, image.shape, strict=True))
-    pad = [(b, s - n - b) for b, s, n in zip(before, sizes, image.shape, strict=True)]
-    return np.pad(image, pad, mode="reflect" if min(image.shape) > max(max(pad)) else "symmetric"), before
-
-
-def _valid_size(n: int, spec: _SpatialSpec) -> int:
-    """Smallest valid network input size that holds ``n`` pixels plus the halo on both sides."""
-    need = n + 2 * spec.halo
-    if spec.step == 0:
-        return spec.minimum
-    k = max(0, -(-(need - spec.minimum) // spec.step))
-    return spec.minimum + k * spec.step
 
 
 class _Predictor:
-    """Shared plumbing: axes, padding, tiling, slice-wise stacks."""
+    """Shared plumbing: axes, channels, padding, tiling, slice-wise stacks, the scored output."""
 
     def __init__(self, descr: v0_5.ModelDescr, pipeline, *, name: str, max_tile: int,
-                 devices: Sequence[str]) -> None:
+                 devices: Sequence[str], output_channel: str | None = None) -> None:
         self.descr = descr
         self.devices = list(devices)
         self.name = name
         self.max_tile = max_tile
         self._pipeline = pipeline
+        self.readout: Readout = choose_readout(descr, output_channel=output_channel, name=name)
+        self.spatial = spatial_axes(descr)
+        self.in_channels = input_channels(descr)
         self._input_id = MemberId(str(descr.inputs[0].id))
-        self._output_id = MemberId(str(descr.outputs[0].id))
-        self._spec = {a: _spatial_spec(descr, a) for a in "yx"}
-        self._fg = _channel_index(descr, FOREGROUND_NAMES) or 0
-        self._bd = _channel_index(descr, BOUNDARY_NAMES)
+        self._output_id = MemberId(self.readout.tensor)
+        self._specs = [spatial_spec(descr, a, output_id=self.readout.tensor) for a in self.spatial]
         self._in_axes = [str(a.id) for a in descr.inputs[0].axes]
+        self._channel_id = next((str(a.id) for a in descr.inputs[0].axes if isinstance(a, v0_5.ChannelAxis)), None)
 
     @property
     def has_boundary(self) -> bool:
-        return self._bd is not None
+        return self.readout.scored == "foreground" and (self.readout.boundary is not None or
+                                                        bool(self.readout.affinities))
 
     def __enter__(self):
         return self
@@ -128,54 +81,51 @@ class _Predictor:
                 pipeline.unload()
 
     def predict(self, image: np.ndarray) -> Prediction:
-        """Predict one (y, x) image or, slice by slice, one (z, y, x) stack."""
-        if image.ndim == 3:
-            slices = [self._predict_2d(s) for s in image]
-            boundary = None if slices[0].boundary is None else np.stack([s.boundary for s in slices])
-            return Prediction(np.stack([s.foreground for s in slices]), boundary)
-        if image.ndim != 2:
+        """Predict one image: (y, x) or a (z, y, x) stack; with the channel axis first for multi-channel models.
+
+        A 2D model runs on a stack slice by slice; a 3D model runs on it natively, tiled when it is larger
+        than the block budget (``max_tile ** 2`` voxels).
+        """
+        c = self.in_channels
+        ndim = image.ndim - (c > 1)
+        if c > 1 and (ndim not in (2, 3) or image.shape[0] != c):
+            raise InvalidImageError(f"{self.name}: the model takes {c} input channels but the image has shape "
+                                    f"{image.shape}; pass images with {c} channels (--channels to select them)")
+        if ndim not in (2, 3):
             raise InvalidImageError(f"{self.name}: image of shape {image.shape}; pass (y, x) images or (z, y, x) "
                                     "stacks (use --axes to say which axes the files have)")
-        return self._predict_2d(image)
-
-    def _predict_2d(self, image: np.ndarray) -> Prediction:
-        if max(image.shape) > self.max_tile:
-            out = self._run_blocked(image.astype(np.float32))
+        if ndim == 2 and len(self.spatial) == 3:
+            raise InvalidImageError(f"{self.name}: 3D model (input axes {''.join(self.spatial)}) but the image is "
+                                    f"2D {image.shape[-2:]}; rank 3D models on z-stacks (--axes zyx)")
+        if ndim == 3 and len(self.spatial) == 2:
+            z = image.ndim - 3
+            out = np.stack([self._run(np.take(image, i, axis=z)) for i in range(image.shape[z])], axis=1)
         else:
-            out = self._run_padded(image.astype(np.float32))
-        probs = out.astype(np.float32)
-        return Prediction(probs[self._fg], None if self._bd is None else probs[self._bd])
+            out = self._run(image)
+        return self.readout.prediction(out)
 
-    def _run_padded(self, image: np.ndarray) -> np.ndarray:
-        padded, before = pad_to_valid(image, (self._spec["y"], self._spec["x"]), name=self.name)
-        result = self._forward(padded)
-        return result[:, before[0] : before[0] + image.shape[0], before[1] : before[1] + image.shape[1]]
+    def _run(self, image: np.ndarray) -> np.ndarray:
+        """The scored output tensor, channel axis first, for one input of the model's own dimensionality."""
+        todo = plan(image.shape[-len(self.spatial):], self._specs, budget=self.max_tile ** 2)
+        sample = self._sample(pad_centred(image.astype(np.float32, copy=False), todo.pad))
+        if todo.blocked:
+            block = {AxisId(a): n for a, n in zip(self.spatial, todo.sizes, strict=True)}
+            out = self._pipeline.predict_sample_with_fixed_blocking(sample, {self._input_id: block})
+        else:
+            out = self._pipeline.predict_sample_without_blocking(sample, skip_input_padding=True,
+                                                                 skip_output_cropping=True)
+        return crop(self._as_array(out), todo.pad)
 
     def _sample(self, image: np.ndarray) -> Sample:
-        dims = tuple(d for d in self._in_axes if d in ("batch", "channel", "y", "x"))
-        tensor = Tensor(image, dims=("y", "x")).transpose(list(dims), missing_dims="expand")
+        dims = ((self._channel_id,) if self.in_channels > 1 else ()) + tuple(self.spatial)
+        tensor = Tensor(image, dims=dims).transpose(self._in_axes, missing_dims="expand")
         return Sample(members={self._input_id: tensor}, stat={}, id="image")
 
-    def _forward(self, padded: np.ndarray) -> np.ndarray:
-        out = self._pipeline.predict_sample_without_blocking(
-            self._sample(padded), skip_input_padding=True, skip_output_cropping=True
-        )
-        return self._as_cyx(out)
-
-    def _run_blocked(self, image: np.ndarray) -> np.ndarray:
-        # Blocks as large as max_tile allows: bioimageio.core's default blocks are small, and every block
-        # recomputes its halo.
-        spec = self._spec["y"]
-        ns = max(0, (self.max_tile - spec.minimum) // spec.step) if spec.step else 0
-        out = self._pipeline.predict_sample_with_blocking(self._sample(image), ns=ns)
-        return self._as_cyx(out)
-
-    def _as_cyx(self, sample: Sample) -> np.ndarray:
+    def _as_array(self, sample: Sample) -> np.ndarray:
         data = sample.members[self._output_id].data
-        keep = [d for d in ("channel", "y", "x") if d in data.dims]
-        arr = data.transpose(*[d for d in data.dims if d not in keep], *keep).values
-        arr = arr.reshape((-1,) + arr.shape[-2:]) if "channel" in keep else arr.reshape((1,) + arr.shape[-2:])
-        return arr
+        spatial = [d for d in data.dims if str(d) in ("z", "y", "x")]
+        arr = data.transpose(*[d for d in data.dims if d not in spatial], *spatial).values
+        return arr.reshape((-1,) + arr.shape[arr.ndim - len(spatial):])
 
 
 class BlackBoxPredictor(_Predictor):
@@ -192,7 +142,11 @@ class BlackBoxPredictor(_Predictor):
     devices : sequence of str
         Torch devices, e.g. ``["cpu"]`` or ``["cuda:0"]``.
     max_tile : int
-        Images with a side longer than this are predicted tile by tile.
+        Images whose padded input would exceed ``max_tile ** 2`` pixels (voxels, in 3D) are predicted tile by
+        tile, in blocks of at most that many.
+    output_channel : str, optional
+        The output channel to score (see :func:`bioimage_cte.readout.choose_readout`); default: chosen from
+        the output's names.
     code_policy : CodePolicy, optional
         Which package code may run (default: trusted libraries only, see :mod:`bioimage_cte.trust`);
         ``pytorch_state_dict`` weights whose architecture may not run are replaced by torchscript or onnx.
@@ -200,7 +154,7 @@ class BlackBoxPredictor(_Predictor):
 
     def __init__(self, descr: v0_5.ModelDescr, *, name: str = "model", weight_format: str | None = None,
                  devices: Sequence[str] = ("cpu",), max_tile: int = 1024,
-                 code_policy: CodePolicy | None = None) -> None:
+                 code_policy: CodePolicy | None = None, output_channel: str | None = None) -> None:
         _check_inputs(descr, name)  # before any package code or weights are loaded
         descr, self.weight_format = blackbox_weights(descr, weight_format, code_policy or CodePolicy(), name=name)
         try:
@@ -210,7 +164,8 @@ class BlackBoxPredictor(_Predictor):
             _raise_if_damaged(e, name=name, source=source)
             raise InvalidModelError(f"{name}: could not load the model ({_first_line(e)}); check its weights "
                                     "with 'bioimageio test'") from e
-        super().__init__(descr, pipeline, name=name, max_tile=max_tile, devices=devices)
+        super().__init__(descr, pipeline, name=name, max_tile=max_tile, devices=devices,
+                         output_channel=output_channel)
 
 
 class _DropoutAdapter(PytorchModelAdapter):
@@ -274,13 +229,11 @@ def find_bottleneck(net: torch.nn.Module, descr: v0_5.ModelDescr | None = None) 
                 if isinstance(out, torch.Tensor) and out.ndim >= 4:
                     records.append((int(np.prod(out.shape[2:])), -out.shape[1], -len(records), name))
             hooks.append(module.register_forward_hook(record))
-    side = 256
-    if descr is not None:
-        side = _valid_size(128, _spatial_spec(descr, "y"))
+    shape = (1, 1, 256, 256) if descr is None else probe_shape(descr)
     device = next(net.parameters()).device
     try:
         with torch.no_grad():
-            net(torch.zeros(1, 1, side, side, device=device))
+            net(torch.zeros(*shape, device=device))
     finally:
         for h in hooks:
             h.remove()
@@ -304,7 +257,11 @@ class GreyBoxPredictor(_Predictor):
     devices : sequence of str
         Torch devices.
     max_tile : int
-        Images with a side longer than this are predicted tile by tile.
+        Images whose padded input would exceed ``max_tile ** 2`` pixels (voxels, in 3D) are predicted tile by
+        tile, in blocks of at most that many.
+    output_channel : str, optional
+        The output channel to score (see :func:`bioimage_cte.readout.choose_readout`); default: chosen from
+        the output's names.
     code_policy : CodePolicy, optional
         Which package code may run (default: trusted libraries only, see :mod:`bioimage_cte.trust`);
         raises :class:`~bioimage_cte.errors.UntrustedCodeError` when the architecture may not run.
@@ -312,7 +269,7 @@ class GreyBoxPredictor(_Predictor):
 
     def __init__(self, descr: v0_5.ModelDescr, *, name: str = "model", layer: str | None = None,
                  devices: Sequence[str] = ("cpu",), max_tile: int = 1024,
-                 code_policy: CodePolicy | None = None) -> None:
+                 code_policy: CodePolicy | None = None, output_channel: str | None = None) -> None:
         if descr.weights.pytorch_state_dict is None:
             raise InvalidModelError(f"{name}: grey-box access needs pytorch_state_dict weights; this model has "
                                     f"{', '.join(available_weight_formats(descr))}; use an input-perturbation "
@@ -333,7 +290,8 @@ class GreyBoxPredictor(_Predictor):
                     "weights_only=True refused it, nothing in it ran); save only net.state_dict() as the weights"
                 ) from e
             raise InvalidModelError(f"{name}: could not load the torch network ({_first_line(e)})") from e
-        super().__init__(descr, pipeline, name=name, max_tile=max_tile, devices=devices)
+        super().__init__(descr, pipeline, name=name, max_tile=max_tile, devices=devices,
+                         output_channel=output_channel)
 
     @property
     def layer(self) -> str | None:
@@ -356,10 +314,10 @@ class GreyBoxPredictor(_Predictor):
 
 def make_predictor(descr: v0_5.ModelDescr, *, name: str, greybox: bool, weight_format: str | None = None,
                    layer: str | None = None, devices: Sequence[str] = ("cpu",), max_tile: int = 1024,
-                   code_policy: CodePolicy | None = None):
+                   code_policy: CodePolicy | None = None, output_channel: str | None = None):
     """A :class:`GreyBoxPredictor` if ``greybox`` else a :class:`BlackBoxPredictor`."""
     if greybox:
         return GreyBoxPredictor(descr, name=name, layer=layer, devices=devices, max_tile=max_tile,
-                                code_policy=code_policy)
+                                code_policy=code_policy, output_channel=output_channel)
     return BlackBoxPredictor(descr, name=name, weight_format=weight_format, devices=devices, max_tile=max_tile,
-                             code_policy=code_policy)
+                             code_policy=code_policy, output_channel=output_channel)
