@@ -32,10 +32,8 @@ from bioimage_cte.errors import InvalidModelError
 
 __all__ = ["LayerRecord", "find_perturbation_layer", "probe_input", "trace_layers"]
 
-#: Probe sizes per spatial axis: large enough that five 2x poolings leave more than one pixel in 2D; smaller in 3D,
-#: where a pytorch-3dunet-sized network at 128^3 would need gigabytes for one probe.
-_PROBE_2D = {"y": 128, "x": 128}
-_PROBE_3D = {"z": 32, "y": 64, "x": 64}
+#: Probe size without a model description: five 2x poolings still leave more than one pixel.
+_PROBE_2D = (128, 128)
 
 
 @dataclass(frozen=True)
@@ -69,43 +67,19 @@ class LayerRecord:
 
 
 def probe_input(descr: Any, *, device: torch.device | str = "cpu") -> torch.Tensor:
-    """A seeded random tensor shaped like the model's first input: its axis order, channels and a valid size.
+    """A seeded random tensor shaped like the model's first input (:func:`bioimage_cte.tiling.probe_shape`).
 
     Parameters
     ----------
     descr : bioimageio.spec.model.v0_5.ModelDescr
-        The model description.
+        The model description: its axis order, channels and a small valid size (2D or 3D).
     device : torch.device or str
         Where the tensor goes (the network's device).
-
-    Returns
-    -------
-    torch.Tensor
-        Batch 1; each spatial axis the smallest size the model accepts at or above the probe size
-        (128 in 2D; z 32, y and x 64 in 3D), or the model's fixed size.
     """
-    from bioimageio.spec.model import v0_5
+    from bioimage_cte.tiling import probe_shape
 
-    axes = descr.inputs[0].axes
-    ids = [str(a.id) for a in axes]
-    targets = _PROBE_3D if "z" in ids else _PROBE_2D
-    shape = []
-    for axis in axes:
-        if isinstance(axis, v0_5.BatchAxis):
-            shape.append(1)
-        elif isinstance(axis, v0_5.ChannelAxis):
-            shape.append(len(axis.channel_names))
-        else:
-            size, target = axis.size, targets.get(str(axis.id), 1)
-            if isinstance(size, int):
-                shape.append(size)
-            elif isinstance(size, v0_5.ParameterizedSize):
-                steps = max(0, -(-(target - size.min) // size.step)) if size.step else 0
-                shape.append(size.min + steps * size.step)
-            else:  # a size given by reference to another tensor or by data: any probe size will do
-                shape.append(target)
     gen = torch.Generator().manual_seed(0)
-    return torch.randn(*shape, generator=gen).to(device)
+    return torch.randn(*probe_shape(descr), generator=gen).to(device)
 
 
 def trace_layers(net: torch.nn.Module, probe: torch.Tensor) -> list[LayerRecord]:
@@ -202,7 +176,7 @@ def find_perturbation_layer(net: torch.nn.Module, *, probe: torch.Tensor | None 
         if descr is not None:
             probe = probe_input(descr, device=device)
         else:
-            probe = torch.randn(1, 1, *_PROBE_2D.values(), generator=torch.Generator().manual_seed(0)).to(device)
+            probe = torch.randn(1, 1, *_PROBE_2D, generator=torch.Generator().manual_seed(0)).to(device)
     try:
         records = trace_layers(net, probe)
     except Exception as e:

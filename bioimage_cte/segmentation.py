@@ -32,12 +32,16 @@ class Prediction:
     Attributes
     ----------
     foreground : numpy.ndarray
-        Foreground probability; for a multi-class model, one minus the background class's probability.
+        Foreground probability; for a multi-class model its foreground class, or one minus the background
+        class's probability. For a model without a foreground map, its boundary map (see ``scored``).
     boundary : numpy.ndarray, optional
         Boundary probability of a foreground+boundary model (instances by seeded watershed).
     classes : numpy.ndarray, optional
-        A multi-class (softmax) model's class probabilities, (C, y, x) or (C, z, y, x), class 0 the
-        background; consistency then uses the multi-class forms (:mod:`bioimage_cte.consistency`).
+        A multi-class (softmax) model's class probabilities, (C, y, x) or (C, z, y, x); consistency then
+        uses the multi-class forms (:mod:`bioimage_cte.consistency`).
+    scored : str
+        What ``foreground`` holds: ``"foreground"``, or ``"boundary"`` for a boundary-only or affinity
+        model (see :mod:`bioimage_cte.readout`).
     volumetric : bool
         True when a 3D model predicted the (z, y, x) stack as a whole: it is scored over voxels and
         labelled in 3D. False for a 2D model run slice by slice: each slice is scored on its own.
@@ -46,6 +50,7 @@ class Prediction:
     foreground: np.ndarray
     boundary: np.ndarray | None = None
     classes: np.ndarray | None = None
+    scored: str = "foreground"
     volumetric: bool = False
 
 

@@ -111,7 +111,8 @@ def render_two_channel(domain: Domain, shape: tuple[int, int], *,
         clean = clean * (1.0 + _u(rng, domain.illumination) * _smooth(shape, max(shape) / 4, rng))
         clean = ndi.gaussian_filter(np.clip(clean, 0, None), _u(rng, domain.blur))
         photons = _u(rng, domain.photons)
-        channels.append(rng.poisson(clean * photons) / photons + _u(rng, domain.read_noise) * rng.standard_normal(shape))
+        noise = _u(rng, domain.read_noise) * rng.standard_normal(shape)
+        channels.append(rng.poisson(clean * photons) / photons + noise)
     return np.stack(channels).astype(np.float32), cells
 
 
