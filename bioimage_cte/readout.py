@@ -27,13 +27,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from bioimageio.spec.model import v0_5
 
 from bioimage_cte.errors import InvalidModelError
 from bioimage_cte.segmentation import Prediction
+
+if TYPE_CHECKING:  # bioimageio.spec is imported only where an RDF is read: Readout itself is plain data
+    from bioimageio.spec.model import v0_5
 
 __all__ = ["BOUNDARY_NAMES", "FOREGROUND_NAMES", "Readout", "choose_readout"]
 
@@ -95,6 +97,8 @@ class Readout:
 
 
 def _channel_names(tensor: v0_5.OutputTensorDescr) -> list[str]:
+    from bioimageio.spec.model import v0_5
+
     axis = next((a for a in tensor.axes if isinstance(a, v0_5.ChannelAxis)), None)
     return [str(c) for c in axis.channel_names] if axis is not None else []
 

@@ -67,6 +67,8 @@ class ModelResult:
     seconds: float = 0.0
     sha256: str | None = None
     foreground: list[float] = field(default_factory=list)
+    #: which output tensor and channel were scored, and how they were chosen (``Readout.to_json_dict``)
+    output: dict[str, Any] | None = None
 
 
 def _true_metrics(clean: Prediction, labels: np.ndarray, out: dict[str, list[float]]) -> None:
@@ -114,7 +116,7 @@ def score_model(
     name = source.location
     keep_masks = any(e.cross_model for e in estimators)
     common = dict(name=name, weight_format=options.weight_format, devices=[options.device],
-                  code_policy=options.code_policy())
+                  code_policy=options.code_policy(), output_channel=options.output_channel)
     try:
         predictor = make_predictor(descr, greybox=greybox, layer=options.layer, **common)
     except BioimageCteError as e:
@@ -133,7 +135,7 @@ def score_model(
     foreground: list[float] = []
     with predictor:
         for i, path in enumerate(image_paths):
-            image = load_target(path, axes=options.axes)
+            image = _load(path, options, predictor, name)
             with _model_errors(source, path):
                 clean = predictor.predict(image)
                 _check_prediction(clean, source, path)
@@ -152,7 +154,13 @@ def score_model(
                 on_image()
         layer_used = getattr(predictor, "layer", None)
     return ModelResult(source, per_image, true, masks, failures, layer_used, time.perf_counter() - start,
-                       file_sha256(source.location), foreground)
+                       file_sha256(source.location), foreground, predictor.readout.to_json_dict())
+
+
+def _load(path: Path, options: RankOptions, predictor: Any, name: str) -> np.ndarray:
+    """An image as this model is fed it: its channels selected for the model's input channel count."""
+    return load_target(path, axes=options.axes, channels=options.channels, n_channels=predictor.in_channels,
+                       model=name)
 
 
 @contextlib.contextmanager
@@ -224,11 +232,12 @@ def overlay_predictions(
     perturbing = isinstance(estimator, Perturbing)
     predictor = make_predictor(load_model(location), name=location, greybox=estimator.needs_greybox,
                                layer=options.layer, devices=[options.device], code_policy=options.code_policy(),
-                               weight_format=None if estimator.needs_greybox else options.weight_format)
+                               weight_format=None if estimator.needs_greybox else options.weight_format,
+                               output_channel=options.output_channel)
     rows = []
     with predictor:
         for i in indices:
-            image = load_target(Path(image_paths[i]), axes=options.axes)
+            image = _load(Path(image_paths[i]), options, predictor, location)
             clean = predictor.predict(image)
             perturbed = (estimator.perturbed_prediction(predictor, image, seed=options.seed, index=i)
                          if perturbing else None)
