@@ -90,7 +90,7 @@ def test_a_network_that_fails_on_the_probe_asks_for_layer() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("package", sorted(p.name for p in ZOO.glob("*.zip")))
-def test_every_demo_zoo_unet_gets_its_bottleneck(package: str) -> None:
+def test_every_demo_zoo_network_gets_its_deepest_layer(package: str) -> None:
     from bioimageio.core.backends.pytorch_backend import load_torch_model
 
     from bioimage_cte.predictors import load_model

@@ -1,0 +1,115 @@
+"""Ranking quality on the zoo's other shapes: the 3D target and the 2-channel target (prints a table; not a test).
+
+    python benchmarks/shapes_quality.py [--images 4] [--seeds 0 1 2 3 4] [--output benchmarks/results/shapes_quality]
+
+For each of the two **synthetic** labelled targets of other shapes (``resources/data/nuclei3d-medium-noisy``:
+z-stacks; ``resources/data/cells2ch-medium``: nuclei + membrane channels), the zoo models of the target's task
+are run over its images with the axes of its ``target.yaml``, and the default estimator (``cte-dropout``) and TTA
+are scored from the same clean predictions. Each ranking is compared with the ranking by true foreground Dice
+(Spearman); the summary is the mean over run seeds with the range over seeds. Two candidate pools are reported:
+
+- task: every model tagged with the target's task that runs on its images (on the 3D target: the 3D models and
+  the 2D nuclei models, run slice by slice; models that do not fit are listed as failures with their reason);
+- native: the models made for the target's shape only (3D input for the 3D target, 2 input channels for the
+  2-channel target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+from bioimage_cte.evaluation import evaluate_rankings  # noqa: E402
+from bioimage_cte.images import list_images, load_labels, target_task  # noqa: E402
+from bioimage_cte.options import RankOptions  # noqa: E402
+from bioimage_cte.safe_yaml import load_untrusted_yaml  # noqa: E402
+from bioimage_cte.scoring import rank_models  # noqa: E402
+from bioimage_cte.sources import filter_by_tag, find_models  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = {"nuclei3d-medium-noisy": "3d", "cells2ch-medium": "multi-channel"}
+ESTIMATORS = ("cte-dropout", "tta")
+
+
+def target_axes(folder: Path) -> str | None:
+    """The ``axes`` of a target's ``target.yaml`` (how its image files are laid out), or None."""
+    meta = load_untrusted_yaml((folder / "target.yaml").read_bytes(), where=str(folder / "target.yaml"))
+    return str(meta["axes"]) if isinstance(meta, dict) and "axes" in meta else None
+
+
+def evaluate_target(folder: Path, native_tag: str, n_images: int, seed: int) -> dict:
+    """Rank the task's models on one target with one run seed; Spearman of each estimator with true Dice per pool."""
+    task = target_task(folder)
+    sources = filter_by_tag(find_models([ROOT / "resources" / "zoo"]), task)
+    options = RankOptions(seed=seed, axes=target_axes(folder))
+    estimators = [options.make_estimator(name) for name in ESTIMATORS]
+    paths = list_images(folder / "images")[:n_images]
+    labels = load_labels(paths, folder / "labels", axes=options.axes)
+    results, failures = rank_models(sources, paths, estimators, options, labels=labels)
+    native = {s.name for s in filter_by_tag(sources, native_tag)}
+    report = {"task": task, "n_images": len(paths), "failures": [vars(f) for f in failures]}
+    for pool, subset in (("task", results), ("native", [r for r in results if r.source.name in native])):
+        evaluation = evaluate_rankings(subset, estimators, metric="dice", n_boot=100, seed=seed)
+        report[pool] = {"models": [r.source.name for r in subset],
+                        "true": {r.source.name: evaluation.true[r.source.name]["dice"] for r in subset},
+                        "spearman": {k: v.to_json_dict()["spearman"] for k, v in evaluation.agreement.items()}}
+    return report
+
+
+def summary(reports: dict[int, dict[str, dict]]) -> str:
+    seeds = sorted(reports)
+    lines = [f"### Spearman with true Dice on the 3D and 2-channel targets (synthetic): mean over seeds "
+             f"{', '.join(map(str, seeds))} (range over seeds)", "",
+             "| target | pool (models) | " + " | ".join(ESTIMATORS) + " |", "|---|---|" + "---|" * len(ESTIMATORS)]
+    for target in reports[seeds[0]]:
+        for pool in ("task", "native"):
+            first = reports[seeds[0]][target][pool]
+            cells = []
+            for name in ESTIMATORS:
+                values = np.array([np.nan if reports[s][target][pool]["spearman"].get(name) is None
+                                   else reports[s][target][pool]["spearman"][name] for s in seeds], dtype=float)
+                cells.append("n/a" if np.isnan(values).all() else
+                             f"{np.nanmean(values):.2f} ({np.nanmin(values):.2f}–{np.nanmax(values):.2f})")
+            lines.append(f"| {target} | {pool} ({len(first['models'])}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=4, help="images per target (at most)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="run seeds")
+    parser.add_argument("--targets", nargs="+", default=list(TARGETS), help="targets under resources/data")
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "shapes_quality",
+                        help="output stem (.json and .md)")
+    args = parser.parse_args()
+    reports: dict[int, dict[str, dict]] = {}
+    start = time.perf_counter()
+    for seed in args.seeds:
+        reports[seed] = {}
+        for target in args.targets:
+            reports[seed][target] = evaluate_target(ROOT / "resources" / "data" / target, TARGETS[target],
+                                                    args.images, seed)
+            print(f"seed {seed}, {target}: {reports[seed][target]['n_images']} images, "
+                  f"{time.perf_counter() - start:.0f} s", flush=True)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.with_suffix(".json").write_text(json.dumps({str(s): r for s, r in reports.items()}, indent=1))
+    first = reports[args.seeds[0]]
+    details = ["", f"True Dice and failures (seed {args.seeds[0]}):", ""]
+    for target, report in first.items():
+        true = ", ".join(f"{m} {d:.3f}" for m, d in sorted(report["task"]["true"].items(), key=lambda x: -x[1]))
+        details.append(f"- {target}: {true}")
+        details += [f"  - failed {f['name']}: {f['reason']}" for f in report["failures"]]
+    markdown = summary(reports) + "\n".join(details) + "\n"
+    args.output.with_suffix(".md").write_text(markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
