@@ -6,12 +6,13 @@ For each of the two **synthetic** labelled targets of other shapes (``resources/
 z-stacks; ``resources/data/cells2ch-medium``: nuclei + membrane channels), the zoo models of the target's task
 are run over its images with the axes of its ``target.yaml``, and the default estimator (``cte-dropout``) and TTA
 are scored from the same clean predictions. Each ranking is compared with the ranking by true foreground Dice
-(Spearman); the summary is the mean over run seeds with the range over seeds. Two candidate pools are reported:
+(Spearman); the summary is the mean over run seeds with the range over seeds. TTA (flips and rotations) draws
+nothing at random, so it runs with the first seed only and its range is 0. The candidate pool (``--pool``):
 
-- task: every model tagged with the target's task that runs on its images (on the 3D target: the 3D models and
-  the 2D nuclei models, run slice by slice; models that do not fit are listed as failures with their reason);
-- native: the models made for the target's shape only (3D input for the 3D target, 2 input channels for the
-  2-channel target).
+- native (default): the models of the target's task made for its shape (3D input for the 3D target, 2 input
+  channels for the 2-channel target);
+- task: every model tagged with the target's task (on the 3D target also the 2D nuclei models, run slice by
+  slice; on the 2-channel target also the single-channel cell models, fed the channel average). Slow on a CPU.
 """
 
 from __future__ import annotations
@@ -44,23 +45,23 @@ def target_axes(folder: Path) -> str | None:
     return str(meta["axes"]) if isinstance(meta, dict) and "axes" in meta else None
 
 
-def evaluate_target(folder: Path, native_tag: str, n_images: int, seed: int) -> dict:
-    """Rank the task's models on one target with one run seed; Spearman of each estimator with true Dice per pool."""
+def evaluate_target(folder: Path, native_tag: str, n_images: int, seed: int, *, pool: str,
+                    names: tuple[str, ...] = ESTIMATORS) -> dict:
+    """Rank the pool's models on one target with one run seed; Spearman of each estimator with true Dice."""
     task = target_task(folder)
     sources = filter_by_tag(find_models([ROOT / "resources" / "zoo"]), task)
+    if pool == "native":
+        sources = filter_by_tag(sources, native_tag)
     options = RankOptions(seed=seed, axes=target_axes(folder))
-    estimators = [options.make_estimator(name) for name in ESTIMATORS]
+    estimators = [options.make_estimator(name) for name in names]
     paths = list_images(folder / "images")[:n_images]
     labels = load_labels(paths, folder / "labels", axes=options.axes)
     results, failures = rank_models(sources, paths, estimators, options, labels=labels)
-    native = {s.name for s in filter_by_tag(sources, native_tag)}
-    report = {"task": task, "n_images": len(paths), "failures": [vars(f) for f in failures]}
-    for pool, subset in (("task", results), ("native", [r for r in results if r.source.name in native])):
-        evaluation = evaluate_rankings(subset, estimators, metric="dice", n_boot=100, seed=seed)
-        report[pool] = {"models": [r.source.name for r in subset],
-                        "true": {r.source.name: evaluation.true[r.source.name]["dice"] for r in subset},
-                        "spearman": {k: v.to_json_dict()["spearman"] for k, v in evaluation.agreement.items()}}
-    return report
+    evaluation = evaluate_rankings(results, estimators, metric="dice", n_boot=100, seed=seed)
+    return {"task": task, "pool": pool, "n_images": len(paths), "failures": [vars(f) for f in failures],
+            "models": [r.source.name for r in results],
+            "true": {r.source.name: evaluation.true[r.source.name]["dice"] for r in results},
+            "spearman": {k: v.to_json_dict()["spearman"] for k, v in evaluation.agreement.items()}}
 
 
 def summary(reports: dict[int, dict[str, dict]]) -> str:
@@ -69,15 +70,14 @@ def summary(reports: dict[int, dict[str, dict]]) -> str:
              f"{', '.join(map(str, seeds))} (range over seeds)", "",
              "| target | pool (models) | " + " | ".join(ESTIMATORS) + " |", "|---|---|" + "---|" * len(ESTIMATORS)]
     for target in reports[seeds[0]]:
-        for pool in ("task", "native"):
-            first = reports[seeds[0]][target][pool]
-            cells = []
-            for name in ESTIMATORS:
-                values = np.array([np.nan if reports[s][target][pool]["spearman"].get(name) is None
-                                   else reports[s][target][pool]["spearman"][name] for s in seeds], dtype=float)
-                cells.append("n/a" if np.isnan(values).all() else
-                             f"{np.nanmean(values):.2f} ({np.nanmin(values):.2f}–{np.nanmax(values):.2f})")
-            lines.append(f"| {target} | {pool} ({len(first['models'])}) | " + " | ".join(cells) + " |")
+        first = reports[seeds[0]][target]
+        cells = []
+        for name in ESTIMATORS:
+            values = np.array([v for s in seeds
+                               if (v := reports[s][target]["spearman"].get(name, np.nan)) is not None], dtype=float)
+            cells.append("n/a" if np.isnan(values).all() else
+                         f"{np.nanmean(values):.2f} ({np.nanmin(values):.2f}–{np.nanmax(values):.2f})")
+        lines.append(f"| {target} | {first['pool']} ({len(first['models'])}) | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -86,6 +86,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4, help="images per target (at most)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="run seeds")
     parser.add_argument("--targets", nargs="+", default=list(TARGETS), help="targets under resources/data")
+    parser.add_argument("--pool", choices=["native", "task"], default="native", help="candidate models (see above)")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "shapes_quality",
                         help="output stem (.json and .md)")
     args = parser.parse_args()
@@ -94,8 +95,10 @@ def main() -> None:
     for seed in args.seeds:
         reports[seed] = {}
         for target in args.targets:
+            # TTA is deterministic: scored once, with the first seed
+            names = ESTIMATORS if seed == args.seeds[0] else ("cte-dropout",)
             reports[seed][target] = evaluate_target(ROOT / "resources" / "data" / target, TARGETS[target],
-                                                    args.images, seed)
+                                                    args.images, seed, pool=args.pool, names=names)
             print(f"seed {seed}, {target}: {reports[seed][target]['n_images']} images, "
                   f"{time.perf_counter() - start:.0f} s", flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -103,7 +106,7 @@ def main() -> None:
     first = reports[args.seeds[0]]
     details = ["", f"True Dice and failures (seed {args.seeds[0]}):", ""]
     for target, report in first.items():
-        true = ", ".join(f"{m} {d:.3f}" for m, d in sorted(report["task"]["true"].items(), key=lambda x: -x[1]))
+        true = ", ".join(f"{m} {d:.3f}" for m, d in sorted(report["true"].items(), key=lambda x: -x[1]))
         details.append(f"- {target}: {true}")
         details += [f"  - failed {f['name']}: {f['reason']}" for f in report["failures"]]
     markdown = summary(reports) + "\n".join(details) + "\n"
