@@ -54,6 +54,12 @@ def test_targets_are_not_training_domains():
         assert len(list((target / "images").glob("*.tif"))) == len(list((target / "labels").glob("*.tif"))) >= 4
 
 
+def _fits(package: Path, target: str) -> bool:
+    tags = yaml.safe_load(zipfile.ZipFile(package).read("rdf.yaml"))["tags"]
+    return ("3d" in tags) == (target == "nuclei3d-medium-noisy") and ("multi-channel" in tags) == (
+        target == "cells2ch-medium") or ("3d" not in tags and "multi-channel" not in tags)
+
+
 def test_transfer_matrix_spreads_on_every_target():
     """Done-when of the foundation issue: best - worst Dice >= 0.3 per target; few ties."""
     table: dict[str, dict[str, float]] = defaultdict(dict)
@@ -64,7 +70,9 @@ def test_transfer_matrix_spreads_on_every_target():
     assert len(table) >= 5
     ties: dict[tuple[str, str], int] = defaultdict(int)
     for target, scores in table.items():
-        assert len(scores) == len(PACKAGES), target
+        # every package whose input fits the target's images: 3D models run on z-stacks only, 2-channel models on
+        # 2-channel images only (the pairs that do not fit fail with a one-line reason)
+        assert set(scores) == {p.stem for p in PACKAGES if _fits(p, target)}, target
         assert max(scores.values()) - min(scores.values()) >= 0.3, target
         names = sorted(scores)
         for i, a in enumerate(names):
