@@ -67,6 +67,8 @@ class ModelResult:
     seconds: float = 0.0
     sha256: str | None = None
     foreground: list[float] = field(default_factory=list)
+    #: the weights the model ran with: format, grey-box or black-box access, and why (bioimage_cte.weights)
+    weights: dict[str, str] | None = None
 
 
 def _true_metrics(clean: Prediction, labels: np.ndarray, out: dict[str, list[float]]) -> None:
@@ -151,8 +153,9 @@ def score_model(
             if on_image is not None:
                 on_image()
         layer_used = getattr(predictor, "layer", None)
+        choice = getattr(predictor, "weights", None)
     return ModelResult(source, per_image, true, masks, failures, layer_used, time.perf_counter() - start,
-                       file_sha256(source.location), foreground)
+                       file_sha256(source.location), foreground, None if choice is None else choice.to_json())
 
 
 @contextlib.contextmanager

@@ -91,6 +91,8 @@ def build_package(
     features: int,
     depth: int,
     halo: int = 16,
+    formats: tuple[str, ...] = ("pytorch_state_dict", "torchscript"),
+    architecture_file: Path = ARCHITECTURE_FILE,
 ) -> Path:
     """Write ``net`` (a trained ``UNet2d``) as a zipped bioimageio model package.
 
@@ -112,6 +114,11 @@ def build_package(
         Architecture keyword arguments, recorded in the package.
     halo : int
         Output halo in pixels, used when predicting tile by tile.
+    formats : tuple of str
+        Weights to write, among ``pytorch_state_dict``, ``torchscript`` and ``onnx`` (the demo zoo: the
+        first two); the first is the parent of the others.
+    architecture_file : Path
+        The ``pytorch_state_dict`` architecture file shipped as ``unet.py`` (default: the installed UNet).
 
     Returns
     -------
@@ -122,23 +129,17 @@ def build_package(
     import torch
     from bioimageio.spec import save_bioimageio_package
     from bioimageio.spec.model.v0_5 import (
-        ArchitectureFromFileDescr,
         Author,
         CiteEntry,
         Doi,
         FileDescr,
-        Identifier,
         InputTensorDescr,
         IntervalOrRatioDataDescr,
         LicenseId,
         ModelDescr,
         OutputTensorDescr,
-        PytorchStateDictWeightsDescr,
         SigmoidDescr,
         TensorId,
-        TorchscriptWeightsDescr,
-        Version,
-        WeightsDescr,
     )
 
     channels = ["foreground"] if outputs == "foreground" else ["foreground", "boundary"]
@@ -151,12 +152,10 @@ def build_package(
         np.save(work / "test_input.npy", raw)
         np.save(work / "test_output.npy", prob)
         iio.imwrite(work / "cover.png", _cover(test_image, prob[0, 0]))
-        torch.save(net.state_dict(), work / "weights.pt")
-        torch.jit.trace(net, x).save(str(work / "weights_torchscript.pt"))
-        shutil.copy(ARCHITECTURE_FILE, work / "unet.py")
+        weights = _weights(net, x, work, formats=formats, architecture_file=architecture_file,
+                           kwargs=dict(in_channels=1, out_channels=len(channels), features=features, depth=depth))
         (work / "README.md").write_text(info.documentation or f"# {info.name}\n\n{info.description}\n")
         (work / "LICENSE").write_text("MIT License. Demo model of the bioimage-cte project.\n")
-        version = Version(torch.__version__.split("+")[0])
         descr = ModelDescr(
             name=info.name,
             description=info.description,
@@ -185,22 +184,65 @@ def build_package(
                     postprocessing=[SigmoidDescr()],
                 )
             ],
-            weights=WeightsDescr(
-                pytorch_state_dict=PytorchStateDictWeightsDescr(
-                    source=work / "weights.pt",
-                    pytorch_version=version,
-                    architecture=ArchitectureFromFileDescr(
-                        source=work / "unet.py",
-                        callable=Identifier("UNet2d"),
-                        kwargs=dict(in_channels=1, out_channels=len(channels), features=features, depth=depth),
-                    ),
-                ),
-                torchscript=TorchscriptWeightsDescr(
-                    source=work / "weights_torchscript.pt", pytorch_version=version, parent="pytorch_state_dict"
-                ),
-            ),
+            weights=weights,
             config={"bioimage_cte": info.config},
         )
         output_path.parent.mkdir(parents=True, exist_ok=True)
         save_bioimageio_package(descr, output_path=output_path)
     return output_path
+
+
+#: ONNX opset of exported weights (every onnxruntime the extra allows runs it)
+ONNX_OPSET = 17
+
+
+def _weights(net, x, work: Path, *, formats: tuple[str, ...], architecture_file: Path, kwargs: dict[str, int]):
+    """Write the weights files of ``net`` into ``work``; returns their WeightsDescr (the first format is the parent)."""
+    import torch
+    from bioimageio.spec.model.v0_5 import (
+        ArchitectureFromFileDescr,
+        Identifier,
+        OnnxWeightsDescr,
+        PytorchStateDictWeightsDescr,
+        TorchscriptWeightsDescr,
+        Version,
+        WeightsDescr,
+    )
+
+    version = Version(torch.__version__.split("+")[0])
+    parent = formats[0]
+    entries = {}
+    for fmt in formats:
+        extra = {} if fmt == parent else {"parent": parent}
+        if fmt == "pytorch_state_dict":
+            torch.save(net.state_dict(), work / "weights.pt")
+            shutil.copy(architecture_file, work / "unet.py")
+            entries[fmt] = PytorchStateDictWeightsDescr(
+                source=work / "weights.pt", pytorch_version=version,
+                architecture=ArchitectureFromFileDescr(source=work / "unet.py", callable=Identifier("UNet2d"),
+                                                       kwargs=kwargs), **extra)
+        elif fmt == "torchscript":
+            torch.jit.trace(net, x).save(str(work / "weights_torchscript.pt"))
+            entries[fmt] = TorchscriptWeightsDescr(source=work / "weights_torchscript.pt", pytorch_version=version,
+                                                   **extra)
+        elif fmt == "onnx":
+            _export_onnx(net, x, work / "weights.onnx")
+            entries[fmt] = OnnxWeightsDescr(source=work / "weights.onnx", opset_version=ONNX_OPSET, **extra)
+        else:
+            raise ValueError(f"unknown weights format {fmt!r}: use pytorch_state_dict, torchscript or onnx")
+    return WeightsDescr(**entries)
+
+
+def _export_onnx(net, x, path: Path) -> None:
+    """``net`` as an ONNX graph with free batch and spatial axes (torch's TorchScript-based exporter)."""
+    import contextlib
+    import io
+    import warnings
+
+    import torch
+
+    axes = {0: "batch", 2: "y", 3: "x"}
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # the exporter's deprecation notice
+        torch.onnx.export(net, (x,), str(path), dynamo=False, input_names=["raw"], output_names=["prob"],
+                          dynamic_axes={"raw": axes, "prob": axes}, opset_version=ONNX_OPSET)
