@@ -58,6 +58,11 @@ class WeightChoice:
         return {"format": self.format, "access": self.access, "reason": self.reason}
 
 
+def _installed(module: str) -> bool:
+    """Whether a top-level module is installed (find_spec imports nothing)."""
+    return importlib.util.find_spec(module) is not None
+
+
 def missing_runtime(weight_format: str, *, greybox: bool = False) -> str | None:
     """What must be installed to run ``weight_format`` (grey-box or black-box) that is not; None if nothing.
 
@@ -71,7 +76,7 @@ def missing_runtime(weight_format: str, *, greybox: bool = False) -> str | None:
     extra = _EXTRA.get(weight_format)
     if extra is None:
         return None
-    missing = [m for m in _MODULES[extra] if importlib.util.find_spec(m) is None]
+    missing = [m for m in _MODULES[extra] if not _installed(m)]
     if not missing:
         return None
     return f"{' and '.join(missing)} not installed: pip install 'bioimage-cte[{extra}]'"
@@ -145,12 +150,11 @@ def greybox_weights(descr, policy: CodePolicy, *, name: str, weight_format: str 
             return WeightChoice(fmt, "grey-box", why, descr)
     if not order:
         reasons.append(f"it has only {', '.join(present)} weights, which run black-box only")
-    fallback = "black-box estimators such as cte-input can still rank it"
     if untrusted is not None and all(r.startswith(untrusted.reason) or "grey-box needs" in r for r in reasons):
-        raise UntrustedCodeError(f"{name}: skipped by grey-box estimators: {'; '.join(reasons)}; or add onnx or "
-                                 f"torchscript weights ({fallback})")
+        raise UntrustedCodeError(f"{name}: skipped by grey-box estimators: {'; '.join(reasons)} (black-box "
+                                 "estimators such as cte-input can still rank it)")
     raise InvalidModelError(f"{name}: no grey-box access: {'; '.join(reasons)}; use an input-perturbation "
-                            f"estimator (--estimator cte-input) ({fallback})")
+                            "estimator (--estimator cte-input)")
 
 
 def check_blackbox_runtime(descr, weight_format: str | None, *, name: str) -> None:
@@ -183,6 +187,10 @@ def record_blackbox(predictor, descr, weight_format: str | None):
         why = f"its pytorch_state_dict weights did not load; bioimageio.core fell back to {used}"
     else:
         why = "bioimageio.core's priority order among the formats present"
+    if used == "keras_hdf5":
+        import keras
+
+        keras.utils.disable_interactive_logging()  # Keras' predict() prints a progress bar per image otherwise
     predictor.weights = WeightChoice(used, "black-box", why, None)
     return predictor
 

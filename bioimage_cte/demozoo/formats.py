@@ -27,7 +27,8 @@ import numpy as np
 
 from bioimage_cte.demozoo.packaging import ARCHITECTURE_FILE, PackageInfo, build_package
 
-__all__ = ["FORMAT_VARIANTS", "FormatVariant", "build_variant", "own_architecture_source"]
+__all__ = ["FORMAT_VARIANTS", "KERAS_VARIANT", "FormatVariant", "build_format_variants", "build_variant",
+           "own_architecture_source"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ FORMAT_VARIANTS: tuple[FormatVariant, ...] = (
                   "--trust-code) and onnx weights.", own_architecture=True),
 )
 """The format variants shipped in resources/zoo (the Keras one is added where tensorflow is installed)."""
+
+KERAS_VARIANT = FormatVariant("nuclei-small-bright-keras", "nuclei-small-bright", ("keras_hdf5",),
+                              "nuclei-small-bright's network as a Keras model (keras_hdf5 weights, black-box).")
 
 
 def own_architecture_source() -> bytes:
@@ -112,3 +116,13 @@ def build_variant(variant: FormatVariant, zoo: Path, output: Path | None = None)
                           outputs=outputs, features=src["kwargs"]["features"], depth=src["kwargs"]["depth"],
                           halo=src["halo"], formats=variant.formats, architecture_file=arch)
     return output
+
+
+def build_format_variants(zoo: Path) -> list[Path]:
+    """Write every variant of :data:`FORMAT_VARIANTS` into ``zoo``, and the Keras one where tensorflow is installed."""
+    import importlib.util
+
+    written = [build_variant(v, zoo) for v in FORMAT_VARIANTS]
+    if importlib.util.find_spec("tensorflow") is not None:
+        written.append(build_variant(KERAS_VARIANT, zoo))
+    return written

@@ -55,7 +55,7 @@ def _preprocessing_descr(method: Preprocessing):
     )
 
 
-def _axes(kind: str, channel_names: list[str], depth: int, halo: int):
+def _axes(kind: str, channel_names: list[str], depth: int, halo: int, *, channel_last: bool = False):
     from bioimageio.spec.model.v0_5 import (
         AxisId,
         BatchAxis,
@@ -71,13 +71,15 @@ def _axes(kind: str, channel_names: list[str], depth: int, halo: int):
     channel = ChannelAxis(channel_names=[Identifier(c) for c in channel_names])
     if kind == "input":
         size = ParameterizedSize(min=64, step=2**depth)
-        return [BatchAxis(), channel] + [SpaceInputAxis(id=AxisId(a), size=size) for a in "yx"]
-    return [BatchAxis(), channel] + [
-        SpaceOutputAxisWithHalo(
-            id=AxisId(a), halo=halo, size=SizeReference(tensor_id=TensorId("raw"), axis_id=AxisId(a))
-        )
-        for a in "yx"
-    ]
+        space = [SpaceInputAxis(id=AxisId(a), size=size) for a in "yx"]
+    else:
+        space = [
+            SpaceOutputAxisWithHalo(
+                id=AxisId(a), halo=halo, size=SizeReference(tensor_id=TensorId("raw"), axis_id=AxisId(a))
+            )
+            for a in "yx"
+        ]
+    return [BatchAxis()] + (space + [channel] if channel_last else [channel] + space)
 
 
 def build_package(
@@ -115,8 +117,9 @@ def build_package(
     halo : int
         Output halo in pixels, used when predicting tile by tile.
     formats : tuple of str
-        Weights to write, among ``pytorch_state_dict``, ``torchscript`` and ``onnx`` (the demo zoo: the
-        first two); the first is the parent of the others.
+        Weights to write, among ``pytorch_state_dict``, ``torchscript``, ``onnx`` and ``keras_hdf5`` (the
+        demo zoo: the first two); the first is the parent of the others. With ``keras_hdf5`` the tensors
+        are channels-last (b, y, x, c).
     architecture_file : Path
         The ``pytorch_state_dict`` architecture file shipped as ``unet.py`` (default: the installed UNet).
 
@@ -149,8 +152,10 @@ def build_package(
         x = torch.from_numpy(normalize(test_image, method=preprocessing)[None, None])
         with torch.no_grad():
             prob = torch.sigmoid(net(x)).numpy().astype(np.float32)
-        np.save(work / "test_input.npy", raw)
-        np.save(work / "test_output.npy", prob)
+        channel_last = "keras_hdf5" in formats  # TensorFlow's CPU convolutions are channels-last only
+        tensors = (raw, prob) if not channel_last else (raw.transpose(0, 2, 3, 1), prob.transpose(0, 2, 3, 1))
+        np.save(work / "test_input.npy", tensors[0])
+        np.save(work / "test_output.npy", tensors[1])
         iio.imwrite(work / "cover.png", _cover(test_image, prob[0, 0]))
         weights = _weights(net, x, work, formats=formats, architecture_file=architecture_file,
                            kwargs=dict(in_channels=1, out_channels=len(channels), features=features, depth=depth))
@@ -169,7 +174,7 @@ def build_package(
             inputs=[
                 InputTensorDescr(
                     id=TensorId("raw"),
-                    axes=_axes("input", ["raw"], depth, halo),
+                    axes=_axes("input", ["raw"], depth, halo, channel_last=channel_last),
                     test_tensor=FileDescr(source=work / "test_input.npy"),
                     data=IntervalOrRatioDataDescr(type="float32"),
                     preprocessing=[_preprocessing_descr(preprocessing)],
@@ -178,7 +183,7 @@ def build_package(
             outputs=[
                 OutputTensorDescr(
                     id=TensorId("prob"),
-                    axes=_axes("output", channels, depth, halo),
+                    axes=_axes("output", channels, depth, halo, channel_last=channel_last),
                     test_tensor=FileDescr(source=work / "test_output.npy"),
                     data=IntervalOrRatioDataDescr(type="float32"),
                     postprocessing=[SigmoidDescr()],
@@ -228,8 +233,18 @@ def _weights(net, x, work: Path, *, formats: tuple[str, ...], architecture_file:
         elif fmt == "onnx":
             _export_onnx(net, x, work / "weights.onnx")
             entries[fmt] = OnnxWeightsDescr(source=work / "weights.onnx", opset_version=ONNX_OPSET, **extra)
+        elif fmt == "keras_hdf5":
+            import tensorflow as tf
+            from bioimageio.spec.model.v0_5 import KerasHdf5WeightsDescr
+
+            from bioimage_cte.demozoo.keras_export import save_keras_h5
+
+            save_keras_h5(net, x, work / "weights.h5")
+            entries[fmt] = KerasHdf5WeightsDescr(source=work / "weights.h5",
+                                                 tensorflow_version=Version(tf.__version__), **extra)
         else:
-            raise ValueError(f"unknown weights format {fmt!r}: use pytorch_state_dict, torchscript or onnx")
+            raise ValueError(f"unknown weights format {fmt!r}: use pytorch_state_dict, torchscript, onnx or "
+                             "keras_hdf5")
     return WeightsDescr(**entries)
 
 
