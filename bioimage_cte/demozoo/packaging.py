@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -248,8 +248,9 @@ def _weights(net, x, work: Path, *, formats: tuple[str, ...], architecture_file:
     return WeightsDescr(**entries)
 
 
-def _export_onnx(net, x, path: Path) -> None:
-    """``net`` as an ONNX graph with free batch and spatial axes (torch's TorchScript-based exporter)."""
+def _export_onnx(net, x, path: Path | BinaryIO) -> None:
+    """``net`` as an ONNX graph (a file or a binary buffer) with free batch and spatial axes (torch's TorchScript-based
+    exporter)."""
     import contextlib
     import io
     import warnings
@@ -259,5 +260,6 @@ def _export_onnx(net, x, path: Path) -> None:
     axes = {0: "batch", 2: "y", 3: "x"}
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # the exporter's deprecation notice
-        torch.onnx.export(net, (x,), str(path), dynamo=False, input_names=["raw"], output_names=["prob"],
+        target = str(path) if isinstance(path, Path) else path
+        torch.onnx.export(net, (x,), target, dynamo=False, input_names=["raw"], output_names=["prob"],
                           dynamic_axes={"raw": axes, "prob": axes}, opset_version=ONNX_OPSET)
