@@ -149,6 +149,7 @@ class OnnxDropoutAdapter(ONNXModelAdapter):
     def _init_model_on_device(self, device):
         import onnx
         import onnxruntime as ort
+        import torch
 
         model = onnx.load_from_string(self._graph)
         probe = probe_input(self._model_descr, self._side)
@@ -162,7 +163,10 @@ class OnnxDropoutAdapter(ONNXModelAdapter):
             self.layer, shape = self.requested_layer, shapes[self.requested_layer]
         self.n_channels, self._ndim = shape[1], len(shape)
         rewritten = insert_channel_mask(model, self.layer, self.n_channels, ndim=self._ndim)
-        session = ort.InferenceSession(rewritten.SerializeToString(), providers=[device])
+        options = ort.SessionOptions()
+        # the thread budget is torch's (one thread per Dask worker, say), not every core of the machine
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = ort.InferenceSession(rewritten.SerializeToString(), options, providers=[device])
         self._input_names = [i for i in _data_inputs(rewritten) if i != MASK_INPUT]
         self._ones = np.ones([1, self.n_channels] + [1] * (self._ndim - 2), dtype=np.float32)
         return session

@@ -28,7 +28,7 @@ import numpy as np
 from bioimage_cte.demozoo.packaging import ARCHITECTURE_FILE, PackageInfo, build_package
 
 __all__ = ["FORMAT_VARIANTS", "KERAS_VARIANT", "FormatVariant", "build_format_variants", "build_variant",
-           "own_architecture_source"]
+           "is_format_variant", "own_architecture_source", "trained_only"]
 
 
 @dataclass(frozen=True)
@@ -126,3 +126,25 @@ def build_format_variants(zoo: Path) -> list[Path]:
     if importlib.util.find_spec("tensorflow") is not None:
         written.append(build_variant(KERAS_VARIANT, zoo))
     return written
+
+
+def is_format_variant(location: str | Path) -> bool:
+    """Whether a package is a format variant of another (its card names ``config.bioimage_cte.exported_from``)."""
+    from bioimage_cte.safe_yaml import load_untrusted_yaml
+
+    path = Path(location)
+    try:
+        if path.suffix.lower() == ".zip":
+            with zipfile.ZipFile(path) as zf:
+                raw = zf.read("rdf.yaml")
+        else:
+            raw = path.read_bytes()
+        config = load_untrusted_yaml(raw, where=str(path)).get("config") or {}
+    except Exception:  # unreadable packages are reported where they are loaded, not here
+        return False
+    return isinstance(config.get("bioimage_cte"), dict) and "exported_from" in config["bioimage_cte"]
+
+
+def trained_only(sources):
+    """The model sources that are not format variants: benchmarks and the transfer matrix count each network once."""
+    return [s for s in sources if not is_format_variant(s.location)]
