@@ -32,12 +32,13 @@ from bioimageio.core.backends.pytorch_backend import load_torch_model  # noqa: E
 
 from bioimage_cte.demozoo.training import normalize  # noqa: E402
 from bioimage_cte.images import list_images, load_target  # noqa: E402
+from bioimage_cte.models import load_model  # noqa: E402
 from bioimage_cte.options import RankOptions  # noqa: E402
 from bioimage_cte.perturbations import InputPerturbation, perturb_image  # noqa: E402
-from bioimage_cte.predictors import _spatial_spec, _valid_size, load_model  # noqa: E402
 from bioimage_cte.scoring import rank_models  # noqa: E402
 from bioimage_cte.seeds import draw_seed, rng  # noqa: E402
 from bioimage_cte.sources import find_models  # noqa: E402
+from bioimage_cte.tiling import spatial_spec, valid_size  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +51,7 @@ def bare(sources, paths, options: RankOptions) -> float:
         descr = load_model(source.location, perform_io_checks=False)
         net = load_torch_model(descr.weights.pytorch_state_dict, devices=["cpu"]).eval()
         method = next(op.id for op in descr.inputs[0].preprocessing if op.id != "ensure_dtype")
-        spec = _spatial_spec(descr, "y")
+        spec = spatial_spec(descr, "y")
         mask = {}
 
         def hook(module, args, out, mask=mask):
@@ -59,7 +60,7 @@ def bare(sources, paths, options: RankOptions) -> float:
         net.bottleneck.register_forward_hook(hook)
         for i, path in enumerate(paths):
             image = load_target(path)
-            size = _valid_size(image.shape[0], spec), _valid_size(image.shape[1], spec)
+            size = valid_size(image.shape[0], spec), valid_size(image.shape[1], spec)
             pad = [(0, size[0] - image.shape[0]), (0, size[1] - image.shape[1])]
             x = torch.from_numpy(normalize(np.pad(image, pad, mode="reflect"), method=method)[None, None])
             with torch.no_grad():

@@ -80,6 +80,13 @@ PerturbationOpt = Annotated[Perturbation, typer.Option(help="Input perturbation 
 StrengthOpt = Annotated[float | None, typer.Option(help="Perturbation strength: dropout rate p for cte-dropout "
                                                    "(default 0.2), fraction of the image range for cte-input "
                                                    "(default 0.1).")]
+ChannelsOpt = Annotated[str | None, typer.Option(help="Image channels to feed, in this order, e.g. '0,2': models "
+                                                 "taking 2 channels get channels 0 and 2, single-channel models "
+                                                 "channel 0 (default: all channels; averaged for single-channel "
+                                                 "models).")]
+OutputChannelOpt = Annotated[str | None, typer.Option(help="Output to score: a channel name (e.g. nuclei), an output "
+                                                      "tensor id, TENSOR:CHANNEL or a channel index; default: "
+                                                      "chosen from the output's names.")]
 DeviceOpt = Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda:0.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed for perturbations; the same seed reproduces scores exactly.")]
 LayerOpt = Annotated[str | None, typer.Option(help="Layer to perturb for grey-box estimators (module name); "
@@ -132,7 +139,8 @@ def _options(**values: Any) -> RankOptions:
 _RANK_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("task", TaskOpt, Task.semantic), ("consistency", ConsistencyOpt, None),
     ("perturbation", PerturbationOpt, Perturbation.gaussian), ("strength", StrengthOpt, None),
-    ("repeats", RepeatsOpt, 1), ("axes", AxesOpt, None), ("device", DeviceOpt, "cpu"), ("seed", SeedOpt, 0),
+    ("repeats", RepeatsOpt, 1), ("axes", AxesOpt, None), ("channels", ChannelsOpt, None),
+    ("output_channel", OutputChannelOpt, None), ("device", DeviceOpt, "cpu"), ("seed", SeedOpt, 0),
     ("layer", LayerOpt, None), ("weight_format", WeightsOpt, None), ("tag", TagOpt, None),
     ("trust_code", TrustCodeOpt, False), ("trust_library", TrustLibraryOpt, None),
 )

@@ -15,8 +15,9 @@ import contextlib
 from collections.abc import Iterator, Sequence
 
 from bioimage_cte.errors import InvalidModelError
+from bioimage_cte.models import _first_line
 from bioimage_cte.perturbations import FeatureDropout
-from bioimage_cte.predictors import GreyBoxPredictor, _first_line, _Predictor, _spatial_spec, _valid_size
+from bioimage_cte.predictors import GreyBoxPredictor, _Predictor
 from bioimage_cte.trust import CodePolicy
 from bioimage_cte.weights import WeightChoice, greybox_weights
 
@@ -38,25 +39,26 @@ class GraphGreyBoxPredictor(_Predictor):
     devices : sequence of str
         Ignored beyond the CPU: onnxruntime's CPU execution provider runs the graph.
     max_tile : int
-        Images with a side longer than this are predicted tile by tile.
+        Images whose padded input would exceed ``max_tile ** 2`` pixels are predicted tile by tile.
+    output_channel : str, optional
+        The output channel to score (see :func:`bioimage_cte.readout.choose_readout`).
     """
 
     def __init__(self, choice: WeightChoice, *, name: str = "model", layer: str | None = None,
-                 devices: Sequence[str] = ("cpu",), max_tile: int = 1024) -> None:
+                 devices: Sequence[str] = ("cpu",), max_tile: int = 1024, output_channel: str | None = None) -> None:
         from bioimageio.core import create_prediction_pipeline
 
         from bioimage_cte.onnx_greybox import OnnxDropoutAdapter
 
         descr = choice.descr
-        side = _valid_size(128, _spatial_spec(descr, "y"))
         try:
             if choice.format == "onnx":
                 graph = descr.weights.onnx.get_reader().read()
             else:
                 from bioimage_cte.torchscript_greybox import torchscript_as_onnx
 
-                graph = torchscript_as_onnx(descr, side=side)
-            self.adapter = OnnxDropoutAdapter(descr, graph=graph, side=side, layer=layer, devices=devices)
+                graph = torchscript_as_onnx(descr)
+            self.adapter = OnnxDropoutAdapter(descr, graph=graph, layer=layer, devices=devices)
             pipeline = create_prediction_pipeline(descr, model_adapter=self.adapter)
         except InvalidModelError as e:
             raise InvalidModelError(f"{name}: {e}") from e
@@ -65,7 +67,8 @@ class GraphGreyBoxPredictor(_Predictor):
                                     f"({_first_line(e)}); use an input-perturbation estimator (--estimator "
                                     "cte-input)") from e
         self.weights = choice
-        super().__init__(descr, pipeline, name=name, max_tile=max_tile, devices=devices)
+        super().__init__(descr, pipeline, name=name, max_tile=max_tile, devices=devices,
+                         output_channel=output_channel)
 
     @property
     def layer(self) -> str | None:
@@ -84,7 +87,7 @@ class GraphGreyBoxPredictor(_Predictor):
 
 def make_greybox_predictor(descr, *, name: str, weight_format: str | None = None, layer: str | None = None,
                            devices: Sequence[str] = ("cpu",), max_tile: int = 1024,
-                           code_policy: CodePolicy | None = None):
+                           code_policy: CodePolicy | None = None, output_channel: str | None = None):
     """The grey-box predictor for the weights :func:`~bioimage_cte.weights.greybox_weights` chooses.
 
     Raises :class:`~bioimage_cte.errors.UntrustedCodeError` or :class:`~bioimage_cte.errors.InvalidModelError`
@@ -94,7 +97,8 @@ def make_greybox_predictor(descr, *, name: str, weight_format: str | None = None
     choice = greybox_weights(descr, policy, name=name, weight_format=weight_format)
     if choice.format == "pytorch_state_dict":
         predictor = GreyBoxPredictor(descr, name=name, layer=layer, devices=devices, max_tile=max_tile,
-                                     code_policy=policy)
+                                     code_policy=policy, output_channel=output_channel)
         predictor.weights = choice
         return predictor
-    return GraphGreyBoxPredictor(choice, name=name, layer=layer, devices=devices, max_tile=max_tile)
+    return GraphGreyBoxPredictor(choice, name=name, layer=layer, devices=devices, max_tile=max_tile,
+                                 output_channel=output_channel)

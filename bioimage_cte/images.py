@@ -2,8 +2,9 @@
 
 Supported files are ``.tif``/``.tiff`` (tifffile), ``.png`` (imageio) and ``.npy``
 (numpy, without pickle); suffixes are matched case-insensitively. Images are handed on as
-float32 arrays with axes ``"yx"`` or ``"zyx"`` and their intensities untouched:
-normalisation is the model's preprocessing, not ours.
+float32 arrays with axes ``"yx"`` or ``"zyx"`` (``"cyx"``/``"czyx"`` for models taking several
+channels, :func:`to_model_input`) and their intensities untouched: normalisation is the model's
+preprocessing, not ours. A TIFF whose metadata names its axes (ImageJ, OME) is read with them.
 
 Axis rules when ``axes`` is not given (see :func:`to_yx`):
 
@@ -37,6 +38,8 @@ __all__ = [
     "list_images",
     "load_labels",
     "read_image",
+    "tiff_axes",
+    "to_model_input",
     "to_yx",
 ]
 
@@ -344,6 +347,16 @@ def to_yx(data: np.ndarray, *, axes: str | None = None, path: Path | None = None
     (2, 8, 8)
     """
     label = f"image {path}" if path is not None else "the image"
+    out, axes, rgba = _canonical(data, axes, label)
+    if "c" in axes:
+        if rgba:
+            out = out[:3]
+        out = out.mean(axis=0, dtype=np.float32)
+    return _finish(out, label)
+
+
+def _canonical(data: np.ndarray, axes: str | None, label: str) -> tuple[np.ndarray, str, bool]:
+    """float32 data in axis order c, z, y, x (those present), its axes, and whether the channels are RGBA."""
     data = np.asarray(data)
     if axes is None:
         data = data.reshape([n for n in data.shape if n != 1])
@@ -357,18 +370,16 @@ def to_yx(data: np.ndarray, *, axes: str | None = None, path: Path | None = None
                 f"({data.ndim} dimensions); pass one letter per dimension"
             )
     rgba = axes.endswith("c") and data.shape[-1] == 4
-    order = [axes.index(a) for a in _AXIS_LETTERS if a in axes]
-    data = np.transpose(data, order)
-    axes = "".join(a for a in _AXIS_LETTERS if a in axes)
-    out = data.astype(np.float32, copy=False)
-    if "c" in axes:
-        c = axes.index("c")
-        if rgba:
-            out = np.take(out, [0, 1, 2], axis=c)
-        out = out.mean(axis=c, dtype=np.float32)
-        axes = axes.replace("c", "")
-    if "z" in axes and out.shape[0] == 1:
-        out = out[0]
+    order = [axes.index(a) for a in "czyx" if a in axes]
+    out = np.transpose(data, order).astype(np.float32, copy=False)
+    axes = "".join(a for a in "czyx" if a in axes)
+    if "z" in axes and out.shape[axes.index("z")] == 1:
+        out = np.take(out, 0, axis=axes.index("z"))
+        axes = axes.replace("z", "")
+    return out, axes, rgba
+
+
+def _finish(out: np.ndarray, label: str) -> np.ndarray:
     if not np.isfinite(out).all():
         raise InvalidImageError(
             f"{label} contains NaN or infinite values; "
@@ -377,12 +388,87 @@ def to_yx(data: np.ndarray, *, axes: str | None = None, path: Path | None = None
     return np.ascontiguousarray(out)
 
 
+def to_model_input(
+    data: np.ndarray,
+    *,
+    axes: str | None = None,
+    channels: Sequence[int] | None = None,
+    n_channels: int = 1,
+    path: Path | None = None,
+    model: str = "the model",
+) -> np.ndarray:
+    """Bring an image to what a model taking ``n_channels`` input channels is fed.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        The image as read.
+    axes : str, optional
+        As :func:`to_yx`.
+    channels : sequence of int, optional
+        Image channels to use, in this order (``--channels 0,2``). A single-channel model gets the
+        first of them; without ``channels`` it gets the image's channels averaged (as :func:`to_yx`).
+    n_channels : int
+        Input channels of the model.
+    path : Path, optional
+        Names the image in error messages.
+    model : str
+        Names the model in error messages.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32: for one channel ``(y, x)`` or ``(z, y, x)``; for more, the channel axis first,
+        ``(c, y, x)`` or ``(c, z, y, x)``. An RGBA image's alpha channel is dropped.
+
+    Raises
+    ------
+    InvalidImageError
+        The axes do not fit, a selected channel does not exist, or the image's channel count
+        differs from the model's (one line naming the model, what it expects and what the image has).
+
+    Examples
+    --------
+    >>> rgb = np.zeros((16, 16, 3), dtype=np.uint8); rgb[..., 2] = 9
+    >>> to_model_input(rgb, n_channels=3).shape
+    (3, 16, 16)
+    >>> float(to_model_input(rgb, channels=[2, 0], n_channels=2)[0, 0, 0])
+    9.0
+    >>> float(to_model_input(rgb, channels=[2])[0, 0])
+    9.0
+    """
+    label = f"image {path}" if path is not None else "the image"
+    out, axes, rgba = _canonical(data, axes, label)
+    if "c" not in axes:
+        out, axes = out[None], "c" + axes
+    elif rgba:
+        out = out[:3]
+    have = out.shape[0]
+    if channels is not None:
+        channels = list(channels)
+        missing = [c for c in channels if not 0 <= c < have]
+        if missing:
+            raise InvalidImageError(f"{label} has {have} channel{'s' * (have != 1)} (0..{have - 1}) but --channels "
+                                    f"asks for {', '.join(map(str, missing))}; pass channel indices below {have}")
+        out = out[channels[:1] if n_channels == 1 else channels]
+    if n_channels == 1:
+        return _finish(out[0] if len(out) == 1 else out.mean(axis=0, dtype=np.float32), label)
+    if len(out) != n_channels:
+        chosen = f" after --channels {','.join(map(str, channels))}" if channels is not None else ""
+        hint = "pick them with --channels (e.g. --channels 0,1)" if len(out) > n_channels else \
+            "rank it on images with that many channels (--axes cyx if the channel axis was not recognised)"
+        raise InvalidImageError(f"{model}: model expects {n_channels} input channels but {label} has {len(out)}"
+                                f"{chosen}; {hint}")
+    return _finish(out, label)
+
+
 def check_images(
     paths: Sequence[Path],
     *,
     axes: str | None = None,
     skip_bad: bool = False,
     max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES,
+    channels: Sequence[int] | None = None,
 ) -> ImageCheck:
     """Read every target image once, before any model runs; report the unreadable ones all together.
 
@@ -401,6 +487,8 @@ def check_images(
         caller decides what to do when none is left.
     max_bytes : int or None, optional
         As :func:`read_image`.
+    channels : sequence of int, optional
+        Channels selected with ``--channels``: each image must have them.
 
     Returns
     -------
@@ -431,7 +519,11 @@ def check_images(
     errors: list[tuple[Path, InvalidImageError]] = []
     for path in paths:
         try:
-            data = to_yx(read_image(path, max_bytes=max_bytes), axes=axes, path=path)
+            raw = read_image(path, max_bytes=max_bytes)
+            data = to_yx(raw, axes=axes or tiff_axes(path), path=path)
+            if channels is not None:
+                to_model_input(raw, axes=axes or tiff_axes(path), channels=channels, n_channels=len(channels),
+                               path=path)
         except InvalidImageError as e:  # every bad image is collected, so one run shows the user all of them
             errors.append((path, e))
             continue
@@ -524,7 +616,8 @@ def load_labels(
         label = label.reshape([n for n in label.shape if n != 1])
         # the image is read in full only for its shape: formats differ in how cheaply they expose it,
         # and labels are loaded for small evaluation sets
-        image_shape = to_yx(read_image(image_path, max_bytes=max_bytes), axes=axes, path=image_path).shape
+        image_shape = to_yx(read_image(image_path, max_bytes=max_bytes), axes=axes or tiff_axes(image_path),
+                            path=image_path).shape
         if label.shape != image_shape:
             raise InvalidImageError(
                 f"label {label_path} has shape {label.shape} but image {image_path} has shape {image_shape} "
@@ -534,9 +627,36 @@ def load_labels(
     return labels
 
 
-def load_target(path: Path, *, axes: str | None = None) -> np.ndarray:
-    """Read one target image as float32 (y, x) or (z, y, x)."""
-    return to_yx(read_image(path), axes=axes, path=path)
+def load_target(path: Path, *, axes: str | None = None, channels: Sequence[int] | None = None,
+                n_channels: int = 1, model: str = "the model") -> np.ndarray:
+    """Read one target image as a model taking ``n_channels`` channels is fed it (see :func:`to_model_input`).
+
+    A TIFF whose metadata names its axes (ImageJ hyperstack, OME) is read with those axes unless
+    ``axes`` is given.
+    """
+    return to_model_input(read_image(path), axes=axes or tiff_axes(path), channels=channels, n_channels=n_channels,
+                          path=path, model=model)
+
+
+def tiff_axes(path: Path) -> str | None:
+    """The axes a TIFF's metadata gives (``"zcyx"``, ``"yxc"`` for RGB ...) when they are all z/c/y/x, else None.
+
+    tifffile names unknown axes ``Q``/``I`` (and time ``T``): those files fall back to the shape rules.
+    """
+    if Path(path).suffix.lower() not in (".tif", ".tiff"):
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            letters, shape = series.axes.lower().replace("s", "c"), series.shape
+    except Exception:  # read_image reports unreadable files in its own words
+        return None
+    if len(letters) != len(shape) or len(set(letters)) != len(letters) or not set(letters) <= set(_AXIS_LETTERS):
+        return None
+    # tifffile keeps size-1 axes; so does read_image, so the letters fit the array as read
+    return letters
 
 
 def target_task(folder: Path) -> str | None:

@@ -104,10 +104,11 @@ def insert_channel_mask(model, tensor: str, n_channels: int, *, ndim: int = 4):
     return out
 
 
-def probe_input(descr, side: int) -> np.ndarray:
-    """A zero input in the model's axis order, one image of ``side`` x ``side`` pixels."""
-    sizes = {"batch": 1, "channel": 1, "y": side, "x": side}
-    return np.zeros([sizes.get(str(a.id), 1) for a in descr.inputs[0].axes], dtype=np.float32)
+def probe_input(descr) -> np.ndarray:
+    """A zero input of a small valid shape in the model's axis order (:func:`bioimage_cte.tiling.probe_shape`)."""
+    from bioimage_cte.tiling import probe_shape
+
+    return np.zeros(probe_shape(descr), dtype=np.float32)
 
 
 class OnnxDropoutAdapter(ONNXModelAdapter):
@@ -119,19 +120,15 @@ class OnnxDropoutAdapter(ONNXModelAdapter):
         The model description (inputs, outputs, axes).
     graph : bytes
         The unmodified ONNX graph (the package's onnx weights, or its torchscript weights exported).
-    side : int
-        Side of the probe image used to find the feature tensor (a valid input size).
     layer : str, optional
         Name of the tensor to perturb; default: :func:`find_feature_tensor`.
     devices : sequence of str
         Only the CPU is used: onnxruntime's CPU execution provider.
     """
 
-    def __init__(self, descr, *, graph: bytes, side: int, layer: str | None = None,
-                 devices: Sequence[str] = ("cpu",)) -> None:
+    def __init__(self, descr, *, graph: bytes, layer: str | None = None, devices: Sequence[str] = ("cpu",)) -> None:
         self._graph = graph
         self.requested_layer = layer
-        self._side = side
         self.layer: str | None = None
         self.n_channels = 0
         self._ndim = 4
@@ -152,7 +149,7 @@ class OnnxDropoutAdapter(ONNXModelAdapter):
         import torch
 
         model = onnx.load_from_string(self._graph)
-        probe = probe_input(self._model_descr, self._side)
+        probe = probe_input(self._model_descr)
         if self.requested_layer is None:
             self.layer, shape = find_feature_tensor(model, probe)
         else:

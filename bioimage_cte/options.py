@@ -58,6 +58,12 @@ class RankOptions:
         The run's seed; every random draw derives from it (:mod:`bioimage_cte.seeds`).
     axes : str, optional
         Axes of the image files when ambiguous (``"yx"``, ``"cyx"``, ``"zyx"``, ...).
+    channels : tuple of int, optional
+        Image channels to feed, in this order (``"0,2"`` is accepted): a model taking that many channels
+        gets them, a single-channel model the first; default: every channel (averaged for single-channel models).
+    output_channel : str, optional
+        The output to score: channel name, output tensor id, ``TENSOR:CHANNEL`` or channel index; default: chosen
+        from the output's names (see :mod:`bioimage_cte.readout`).
     layer : str, optional
         Module to perturb for grey-box estimators; default: the bottleneck, found automatically.
     weight_format : str, optional
@@ -80,6 +86,8 @@ class RankOptions:
     repeats: int = 1
     seed: int = 0
     axes: str | None = None
+    channels: tuple[int, ...] | None = None
+    output_channel: str | None = None
     layer: str | None = None
     weight_format: str | None = None
     device: str = "cpu"
@@ -102,6 +110,8 @@ class RankOptions:
             raise ValueError(f"seed={self.seed}: use a non-negative integer")
         # a list from a command line or a JSON file becomes a tuple, so the options stay hashable
         object.__setattr__(self, "trusted_libraries", tuple(self.trusted_libraries))
+        if self.channels is not None:
+            object.__setattr__(self, "channels", _channel_list(self.channels))
         self.make_estimator()  # validates the strength for this estimator
 
     @property
@@ -142,6 +152,11 @@ class RankOptions:
         """
         settings: dict[str, Any] = {**self.make_estimator(estimator).settings(), "seed": self.seed,
                                     "axes": self.axes, "layer": self.layer, "weight_format": self.weight_format}
+        # set only when given, so that results stored before these options existed keep their key
+        if self.channels is not None:
+            settings["channels"] = list(self.channels)
+        if self.output_channel is not None:
+            settings["output_channel"] = self.output_channel
         if self.trust_code:
             settings["trust_code"] = True
         if self.trusted_libraries:
@@ -151,6 +166,8 @@ class RankOptions:
     def run_settings(self) -> dict[str, Any]:
         """Every option as a ranking JSON's ``settings`` records it (as :func:`bioimage_cte.annotate` reads it)."""
         return {"seed": self.seed, "task": self.task, "axes": self.axes, "device": self.device, "layer": self.layer,
+                "channels": None if self.channels is None else list(self.channels),
+                "output_channel": self.output_channel,
                 "weight_format": self.weight_format, "tag": self.tag, "trust_code": self.trust_code,
                 "trusted_libraries": list(self.trusted_libraries)}
 
@@ -158,3 +175,15 @@ class RankOptions:
 def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"unknown {name} {value!r}: use one of {', '.join(choices)}")
+
+
+def _channel_list(value: Any) -> tuple[int, ...]:
+    """``"0,2"``, ``[0, 2]`` or ``(0, 2)`` as a tuple of channel indices."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        channels = tuple(int(str(c).strip()) for c in items)
+    except ValueError:
+        raise ValueError(f"channels={value!r}: use channel indices separated by commas, e.g. 0,2") from None
+    if not channels or min(channels) < 0 or len(set(channels)) != len(channels):
+        raise ValueError(f"channels={value!r}: use distinct channel indices >= 0 separated by commas, e.g. 0,2")
+    return channels

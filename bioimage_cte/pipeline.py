@@ -92,7 +92,7 @@ def _inputs(models: Sequence[str | Path], images: str | Path | Sequence[Path], o
     paths = list_images(images) if isinstance(images, str | Path) else [Path(p) for p in images]
     if not paths:
         raise InvalidImageError("no images given; pass a folder, a glob or image files")
-    warnings = check_images(paths, axes=options.axes).warnings
+    warnings = check_images(paths, axes=options.axes, channels=options.channels).warnings
     for text in warnings:
         if progress.warning is not None:
             progress.warning(text)

@@ -10,8 +10,10 @@ predict`` reloads the model on every call, which is what makes a naive loop slow
   so it can inject channel dropout at a named layer, by default the bottleneck.
 
 Images of any size are padded (reflect) to a size the model accepts plus its halo, and cropped
-back; images larger than ``max_tile`` are predicted tile by tile with the halo through
-bioimageio.core's blocking. A 2D model on a (z, y, x) stack runs slice by slice.
+back; images larger than the block budget, or larger than a model's one exact input size, are
+predicted tile by tile with the halo through bioimageio.core's blocking (:mod:`bioimage_cte.tiling`).
+A 2D model on a (z, y, x) stack runs slice by slice, a 3D model natively. Multi-channel models get
+images with the channel axis first. Which output is scored: :mod:`bioimage_cte.readout`.
 
 This module imports torch and bioimageio.core; import it lazily.
 """
@@ -19,286 +21,50 @@ This module imports torch and bioimageio.core; import it lazily.
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from bioimageio.core import Sample, Tensor, create_prediction_pipeline
+from bioimageio.core.axis import AxisId
 from bioimageio.core.backends.pytorch_backend import PytorchModelAdapter
 from bioimageio.core.common import MemberId
 from bioimageio.spec.model import v0_5
 
 from bioimage_cte.errors import InvalidImageError, InvalidModelError
+from bioimage_cte.models import _check_inputs, _first_line, _raise_if_damaged, input_channels
+from bioimage_cte.models import load_model as load_model  # re-exported: callers import it from here
 from bioimage_cte.perturbations import FeatureDropout
+from bioimage_cte.readout import Readout, choose_readout
 from bioimage_cte.segmentation import Prediction
+from bioimage_cte.tiling import crop, pad_centred, plan, probe_shape, spatial_axes, spatial_spec
 from bioimage_cte.trust import CodePolicy, available_weight_formats, blackbox_weights, greybox_descr
-
-FOREGROUND_NAMES = ("foreground", "fg", "mask", "prob", "probability", "probabilities", "semantic", "nuclei")
-BOUNDARY_NAMES = ("boundary", "boundaries", "contour", "contours", "edge", "edges", "border")
-
-
-# bioimageio.spec parses every rdf.yaml with one shared YAML parser: two threads loading at once corrupt each other.
-_LOAD_LOCK = threading.Lock()
-
-
-@dataclass(frozen=True)
-class _SpatialSpec:
-    minimum: int
-    step: int
-    halo: int
-
-
-def load_model(location: str, *, perform_io_checks: bool = True) -> v0_5.ModelDescr:
-    """Load and check a model description: a v0.5 (or convertible) 2D segmentation model.
-
-    Raises :class:`~bioimage_cte.errors.InvalidModelError` naming ``location`` and the fix.
-    """
-    from bioimageio.spec import InvalidDescr, load_description
-    from bioimageio.spec.model import v0_4
-
-    from bioimage_cte.sources import check_zip
-
-    if location.lower().endswith(".zip") and Path(location).is_file():
-        check_zip(Path(location))  # path traversal, symlinks, oversized entries: before bioimageio opens it
-    _precheck_rdf(location)
-    try:
-        with _LOAD_LOCK:
-            descr = load_description(location, perform_io_checks=perform_io_checks, format_version="latest")
-    except Exception as e:  # unreadable YAML, broken zip, missing file: bioimageio raises many kinds
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise InvalidModelError(f"{location}: cannot be read as a bioimageio package ({type(e).__name__}: "
-                                f"{first}); check that it is a valid rdf.yaml or package zip") from e
-    if isinstance(descr, InvalidDescr):
-        summary = descr.validation_summary
-        first = next((e for d in summary.details for e in d.errors), None)
-        reason = f"{'.'.join(map(str, first.loc)) or 'rdf'}: {' '.join(first.msg.split())}" if first else summary.status
-        fix = f"check it with 'bioimageio validate-format {location}'"
-        if "SHA256 mismatch" in reason:
-            fix = "a file was changed or damaged after packaging; get the package again"
-        raise InvalidModelError(f"{location}: not a valid bioimageio RDF ({reason}); {fix}")
-    if descr.type != "model":
-        raise InvalidModelError(f"{location}: RDF of type {descr.type!r}, not a model; pass model packages only")
-    if isinstance(descr, v0_4.ModelDescr):
-        raise InvalidModelError(f"{location}: model format {descr.format_version} could not be converted to 0.5; "
-                                "update it with 'bioimageio update-format'")
-    check_segmentation_model(descr, location=location)
-    _check_inputs(descr, location)
-    return descr
-
-
-def _read_local_rdf(location: str) -> tuple[str, bytes] | None:
-    """(file name, bytes) of a local package's RDF; None for URLs (bioimageio fetches those itself).
-
-    At most one byte more than the YAML size limit is read: enough for the parser to refuse an
-    oversized RDF without holding all of it.
-    """
-    import zipfile
-
-    from bioimage_cte.safe_yaml import DEFAULT_MAX_BYTES
-    from bioimage_cte.sources import RDF_NAMES
-
-    path = Path(location)
-    if not path.is_file():
-        return None
-    if path.suffix.lower() == ".zip":
-        with zipfile.ZipFile(path) as zf:
-            name = next((n for n in RDF_NAMES if n in zf.namelist()), None)
-            if name is None:
-                return None
-            with zf.open(name) as f:
-                return name, f.read(DEFAULT_MAX_BYTES + 1)
-    with path.open("rb") as f:
-        return path.name, f.read(DEFAULT_MAX_BYTES + 1)
-
-
-def _precheck_rdf(location: str) -> None:
-    """Name the first problem of an RDF that is no model RDF at all, in words a user can act on.
-
-    bioimageio.spec reports broken YAML and RDFs of other types as long validation reports; this
-    parses the RDF the same way (safe YAML 1.2 loader: no tags, no code) and says what it is. A
-    YAML alias bomb or an oversized RDF raises here, so that bioimageio.spec never parses it.
-    """
-    from ruyaml.error import MarkedYAMLError
-
-    from bioimage_cte.errors import UnsafeYamlError
-    from bioimage_cte.safe_yaml import load_untrusted_yaml
-
-    try:
-        found = _read_local_rdf(location)
-    except Exception:  # a damaged zip: bioimageio's own error follows
-        return
-    if found is None:
-        return
-    name, raw = found
-    try:
-        content = load_untrusted_yaml(raw, where=f"{name} of {location}")
-    except UnsafeYamlError:
-        raise
-    except UnicodeDecodeError:
-        raise InvalidModelError(f"{location}: {name} is not UTF-8 text; save the RDF as UTF-8 YAML") from None
-    except MarkedYAMLError as e:
-        mark = e.problem_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise InvalidModelError(f"{location}: {name} is not valid YAML ({e.problem}{where}); fix its YAML "
-                                "syntax") from None
-    except Exception as e:
-        raise InvalidModelError(f"{location}: {name} is not valid YAML ({type(e).__name__}); fix its YAML "
-                                "syntax") from None
-    if not isinstance(content, dict):
-        raise InvalidModelError(f"{location}: {name} holds a {type(content).__name__}, not the fields of a "
-                                "bioimageio RDF; pass a bioimageio model package")
-    kind = content.get("type")
-    if kind is not None and kind != "model":
-        raise InvalidModelError(f"{location}: RDF of type {kind!r}, not a model; pass model packages only")
-    missing = _missing_files(location, content)
-    if missing:
-        field, file_name = missing
-        raise InvalidModelError(f"{location}: {file_name} is listed in {name} ({field}) but missing from the "
-                                "package; get the complete package again")
-
-
-def _missing_files(location: str, content: dict) -> tuple[str, str] | None:
-    """(field, file) of the first relative file the RDF lists that the package lacks."""
-    import zipfile
-
-    path = Path(location)
-    if path.suffix.lower() == ".zip":
-        with zipfile.ZipFile(path) as zf:
-            present = set(zf.namelist())
-        exists = present.__contains__
-    else:
-        exists = lambda name: (path.parent / name).is_file()  # noqa: E731
-    for field, value in _sources(content, ()):
-        if "://" not in value and not Path(value).is_absolute() and not exists(value.removeprefix("./")):
-            return field, value
-    return None
-
-
-def _sources(node: Any, loc: tuple[str, ...], seen: set[int] | None = None) -> Iterator[tuple[str, str]]:
-    """Every ``source`` string of the RDF's files (weights, architecture, test tensors, ...) with its field.
-
-    A YAML alias makes one object appear in many places: each collection is visited once (by
-    ``id``), so shared or self-containing data cannot make the walk exponential or endless.
-    """
-    seen = set() if seen is None else seen
-    if isinstance(node, dict | list):
-        if id(node) in seen:
-            return
-        seen.add(id(node))
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "source" and isinstance(value, str) and loc and loc[0] != "config":
-                yield ".".join(loc + ("source",)), value
-            else:
-                yield from _sources(value, loc + (str(key),), seen)
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            yield from _sources(value, loc + (str(i),), seen)
-
-
-def check_segmentation_model(descr: v0_5.ModelDescr, *, location: str) -> None:
-    """Raise unless the model maps one image to a same-sized probability map (a segmentation model)."""
-    if len(descr.inputs) != 1:
-        raise InvalidModelError(f"{location}: model has {len(descr.inputs)} inputs; bioimage-cte ranks "
-                                "single-input segmentation models")
-    in_axes = {str(a.id) for a in descr.inputs[0].axes}
-    out = descr.outputs[0]
-    out_axes = {str(a.id) for a in out.axes}
-    if not {"y", "x"} <= in_axes or not {"y", "x"} <= out_axes:
-        raise InvalidModelError(f"{location}: input axes {sorted(in_axes)} / output axes {sorted(out_axes)} "
-                                "have no y and x; not an image segmentation model")
-    for axis in out.axes:
-        if str(axis.id) in "yx" and not isinstance(axis.size, v0_5.SizeReference):
-            if getattr(axis, "scale", 1.0) not in (1, 1.0):
-                raise InvalidModelError(f"{location}: output axis {axis.id} is rescaled; not a segmentation map")
-    ops = {type(p).__name__ for p in out.postprocessing}
-    tags = {t.lower() for t in descr.tags}
-    if not ({"SigmoidDescr", "SoftmaxDescr", "BinarizeDescr"} & ops or any("segmentation" in t for t in tags)):
-        raise InvalidModelError(
-            f"{location}: output {out.id!r} is neither sigmoid/softmax/binarize-postprocessed nor tagged "
-            "'segmentation'; bioimage-cte ranks models whose output is a foreground probability map")
-
-
-def _check_inputs(descr: v0_5.ModelDescr, name: str) -> None:
-    """Raise unless the model takes single-channel 2D images (checked before the model is loaded)."""
-    axes = [str(a.id) for a in descr.inputs[0].axes]
-    n_channels = next((len(a.channel_names) for a in descr.inputs[0].axes if isinstance(a, v0_5.ChannelAxis)), 1)
-    if n_channels != 1:
-        raise InvalidModelError(f"{name}: model expects {n_channels} input channels; bioimage-cte feeds "
-                                "single-channel (grey) images, so rank models made for one channel")
-    if "z" in axes:
-        raise InvalidModelError(f"{name}: 3D model (input axes {axes}); bioimage-cte ranks 2D models, which it "
-                                "runs slice by slice on stacks")
-
-
-def _channel_index(descr: v0_5.ModelDescr, names: Sequence[str]) -> int | None:
-    for axis in descr.outputs[0].axes:
-        if isinstance(axis, v0_5.ChannelAxis):
-            lowered = [str(c).lower() for c in axis.channel_names]
-            return next((i for i, c in enumerate(lowered) if c in names), None)
-    return None
-
-
-def _spatial_spec(descr: v0_5.ModelDescr, axis_id: str) -> _SpatialSpec:
-    axis = next(a for a in descr.inputs[0].axes if str(a.id) == axis_id)
-    halo = max((getattr(a, "halo", 0) for a in descr.outputs[0].axes if str(a.id) == axis_id), default=0)
-    size = axis.size
-    if isinstance(size, v0_5.ParameterizedSize):
-        return _SpatialSpec(size.min, size.step, halo)
-    if isinstance(size, int):
-        return _SpatialSpec(size, 0, halo)
-    raise InvalidModelError(f"input axis {axis_id} has a size of type {type(size).__name__}; "
-                            "bioimage-cte needs a fixed or parameterized size")
-
-
-def pad_to_valid(image: np.ndarray, specs: Sequence[_SpatialSpec], *, name: str = "model"):
-    """Reflect-pad a (y, x) image, centred, to the smallest size the model accepts plus its halo.
-
-    Returns the padded image and the offset of the original image in it, for cropping back.
-    """
-    sizes = [_valid_size(n, spec) for n, spec in zip(image.shape, specs, strict=True)]
-    for n, size, a, spec in zip(image.shape, sizes, "yx", specs, strict=True):
-        if size < n:
-            raise InvalidImageError(f"{name}: image axis {a} has {n} px but the model takes exactly "
-                                    f"{spec.minimum}; crop or tile the images to that size")
-    before = tuple((s - n) // 2 for s, n in zip(sizes, image.shape, strict=True))
-    pad = [(b, s - n - b) for b, s, n in zip(before, sizes, image.shape, strict=True)]
-    return np.pad(image, pad, mode="reflect" if min(image.shape) > max(max(pad)) else "symmetric"), before
-
-
-def _valid_size(n: int, spec: _SpatialSpec) -> int:
-    """Smallest valid network input size that holds ``n`` pixels plus the halo on both sides."""
-    need = n + 2 * spec.halo
-    if spec.step == 0:
-        return spec.minimum
-    k = max(0, -(-(need - spec.minimum) // spec.step))
-    return spec.minimum + k * spec.step
 
 
 class _Predictor:
-    """Shared plumbing: axes, padding, tiling, slice-wise stacks."""
+    """Shared plumbing: axes, channels, padding, tiling, slice-wise stacks, the scored output."""
 
     def __init__(self, descr: v0_5.ModelDescr, pipeline, *, name: str, max_tile: int,
-                 devices: Sequence[str]) -> None:
+                 devices: Sequence[str], output_channel: str | None = None) -> None:
         self.descr = descr
         self.devices = list(devices)
         self.name = name
         self.max_tile = max_tile
         self._pipeline = pipeline
+        self.readout: Readout = choose_readout(descr, output_channel=output_channel, name=name)
+        self.spatial = spatial_axes(descr)
+        self.in_channels = input_channels(descr)
         self._input_id = MemberId(str(descr.inputs[0].id))
-        self._output_id = MemberId(str(descr.outputs[0].id))
-        self._spec = {a: _spatial_spec(descr, a) for a in "yx"}
-        self._fg = _channel_index(descr, FOREGROUND_NAMES) or 0
-        self._bd = _channel_index(descr, BOUNDARY_NAMES)
+        self._output_id = MemberId(self.readout.tensor)
+        self._specs = [spatial_spec(descr, a, output_id=self.readout.tensor) for a in self.spatial]
         self._in_axes = [str(a.id) for a in descr.inputs[0].axes]
+        self._channel_id = next((str(a.id) for a in descr.inputs[0].axes if isinstance(a, v0_5.ChannelAxis)), None)
 
     @property
     def has_boundary(self) -> bool:
-        return self._bd is not None
+        return self.readout.scored == "foreground" and (self.readout.boundary is not None or
+                                                        bool(self.readout.affinities))
 
     def __enter__(self):
         return self
@@ -315,54 +81,51 @@ class _Predictor:
                 pipeline.unload()
 
     def predict(self, image: np.ndarray) -> Prediction:
-        """Predict one (y, x) image or, slice by slice, one (z, y, x) stack."""
-        if image.ndim == 3:
-            slices = [self._predict_2d(s) for s in image]
-            boundary = None if slices[0].boundary is None else np.stack([s.boundary for s in slices])
-            return Prediction(np.stack([s.foreground for s in slices]), boundary)
-        if image.ndim != 2:
+        """Predict one image: (y, x) or a (z, y, x) stack; with the channel axis first for multi-channel models.
+
+        A 2D model runs on a stack slice by slice; a 3D model runs on it natively, tiled when it is larger
+        than the block budget (``max_tile ** 2`` voxels).
+        """
+        c = self.in_channels
+        ndim = image.ndim - (c > 1)
+        if c > 1 and (ndim not in (2, 3) or image.shape[0] != c):
+            raise InvalidImageError(f"{self.name}: the model takes {c} input channels but the image has shape "
+                                    f"{image.shape}; pass images with {c} channels (--channels to select them)")
+        if ndim not in (2, 3):
             raise InvalidImageError(f"{self.name}: image of shape {image.shape}; pass (y, x) images or (z, y, x) "
                                     "stacks (use --axes to say which axes the files have)")
-        return self._predict_2d(image)
-
-    def _predict_2d(self, image: np.ndarray) -> Prediction:
-        if max(image.shape) > self.max_tile:
-            out = self._run_blocked(image.astype(np.float32))
+        if ndim == 2 and len(self.spatial) == 3:
+            raise InvalidImageError(f"{self.name}: 3D model (input axes {''.join(self.spatial)}) but the image is "
+                                    f"2D {image.shape[-2:]}; rank 3D models on z-stacks (--axes zyx)")
+        if ndim == 3 and len(self.spatial) == 2:
+            z = image.ndim - 3
+            out = np.stack([self._run(np.take(image, i, axis=z)) for i in range(image.shape[z])], axis=1)
         else:
-            out = self._run_padded(image.astype(np.float32))
-        probs = out.astype(np.float32)
-        return Prediction(probs[self._fg], None if self._bd is None else probs[self._bd])
+            out = self._run(image)
+        return self.readout.prediction(out)
 
-    def _run_padded(self, image: np.ndarray) -> np.ndarray:
-        padded, before = pad_to_valid(image, (self._spec["y"], self._spec["x"]), name=self.name)
-        result = self._forward(padded)
-        return result[:, before[0] : before[0] + image.shape[0], before[1] : before[1] + image.shape[1]]
+    def _run(self, image: np.ndarray) -> np.ndarray:
+        """The scored output tensor, channel axis first, for one input of the model's own dimensionality."""
+        todo = plan(image.shape[-len(self.spatial):], self._specs, budget=self.max_tile ** 2)
+        sample = self._sample(pad_centred(image.astype(np.float32, copy=False), todo.pad))
+        if todo.blocked:
+            block = {AxisId(a): n for a, n in zip(self.spatial, todo.sizes, strict=True)}
+            out = self._pipeline.predict_sample_with_fixed_blocking(sample, {self._input_id: block})
+        else:
+            out = self._pipeline.predict_sample_without_blocking(sample, skip_input_padding=True,
+                                                                 skip_output_cropping=True)
+        return crop(self._as_array(out), todo.pad)
 
     def _sample(self, image: np.ndarray) -> Sample:
-        dims = tuple(d for d in self._in_axes if d in ("batch", "channel", "y", "x"))
-        tensor = Tensor(image, dims=("y", "x")).transpose(list(dims), missing_dims="expand")
+        dims = ((self._channel_id,) if self.in_channels > 1 else ()) + tuple(self.spatial)
+        tensor = Tensor(image, dims=dims).transpose(self._in_axes, missing_dims="expand")
         return Sample(members={self._input_id: tensor}, stat={}, id="image")
 
-    def _forward(self, padded: np.ndarray) -> np.ndarray:
-        out = self._pipeline.predict_sample_without_blocking(
-            self._sample(padded), skip_input_padding=True, skip_output_cropping=True
-        )
-        return self._as_cyx(out)
-
-    def _run_blocked(self, image: np.ndarray) -> np.ndarray:
-        # Blocks as large as max_tile allows: bioimageio.core's default blocks are small, and every block
-        # recomputes its halo.
-        spec = self._spec["y"]
-        ns = max(0, (self.max_tile - spec.minimum) // spec.step) if spec.step else 0
-        out = self._pipeline.predict_sample_with_blocking(self._sample(image), ns=ns)
-        return self._as_cyx(out)
-
-    def _as_cyx(self, sample: Sample) -> np.ndarray:
+    def _as_array(self, sample: Sample) -> np.ndarray:
         data = sample.members[self._output_id].data
-        keep = [d for d in ("channel", "y", "x") if d in data.dims]
-        arr = data.transpose(*[d for d in data.dims if d not in keep], *keep).values
-        arr = arr.reshape((-1,) + arr.shape[-2:]) if "channel" in keep else arr.reshape((1,) + arr.shape[-2:])
-        return arr
+        spatial = [d for d in data.dims if str(d) in ("z", "y", "x")]
+        arr = data.transpose(*[d for d in data.dims if d not in spatial], *spatial).values
+        return arr.reshape((-1,) + arr.shape[arr.ndim - len(spatial):])
 
 
 class BlackBoxPredictor(_Predictor):
@@ -379,7 +142,11 @@ class BlackBoxPredictor(_Predictor):
     devices : sequence of str
         Torch devices, e.g. ``["cpu"]`` or ``["cuda:0"]``.
     max_tile : int
-        Images with a side longer than this are predicted tile by tile.
+        Images whose padded input would exceed ``max_tile ** 2`` pixels (voxels, in 3D) are predicted tile by
+        tile, in blocks of at most that many.
+    output_channel : str, optional
+        The output channel to score (see :func:`bioimage_cte.readout.choose_readout`); default: chosen from
+        the output's names.
     code_policy : CodePolicy, optional
         Which package code may run (default: trusted libraries only, see :mod:`bioimage_cte.trust`);
         ``pytorch_state_dict`` weights whose architecture may not run are replaced by torchscript or onnx.
@@ -387,7 +154,7 @@ class BlackBoxPredictor(_Predictor):
 
     def __init__(self, descr: v0_5.ModelDescr, *, name: str = "model", weight_format: str | None = None,
                  devices: Sequence[str] = ("cpu",), max_tile: int = 1024,
-                 code_policy: CodePolicy | None = None) -> None:
+                 code_policy: CodePolicy | None = None, output_channel: str | None = None) -> None:
         _check_inputs(descr, name)  # before any package code or weights are loaded
         descr, self.weight_format = blackbox_weights(descr, weight_format, code_policy or CodePolicy(), name=name)
         try:
@@ -397,7 +164,8 @@ class BlackBoxPredictor(_Predictor):
             _raise_if_damaged(e, name=name, source=source)
             raise InvalidModelError(f"{name}: could not load the model ({_first_line(e)}); check its weights "
                                     "with 'bioimageio test'") from e
-        super().__init__(descr, pipeline, name=name, max_tile=max_tile, devices=devices)
+        super().__init__(descr, pipeline, name=name, max_tile=max_tile, devices=devices,
+                         output_channel=output_channel)
 
 
 class _DropoutAdapter(PytorchModelAdapter):
@@ -461,13 +229,11 @@ def find_bottleneck(net: torch.nn.Module, descr: v0_5.ModelDescr | None = None) 
                 if isinstance(out, torch.Tensor) and out.ndim >= 4:
                     records.append((int(np.prod(out.shape[2:])), -out.shape[1], -len(records), name))
             hooks.append(module.register_forward_hook(record))
-    side = 256
-    if descr is not None:
-        side = _valid_size(128, _spatial_spec(descr, "y"))
+    shape = (1, 1, 256, 256) if descr is None else probe_shape(descr)
     device = next(net.parameters()).device
     try:
         with torch.no_grad():
-            net(torch.zeros(1, 1, side, side, device=device))
+            net(torch.zeros(*shape, device=device))
     finally:
         for h in hooks:
             h.remove()
@@ -491,7 +257,11 @@ class GreyBoxPredictor(_Predictor):
     devices : sequence of str
         Torch devices.
     max_tile : int
-        Images with a side longer than this are predicted tile by tile.
+        Images whose padded input would exceed ``max_tile ** 2`` pixels (voxels, in 3D) are predicted tile by
+        tile, in blocks of at most that many.
+    output_channel : str, optional
+        The output channel to score (see :func:`bioimage_cte.readout.choose_readout`); default: chosen from
+        the output's names.
     code_policy : CodePolicy, optional
         Which package code may run (default: trusted libraries only, see :mod:`bioimage_cte.trust`);
         raises :class:`~bioimage_cte.errors.UntrustedCodeError` when the architecture may not run.
@@ -499,7 +269,7 @@ class GreyBoxPredictor(_Predictor):
 
     def __init__(self, descr: v0_5.ModelDescr, *, name: str = "model", layer: str | None = None,
                  devices: Sequence[str] = ("cpu",), max_tile: int = 1024,
-                 code_policy: CodePolicy | None = None) -> None:
+                 code_policy: CodePolicy | None = None, output_channel: str | None = None) -> None:
         if descr.weights.pytorch_state_dict is None:
             raise InvalidModelError(f"{name}: grey-box access needs pytorch_state_dict weights; this model has "
                                     f"{', '.join(available_weight_formats(descr))}; use an input-perturbation "
@@ -520,7 +290,8 @@ class GreyBoxPredictor(_Predictor):
                     "weights_only=True refused it, nothing in it ran); save only net.state_dict() as the weights"
                 ) from e
             raise InvalidModelError(f"{name}: could not load the torch network ({_first_line(e)})") from e
-        super().__init__(descr, pipeline, name=name, max_tile=max_tile, devices=devices)
+        super().__init__(descr, pipeline, name=name, max_tile=max_tile, devices=devices,
+                         output_channel=output_channel)
 
     @property
     def layer(self) -> str | None:
@@ -543,57 +314,13 @@ class GreyBoxPredictor(_Predictor):
 
 def make_predictor(descr: v0_5.ModelDescr, *, name: str, greybox: bool, weight_format: str | None = None,
                    layer: str | None = None, devices: Sequence[str] = ("cpu",), max_tile: int = 1024,
-                   code_policy: CodePolicy | None = None):
+                   code_policy: CodePolicy | None = None, output_channel: str | None = None):
     """A grey-box predictor for the weights :mod:`bioimage_cte.weights` chooses, else a :class:`BlackBoxPredictor`."""
     from bioimage_cte import graph_greybox, weights
 
-    common = dict(name=name, weight_format=weight_format, devices=devices, max_tile=max_tile, code_policy=code_policy)
+    common = dict(name=name, weight_format=weight_format, devices=devices, max_tile=max_tile, code_policy=code_policy,
+                  output_channel=output_channel)
     if greybox:
         return graph_greybox.make_greybox_predictor(descr, layer=layer, **common)
     weights.check_blackbox_runtime(descr, weight_format, name=name)
     return weights.record_blackbox(BlackBoxPredictor(descr, **common), descr, weight_format)
-
-
-# what torch and zipfile say about a weights file that was cut short or damaged (rather than refused)
-_DAMAGE_MARKERS = ("PytorchStreamReader failed", "unexpected EOF", "file might be corrupted", "negative seek value",
-                   "truncated", "Ran out of input")
-
-
-def _raise_if_damaged(e: BaseException, *, name: str, source: Any) -> None:
-    """Raise a 'corrupt or truncated' error from ``e`` when loading failed on a damaged weights file."""
-    damage = _damaged_weights(e)
-    if damage is not None:
-        raise InvalidModelError(f"{name}: weights file {source} is corrupt or truncated ({damage}); download the "
-                                "package again") from e
-
-
-def _damaged_weights(e: BaseException) -> str | None:
-    """The first line of the error, in ``e``'s chain, showing that a weights file is truncated or damaged; else None.
-
-    bioimageio.core wraps every failure of ``torch.load(weights_only=True)`` in one ValueError, so
-    the original error is looked up in the chain, innermost first. A pickle that ``weights_only``
-    refuses ("Unsupported global") is not damage: the file is whole, only unsafe.
-    """
-    import pickle
-    import zipfile
-
-    chain: list[BaseException] = []
-    while e is not None and e not in chain:
-        chain.append(e)
-        e = e.__cause__ or e.__context__
-    for err in reversed(chain):
-        text = str(err)
-        if "Unsupported global" in text:
-            return None
-        if isinstance(err, zipfile.BadZipFile | EOFError) or (
-            isinstance(err, RuntimeError | ValueError | pickle.UnpicklingError)
-            and any(marker in text for marker in _DAMAGE_MARKERS)
-        ):
-            return _first_line(err)
-    return None
-
-
-def _first_line(e: BaseException) -> str:
-    """``Type: first line of the message``: bioimageio.core's errors run over many lines."""
-    text = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__

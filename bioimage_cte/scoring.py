@@ -67,6 +67,8 @@ class ModelResult:
     seconds: float = 0.0
     sha256: str | None = None
     foreground: list[float] = field(default_factory=list)
+    #: which output tensor and channel were scored, and how they were chosen (``Readout.to_json_dict``)
+    output: dict[str, Any] | None = None
     #: the weights the model ran with: format, grey-box or black-box access, and why (bioimage_cte.weights)
     weights: dict[str, str] | None = None
 
@@ -116,7 +118,7 @@ def score_model(
     name = source.location
     keep_masks = any(e.cross_model for e in estimators)
     common = dict(name=name, weight_format=options.weight_format, devices=[options.device],
-                  code_policy=options.code_policy())
+                  code_policy=options.code_policy(), output_channel=options.output_channel)
     try:
         predictor = make_predictor(descr, greybox=greybox, layer=options.layer, **common)
     except BioimageCteError as e:
@@ -135,7 +137,7 @@ def score_model(
     foreground: list[float] = []
     with predictor:
         for i, path in enumerate(image_paths):
-            image = load_target(path, axes=options.axes)
+            image = _load(path, options, predictor, name)
             with _model_errors(source, path):
                 clean = predictor.predict(image)
                 _check_prediction(clean, source, path)
@@ -155,7 +157,14 @@ def score_model(
         layer_used = getattr(predictor, "layer", None)
         choice = getattr(predictor, "weights", None)
     return ModelResult(source, per_image, true, masks, failures, layer_used, time.perf_counter() - start,
-                       file_sha256(source.location), foreground, None if choice is None else choice.to_json())
+                       file_sha256(source.location), foreground, predictor.readout.to_json_dict(),
+                       None if choice is None else choice.to_json())
+
+
+def _load(path: Path, options: RankOptions, predictor: Any, name: str) -> np.ndarray:
+    """An image as this model is fed it: its channels selected for the model's input channel count."""
+    return load_target(path, axes=options.axes, channels=options.channels, n_channels=predictor.in_channels,
+                       model=name)
 
 
 @contextlib.contextmanager
@@ -227,11 +236,12 @@ def overlay_predictions(
     perturbing = isinstance(estimator, Perturbing)
     predictor = make_predictor(load_model(location), name=location, greybox=estimator.needs_greybox,
                                layer=options.layer, devices=[options.device], code_policy=options.code_policy(),
-                               weight_format=None if estimator.needs_greybox else options.weight_format)
+                               weight_format=None if estimator.needs_greybox else options.weight_format,
+                               output_channel=options.output_channel)
     rows = []
     with predictor:
         for i in indices:
-            image = load_target(Path(image_paths[i]), axes=options.axes)
+            image = _load(Path(image_paths[i]), options, predictor, location)
             clean = predictor.predict(image)
             perturbed = (estimator.perturbed_prediction(predictor, image, seed=options.seed, index=i)
                          if perturbing else None)

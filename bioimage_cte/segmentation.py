@@ -27,11 +27,17 @@ __all__ = ["Prediction", "binarize", "instances", "label_foreground", "watershed
 class Prediction:
     """A model's output on one image: foreground probability and, if the model has one, boundary probability.
 
-    Both are float32 arrays of the image's shape, (y, x) or (z, y, x).
+    Both are float32 arrays of the image's shape, (y, x) or (z, y, x). ``classes`` is the whole
+    (C, ...) probability array of a multi-class (softmax) model, for the multi-class consistency
+    forms; ``foreground`` is then its foreground class (or 1 - background). ``scored`` says what
+    ``foreground`` holds: ``"foreground"``, or ``"boundary"`` for a model without a foreground map
+    (boundary-only or affinity models are scored on their boundary map; see :mod:`bioimage_cte.readout`).
     """
 
     foreground: np.ndarray
     boundary: np.ndarray | None = None
+    classes: np.ndarray | None = None
+    scored: str = "foreground"
 
 
 def _as_2d_map(name: str, array: npt.ArrayLike) -> np.ndarray:

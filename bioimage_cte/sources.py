@@ -295,7 +295,7 @@ def _folder_of_packages(folder: Path) -> list[ModelSource]:
                     )
                 )
         elif child.is_file() and child.suffix.lower() == ".zip":
-            # Checked when loaded (predictors.load_model): one bad zip in a zoo folder is one failed model.
+            # Checked when loaded (models.load_model): one bad zip in a zoo folder is one failed model.
             found.append(ModelSource(name=child.stem, source=str(child), kind="zip", location=str(child.resolve())))
     if not found:
         raise InvalidModelError(

@@ -29,21 +29,19 @@ __all__ = ["torchscript_as_onnx"]
 OPSET = 17
 
 
-def torchscript_as_onnx(descr, *, side: int) -> bytes:
+def torchscript_as_onnx(descr) -> bytes:
     """The model's torchscript weights exported to an ONNX graph (bytes), with free batch and spatial axes.
 
     Parameters
     ----------
     descr : ModelDescr
         A model description with ``torchscript`` weights.
-    side : int
-        Side of the example input used for the export (a valid input size).
     """
     module = torch.jit.load(descr.weights.torchscript.get_reader(), map_location="cpu")
     module.eval()
-    example = torch.from_numpy(probe_input(descr, side))
+    example = torch.from_numpy(probe_input(descr))
     outputs = [f"output{i}" for i in range(len(descr.outputs))]
-    free = ("batch", "y", "x")
+    free = ("batch", "z", "y", "x")
     dynamic = {"input": {i: str(a.id) for i, a in enumerate(descr.inputs[0].axes) if str(a.id) in free}}
     for name, tensor in zip(outputs, descr.outputs, strict=True):
         dynamic[name] = {i: f"{name}_{a.id}" for i, a in enumerate(tensor.axes) if str(a.id) in free}

@@ -141,7 +141,7 @@ def test_tags_fingerprint_and_annotation_survive_a_bomb(bomb_package):
 
 
 def test_sources_walk_visits_shared_data_once():
-    from bioimage_cte.predictors import _sources
+    from bioimage_cte.models import _sources
 
     node: object = [{"source": "weights.pt"}]
     for _ in range(40):  # 2**40 paths through the same objects
@@ -250,7 +250,7 @@ def _truncated_state_dict() -> bytes:
 def test_truncated_weights_are_named_corrupt_and_refused_pickles_are_not():
     import torch
 
-    from bioimage_cte.predictors import _damaged_weights
+    from bioimage_cte.models import _damaged_weights
 
     def as_bioimageio_raises(blob: bytes) -> Exception:
         try:

@@ -100,8 +100,22 @@ def test_run_settings_record_every_run_option():
     options = RankOptions(seed=5, task="instance", device="cuda", tag="cells", trusted_libraries=["mylab"])
     assert options.trusted_libraries == ("mylab",)  # a list becomes a tuple: the options stay hashable
     assert options.run_settings() == {"seed": 5, "task": "instance", "axes": None, "device": "cuda", "layer": None,
+                                      "channels": None, "output_channel": None,
                                       "weight_format": None, "tag": "cells", "trust_code": False,
                                       "trusted_libraries": ["mylab"]}
+
+
+def test_channels_are_parsed_and_checked_and_change_the_score_key_only_when_set():
+    assert RankOptions(channels="0, 2").channels == (0, 2)
+    assert RankOptions(channels=[1]).channels == (1,)
+    for bad in ("0,x", "", "1,1", "-1"):
+        with pytest.raises(ValueError, match="channel indices"):
+            RankOptions(channels=bad)
+    base = RankOptions().score_settings()
+    assert "channels" not in base and "output_channel" not in base  # keys of earlier runs stay valid
+    chosen = RankOptions(channels=(2, 0), output_channel="nuclei").score_settings()
+    assert chosen == {**base, "channels": [2, 0], "output_channel": "nuclei"}
+    assert RankOptions.from_json_dict(RankOptions(channels=(2, 0)).to_json_dict()).channels == (2, 0)
 
 
 def test_json_round_trip():

@@ -18,6 +18,7 @@ from bioimage_cte.estimators import CTEDropout, CTEInput, FewLabelOracle, MeanCo
 from bioimage_cte.options import RankOptions
 from bioimage_cte.perturbations import FeatureDropout
 from bioimage_cte.ranking import build_ranking
+from bioimage_cte.readout import Readout
 from bioimage_cte.scoring import Stage, rank_models, score_model
 from bioimage_cte.segmentation import Prediction
 from bioimage_cte.sources import ModelSource, file_sha256
@@ -35,6 +36,8 @@ class FakePredictor:
         self.level = {"sharp": 0.5, "dim": 0.8}.get(Path(name).stem.split("-")[0], 0.5)
         self.layer = "bottleneck" if greybox else None
         self._dropout: FeatureDropout | None = None
+        self.in_channels = 1
+        self.readout = Readout("prob", ("foreground",), 0, how="channel named 'foreground' as foreground")
 
     def __enter__(self):
         self.log.append(("enter", Path(self.name).stem, self.greybox))
@@ -79,7 +82,8 @@ def predictors(monkeypatch):
             raise InvalidModelError(f"{location} is not a valid zip")
         return types.SimpleNamespace(location=location, stem=stem)
 
-    def make_predictor(descr, *, name, greybox, layer=None, weight_format=None, devices=("cpu",), code_policy=None):
+    def make_predictor(descr, *, name, greybox, layer=None, weight_format=None, devices=("cpu",), code_policy=None,
+                       output_channel=None):
         log.append(("make", descr.stem, greybox))
         if greybox and descr.stem.startswith("untrusted"):
             raise UntrustedCodeError(f"{name}: skipped by grey-box estimators: its architecture is package code")

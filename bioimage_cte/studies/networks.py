@@ -86,7 +86,8 @@ def load_packaged_network(location: str | Path, *, name: str | None = None,
     from bioimageio.core.backends.pytorch_backend import load_torch_model
     from bioimageio.spec.model import v0_5
 
-    from bioimage_cte.predictors import _spatial_spec, load_model
+    from bioimage_cte.models import load_model
+    from bioimage_cte.tiling import spatial_spec
     from bioimage_cte.trust import available_weight_formats
 
     location = str(location)
@@ -107,7 +108,7 @@ def load_packaged_network(location: str | Path, *, name: str | None = None,
     except Exception as e:
         raise InvalidModelError(f"{location}: could not load the torch network ({type(e).__name__}: {e})") from e
     channels = next((len(a.channel_names) for a in descr.outputs[0].axes if isinstance(a, v0_5.ChannelAxis)), 1)
-    spec = _spatial_spec(descr, "y")
+    spec = spatial_spec(descr, "y")
     arch = weights.architecture
     return PackagedNetwork(
         name=name or str(descr.name), source=location, net=net, preprocessing=preprocessing, percentiles=percentiles,
@@ -133,9 +134,9 @@ def scratch_network(model: PackagedNetwork, *, seed: int) -> PackagedNetwork:
 
 def _pad_to_valid(image: np.ndarray, model: PackagedNetwork) -> tuple[np.ndarray, tuple[int, int]]:
     # the predictors' padding: what the packaged pipeline is fed at prediction time
-    from bioimage_cte.predictors import _SpatialSpec, pad_to_valid
+    from bioimage_cte.tiling import SpatialSpec, pad_to_valid
 
-    spec = _SpatialSpec(model.min_size, model.step, model.halo)
+    spec = SpatialSpec(model.min_size, model.step, model.halo)
     return pad_to_valid(image, (spec, spec), name=model.source)
 
 
