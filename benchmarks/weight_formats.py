@@ -43,6 +43,8 @@ def timed(name: str, paths, options: RankOptions, repeats: int) -> tuple[float, 
         start = time.perf_counter()
         result = score_model(source, paths, [make_estimator("cte-dropout")], options)
         seconds.append(time.perf_counter() - start)
+        if "cte-dropout" in result.failures:
+            raise SystemExit(f"{name}: {result.failures['cte-dropout'][1]}")
         score, fmt = float(np.median(result.per_image["cte-dropout"])), result.weights["format"]
     return statistics.median(seconds), score, fmt
 

@@ -270,7 +270,7 @@ def collect_results(jobs: Sequence[ScoreJob], store: ResultStore) -> tuple[list[
         else:
             # the current sha256, not the stored one: a package annotated since has the same scores and a new file
             results.append(ModelResult(job.source, record.per_image, record.true, None, record.failures, record.layer,
-                                       record.seconds, job.sha256, record.foreground, record.weights))
+                                       record.seconds, job.sha256, record.foreground, weights=record.weights))
     return results, failures
 
 

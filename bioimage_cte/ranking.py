@@ -119,7 +119,7 @@ def build_ranking(
     rows.sort(key=lambda r: (not math.isfinite(r[1]), -r[1] if math.isfinite(r[1]) else 0.0))
     scores = tuple(
         ModelScore(r.source.name, r.source.source, score, rank, agg.n_images, agg.n_valid, agg.n_empty, values, note,
-                   r.sha256, fraction, interval, r.output, r.weights)
+                   r.sha256, fraction, interval, output=r.output, weights=r.weights)
         for rank, (r, score, agg, values, note, fraction, interval) in enumerate(rows, start=1)
     )
     return Ranking(estimator.name, dict(estimator.settings()), scores, tuple(failed))
