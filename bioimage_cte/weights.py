@@ -1,20 +1,16 @@
 """Which weights each model runs with, and why (recorded per model in the ranking JSON).
 
-How each weights format is run:
+How each weights format is run, and what it needs:
 
-========================================  ==========================================  ====================
-format                                    how                                         needs
-========================================  ==========================================  ====================
-``pytorch_state_dict``                    grey-box: forward hook on the torch network  the architecture code
-                                                                                       allowed (:mod:`trust`)
-``onnx``                                  grey-box: graph rewritten with a mask input  extra ``[onnx]``
-                                          (:mod:`bioimage_cte.onnx_greybox`)
-``torchscript``                           grey-box: exported to ONNX, then as onnx     extra ``[onnx]``
-                                          (:mod:`bioimage_cte.torchscript_greybox`);
-                                          black-box with torch alone
-``tensorflow_saved_model_bundle``,        black-box: bioimageio.core's TensorFlow /   extra ``[tensorflow]``
-``keras_hdf5``                            Keras adapter
-========================================  ==========================================  ====================
+- ``pytorch_state_dict``: grey-box by a forward hook on the torch network
+  (:class:`bioimage_cte.predictors.GreyBoxPredictor`); its architecture code must be allowed
+  (:mod:`bioimage_cte.trust`);
+- ``onnx``: grey-box by a graph rewritten with a channel-mask input (:mod:`bioimage_cte.onnx_greybox`);
+  extra ``[onnx]``;
+- ``torchscript``: grey-box after an export to ONNX (:mod:`bioimage_cte.torchscript_greybox`), extra ``[onnx]``;
+  black-box with torch alone;
+- ``tensorflow_saved_model_bundle``, ``keras_hdf5``: black-box only, through bioimageio.core's TensorFlow and
+  Keras adapters; extra ``[tensorflow]``.
 
 For grey-box estimators :func:`greybox_weights` takes the state dict when its architecture may
 run (the user's own decision through :class:`~bioimage_cte.trust.CodePolicy`), and otherwise the
