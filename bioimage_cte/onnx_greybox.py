@@ -10,6 +10,10 @@ every value bit-identical) and every dropout mask. Masks are drawn by
 :meth:`~bioimage_cte.perturbations.FeatureDropout.channel_mask`, exactly as the state-dict hook
 draws them, so both formats of one network drop the same channels.
 
+Feature maps are taken as channels-first (batch, channel, spatial...), as torch exports them; a graph
+converted from a channels-last framework would have its spatial axis masked instead (no such graph is
+known in the zoo's onnx weights, which come from torch).
+
 The graph is used through bioimageio.core's ONNX model adapter, so the model's own pre- and
 postprocessing, padding and tiling stay those of :mod:`bioimage_cte.predictors`.
 
@@ -31,6 +35,7 @@ __all__ = ["MASK_INPUT", "OnnxDropoutAdapter", "find_feature_tensor", "insert_ch
 
 MASK_INPUT = "bioimage_cte_channel_mask"
 """Name of the graph input that carries the channel mask."""
+
 
 def _producer_order(graph) -> dict[str, int]:
     """Position of the node producing each tensor (ONNX stores nodes in topological order)."""
