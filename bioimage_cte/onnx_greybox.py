@@ -11,8 +11,8 @@ every value bit-identical) and every dropout mask. Masks are drawn by
 draws them, so both formats of one network drop the same channels.
 
 Feature maps are taken as channels-first (batch, channel, spatial...), as torch exports them; a graph
-converted from a channels-last framework would have its spatial axis masked instead (no such graph is
-known in the zoo's onnx weights, which come from torch).
+converted from a channels-last framework (TensorFlow) would have a spatial axis masked instead: a known
+limitation, not checked here.
 
 The graph is used through bioimageio.core's ONNX model adapter, so the model's own pre- and
 postprocessing, padding and tiling stay those of :mod:`bioimage_cte.predictors`.
