@@ -42,6 +42,7 @@ from ranking_quality import write_held_out_targets  # noqa: E402
 
 from bioimage_cte.consistency import hard_consistency, soft_consistency  # noqa: E402
 from bioimage_cte.demozoo.archs.unet import UNet2d  # noqa: E402
+from bioimage_cte.demozoo.formats import trained_only  # noqa: E402
 from bioimage_cte.estimators import CTEDropout  # noqa: E402
 from bioimage_cte.images import list_images, load_labels, load_target, target_task  # noqa: E402
 from bioimage_cte.metrics import foreground_dice  # noqa: E402
@@ -189,7 +190,7 @@ def main() -> None:
 
 def measure(n_held_out: int, n_images: int, options: RankOptions, *, smoke: bool = False) -> dict:
     """Every variant on the held-out targets (6 images each) and then on the shipped ones (``smoke``: 1, 1, none)."""
-    sources = find_models([ROOT / "resources" / "zoo"])
+    sources = trained_only(find_models([ROOT / "resources" / "zoo"]))  # a format variant is its source again
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         held_out = run(write_held_out_targets(1 if smoke else n_held_out, Path(tmp)), 1 if smoke else 6, sources,

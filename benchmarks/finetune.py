@@ -31,6 +31,7 @@ def run_target(target: str, steps: int, ks: list, seed: int) -> dict:
     import torch
 
     torch.set_num_threads(1)
+    from bioimage_cte.demozoo.formats import trained_only
     from bioimage_cte.images import list_images, load_labels, load_target, target_task
     from bioimage_cte.options import RankOptions
     from bioimage_cte.sources import filter_by_tag, find_models
@@ -42,7 +43,7 @@ def run_target(target: str, steps: int, ks: list, seed: int) -> dict:
     start, cpu_start = time.perf_counter(), time.process_time()
     paths = list_images(folder / "images")
     labels = load_labels(paths, folder / "labels")
-    sources = filter_by_tag(find_models([ROOT / "resources" / "zoo"]), target_task(folder) or "")
+    sources = filter_by_tag(trained_only(find_models([ROOT / "resources" / "zoo"])), target_task(folder) or "")
     zero_shot = zero_shot_cte(sources, paths, options)
     cte_seconds = time.perf_counter() - start
     bench = run_finetune_benchmark([(s.name, s.location) for s in sources], [load_target(p) for p in paths], labels,

@@ -34,6 +34,7 @@ import numpy as np
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+from bioimage_cte.demozoo.formats import trained_only  # noqa: E402
 from bioimage_cte.demozoo.synthetic import STYLE_TASKS, random_domain, render_many  # noqa: E402
 from bioimage_cte.estimators import LABEL_FREE, CTEDropout, CTEInput, Estimator  # noqa: E402
 from bioimage_cte.evaluation import evaluate_rankings  # noqa: E402
@@ -115,7 +116,7 @@ def main() -> None:
     args = parser.parse_args()
     stem = "ranking_quality_held_out" if args.held_out else "ranking_quality"
     output = args.output or ROOT / "benchmarks" / "results" / stem
-    sources = find_models([ROOT / "resources" / "zoo"])
+    sources = trained_only(find_models([ROOT / "resources" / "zoo"]))  # a format variant is its source again
     reports: dict[int, dict[str, dict]] = {}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -91,9 +91,10 @@ DeviceOpt = Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda:0."
 SeedOpt = Annotated[int, typer.Option(help="Seed for perturbations; the same seed reproduces scores exactly.")]
 LayerOpt = Annotated[str | None, typer.Option(help="Layer to perturb for grey-box estimators (module name); "
                                               "default: the bottleneck, found automatically.")]
-WeightsOpt = Annotated[str | None, typer.Option("--weight-format", help="Weights format for black-box "
-                                                "prediction (e.g. torchscript, onnx); default: bioimageio's "
-                                                "priority order.")]
+WeightsOpt = Annotated[str | None, typer.Option("--weight-format", help="Weights format to run (e.g. "
+                                                "torchscript, onnx); default: grey-box estimators take the state "
+                                                "dict if its code may run, else onnx, then torchscript; black-box "
+                                                "ones bioimageio's priority order.")]
 RepeatsOpt = Annotated[int, typer.Option(help="Perturbed runs per image (their consistencies are averaged).")]
 TagOpt = Annotated[str | None, typer.Option("--tag", help="Rank only the models whose RDF has this tag, e.g. "
                                             "'nuclei' (CTE compares models made for the same task).")]
@@ -187,11 +188,12 @@ def _progress(label: str = "scoring") -> Iterator[Progress]:
 def _ranking_table(ranking, title: str) -> Table:
     table = Table(title=title, title_justify="left")
     for column, justify in (("rank", "right"), ("model", "left"), ("score", "right"), ("images", "right"),
-                            ("empty", "right"), ("note", "left")):
+                            ("empty", "right"), ("weights", "left"), ("note", "left")):
         table.add_column(column, justify=justify)
     for s in ranking.scores:
         score = "n/a" if s.score != s.score else f"{s.score:.4f}"
-        table.add_row(str(s.rank), s.name, score, str(s.n_images), str(s.n_empty), s.note)
+        weights = "" if s.weights is None else s.weights["format"]  # the JSON says why (bioimage_cte.weights)
+        table.add_row(str(s.rank), s.name, score, str(s.n_images), str(s.n_empty), weights, s.note)
     return table
 
 

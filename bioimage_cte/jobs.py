@@ -242,7 +242,7 @@ def score_job(job: ScoreJob, store: ResultStore, *, refresh: bool = False) -> Jo
                          name=job.source.name, source=job.source.source, sha256=result.sha256,
                          images=tuple(p.name for p in paths), per_image=result.per_image, true=result.true,
                          failures=result.failures, layer=result.layer, seconds=result.seconds, created=now(),
-                         foreground=result.foreground)
+                         foreground=result.foreground, weights=result.weights)
     store.put(job.key, record)
     return JobOutcome(job.key, "ok", scored=True)
 
@@ -270,7 +270,7 @@ def collect_results(jobs: Sequence[ScoreJob], store: ResultStore) -> tuple[list[
         else:
             # the current sha256, not the stored one: a package annotated since has the same scores and a new file
             results.append(ModelResult(job.source, record.per_image, record.true, None, record.failures, record.layer,
-                                       record.seconds, job.sha256, record.foreground))
+                                       record.seconds, job.sha256, record.foreground, weights=record.weights))
     return results, failures
 
 

@@ -47,6 +47,18 @@ class FeatureDropout:
         if not 0.0 <= self.p < 1.0:
             raise ValueError(f"dropout rate p={self.p} is out of range: use 0 <= p < 1 (e.g. 0.2)")
 
+    def channel_mask(self, n_channels: int) -> np.ndarray:
+        """The (n_channels,) float32 mask: 0 for a dropped channel, 1/(1-p) for a kept one.
+
+        Drawn with torch's generator, as the state-dict grey-box hook draws it, so that every weights
+        format of one network drops the same channels for the same seed.
+        """
+        import torch
+
+        gen = torch.Generator().manual_seed(self.seed)
+        keep = torch.rand(n_channels, generator=gen) >= self.p
+        return (keep.float() / (1.0 - self.p)).numpy()
+
 
 @dataclass(frozen=True)
 class InputPerturbation:

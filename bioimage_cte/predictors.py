@@ -286,9 +286,12 @@ class GreyBoxPredictor(_Predictor):
 def make_predictor(descr: v0_5.ModelDescr, *, name: str, greybox: bool, weight_format: str | None = None,
                    layer: str | None = None, devices: Sequence[str] = ("cpu",), max_tile: int = 1024,
                    code_policy: CodePolicy | None = None, output_channel: str | None = None):
-    """A :class:`GreyBoxPredictor` if ``greybox`` else a :class:`BlackBoxPredictor`."""
+    """A grey-box predictor for the weights :mod:`bioimage_cte.weights` chooses, else a :class:`BlackBoxPredictor`."""
+    from bioimage_cte import graph_greybox, weights
+
+    common = dict(name=name, weight_format=weight_format, devices=devices, max_tile=max_tile, code_policy=code_policy,
+                  output_channel=output_channel)
     if greybox:
-        return GreyBoxPredictor(descr, name=name, layer=layer, devices=devices, max_tile=max_tile,
-                                code_policy=code_policy, output_channel=output_channel)
-    return BlackBoxPredictor(descr, name=name, weight_format=weight_format, devices=devices, max_tile=max_tile,
-                             code_policy=code_policy, output_channel=output_channel)
+        return graph_greybox.make_greybox_predictor(descr, layer=layer, **common)
+    weights.check_blackbox_runtime(descr, weight_format, name=name)
+    return weights.record_blackbox(BlackBoxPredictor(descr, **common), descr, weight_format)

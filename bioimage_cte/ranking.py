@@ -44,6 +44,7 @@ class ModelScore:
     sha256: str | None = None
     foreground_fraction: float = math.nan
     interval: tuple[float, float] = (math.nan, math.nan)
+    weights: dict[str, str] | None = None
     #: the output tensor and channel scored, and how they were chosen (see :mod:`bioimage_cte.readout`)
     output: dict[str, Any] | None = None
 
@@ -75,7 +76,8 @@ def _json_score(s: ModelScore) -> dict[str, Any]:
             "n_images": s.n_images, "n_valid": s.n_valid, "n_empty": s.n_empty,
             "per_image": [finite(v) for v in s.per_image], "note": s.note, "sha256": s.sha256,
             "foreground_fraction": finite(s.foreground_fraction),
-            "interval": [finite(s.interval[0]), finite(s.interval[1])], "output": s.output}
+            "interval": [finite(s.interval[0]), finite(s.interval[1])], "output": s.output,
+            "weights": s.weights}
 
 
 def _per_image_scores(results: Sequence[ModelResult], estimator: Estimator) -> list[list[float] | None]:
@@ -117,7 +119,7 @@ def build_ranking(
     rows.sort(key=lambda r: (not math.isfinite(r[1]), -r[1] if math.isfinite(r[1]) else 0.0))
     scores = tuple(
         ModelScore(r.source.name, r.source.source, score, rank, agg.n_images, agg.n_valid, agg.n_empty, values, note,
-                   r.sha256, fraction, interval, r.output)
+                   r.sha256, fraction, interval, output=r.output, weights=r.weights)
         for rank, (r, score, agg, values, note, fraction, interval) in enumerate(rows, start=1)
     )
     return Ranking(estimator.name, dict(estimator.settings()), scores, tuple(failed))

@@ -151,6 +151,8 @@ class ScoreRecord:
         One-line reason when ``status == "failed"``.
     stage : str or None
         Where a failed model dropped out (:class:`bioimage_cte.scoring.Stage`), when ``status == "failed"``.
+    weights : dict or None
+        The weights the model ran with (format, access, reason; :class:`bioimage_cte.weights.WeightChoice`).
     seconds : float
         Scoring time.
     created : str
@@ -176,6 +178,7 @@ class ScoreRecord:
     created: str = ""
     foreground: list[float] = field(default_factory=list)
     stage: str | None = None
+    weights: dict[str, str] | None = None
 
     @property
     def key(self) -> str:

@@ -69,6 +69,8 @@ class ModelResult:
     foreground: list[float] = field(default_factory=list)
     #: which output tensor and channel were scored, and how they were chosen (``Readout.to_json_dict``)
     output: dict[str, Any] | None = None
+    #: the weights the model ran with: format, grey-box or black-box access, and why (bioimage_cte.weights)
+    weights: dict[str, str] | None = None
 
 
 def _true_metrics(clean: Prediction, labels: np.ndarray, out: dict[str, list[float]]) -> None:
@@ -153,8 +155,10 @@ def score_model(
             if on_image is not None:
                 on_image()
         layer_used = getattr(predictor, "layer", None)
+        choice = getattr(predictor, "weights", None)
     return ModelResult(source, per_image, true, masks, failures, layer_used, time.perf_counter() - start,
-                       file_sha256(source.location), foreground, predictor.readout.to_json_dict())
+                       file_sha256(source.location), foreground, predictor.readout.to_json_dict(),
+                       None if choice is None else choice.to_json())
 
 
 def _load(path: Path, options: RankOptions, predictor: Any, name: str) -> np.ndarray:

@@ -18,8 +18,8 @@ A zoo-wide run touches hundreds of packages written by others, so by default
    instead, and the package's copy is never executed;
 3. anything else runs only with ``trust_code=True`` (``--trust-code``). Without it, black-box
    prediction uses the package's ``torchscript`` or ``onnx`` weights (graphs, not Python), grey-box
-   estimators skip the model with the reason, and a model with custom processing code, or without
-   code-free weights, is skipped with the reason.
+   estimators perturb those weights instead (:mod:`bioimage_cte.weights`), and a model with custom
+   processing code, or without code-free weights, is skipped with the reason.
 
 The checks run on the loaded description, before bioimageio.core imports anything from the package.
 Weights are always loaded by bioimageio.core 0.11 with ``torch.load(..., weights_only=True)``

@@ -2,6 +2,7 @@
 
     python examples/build_demo_zoo.py            # models + synthetic targets (about 15 minutes on 2 cores)
     python examples/build_demo_zoo.py --only data
+    python examples/build_demo_zoo.py --only formats   # onnx/torchscript/Keras variants of built models
 
 Models are written to ``resources/zoo/<name>.zip`` (real bioimageio packages), synthetic targets
 to ``resources/data/<target>/{images,labels}/*.tif``. The real DSB2018 target is not rebuilt
@@ -157,6 +158,14 @@ def build_targets() -> None:
         )
 
 
+def build_format_variants() -> None:
+    """The onnx-only, torchscript-only, own-architecture (+onnx) and, with tensorflow, Keras packages."""
+    from bioimage_cte.demozoo.formats import build_format_variants as build
+
+    for path in build(ZOO):
+        print(f"{path.name}: exported")
+
+
 def _set_zoo(zoo: Path) -> None:
     global ZOO
     ZOO = zoo  # worker processes do not see main()'s arguments
@@ -165,7 +174,8 @@ def _set_zoo(zoo: Path) -> None:
 def main() -> None:
     global ZOO, DATA
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["models", "data"], help="build only the models or only the data")
+    parser.add_argument("--only", choices=["models", "data", "formats"],
+                        help="build only the models, the data, or the format variants (from the built models)")
     parser.add_argument("--models", nargs="*", help="names of the models to rebuild (default: all)")
     parser.add_argument("--workers", type=int, default=2, help="parallel training processes")
     parser.add_argument("--zoo-dir", type=Path, default=ZOO, help="where the model packages go")
@@ -173,14 +183,16 @@ def main() -> None:
     args = parser.parse_args()
     ZOO, DATA = args.zoo_dir, args.data_dir
     start = time.perf_counter()
-    if args.only != "models":
+    if args.only not in ("models", "formats"):
         build_targets()
         print(f"targets built in {time.perf_counter() - start:.1f} s")
-    if args.only != "data":
+    if args.only not in ("data", "formats"):
         chosen = [m for m in MODELS if not args.models or m.name in args.models]
         with ProcessPoolExecutor(max_workers=args.workers, initializer=_set_zoo, initargs=(ZOO,)) as pool:
             for name, seconds in pool.map(build_model, chosen):
                 print(f"{name}: {seconds:.1f} s")
+    if args.only != "data":
+        build_format_variants()
     print(f"total {time.perf_counter() - start:.1f} s")
 
 

@@ -53,13 +53,14 @@ MODELS = {
     "nan-output": ("the network returns NaN", "the model returned NaN or inf on"),
     "model-3d": ("a 3D model (z axis)", "3D model (input axes ['batch', 'channel', 'z', 'y', 'x'])"),
     "rgb-model": ("a model for 3-channel images", "model expects 3 input channels"),
-    "custom-code-arch": ("an architecture file that is no known module (it writes a marker when imported)",
-                         "architecture is Python code shipped in the package (unet.py:UNet2d), which does not run"),
     "custom-code-only": ("the same architecture file, and no torchscript weights to fall back to",
                          "architecture is Python code shipped in the package (unet.py:UNet2d), which does not run"),
 }
 #: models that load but may not run their network by default: grey-box estimators skip them
-SKIPPED_BY_GREYBOX = ("custom-code-arch", "custom-code-only")
+SKIPPED_BY_GREYBOX = ("custom-code-only",)
+#: an architecture file that is no known module (it writes a marker when imported), beside torchscript weights:
+#: grey-box estimators rank it through its torchscript weights (exported to ONNX), and the file never runs
+RANKED_WITHOUT_ITS_CODE = "custom-code-arch"
 #: image folder -> what is wrong with it
 IMAGES = {
     "unreadable": "a .tif of random bytes",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from corpus import MODELS, SKIPPED_BY_GREYBOX, _rewrite
+from corpus import MODELS, RANKED_WITHOUT_ITS_CODE, SKIPPED_BY_GREYBOX, _rewrite
 from typer.testing import CliRunner
 
 from bioimage_cte.cli import app
@@ -42,8 +42,11 @@ def cli_ranking(corpus, tmp_path_factory):
 def test_good_models_are_ranked_despite_every_bad_one(cli_ranking):
     result, payload = cli_ranking
     assert result.exit_code == 0, result.output
-    assert f"ranking of {len(MODELS) + 2} models on 2 images" in result.output
-    assert sorted(m["name"] for m in payload["models"]) == ["good-file-arch", "good-library-arch"]
+    assert f"ranking of {len(MODELS) + 3} models on 2 images" in result.output
+    assert sorted(m["name"] for m in payload["models"]) == sorted(["good-file-arch", "good-library-arch",
+                                                                   RANKED_WITHOUT_ITS_CODE])
+    (ranked,) = [m for m in payload["models"] if m["name"] == RANKED_WITHOUT_ITS_CODE]
+    assert (ranked["weights"]["format"], ranked["weights"]["access"]) == ("torchscript", "grey-box")
     assert all(m["score"] is not None and m["n_valid"] == 2 for m in payload["models"])
     assert sorted(f["name"] for f in payload["failures"]) == sorted(MODELS)
 
@@ -104,6 +107,10 @@ def test_trust_code_runs_the_package_architecture_only_when_asked(corpus):
     image = sorted(corpus.good_images.iterdir())[0]
     result = _invoke("rank", package, "--images", image)
     assert result.exit_code == 0, result.output
+    # ranked through its torchscript weights; the JSON says why they were used
+    assert "custom-code-arch" in result.output and "skipped" not in result.output
+    assert not corpus.marker.exists()
+    result = _invoke("rank", package, "--images", image, "--weight-format", "pytorch_state_dict")
     assert "skipped custom-code-arch (skipped)" in result.output and "--trust-code" in result.output
     assert not corpus.marker.exists()
     try:

@@ -17,9 +17,17 @@ ZOO = ROOT / "resources" / "zoo"
 PACKAGES = sorted(ZOO.glob("*.zip"))
 
 
+def _rdf(package: Path) -> dict:
+    return yaml.safe_load(zipfile.ZipFile(package).read("rdf.yaml"))
+
+
+#: the trained models; the others are format variants exported from them (bioimage_cte.demozoo.formats)
+TRAINED = [p for p in PACKAGES if "exported_from" not in _rdf(p)["config"]["bioimage_cte"]]
+
+
 def test_zoo_has_enough_varied_models():
-    assert len(PACKAGES) >= 8
-    rdfs = [yaml.safe_load(zipfile.ZipFile(p).read("rdf.yaml")) for p in PACKAGES]
+    assert len(TRAINED) >= 8
+    rdfs = [_rdf(p) for p in TRAINED]
     channels = [len(r["outputs"][0]["axes"][1]["channel_names"]) for r in rdfs]
     assert channels.count(2) >= 2  # foreground + boundary models for instance segmentation
     sizes = {r["weights"]["pytorch_state_dict"]["architecture"]["kwargs"]["features"] for r in rdfs}
@@ -31,9 +39,23 @@ def test_zoo_has_enough_varied_models():
     assert sum(p.stat().st_size for p in PACKAGES) < 30 * 1024**2
 
 
+def test_format_variants_carry_the_weights_their_card_names():
+    from bioimage_cte.demozoo.formats import FORMAT_VARIANTS, KERAS_VARIANT
+
+    variants = {p.stem: _rdf(p) for p in PACKAGES if p not in TRAINED}
+    assert sorted(variants) == sorted(v.name for v in (*FORMAT_VARIANTS, KERAS_VARIANT))
+    for variant in (*FORMAT_VARIANTS, KERAS_VARIANT):
+        rdf = variants[variant.name]
+        assert sorted(rdf["weights"]) == sorted(variant.formats), variant.name
+        assert rdf["config"]["bioimage_cte"]["exported_from"] == variant.source
+        assert (ZOO / f"{variant.source}.zip") in TRAINED and "nuclei" in rdf["tags"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("package", PACKAGES, ids=[p.stem for p in PACKAGES])
 def test_package_loads_offline_and_passes_test_model(package):
+    if "keras_hdf5" in _rdf(package)["weights"]:
+        pytest.importorskip("tensorflow", reason="keras_hdf5 weights need tensorflow: pip install '.[tensorflow]'")
     from bioimageio.core import test_model
     from bioimageio.spec import load_description
     from bioimageio.spec.model.v0_5 import ModelDescr
@@ -72,7 +94,7 @@ def test_transfer_matrix_spreads_on_every_target():
     for target, scores in table.items():
         # every package whose input fits the target's images: 3D models run on z-stacks only, 2-channel models on
         # 2-channel images only (the pairs that do not fit fail with a one-line reason)
-        assert set(scores) == {p.stem for p in PACKAGES if _fits(p, target)}, target
+        assert set(scores) == {p.stem for p in TRAINED if _fits(p, target)}, target
         assert max(scores.values()) - min(scores.values()) >= 0.3, target
         names = sorted(scores)
         for i, a in enumerate(names):

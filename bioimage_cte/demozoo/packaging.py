@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -55,7 +55,7 @@ def _preprocessing_descr(method: Preprocessing):
     )
 
 
-def _axes(kind: str, channel_names: list[str], depth: int, halo: int):
+def _axes(kind: str, channel_names: list[str], depth: int, halo: int, *, channel_last: bool = False):
     from bioimageio.spec.model.v0_5 import (
         AxisId,
         BatchAxis,
@@ -71,13 +71,15 @@ def _axes(kind: str, channel_names: list[str], depth: int, halo: int):
     channel = ChannelAxis(channel_names=[Identifier(c) for c in channel_names])
     if kind == "input":
         size = ParameterizedSize(min=64, step=2**depth)
-        return [BatchAxis(), channel] + [SpaceInputAxis(id=AxisId(a), size=size) for a in "yx"]
-    return [BatchAxis(), channel] + [
-        SpaceOutputAxisWithHalo(
-            id=AxisId(a), halo=halo, size=SizeReference(tensor_id=TensorId("raw"), axis_id=AxisId(a))
-        )
-        for a in "yx"
-    ]
+        space = [SpaceInputAxis(id=AxisId(a), size=size) for a in "yx"]
+    else:
+        space = [
+            SpaceOutputAxisWithHalo(
+                id=AxisId(a), halo=halo, size=SizeReference(tensor_id=TensorId("raw"), axis_id=AxisId(a))
+            )
+            for a in "yx"
+        ]
+    return [BatchAxis()] + (space + [channel] if channel_last else [channel] + space)
 
 
 def build_package(
@@ -91,6 +93,8 @@ def build_package(
     features: int,
     depth: int,
     halo: int = 16,
+    formats: tuple[str, ...] = ("pytorch_state_dict", "torchscript"),
+    architecture_file: Path = ARCHITECTURE_FILE,
 ) -> Path:
     """Write ``net`` (a trained ``UNet2d``) as a zipped bioimageio model package.
 
@@ -112,6 +116,12 @@ def build_package(
         Architecture keyword arguments, recorded in the package.
     halo : int
         Output halo in pixels, used when predicting tile by tile.
+    formats : tuple of str
+        Weights to write, among ``pytorch_state_dict``, ``torchscript``, ``onnx`` and ``keras_hdf5`` (the
+        demo zoo: the first two); the first is the parent of the others. With ``keras_hdf5`` the tensors
+        are channels-last (b, y, x, c).
+    architecture_file : Path
+        The ``pytorch_state_dict`` architecture file shipped as ``unet.py`` (default: the installed UNet).
 
     Returns
     -------
@@ -122,23 +132,17 @@ def build_package(
     import torch
     from bioimageio.spec import save_bioimageio_package
     from bioimageio.spec.model.v0_5 import (
-        ArchitectureFromFileDescr,
         Author,
         CiteEntry,
         Doi,
         FileDescr,
-        Identifier,
         InputTensorDescr,
         IntervalOrRatioDataDescr,
         LicenseId,
         ModelDescr,
         OutputTensorDescr,
-        PytorchStateDictWeightsDescr,
         SigmoidDescr,
         TensorId,
-        TorchscriptWeightsDescr,
-        Version,
-        WeightsDescr,
     )
 
     channels = ["foreground"] if outputs == "foreground" else ["foreground", "boundary"]
@@ -148,15 +152,15 @@ def build_package(
         x = torch.from_numpy(normalize(test_image, method=preprocessing)[None, None])
         with torch.no_grad():
             prob = torch.sigmoid(net(x)).numpy().astype(np.float32)
-        np.save(work / "test_input.npy", raw)
-        np.save(work / "test_output.npy", prob)
+        channel_last = "keras_hdf5" in formats  # TensorFlow's CPU convolutions are channels-last only
+        tensors = (raw, prob) if not channel_last else (raw.transpose(0, 2, 3, 1), prob.transpose(0, 2, 3, 1))
+        np.save(work / "test_input.npy", tensors[0])
+        np.save(work / "test_output.npy", tensors[1])
         iio.imwrite(work / "cover.png", _cover(test_image, prob[0, 0]))
-        torch.save(net.state_dict(), work / "weights.pt")
-        torch.jit.trace(net, x).save(str(work / "weights_torchscript.pt"))
-        shutil.copy(ARCHITECTURE_FILE, work / "unet.py")
+        weights = _weights(net, x, work, formats=formats, architecture_file=architecture_file,
+                           kwargs=dict(in_channels=1, out_channels=len(channels), features=features, depth=depth))
         (work / "README.md").write_text(info.documentation or f"# {info.name}\n\n{info.description}\n")
         (work / "LICENSE").write_text("MIT License. Demo model of the bioimage-cte project.\n")
-        version = Version(torch.__version__.split("+")[0])
         descr = ModelDescr(
             name=info.name,
             description=info.description,
@@ -170,7 +174,7 @@ def build_package(
             inputs=[
                 InputTensorDescr(
                     id=TensorId("raw"),
-                    axes=_axes("input", ["raw"], depth, halo),
+                    axes=_axes("input", ["raw"], depth, halo, channel_last=channel_last),
                     test_tensor=FileDescr(source=work / "test_input.npy"),
                     data=IntervalOrRatioDataDescr(type="float32"),
                     preprocessing=[_preprocessing_descr(preprocessing)],
@@ -179,28 +183,83 @@ def build_package(
             outputs=[
                 OutputTensorDescr(
                     id=TensorId("prob"),
-                    axes=_axes("output", channels, depth, halo),
+                    axes=_axes("output", channels, depth, halo, channel_last=channel_last),
                     test_tensor=FileDescr(source=work / "test_output.npy"),
                     data=IntervalOrRatioDataDescr(type="float32"),
                     postprocessing=[SigmoidDescr()],
                 )
             ],
-            weights=WeightsDescr(
-                pytorch_state_dict=PytorchStateDictWeightsDescr(
-                    source=work / "weights.pt",
-                    pytorch_version=version,
-                    architecture=ArchitectureFromFileDescr(
-                        source=work / "unet.py",
-                        callable=Identifier("UNet2d"),
-                        kwargs=dict(in_channels=1, out_channels=len(channels), features=features, depth=depth),
-                    ),
-                ),
-                torchscript=TorchscriptWeightsDescr(
-                    source=work / "weights_torchscript.pt", pytorch_version=version, parent="pytorch_state_dict"
-                ),
-            ),
+            weights=weights,
             config={"bioimage_cte": info.config},
         )
         output_path.parent.mkdir(parents=True, exist_ok=True)
         save_bioimageio_package(descr, output_path=output_path)
     return output_path
+
+
+#: ONNX opset of exported weights (every onnxruntime the extra allows runs it)
+ONNX_OPSET = 17
+
+
+def _weights(net, x, work: Path, *, formats: tuple[str, ...], architecture_file: Path, kwargs: dict[str, int]):
+    """Write the weights files of ``net`` into ``work``; returns their WeightsDescr (the first format is the parent)."""
+    import torch
+    from bioimageio.spec.model.v0_5 import (
+        ArchitectureFromFileDescr,
+        Identifier,
+        OnnxWeightsDescr,
+        PytorchStateDictWeightsDescr,
+        TorchscriptWeightsDescr,
+        Version,
+        WeightsDescr,
+    )
+
+    version = Version(torch.__version__.split("+")[0])
+    parent = formats[0]
+    entries = {}
+    for fmt in formats:
+        extra = {} if fmt == parent else {"parent": parent}
+        if fmt == "pytorch_state_dict":
+            torch.save(net.state_dict(), work / "weights.pt")
+            shutil.copy(architecture_file, work / "unet.py")
+            entries[fmt] = PytorchStateDictWeightsDescr(
+                source=work / "weights.pt", pytorch_version=version,
+                architecture=ArchitectureFromFileDescr(source=work / "unet.py", callable=Identifier("UNet2d"),
+                                                       kwargs=kwargs), **extra)
+        elif fmt == "torchscript":
+            torch.jit.trace(net, x).save(str(work / "weights_torchscript.pt"))
+            entries[fmt] = TorchscriptWeightsDescr(source=work / "weights_torchscript.pt", pytorch_version=version,
+                                                   **extra)
+        elif fmt == "onnx":
+            _export_onnx(net, x, work / "weights.onnx")
+            entries[fmt] = OnnxWeightsDescr(source=work / "weights.onnx", opset_version=ONNX_OPSET, **extra)
+        elif fmt == "keras_hdf5":
+            import tensorflow as tf
+            from bioimageio.spec.model.v0_5 import KerasHdf5WeightsDescr
+
+            from bioimage_cte.demozoo.keras_export import save_keras_h5
+
+            save_keras_h5(net, x, work / "weights.h5")
+            entries[fmt] = KerasHdf5WeightsDescr(source=work / "weights.h5",
+                                                 tensorflow_version=Version(tf.__version__), **extra)
+        else:
+            raise ValueError(f"unknown weights format {fmt!r}: use pytorch_state_dict, torchscript, onnx or "
+                             "keras_hdf5")
+    return WeightsDescr(**entries)
+
+
+def _export_onnx(net, x, path: Path | BinaryIO) -> None:
+    """``net`` as an ONNX graph (a file or a binary buffer) with free batch and spatial axes (torch's TorchScript-based
+    exporter)."""
+    import contextlib
+    import io
+    import warnings
+
+    import torch
+
+    axes = {0: "batch", 2: "y", 3: "x"}
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # the exporter's deprecation notice
+        target = str(path) if isinstance(path, Path) else path
+        torch.onnx.export(net, (x,), target, dynamo=False, input_names=["raw"], output_names=["prob"],
+                          dynamic_axes={"raw": axes, "prob": axes}, opset_version=ONNX_OPSET)

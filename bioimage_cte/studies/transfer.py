@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bioimage_cte.demozoo.formats import trained_only
 from bioimage_cte.errors import InvalidImageError
 from bioimage_cte.evaluation import true_performance
 from bioimage_cte.images import list_images, load_labels
@@ -52,7 +53,7 @@ def compute_transfer_matrix(
 ) -> tuple[list[TransferRow], list[ModelFailure]]:
     """Evaluate every model in ``zoo`` on every labelled target in ``data`` (``options``: device, trust, axes)."""
     options = options or RankOptions()
-    sources = find_models([zoo] if isinstance(zoo, Path) else zoo)
+    sources = trained_only(find_models([zoo] if isinstance(zoo, Path) else zoo))  # each network once
     rows: list[TransferRow] = []
     failures: list[ModelFailure] = []
     for target, folder in find_targets(data).items():
