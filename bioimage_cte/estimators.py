@@ -213,6 +213,42 @@ class CTEInput(_ConsistencyCTE):
         return predictor.predict(perturb_image(image, InputPerturbation(self.kind, self.strength), rng=noise))
 
 
+@dataclass(frozen=True)
+class CTEDihedral(_ConsistencyCTE):
+    """CTE under a geometric input perturbation (black-box): a seeded random flip/rot90, the prediction mapped back.
+
+    Each perturbed pass draws one of the 7 non-identity elements of the dihedral group from the run's seed
+    (family ``"input-dihedral"``, the same element for every model on one image), so it is the consistency form of
+    test-time augmentation: ``tta`` averages the hard agreement over three fixed transforms, this one scores the
+    soft (or hard, instance) consistency of one random transform per pass. There is no strength.
+    """
+
+    name: ClassVar[str] = "cte-dihedral"
+    needs_greybox: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        self._check_common()
+
+    @classmethod
+    def from_options(cls, options: RankOptions) -> CTEDihedral:
+        return cls(consistency=options.consistency_kind, repeats=options.repeats)
+
+    def settings(self) -> dict[str, object]:
+        return {"consistency": self.consistency, "repeats": self.repeats, "threshold": self.threshold}
+
+    @staticmethod
+    def transform(seed: int, index: int, repeat: int = 0) -> int:
+        """The dihedral element (1..7, see :func:`~bioimage_cte.perturbations.dihedral`) of one perturbed pass."""
+        return int(rng(seed, "input-dihedral", image=index, repeat=repeat).integers(1, 8))
+
+    def perturbed_prediction(self, predictor, image: np.ndarray, *, seed: int, index: int,
+                             repeat: int = 0) -> Prediction:
+        k = self.transform(seed, index, repeat)
+        out = predictor.predict(np.ascontiguousarray(dihedral(image, k)))
+        boundary = None if out.boundary is None else np.ascontiguousarray(undo_dihedral(out.boundary, k))
+        return Prediction(np.ascontiguousarray(undo_dihedral(out.foreground, k)), boundary)
+
+
 def _nanmean(values: Sequence[float]) -> float:
     valid = [v for v in values if not np.isnan(v)]
     return float(np.mean(valid)) if valid else float("nan")
@@ -385,7 +421,7 @@ class FewLabelOracle:
 #: Every estimator by its name; the command line's choices come from here.
 ESTIMATORS: dict[str, type] = {
     cls.name: cls
-    for cls in (CTEDropout, CTEInput, MeanConfidence, NegativeEntropy, TTAAgreement, MCDropoutAgreement,
+    for cls in (CTEDropout, CTEInput, CTEDihedral, MeanConfidence, NegativeEntropy, TTAAgreement, MCDropoutAgreement,
                 ConsensusAgreement, RandomScore, FewLabelOracle)
 }
 
