@@ -85,7 +85,7 @@ def write_held_out_targets(n: int, root: Path, *, new: bool = False, n_images: i
 from scipy import stats  # noqa: E402
 
 from bioimage_cte.budget import image_order  # noqa: E402
-from bioimage_cte.combined import combine  # noqa: E402
+from bioimage_cte.combined import combine, per_image_combined  # noqa: E402
 from bioimage_cte.seeds import rng  # noqa: E402
 from bioimage_cte.strength import CHOICE_IMAGES, STRENGTH_GRIDS, choose_strength  # noqa: E402
 
@@ -140,6 +140,15 @@ def combined_score(target, names, seed, kind: str = "soft", strength: str = "fix
     return np.nanmean(z, axis=0)
 
 
+def image_combined_score(target, names, seed, kind: str = "soft", families=("dropout", "dihedral", "noise")
+                         ) -> np.ndarray:
+    """``cte`` as the library scores it: mean over images of the per-image mean of family ranks."""
+    per = {f: family_values(target, names, seed, f, None if f == "dihedral" else DEFAULT_STRENGTH[f], kind)
+           for f in families}
+    values = per_image_combined(per)
+    return np.array([np.nanmean(r) if np.isfinite(r).any() else np.nan for r in values])
+
+
 def clean_score(what: str):
     return lambda target, names, seed, pool: _median_rows([target["models"][n][what] for n in names])
 
@@ -166,6 +175,8 @@ ESTIMATORS = {
     "cte (hard, fixed)": lambda t, n, s, p: combined_score(t, n, s, "hard"),
     "cte (hard, auto)": lambda t, n, s, p: combined_score(t, n, s, "hard", "auto"),
     "cte (soft, fixed, z-scores)": lambda t, n, s, p: combined_score(t, n, s, "soft", how="z"),
+    "cte (soft, fixed, per-image ranks)": lambda t, n, s, p: image_combined_score(t, n, s, "soft"),
+    "cte (hard, fixed, per-image ranks)": lambda t, n, s, p: image_combined_score(t, n, s, "hard"),
     "cte black-box (soft, fixed: dihedral+noise)": lambda t, n, s, p: combined_score(
         t, n, s, "soft", families=("dihedral", "noise")),
 }

@@ -81,6 +81,9 @@ StrengthOpt = Annotated[float | None, typer.Option(help="Perturbation strength: 
                                                    "(default 0.2), fraction of the image range for cte-input "
                                                    "(default 0.1).")]
 DeviceOpt = Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda:0.")]
+BudgetOpt = Annotated[str, typer.Option(help="Images to score, in a seeded random order: all; auto (stop once the "
+                                        "top model's lead over the runner-up is outside its bootstrap interval; "
+                                        "every model stays loaded); or a number N.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed for perturbations; the same seed reproduces scores exactly.")]
 LayerOpt = Annotated[str | None, typer.Option(help="Layer to perturb for grey-box estimators (module name); "
                                               "default: the bottleneck, found automatically.")]
@@ -134,7 +137,7 @@ _RANK_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("perturbation", PerturbationOpt, Perturbation.gaussian), ("strength", StrengthOpt, None),
     ("repeats", RepeatsOpt, 1), ("axes", AxesOpt, None), ("device", DeviceOpt, "cpu"), ("seed", SeedOpt, 0),
     ("layer", LayerOpt, None), ("weight_format", WeightsOpt, None), ("tag", TagOpt, None),
-    ("trust_code", TrustCodeOpt, False), ("trust_library", TrustLibraryOpt, None),
+    ("trust_code", TrustCodeOpt, False), ("trust_library", TrustLibraryOpt, None), ("budget", BudgetOpt, "all"),
 )
 
 
@@ -223,6 +226,9 @@ def rank(
         _fail(e, debug)
     console.print(_ranking_table(run.ranking, f"{run.ranking.estimator} ranking of {len(run.sources)} models on "
                                               f"{len(run.images)} images"))
+    if run.options.budget != "all":
+        console.print(f"budget {run.options.budget}: scored {len(run.images)} of {run.n_images_found} images "
+                      f"({run.stop_reason})")
     _print_failures(run.ranking.failures)
     payload = run.to_json_dict(images=images)
     if output is not None:

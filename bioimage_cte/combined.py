@@ -13,18 +13,32 @@ the same, and an uninformative family adds a rank that is noise around the middl
 the differences but does not reverse them. A model that is not grey-box is scored by the families that need no
 grey-box access only, and its rank in each of them is among every candidate of that family.
 
-Ranks need the other candidates, so ``cte`` is a cross-model estimator: per image each model records one consistency
-value per family, and :func:`combine` is computed once all models are scored (and again on each bootstrap resample
-of the images, for the intervals and the adaptive budget).
+Ranks need the other candidates: per image each model records one consistency value per family (stored per model,
+so zoo jobs can cache it), and the ranks are taken when the ranking is built, image by image
+(:func:`per_image_combined`): a model's ``cte`` value on an image is the mean of its family ranks there, and its
+score the mean over images. A per-image value makes the bootstrap intervals and the adaptive budget
+(:mod:`bioimage_cte.budget`) work as for every other estimator. :func:`combine` is the same combination on per-model
+scores (used by the benchmark to compare the two orders of "median, then rank").
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-__all__ = ["FAMILIES", "combine", "family_scores", "normalised_ranks"]
+from bioimage_cte.consistency import Aggregate, aggregate
+from bioimage_cte.options import Consistency
+from bioimage_cte.perturbations import DEFAULT_DROPOUT, DEFAULT_INPUT_STRENGTH
+
+if TYPE_CHECKING:
+    from bioimage_cte.options import RankOptions
+    from bioimage_cte.scoring import ModelResult
+    from bioimage_cte.segmentation import Prediction
+
+__all__ = ["FAMILIES", "CTECombined", "combine", "family_scores", "normalised_ranks", "per_image_combined"]
 
 #: Perturbation families of ``cte``, in the order they are run per image.
 FAMILIES: tuple[str, ...] = ("dropout", "dihedral", "noise")
@@ -99,3 +113,106 @@ def combine(scores: Mapping[str, Sequence[float]]) -> np.ndarray:
         out = np.full(ranks.shape[1], np.nan)
         out[scored] = np.nanmean(ranks[:, scored], axis=0)
     return out
+
+
+def per_image_combined(per_image: Mapping[str, Sequence[Sequence[float]]]) -> np.ndarray:
+    """Per image, each model's mean over families of its normalised rank among the models on that image.
+
+    ``per_image[family][m][i]`` is model m's consistency on image i (``nan``: not scored). Returns ``out[m][i]``
+    (``nan`` where no family scored model m on image i). The model's ``cte`` score is the mean of its row: a per-image
+    value like every other estimator's, so the bootstrap intervals and the adaptive budget treat it alike.
+
+    Examples
+    --------
+    >>> per_image_combined({"noise": [[0.9, 0.5], [0.8, 0.6]], "dihedral": [[0.7, 0.7], [0.6, 0.9]]}).tolist()
+    [[1.0, 0.0], [0.0, 1.0]]
+    """
+    stacks = [np.asarray(v, dtype=float) for v in per_image.values()]
+    if not stacks:
+        return np.empty((0, 0))
+    ranks = np.stack([np.column_stack([normalised_ranks(s[:, i]) for i in range(s.shape[1])]) for s in stacks])
+    with np.errstate(all="ignore"):
+        return np.where(np.isfinite(ranks).any(axis=0), np.nanmean(ranks, axis=0), np.nan)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CTECombined:
+    """``cte``: feature dropout (grey-box models only), dihedral and Gaussian-noise consistency, combined by ranks.
+
+    ``dropout`` and ``noise`` are the family strengths (dropout rate; noise as a fraction of the image's range).
+    """
+
+    dropout: float = DEFAULT_DROPOUT
+    noise: float = DEFAULT_INPUT_STRENGTH
+    consistency: Consistency = "soft"
+    name: ClassVar[str] = "cte"
+    needs_greybox: ClassVar[bool] = False
+    #: grey-box when the package allows it (for the dropout family), black-box otherwise
+    wants_greybox: ClassVar[bool] = True
+    needs_labels: ClassVar[bool] = False
+    cross_model: ClassVar[bool] = False
+    random: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        self._families(greybox=True)  # validates strengths and consistency
+
+    @classmethod
+    def from_options(cls, options: RankOptions) -> CTECombined:
+        if options.strength is not None:
+            raise ValueError(f"strength={options.strength}: the cte estimator perturbs with several families at "
+                             "their own strengths; set one with --estimator cte-dropout or cte-input")
+        return cls(consistency=options.consistency_kind)
+
+    def settings(self) -> dict[str, object]:
+        return {"families": list(FAMILIES), "dropout": self.dropout, "noise": self.noise,
+                "consistency": self.consistency, "combination": "mean of per-family ranks, per image"}
+
+    def _families(self, *, greybox: bool) -> dict[str, object]:
+        from bioimage_cte.estimators import CTEDihedral, CTEDropout, CTEInput
+
+        out: dict[str, object] = {}
+        if greybox:
+            out["dropout"] = CTEDropout(strength=self.dropout, consistency=self.consistency)
+        out["dihedral"] = CTEDihedral(consistency=self.consistency)
+        out["noise"] = CTEInput(kind="gaussian", strength=self.noise, consistency=self.consistency)
+        return out
+
+    def key(self, family: str) -> str:
+        """The per-image key of one family in a model's results."""
+        return f"{self.name}/{family}"
+
+    def family_values(self, predictor, image: np.ndarray, clean: Prediction, *, seed: int, index: int,
+                      greybox: bool) -> dict[str, float]:
+        """One consistency per family on one image (dropout only on a grey-box predictor)."""
+        return {self.key(f): est.score_image(predictor, image, clean, seed=seed, index=index)
+                for f, est in self._families(greybox=greybox).items()}
+
+    def score_image(self, predictor, image: np.ndarray, clean: Prediction, *, seed: int, index: int) -> float:
+        raise TypeError("cte ranks models against each other: score with family_values, combine with score_results")
+
+    def score_results(self, results: Sequence[ModelResult]) -> list[list[float] | None]:
+        """Per model, its combined value per image (None for a model no family scored)."""
+        n_images = max((len(v) for r in results for v in r.per_image.values()), default=0)
+        per_family = {}
+        for f in FAMILIES:
+            rows = [r.per_image.get(self.key(f)) for r in results]
+            if any(row is not None for row in rows):
+                per_family[f] = [row if row is not None else [np.nan] * n_images for row in rows]
+        if not per_family:
+            return [None for _ in results]
+        combined = per_image_combined(per_family)
+        return [None if not any(self.key(f) in r.per_image for f in FAMILIES) else [float(v) for v in row]
+                for r, row in zip(results, combined, strict=True)]
+
+    def model_details(self, result: ModelResult) -> dict[str, object]:
+        """The families this model was scored with and its median consistency under each."""
+        out = {}
+        for f in FAMILIES:
+            values = result.per_image.get(self.key(f))
+            if values is not None:
+                v = np.asarray(values, dtype=float)
+                out[f] = float(np.nanmedian(v)) if np.isfinite(v).any() else None
+        return {"families": out}
+
+    def aggregate(self, values: Sequence[float], *, model: str = "", seed: int = 0) -> Aggregate:
+        return aggregate(values, how="mean")

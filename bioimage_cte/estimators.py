@@ -418,11 +418,13 @@ class FewLabelOracle:
         return aggregate(values, how="mean")
 
 
+from bioimage_cte.combined import CTECombined  # noqa: E402  (it builds on the CTE estimators above)
+
 #: Every estimator by its name; the command line's choices come from here.
 ESTIMATORS: dict[str, type] = {
     cls.name: cls
-    for cls in (CTEDropout, CTEInput, CTEDihedral, MeanConfidence, NegativeEntropy, TTAAgreement, MCDropoutAgreement,
-                ConsensusAgreement, RandomScore, FewLabelOracle)
+    for cls in (CTECombined, CTEDropout, CTEInput, CTEDihedral, MeanConfidence, NegativeEntropy, TTAAgreement,
+                MCDropoutAgreement, ConsensusAgreement, RandomScore, FewLabelOracle)
 }
 
 #: Label-free estimators compared side by side by ``bioimage-cte evaluate``.

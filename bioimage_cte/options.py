@@ -70,6 +70,9 @@ class RankOptions:
         Run Python code shipped inside packages (see :mod:`bioimage_cte.trust`).
     trusted_libraries : tuple of str
         Import prefixes trusted besides the default ones.
+    budget : {"all", "auto"} or int
+        Images to score: every image (``"all"``), as many as it takes to settle the top model (``"auto"``, see
+        :mod:`bioimage_cte.budget`), or at most that many, in the run's seeded order.
     """
 
     estimator: str = "cte-dropout"
@@ -86,6 +89,7 @@ class RankOptions:
     tag: str | None = None
     trust_code: bool = False
     trusted_libraries: tuple[str, ...] = ()
+    budget: int | str = "all"
 
     def __post_init__(self) -> None:
         from bioimage_cte.estimators import ESTIMATORS
@@ -102,6 +106,9 @@ class RankOptions:
             raise ValueError(f"seed={self.seed}: use a non-negative integer")
         # a list from a command line or a JSON file becomes a tuple, so the options stay hashable
         object.__setattr__(self, "trusted_libraries", tuple(self.trusted_libraries))
+        from bioimage_cte.budget import parse_budget
+
+        object.__setattr__(self, "budget", parse_budget(self.budget))  # "8" from a command line becomes 8
         self.make_estimator()  # validates the strength for this estimator
 
     @property
@@ -152,7 +159,7 @@ class RankOptions:
         """Every option as a ranking JSON's ``settings`` records it (as :func:`bioimage_cte.annotate` reads it)."""
         return {"seed": self.seed, "task": self.task, "axes": self.axes, "device": self.device, "layer": self.layer,
                 "weight_format": self.weight_format, "tag": self.tag, "trust_code": self.trust_code,
-                "trusted_libraries": list(self.trusted_libraries)}
+                "trusted_libraries": list(self.trusted_libraries), "budget": self.budget}
 
 
 def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:

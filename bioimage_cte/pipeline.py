@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from bioimage_cte.budget import rank_adaptive
 from bioimage_cte.errors import InvalidImageError, one_line
 from bioimage_cte.estimators import LABEL_FREE, Estimator, FewLabelOracle, Perturbing
 from bioimage_cte.evaluation import Evaluation, evaluate_rankings
@@ -65,11 +66,20 @@ class RankingRun(_Run):
     """A ranking and what it was made from."""
 
     ranking: Ranking
+    #: why scoring stopped: "all images", or with a budget "settled" / "budget"
+    stop_reason: str = "all images"
+    #: images found (``images`` are those scored, in the order scored)
+    n_images_found: int | None = None
 
     def to_json_dict(self, *, images: str | None = None) -> dict[str, Any]:
         """The ranking JSON (``rank --output``): models, failures and every setting of the run."""
-        return ranking_json(self.ranking, self.options, images=images or _common_folder(self.images),
-                            n_images=len(self.images))
+        payload = ranking_json(self.ranking, self.options, images=images or _common_folder(self.images),
+                               n_images=len(self.images))
+        payload["settings"].update({"stop_reason": self.stop_reason, "images_used": len(self.images),
+                                    "images_found": self.n_images_found or len(self.images)})
+        if self.options.budget != "all":
+            payload["settings"]["image_order"] = [p.name for p in self.images]
+        return payload
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,10 +152,15 @@ def rank(
     progress = progress or Progress()
     sources, paths, warnings = _inputs(models, images, options, progress)
     estimator = options.make_estimator()
-    results, failures = _score(sources, paths, [estimator], options, progress)
+    n_found, reason = len(paths), "all images"
+    if options.budget == "all":
+        results, failures = _score(sources, paths, [estimator], options, progress)
+    else:
+        run = rank_adaptive(sources, paths, estimator, options, on_image=progress.image, on_model=progress.model)
+        results, failures, paths, reason = run.results, run.failures, run.images, run.stop_reason
     ranking = build_ranking(results, estimator, failures=failures, seed=options.seed)
     return RankingRun(ranking=ranking, sources=tuple(sources), images=tuple(paths), options=options,
-                      warnings=tuple(warnings))
+                      warnings=tuple(warnings), stop_reason=reason, n_images_found=n_found)
 
 
 def evaluate(
