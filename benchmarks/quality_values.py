@@ -1,7 +1,8 @@
 """Per-image values of every label-free signal, computed once, from which ranking_quality derives every estimator.
 
     python benchmarks/quality_values.py --set shipped|held-out|new-held-out [--seeds 0 1 2 3 4] [--images N]
-                                        [--output benchmarks/results/quality_values_<set>.json]
+                                        [--targets FIRST STOP] [--output benchmarks/results/quality_values_<set>.json]
+    python benchmarks/quality_values.py --merge OUT.json PART.json [PART.json ...]
 
 Each model of a target's task is loaded once, grey-box, with one torch thread (two benchmark processes share the
 two cores; two threads per process were 6x slower on the loaded machine). Per image it is predicted clean once (true
@@ -19,9 +20,11 @@ layer were scaled by that factor (the head is a 1x1 convolution, so its logits s
 acts upstream of the head, so a twin's clean and perturbed probabilities are ``sigmoid(factor * logit(p))`` of the
 original's: the twins cost no forward pass. Their masks equal the original's (same true Dice); only calibration
 differs. The ``task+calibration`` pool adds two of them per task (:data:`TWINS`): a weak model made over-confident,
-a good one made under-confident, chosen by name before any result was seen. Every estimator of the benchmark -- each family alone at its default or at the
-automatically chosen strength, the combined ``cte``, the adaptive budget -- is then a function of these numbers, so
-no model runs twice for two estimators. Draws are the library's (:mod:`bioimage_cte.seeds`): the values are exactly
+a good one made under-confident, chosen by name before any result was seen.
+
+Every estimator of the benchmark -- each family alone at its default or at the automatically chosen strength, the
+combined ``cte``, the adaptive budget -- is then a function of these numbers, so no model runs twice for two
+estimators. Draws are the library's (:mod:`bioimage_cte.seeds`): the values are exactly
 those ``rank`` computes with the same seed.
 """
 
@@ -117,8 +120,8 @@ class _Record:
                 cell.setdefault(what, {})[image] = value
 
 
-def measure_model(source, paths, labels, seeds: list[int], factors: tuple[float, ...], *, grid: bool
-                  ) -> tuple[dict[float, dict], list[np.ndarray]]:
+def measure_model(source, paths, labels, seeds: list[int], factors: tuple[float, ...], *, grid: bool,
+                  families_only: bool = False) -> tuple[dict[float, dict], list[np.ndarray]]:
     """Every per-image value of one model and its twins (by factor); also its clean masks (for consensus)."""
     from bioimage_cte.predictors import load_model, make_predictor
 
@@ -133,7 +136,7 @@ def measure_model(source, paths, labels, seeds: list[int], factors: tuple[float,
             cleans.append(clean)
             masks.append(clean > 0.5)
             flips = {}
-            for k in TTAAgreement().transforms:
+            for k in () if families_only else TTAAgreement().transforms:
                 flips[k] = np.ascontiguousarray(undo_dihedral(predictor.predict(
                     np.ascontiguousarray(dihedral(image, k))).foreground, k))
             record.clean(clean, labels[i], list(flips.values()))
@@ -215,7 +218,8 @@ def _merge(into: dict, new: dict) -> None:
                 into.setdefault(seed, {}).setdefault(k, {}).setdefault(what, {}).update(by_image)
 
 
-def measure_target(sources, folder: Path, task: str, n_images: int, seeds: list[int], *, grid: bool) -> dict:
+def measure_target(sources, folder: Path, task: str, n_images: int, seeds: list[int], *, grid: bool,
+                   families_only: bool = False) -> dict:
     """Every task model (and its calibration twins) on one target; consensus per candidate pool."""
     zoo = filter_by_tag(sources, task)
     twins = dict(TWINS.get(task, ()))
@@ -225,7 +229,7 @@ def measure_target(sources, folder: Path, task: str, n_images: int, seeds: list[
     for source in zoo:
         factors = (twins[source.name],) if source.name in twins else ()
         try:
-            rows, m = measure_model(source, paths, labels, seeds, factors, grid=grid)
+            rows, m = measure_model(source, paths, labels, seeds, factors, grid=grid, families_only=families_only)
         except Exception as e:  # recorded, as rank would
             print(f"  {source.name} failed: {type(e).__name__}: {e}", flush=True)
             continue
@@ -261,7 +265,20 @@ def targets_of(which: str, root: Path, n_images: int | None) -> dict[str, tuple[
     return write_held_out_targets(len(NEW_HELD_OUT_STYLES), root, new=True, n_images=n_images)
 
 
+def merge(parts: list[Path], output: Path) -> None:
+    """One values file from the files of processes that measured parts of the targets (``--targets``)."""
+    reports = [json.loads(p.read_text()) for p in parts]
+    merged = {**reports[0], "targets": {}, "seconds": sum(r["seconds"] for r in reports)}
+    for r in reports:
+        merged["targets"].update(r["targets"])
+    output.write_text(json.dumps(merged))
+    print(f"wrote {output}: {len(merged['targets'])} targets")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--merge"]:  # quality_values.py --merge OUT PART [PART ...]
+        merge([Path(p) for p in sys.argv[3:]], Path(sys.argv[2]))
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", choices=("shipped", "held-out", "new-held-out"), required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -271,6 +288,8 @@ def main() -> None:
     parser.add_argument("--targets", type=int, nargs=2, default=None, metavar=("FIRST", "STOP"),
                         help="only targets FIRST..STOP-1 (smoke runs; or two processes sharing the cores)")
     parser.add_argument("--grid", action="store_true", help="also the automatic strength's grid and choice")
+    parser.add_argument("--families-only", action="store_true",
+                        help="only the CTE families (no tta): the budget benchmark's 48-image runs")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     suffix = "" if args.images is None else f"_{args.images}"
@@ -286,7 +305,8 @@ def main() -> None:
         if args.targets:
             chosen = chosen[args.targets[0]:args.targets[1]]
         for t, (folder, task) in chosen:
-            report["targets"][t] = measure_target(sources, folder, task, n_images, args.seeds, grid=args.grid)
+            report["targets"][t] = measure_target(sources, folder, task, n_images, args.seeds, grid=args.grid,
+                                                  families_only=args.families_only)
             print(f"{t}: {len(report['targets'][t]['models'])} models, {time.perf_counter() - start:.0f} s",
                   flush=True)
     report["seconds"] = time.perf_counter() - start

@@ -3,7 +3,8 @@
     python benchmarks/quality_values.py --set shipped          # per-image values (models run once), ~x min
     python benchmarks/quality_values.py --set held-out
     python benchmarks/quality_values.py --set new-held-out     # run once, after the design was frozen
-    python benchmarks/ranking_quality.py [--sets shipped held-out new-held-out] [--output benchmarks/results/ranking_quality]
+    python benchmarks/ranking_quality.py [--sets shipped held-out new-held-out] [--per-target]
+                                         [--output benchmarks/results/ranking_quality.md]
 
 Three target sets, each ranked among the models of the target's task (what a user would rank, and the CTE method's
 assumption), with and without the calibration twins of :mod:`calibration_variants` (a weak model made over-confident

@@ -77,9 +77,11 @@ ConsistencyOpt = Annotated[ConsistencyKind | None, typer.Option(
          "union foreground), instance (default for --task instance).")]
 PerturbationOpt = Annotated[Perturbation, typer.Option(help="Input perturbation for cte-input (applied before "
                                                        "the model's own preprocessing).")]
-StrengthOpt = Annotated[float | None, typer.Option(help="Perturbation strength: dropout rate p for cte-dropout "
-                                                   "(default 0.2), fraction of the image range for cte-input "
-                                                   "(default 0.1).")]
+StrengthOpt = Annotated[str | None, typer.Option(help="Perturbation strength: dropout rate p for cte-dropout "
+                                                 "(default 0.2), fraction of the image range for cte-input "
+                                                 "(default 0.1); 'auto' chooses it per family from the "
+                                                 "candidates' predictions on 3 images (cte, cte-dropout, "
+                                                 "cte-input).")]
 DeviceOpt = Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda:0.")]
 BudgetOpt = Annotated[str, typer.Option(help="Images to score, in a seeded random order: all; auto (stop once the "
                                         "top model's lead over the runner-up is outside its bootstrap interval; "

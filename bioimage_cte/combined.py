@@ -158,9 +158,9 @@ class CTECombined:
 
     @classmethod
     def from_options(cls, options: RankOptions) -> CTECombined:
-        if options.strength is not None:
+        if options.fixed_strength is not None:
             raise ValueError(f"strength={options.strength}: the cte estimator perturbs with several families at "
-                             "their own strengths; set one with --estimator cte-dropout or cte-input")
+                             "their own strengths; use 'auto', or set one with --estimator cte-dropout or cte-input")
         return cls(consistency=options.consistency_kind)
 
     def settings(self) -> dict[str, object]:

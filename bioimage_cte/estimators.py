@@ -174,7 +174,7 @@ class CTEDropout(_ConsistencyCTE):
 
     @classmethod
     def from_options(cls, options: RankOptions) -> CTEDropout:
-        strength = DEFAULT_DROPOUT if options.strength is None else options.strength
+        strength = DEFAULT_DROPOUT if options.fixed_strength is None else options.fixed_strength
         return cls(strength=strength, consistency=options.consistency_kind, repeats=options.repeats)
 
     def perturbed_prediction(self, predictor, image: np.ndarray, *, seed: int, index: int,
@@ -199,7 +199,7 @@ class CTEInput(_ConsistencyCTE):
 
     @classmethod
     def from_options(cls, options: RankOptions) -> CTEInput:
-        strength = DEFAULT_INPUT_STRENGTH if options.strength is None else options.strength
+        strength = DEFAULT_INPUT_STRENGTH if options.fixed_strength is None else options.fixed_strength
         return cls(kind=options.perturbation, strength=strength, consistency=options.consistency_kind,
                    repeats=options.repeats)
 
@@ -323,7 +323,7 @@ class MCDropoutAgreement(_MedianAggregate):
 
     @classmethod
     def from_options(cls, options: RankOptions) -> MCDropoutAgreement:
-        return cls(strength=DEFAULT_DROPOUT if options.strength is None else options.strength)
+        return cls(strength=DEFAULT_DROPOUT if options.fixed_strength is None else options.fixed_strength)
 
     def settings(self) -> dict[str, object]:
         return {"strength": self.strength, "samples": self.samples}

@@ -34,6 +34,8 @@ Task = Literal["semantic", "instance"]
 Consistency = Literal["hard", "soft", "instance"]
 TASKS: tuple[Task, ...] = ("semantic", "instance")
 CONSISTENCIES: tuple[Consistency, ...] = ("hard", "soft", "instance")
+#: Estimators whose strength ``"auto"`` can choose.
+AUTO_STRENGTH: tuple[str, ...] = ("cte", "cte-dropout", "cte-input")
 
 @dataclass(frozen=True, kw_only=True)
 class RankOptions:
@@ -49,9 +51,10 @@ class RankOptions:
         Consistency score of the CTE estimators; default ``"soft"`` (``"instance"`` for the instance task).
     perturbation : {"gaussian", "brightness", "contrast", "gamma"}
         Input perturbation of ``cte-input``.
-    strength : float, optional
+    strength : float or "auto", optional
         Perturbation strength: the dropout rate for the dropout estimators (default 0.2), the fraction of the
-        image's range for ``cte-input`` (default 0.1).
+        image's range for ``cte-input`` (default 0.1). ``"auto"`` chooses it per family from the candidates' own
+        predictions (:mod:`bioimage_cte.strength`; ``cte-dropout``, ``cte-input`` and ``cte``).
     repeats : int
         Perturbed passes per image; their consistencies are averaged.
     seed : int
@@ -79,7 +82,7 @@ class RankOptions:
     task: Task = "semantic"
     consistency: Consistency | None = None
     perturbation: InputKind = "gaussian"
-    strength: float | None = None
+    strength: float | str | None = None
     repeats: int = 1
     seed: int = 0
     axes: str | None = None
@@ -102,6 +105,15 @@ class RankOptions:
             _one_of("consistency", self.consistency, CONSISTENCIES)
         if self.repeats < 1:
             raise ValueError(f"repeats={self.repeats}: use 1 or more perturbed runs per image")
+        if isinstance(self.strength, str):
+            if self.strength != "auto":
+                try:  # "0.3" from a command line
+                    object.__setattr__(self, "strength", float(self.strength))
+                except ValueError:
+                    raise ValueError(f"strength {self.strength!r}: use a number or 'auto'") from None
+            elif self.estimator not in AUTO_STRENGTH:
+                raise ValueError(f"strength 'auto' chooses the strength of {', '.join(AUTO_STRENGTH)}; "
+                                 f"{self.estimator!r} has no automatic strength: give a number")
         if self.seed < 0:
             raise ValueError(f"seed={self.seed}: use a non-negative integer")
         # a list from a command line or a JSON file becomes a tuple, so the options stay hashable
@@ -110,6 +122,11 @@ class RankOptions:
 
         object.__setattr__(self, "budget", parse_budget(self.budget))  # "8" from a command line becomes 8
         self.make_estimator()  # validates the strength for this estimator
+
+    @property
+    def fixed_strength(self) -> float | None:
+        """The strength given as a number (None for the default or ``"auto"``, which start from the default)."""
+        return None if self.strength == "auto" else self.strength  # type: ignore[return-value]
 
     @property
     def consistency_kind(self) -> Consistency:

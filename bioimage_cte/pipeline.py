@@ -16,6 +16,7 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from bioimage_cte.options import RankOptions
 from bioimage_cte.ranking import Ranking, build_ranking, ranking_json
 from bioimage_cte.scoring import ModelFailure, ModelResult, overlay_predictions, rank_models
 from bioimage_cte.sources import ModelSource, select_models
+from bioimage_cte.strength import with_automatic_strength
 
 __all__ = ["EvaluationRun", "Progress", "RankingRun", "evaluate", "rank", "report_overlays"]
 
@@ -70,6 +72,8 @@ class RankingRun(_Run):
     stop_reason: str = "all images"
     #: images found (``images`` are those scored, in the order scored)
     n_images_found: int | None = None
+    #: with ``strength="auto"``: per family, the strength chosen and what the choice looked at
+    strength_choice: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json_dict(self, *, images: str | None = None) -> dict[str, Any]:
         """The ranking JSON (``rank --output``): models, failures and every setting of the run."""
@@ -79,6 +83,7 @@ class RankingRun(_Run):
                                     "images_found": self.n_images_found or len(self.images)})
         if self.options.budget != "all":
             payload["settings"]["image_order"] = [p.name for p in self.images]
+        payload["settings"].update(self.strength_choice)
         return payload
 
 
@@ -152,6 +157,9 @@ def rank(
     progress = progress or Progress()
     sources, paths, warnings = _inputs(models, images, options, progress)
     estimator = options.make_estimator()
+    choice: dict[str, Any] = {}
+    if options.strength == "auto":
+        estimator, choice = with_automatic_strength(sources, paths, estimator, options)
     n_found, reason = len(paths), "all images"
     if options.budget == "all":
         results, failures = _score(sources, paths, [estimator], options, progress)
@@ -160,7 +168,7 @@ def rank(
         results, failures, paths, reason = run.results, run.failures, run.images, run.stop_reason
     ranking = build_ranking(results, estimator, failures=failures, seed=options.seed)
     return RankingRun(ranking=ranking, sources=tuple(sources), images=tuple(paths), options=options,
-                      warnings=tuple(warnings), stop_reason=reason, n_images_found=n_found)
+                      warnings=tuple(warnings), stop_reason=reason, n_images_found=n_found, strength_choice=choice)
 
 
 def evaluate(

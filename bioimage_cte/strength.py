@@ -14,11 +14,18 @@ from __future__ import annotations
 #: grid holds the family's fixed default (0.2, 0.1).
 STRENGTH_GRIDS: dict[str, tuple[float, ...]] = {"dropout": (0.1, 0.2, 0.35), "noise": (0.05, 0.1, 0.2)}
 
+import dataclasses  # noqa: E402
 from collections.abc import Mapping, Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-__all__ = ["CHOICE_IMAGES", "KEEP", "NEAR_MAX", "STRENGTH_GRIDS", "choose_strength"]
+if TYPE_CHECKING:
+    from bioimage_cte.options import RankOptions
+    from bioimage_cte.sources import ModelSource
+
+__all__ = ["CHOICE_IMAGES", "KEEP", "NEAR_MAX", "STRENGTH_GRIDS", "choose_strength", "with_automatic_strength"]
 
 #: How many images (the first of the run's seeded order) the choice looks at.
 CHOICE_IMAGES = 3
@@ -75,3 +82,69 @@ def choose_strength(consistency: Mapping[float, Sequence[float]], keep: Mapping[
         return strengths[0]
     best = max(spreads[s] for s in tolerable)
     return next(s for s in tolerable if spreads[s] >= NEAR_MAX * best)
+
+
+#: The strength field of each estimator, per family it perturbs with.
+_FIELDS: dict[str, dict[str, str]] = {"cte-dropout": {"dropout": "strength"}, "cte-input": {"noise": "strength"},
+                                      "cte": {"dropout": "dropout", "noise": "noise"}}
+
+
+def _family_estimator(family: str, strength: float, options: RankOptions):
+    from bioimage_cte.estimators import CTEDropout, CTEInput
+
+    if family == "dropout":
+        return CTEDropout(strength=strength, consistency=options.consistency_kind)
+    return CTEInput(kind="gaussian" if options.estimator == "cte" else options.perturbation, strength=strength,
+                    consistency=options.consistency_kind)
+
+
+def with_automatic_strength(sources: Sequence[ModelSource], image_paths: Sequence[Path], estimator: Any,
+                            options: RankOptions) -> tuple[Any, dict[str, Any]]:
+    """``estimator`` with each family's strength chosen by :func:`choose_strength`, and what the choice saw.
+
+    Every candidate predicts the first :data:`CHOICE_IMAGES` images of the run's seeded order
+    (:func:`bioimage_cte.budget.image_order`) clean and at every strength of the family's grid, with the draws of
+    the real run (same seed, same image index). A model that cannot be loaded, or is not grey-box for the dropout
+    family, is left out of the choice (the ranking records its failure later).
+    """
+    from bioimage_cte.budget import image_order
+    from bioimage_cte.consistency import aggregate
+    from bioimage_cte.estimators import _per_slice
+    from bioimage_cte.images import load_target
+    from bioimage_cte.scoring import ModelRun
+
+    fields = _FIELDS[options.estimator]
+    subset = image_order(len(image_paths), options.seed)[:CHOICE_IMAGES]
+    images = {i: load_target(image_paths[i], axes=options.axes) for i in subset}
+    cons: dict[str, dict[float, list[float]]] = {f: {s: [] for s in STRENGTH_GRIDS[f]} for f in fields}
+    keep: dict[str, dict[float, list[float]]] = {f: {s: [] for s in STRENGTH_GRIDS[f]} for f in fields}
+    probe = [_family_estimator(f, STRENGTH_GRIDS[f][0], options) for f in fields]
+    for source in sources:
+        try:
+            run = ModelRun(source, probe, options)
+            if run.idle:
+                continue
+            with run:
+                values = {(f, s): ([], []) for f in fields for s in STRENGTH_GRIDS[f]}
+                for i, image in images.items():
+                    clean = run.predictor.predict(image)
+                    n_clean = float((clean.foreground > 0.5).sum())
+                    for f in fields:
+                        if f == "dropout" and not run.greybox:
+                            continue
+                        for s in STRENGTH_GRIDS[f]:
+                            out = _family_estimator(f, s, options).perturbed_prediction(run.predictor, image,
+                                                                                        seed=options.seed, index=i)
+                            values[f, s][0].append(_per_slice(clean, out, options.consistency_kind, 0.5))
+                            values[f, s][1].append(float((out.foreground > 0.5).sum()) / n_clean if n_clean
+                                                   else float("nan"))
+        except Exception:  # noqa: BLE001 -- a broken model is recorded by the ranking itself, not here
+            continue
+        for (f, s), (c, k) in values.items():
+            finite_k = [v for v in k if np.isfinite(v)]
+            cons[f][s].append(aggregate(c, how="median").score if c else float("nan"))
+            keep[f][s].append(float(np.median(finite_k)) if finite_k else float("nan"))
+    chosen = {f: choose_strength(cons[f], keep[f]) for f in fields}
+    info = {"automatic_strength": {f: {"chosen": chosen[f], "grid": list(STRENGTH_GRIDS[f]),
+                                       "images": [Path(image_paths[i]).name for i in subset]} for f in fields}}
+    return dataclasses.replace(estimator, **{fields[f]: chosen[f] for f in fields}), info

@@ -196,3 +196,22 @@ def test_rank_with_budget_auto_stops_well_before_100_images_with_a_clear_winner(
                                                                                  budget="auto"))
     assert tied.stop_reason == "all images" and len(tied.images) == 8
     assert Path(tied.images[0]).name in {p.name for p in few}
+
+
+@pytest.mark.slow
+def test_rank_with_automatic_strength_records_the_chosen_strength(zoo_packages, dsb_images):
+    from bioimage_cte.pipeline import rank
+    from bioimage_cte.strength import STRENGTH_GRIDS
+
+    zoo = [str(p) for p in zoo_packages if p.stem in ("nuclei-small-bright", "weak-nuclei-undertrained")]
+    run = rank(zoo, dsb_images[:3], RankOptions(estimator="cte", strength="auto"))
+    settings = run.to_json_dict()["settings"]
+    for family in ("dropout", "noise"):
+        assert settings["automatic_strength"][family]["chosen"] in STRENGTH_GRIDS[family]
+        assert settings[family] == settings["automatic_strength"][family]["chosen"]
+    # an explicit strength wins over the choice
+    fixed = rank(zoo, dsb_images[:3], RankOptions(estimator="cte-input", strength=0.07))
+    assert fixed.to_json_dict()["settings"]["strength"] == 0.07
+    assert "automatic_strength" not in fixed.to_json_dict()["settings"]
+    with pytest.raises(ValueError, match="no automatic strength"):
+        RankOptions(estimator="tta", strength="auto")
