@@ -101,7 +101,7 @@ def test_run_settings_record_every_run_option():
     assert options.trusted_libraries == ("mylab",)  # a list becomes a tuple: the options stay hashable
     assert options.run_settings() == {"seed": 5, "task": "instance", "axes": None, "device": "cuda", "layer": None,
                                       "weight_format": None, "tag": "cells", "trust_code": False,
-                                      "trusted_libraries": ["mylab"]}
+                                      "trusted_libraries": ["mylab"], "budget": "all"}
 
 
 def test_json_round_trip():
