@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 # the choices come from the estimators' registry; few-label needs labels and is evaluate's --few-label
 Estimator = StrEnum("Estimator", {n.replace("-", "_"): n for n in ESTIMATORS if not ESTIMATORS[n].needs_labels})
+#: the library's default estimator (RankOptions), the one place it is set
+_DEFAULT_ESTIMATOR = Estimator(RankOptions().estimator)
 
 
 class Task(StrEnum):
@@ -210,7 +212,7 @@ def rank(
     models: ModelsArg,
     images: ImagesOpt,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the ranking as JSON here.")] = None,
-    estimator: Annotated[Estimator, typer.Option(help="Transferability estimator.")] = Estimator.cte_dropout,
+    estimator: Annotated[Estimator, typer.Option(help="Transferability estimator.")] = _DEFAULT_ESTIMATOR,
     report: Annotated[Path | None, typer.Option("--report", help="Also write a self-contained HTML report "
                                                 "(charts, per-image scores, overlays of the top and bottom "
                                                 "models).")] = None,
@@ -398,7 +400,7 @@ def zoo_rank(
                                              "(PREFECT_API_URL).")] = None,
     timezone: Annotated[str | None, typer.Option(help="Time zone of --cron, e.g. Europe/Berlin.")] = None,
     deployment: Annotated[str, typer.Option(help="Name of the served deployment (with --cron).")] = "weekly",
-    estimator: Annotated[Estimator, typer.Option(help="Transferability estimator.")] = Estimator.cte_dropout,
+    estimator: Annotated[Estimator, typer.Option(help="Transferability estimator.")] = _DEFAULT_ESTIMATOR,
     debug: DebugOpt = False,
     options: RankOptions | None = None,
 ) -> None:
