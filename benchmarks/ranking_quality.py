@@ -264,8 +264,10 @@ def main() -> None:
             continue
         values = json.loads(path.read_text())
         seeds = ", ".join(map(str, values["seeds"]))
+        # the automatic strength needs the grid passes (quality_values.py --grid); without them it is not reported
+        names_of = ESTIMATORS if values.get("grid") else {k: v for k, v in ESTIMATORS.items() if "auto" not in k}
         for pool in ("task", "task+calibration"):
-            result = evaluate(values, pool)
+            result = evaluate(values, pool, names_of)
             title = f"{SET_TITLES[which]}, pool {pool}: mean over seeds {seeds} (range over seeds)"
             parts.append(table(result, title))
             if args.per_target:

@@ -44,7 +44,7 @@ class RankOptions:
     Parameters
     ----------
     estimator : str
-        Estimator name from :data:`bioimage_cte.estimators.ESTIMATORS` (default ``"cte-dropout"``).
+        Estimator name from :data:`bioimage_cte.estimators.ESTIMATORS` (default ``"tta"``, chosen on held-out targets: README).
     task : {"semantic", "instance"}
         What the models segment; chooses the default consistency.
     consistency : {"soft", "hard", "instance"}, optional
@@ -78,7 +78,7 @@ class RankOptions:
         :mod:`bioimage_cte.budget`), or at most that many, in the run's seeded order.
     """
 
-    estimator: str = "cte-dropout"
+    estimator: str = "tta"
     task: Task = "semantic"
     consistency: Consistency | None = None
     perturbation: InputKind = "gaussian"
