@@ -156,7 +156,7 @@ def clean_score(what: str):
 
 ESTIMATORS = {
     # baselines (seed-independent except random)
-    "tta": clean_score("tta"),
+    "tta (the new default)": clean_score("tta"),
     "consensus": lambda t, names, seed, pool: _median_rows([t["consensus"][pool][n] for n in names]),
     "confidence": clean_score("confidence"),
     "entropy": clean_score("entropy"),
@@ -171,14 +171,14 @@ ESTIMATORS = {
     "cte-dihedral (soft)": lambda t, n, s, p: family_score(t, n, s, "dihedral", "soft"),
     "cte-dihedral (hard)": lambda t, n, s, p: family_score(t, n, s, "dihedral", "hard"),
     # combined
-    "cte (soft, fixed)": lambda t, n, s, p: combined_score(t, n, s, "soft"),
-    "cte (soft, auto)": lambda t, n, s, p: combined_score(t, n, s, "soft", "auto"),
-    "cte (hard, fixed)": lambda t, n, s, p: combined_score(t, n, s, "hard"),
-    "cte (hard, auto)": lambda t, n, s, p: combined_score(t, n, s, "hard", "auto"),
-    "cte (soft, fixed, z-scores)": lambda t, n, s, p: combined_score(t, n, s, "soft", how="z"),
-    "cte (soft, fixed, per-image ranks)": lambda t, n, s, p: image_combined_score(t, n, s, "soft"),
-    "cte (hard, fixed, per-image ranks)": lambda t, n, s, p: image_combined_score(t, n, s, "hard"),
-    "cte black-box (soft, fixed: dihedral+noise)": lambda t, n, s, p: combined_score(
+    "cte variant: soft, ranks of medians": lambda t, n, s, p: combined_score(t, n, s, "soft"),
+    "cte (soft, automatic strength)": lambda t, n, s, p: combined_score(t, n, s, "soft", "auto"),
+    "cte variant: hard, ranks of medians": lambda t, n, s, p: combined_score(t, n, s, "hard"),
+    "cte (hard, automatic strength)": lambda t, n, s, p: combined_score(t, n, s, "hard", "auto"),
+    "cte variant: soft, z-scores of medians": lambda t, n, s, p: combined_score(t, n, s, "soft", how="z"),
+    "cte (the library's: soft, per-image ranks)": lambda t, n, s, p: image_combined_score(t, n, s, "soft"),
+    "cte (hard, per-image ranks)": lambda t, n, s, p: image_combined_score(t, n, s, "hard"),
+    "cte without dropout (what a black-box model gets)": lambda t, n, s, p: combined_score(
         t, n, s, "soft", families=("dihedral", "noise")),
 }
 

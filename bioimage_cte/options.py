@@ -44,7 +44,8 @@ class RankOptions:
     Parameters
     ----------
     estimator : str
-        Estimator name from :data:`bioimage_cte.estimators.ESTIMATORS` (default ``"tta"``, chosen on held-out targets: README).
+        Estimator name from :data:`bioimage_cte.estimators.ESTIMATORS` (default ``"tta"``, chosen on held-out
+        targets: see the README's ranking-quality tables).
     task : {"semantic", "instance"}
         What the models segment; chooses the default consistency.
     consistency : {"soft", "hard", "instance"}, optional
