@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 # the choices come from the estimators' registry; few-label needs labels and is evaluate's --few-label
 Estimator = StrEnum("Estimator", {n.replace("-", "_"): n for n in ESTIMATORS if not ESTIMATORS[n].needs_labels})
+#: the library's default estimator (RankOptions), the one place it is set
+_DEFAULT_ESTIMATOR = Estimator(RankOptions().estimator)
 
 
 class Task(StrEnum):
@@ -77,9 +79,11 @@ ConsistencyOpt = Annotated[ConsistencyKind | None, typer.Option(
          "union foreground), instance (default for --task instance).")]
 PerturbationOpt = Annotated[Perturbation, typer.Option(help="Input perturbation for cte-input (applied before "
                                                        "the model's own preprocessing).")]
-StrengthOpt = Annotated[float | None, typer.Option(help="Perturbation strength: dropout rate p for cte-dropout "
-                                                   "(default 0.2), fraction of the image range for cte-input "
-                                                   "(default 0.1).")]
+StrengthOpt = Annotated[str | None, typer.Option(help="Perturbation strength: dropout rate p for cte-dropout "
+                                                 "(default 0.2), fraction of the image range for cte-input "
+                                                 "(default 0.1); 'auto' chooses it per family from the "
+                                                 "candidates' predictions on 3 images (cte, cte-dropout, "
+                                                 "cte-input).")]
 ChannelsOpt = Annotated[str | None, typer.Option(help="Image channels to feed, in this order, e.g. '0,2': models "
                                                  "taking 2 channels get channels 0 and 2, single-channel models "
                                                  "channel 0 (default: all channels; averaged for single-channel "
@@ -88,6 +92,9 @@ OutputChannelOpt = Annotated[str | None, typer.Option(help="Output to score: a c
                                                       "tensor id, TENSOR:CHANNEL or a channel index; default: "
                                                       "chosen from the output's names.")]
 DeviceOpt = Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda:0.")]
+BudgetOpt = Annotated[str, typer.Option(help="Images to score, in a seeded random order: all; auto (stop once the "
+                                        "top model's lead over the runner-up is outside its bootstrap interval; "
+                                        "every model stays loaded); or a number N.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed for perturbations; the same seed reproduces scores exactly.")]
 LayerOpt = Annotated[str | None, typer.Option(help="Layer to perturb for grey-box estimators (module name); "
                                               "default: the bottleneck, found automatically.")]
@@ -143,7 +150,7 @@ _RANK_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("repeats", RepeatsOpt, 1), ("axes", AxesOpt, None), ("channels", ChannelsOpt, None),
     ("output_channel", OutputChannelOpt, None), ("device", DeviceOpt, "cpu"), ("seed", SeedOpt, 0),
     ("layer", LayerOpt, None), ("weight_format", WeightsOpt, None), ("tag", TagOpt, None),
-    ("trust_code", TrustCodeOpt, False), ("trust_library", TrustLibraryOpt, None),
+    ("trust_code", TrustCodeOpt, False), ("trust_library", TrustLibraryOpt, None), ("budget", BudgetOpt, "all"),
 )
 
 
@@ -215,7 +222,7 @@ def rank(
     models: ModelsArg,
     images: ImagesOpt,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the ranking as JSON here.")] = None,
-    estimator: Annotated[Estimator, typer.Option(help="Transferability estimator.")] = Estimator.cte_dropout,
+    estimator: Annotated[Estimator, typer.Option(help="Transferability estimator.")] = _DEFAULT_ESTIMATOR,
     report: Annotated[Path | None, typer.Option("--report", help="Also write a self-contained HTML report "
                                                 "(charts, per-image scores, overlays of the top and bottom "
                                                 "models).")] = None,
@@ -233,6 +240,9 @@ def rank(
         _fail(e, debug)
     console.print(_ranking_table(run.ranking, f"{run.ranking.estimator} ranking of {len(run.sources)} models on "
                                               f"{len(run.images)} images"))
+    if run.options.budget != "all":
+        console.print(f"budget {run.options.budget}: scored {len(run.images)} of {run.n_images_found} images "
+                      f"({run.stop_reason})")
     _print_failures(run.ranking.failures)
     payload = run.to_json_dict(images=images)
     if output is not None:
@@ -400,7 +410,7 @@ def zoo_rank(
                                              "(PREFECT_API_URL).")] = None,
     timezone: Annotated[str | None, typer.Option(help="Time zone of --cron, e.g. Europe/Berlin.")] = None,
     deployment: Annotated[str, typer.Option(help="Name of the served deployment (with --cron).")] = "weekly",
-    estimator: Annotated[Estimator, typer.Option(help="Transferability estimator.")] = Estimator.cte_dropout,
+    estimator: Annotated[Estimator, typer.Option(help="Transferability estimator.")] = _DEFAULT_ESTIMATOR,
     debug: DebugOpt = False,
     options: RankOptions | None = None,
 ) -> None:

@@ -183,7 +183,7 @@ class CTEDropout(_ConsistencyCTE):
 
     @classmethod
     def from_options(cls, options: RankOptions) -> CTEDropout:
-        strength = DEFAULT_DROPOUT if options.strength is None else options.strength
+        strength = DEFAULT_DROPOUT if options.fixed_strength is None else options.fixed_strength
         return cls(strength=strength, consistency=options.consistency_kind, repeats=options.repeats)
 
     def perturbed_prediction(self, predictor, image: np.ndarray, *, seed: int, index: int,
@@ -208,7 +208,7 @@ class CTEInput(_ConsistencyCTE):
 
     @classmethod
     def from_options(cls, options: RankOptions) -> CTEInput:
-        strength = DEFAULT_INPUT_STRENGTH if options.strength is None else options.strength
+        strength = DEFAULT_INPUT_STRENGTH if options.fixed_strength is None else options.fixed_strength
         return cls(kind=options.perturbation, strength=strength, consistency=options.consistency_kind,
                    repeats=options.repeats)
 
@@ -220,6 +220,42 @@ class CTEInput(_ConsistencyCTE):
         # no model in the draw: every model sees the same noise on the same image
         noise = rng(seed, f"input-{self.kind}", image=index, repeat=repeat)
         return predictor.predict(perturb_image(image, InputPerturbation(self.kind, self.strength), rng=noise))
+
+
+@dataclass(frozen=True)
+class CTEDihedral(_ConsistencyCTE):
+    """CTE under a geometric input perturbation (black-box): a seeded random flip/rot90, the prediction mapped back.
+
+    Each perturbed pass draws one of the 7 non-identity elements of the dihedral group from the run's seed
+    (family ``"input-dihedral"``, the same element for every model on one image), so it is the consistency form of
+    test-time augmentation: ``tta`` averages the hard agreement over three fixed transforms, this one scores the
+    soft (or hard, instance) consistency of one random transform per pass. There is no strength.
+    """
+
+    name: ClassVar[str] = "cte-dihedral"
+    needs_greybox: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        self._check_common()
+
+    @classmethod
+    def from_options(cls, options: RankOptions) -> CTEDihedral:
+        return cls(consistency=options.consistency_kind, repeats=options.repeats)
+
+    def settings(self) -> dict[str, object]:
+        return {"consistency": self.consistency, "repeats": self.repeats, "threshold": self.threshold}
+
+    @staticmethod
+    def transform(seed: int, index: int, repeat: int = 0) -> int:
+        """The dihedral element (1..7, see :func:`~bioimage_cte.perturbations.dihedral`) of one perturbed pass."""
+        return int(rng(seed, "input-dihedral", image=index, repeat=repeat).integers(1, 8))
+
+    def perturbed_prediction(self, predictor, image: np.ndarray, *, seed: int, index: int,
+                             repeat: int = 0) -> Prediction:
+        k = self.transform(seed, index, repeat)
+        out = predictor.predict(np.ascontiguousarray(dihedral(image, k)))
+        boundary = None if out.boundary is None else np.ascontiguousarray(undo_dihedral(out.boundary, k))
+        return Prediction(np.ascontiguousarray(undo_dihedral(out.foreground, k)), boundary)
 
 
 def _nanmean(values: Sequence[float]) -> float:
@@ -298,7 +334,7 @@ class MCDropoutAgreement(_MedianAggregate):
 
     @classmethod
     def from_options(cls, options: RankOptions) -> MCDropoutAgreement:
-        return cls(strength=DEFAULT_DROPOUT if options.strength is None else options.strength)
+        return cls(strength=DEFAULT_DROPOUT if options.fixed_strength is None else options.fixed_strength)
 
     def settings(self) -> dict[str, object]:
         return {"strength": self.strength, "samples": self.samples}
@@ -393,11 +429,13 @@ class FewLabelOracle:
         return aggregate(values, how="mean")
 
 
+from bioimage_cte.combined import CTECombined  # noqa: E402  (it builds on the CTE estimators above)
+
 #: Every estimator by its name; the command line's choices come from here.
 ESTIMATORS: dict[str, type] = {
     cls.name: cls
-    for cls in (CTEDropout, CTEInput, MeanConfidence, NegativeEntropy, TTAAgreement, MCDropoutAgreement,
-                ConsensusAgreement, RandomScore, FewLabelOracle)
+    for cls in (CTECombined, CTEDropout, CTEInput, CTEDihedral, MeanConfidence, NegativeEntropy, TTAAgreement,
+                MCDropoutAgreement, ConsensusAgreement, RandomScore, FewLabelOracle)
 }
 
 #: Label-free estimators compared side by side by ``bioimage-cte evaluate``.

@@ -131,6 +131,9 @@ class JobOutcome:
 
 
 def _settings(options: RankOptions, target: TargetSpec) -> dict[str, Any]:
+    if options.strength == "auto":
+        raise BioimageCteError("strength 'auto' is chosen from every candidate's predictions at once and cannot be "
+                               "stored per model; give a number, or rank with 'bioimage-cte rank'")
     estimator = options.make_estimator()
     if estimator.cross_model:
         raise BioimageCteError(f"estimator {options.estimator!r} compares every model's masks at once and cannot be "

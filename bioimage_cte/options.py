@@ -34,6 +34,8 @@ Task = Literal["semantic", "instance"]
 Consistency = Literal["hard", "soft", "instance"]
 TASKS: tuple[Task, ...] = ("semantic", "instance")
 CONSISTENCIES: tuple[Consistency, ...] = ("hard", "soft", "instance")
+#: Estimators whose strength ``"auto"`` can choose.
+AUTO_STRENGTH: tuple[str, ...] = ("cte", "cte-dropout", "cte-input")
 
 @dataclass(frozen=True, kw_only=True)
 class RankOptions:
@@ -42,16 +44,18 @@ class RankOptions:
     Parameters
     ----------
     estimator : str
-        Estimator name from :data:`bioimage_cte.estimators.ESTIMATORS` (default ``"cte-dropout"``).
+        Estimator name from :data:`bioimage_cte.estimators.ESTIMATORS` (default ``"tta"``, chosen on held-out
+        targets: see the README's ranking-quality tables).
     task : {"semantic", "instance"}
         What the models segment; chooses the default consistency.
     consistency : {"soft", "hard", "instance"}, optional
         Consistency score of the CTE estimators; default ``"soft"`` (``"instance"`` for the instance task).
     perturbation : {"gaussian", "brightness", "contrast", "gamma"}
         Input perturbation of ``cte-input``.
-    strength : float, optional
+    strength : float or "auto", optional
         Perturbation strength: the dropout rate for the dropout estimators (default 0.2), the fraction of the
-        image's range for ``cte-input`` (default 0.1).
+        image's range for ``cte-input`` (default 0.1). ``"auto"`` chooses it per family from the candidates' own
+        predictions (:mod:`bioimage_cte.strength`; ``cte-dropout``, ``cte-input`` and ``cte``).
     repeats : int
         Perturbed passes per image; their consistencies are averaged.
     seed : int
@@ -76,13 +80,16 @@ class RankOptions:
         Run Python code shipped inside packages (see :mod:`bioimage_cte.trust`).
     trusted_libraries : tuple of str
         Import prefixes trusted besides the default ones.
+    budget : {"all", "auto"} or int
+        Images to score: every image (``"all"``), as many as it takes to settle the top model (``"auto"``, see
+        :mod:`bioimage_cte.budget`), or at most that many, in the run's seeded order.
     """
 
-    estimator: str = "cte-dropout"
+    estimator: str = "tta"
     task: Task = "semantic"
     consistency: Consistency | None = None
     perturbation: InputKind = "gaussian"
-    strength: float | None = None
+    strength: float | str | None = None
     repeats: int = 1
     seed: int = 0
     axes: str | None = None
@@ -94,6 +101,7 @@ class RankOptions:
     tag: str | None = None
     trust_code: bool = False
     trusted_libraries: tuple[str, ...] = ()
+    budget: int | str = "all"
 
     def __post_init__(self) -> None:
         from bioimage_cte.estimators import ESTIMATORS
@@ -106,13 +114,30 @@ class RankOptions:
             _one_of("consistency", self.consistency, CONSISTENCIES)
         if self.repeats < 1:
             raise ValueError(f"repeats={self.repeats}: use 1 or more perturbed runs per image")
+        if isinstance(self.strength, str):
+            if self.strength != "auto":
+                try:  # "0.3" from a command line
+                    object.__setattr__(self, "strength", float(self.strength))
+                except ValueError:
+                    raise ValueError(f"strength {self.strength!r}: use a number or 'auto'") from None
+            elif self.estimator not in AUTO_STRENGTH:
+                raise ValueError(f"strength 'auto' chooses the strength of {', '.join(AUTO_STRENGTH)}; "
+                                 f"{self.estimator!r} has no automatic strength: give a number")
         if self.seed < 0:
             raise ValueError(f"seed={self.seed}: use a non-negative integer")
         # a list from a command line or a JSON file becomes a tuple, so the options stay hashable
         object.__setattr__(self, "trusted_libraries", tuple(self.trusted_libraries))
         if self.channels is not None:
             object.__setattr__(self, "channels", _channel_list(self.channels))
+        from bioimage_cte.budget import parse_budget
+
+        object.__setattr__(self, "budget", parse_budget(self.budget))  # "8" from a command line becomes 8
         self.make_estimator()  # validates the strength for this estimator
+
+    @property
+    def fixed_strength(self) -> float | None:
+        """The strength given as a number (None for the default or ``"auto"``, which start from the default)."""
+        return None if self.strength == "auto" else self.strength  # type: ignore[return-value]
 
     @property
     def consistency_kind(self) -> Consistency:
@@ -169,7 +194,7 @@ class RankOptions:
                 "channels": None if self.channels is None else list(self.channels),
                 "output_channel": self.output_channel,
                 "weight_format": self.weight_format, "tag": self.tag, "trust_code": self.trust_code,
-                "trusted_libraries": list(self.trusted_libraries)}
+                "trusted_libraries": list(self.trusted_libraries), "budget": self.budget}
 
 
 def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:

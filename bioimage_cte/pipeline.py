@@ -16,6 +16,7 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from bioimage_cte.budget import rank_adaptive
 from bioimage_cte.errors import InvalidImageError, one_line
 from bioimage_cte.estimators import LABEL_FREE, Estimator, FewLabelOracle, Perturbing
 from bioimage_cte.evaluation import Evaluation, evaluate_rankings
@@ -32,6 +34,7 @@ from bioimage_cte.options import RankOptions
 from bioimage_cte.ranking import Ranking, build_ranking, ranking_json
 from bioimage_cte.scoring import ModelFailure, ModelResult, overlay_predictions, rank_models
 from bioimage_cte.sources import ModelSource, select_models
+from bioimage_cte.strength import with_automatic_strength
 
 __all__ = ["EvaluationRun", "Progress", "RankingRun", "evaluate", "rank", "report_overlays"]
 
@@ -65,11 +68,23 @@ class RankingRun(_Run):
     """A ranking and what it was made from."""
 
     ranking: Ranking
+    #: why scoring stopped: "all images", or with a budget "settled" / "budget"
+    stop_reason: str = "all images"
+    #: images found (``images`` are those scored, in the order scored)
+    n_images_found: int | None = None
+    #: with ``strength="auto"``: per family, the strength chosen and what the choice looked at
+    strength_choice: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json_dict(self, *, images: str | None = None) -> dict[str, Any]:
         """The ranking JSON (``rank --output``): models, failures and every setting of the run."""
-        return ranking_json(self.ranking, self.options, images=images or _common_folder(self.images),
-                            n_images=len(self.images))
+        payload = ranking_json(self.ranking, self.options, images=images or _common_folder(self.images),
+                               n_images=len(self.images))
+        payload["settings"].update({"stop_reason": self.stop_reason, "images_used": len(self.images),
+                                    "images_found": self.n_images_found or len(self.images)})
+        if self.options.budget != "all":
+            payload["settings"]["image_order"] = [p.name for p in self.images]
+        payload["settings"].update(self.strength_choice)
+        return payload
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,10 +157,18 @@ def rank(
     progress = progress or Progress()
     sources, paths, warnings = _inputs(models, images, options, progress)
     estimator = options.make_estimator()
-    results, failures = _score(sources, paths, [estimator], options, progress)
+    choice: dict[str, Any] = {}
+    if options.strength == "auto":
+        estimator, choice = with_automatic_strength(sources, paths, estimator, options)
+    n_found, reason = len(paths), "all images"
+    if options.budget == "all":
+        results, failures = _score(sources, paths, [estimator], options, progress)
+    else:
+        run = rank_adaptive(sources, paths, estimator, options, on_image=progress.image, on_model=progress.model)
+        results, failures, paths, reason = run.results, run.failures, run.images, run.stop_reason
     ranking = build_ranking(results, estimator, failures=failures, seed=options.seed)
     return RankingRun(ranking=ranking, sources=tuple(sources), images=tuple(paths), options=options,
-                      warnings=tuple(warnings))
+                      warnings=tuple(warnings), stop_reason=reason, n_images_found=n_found, strength_choice=choice)
 
 
 def evaluate(

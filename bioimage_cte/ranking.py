@@ -47,6 +47,8 @@ class ModelScore:
     weights: dict[str, str] | None = None
     #: the output tensor and channel scored, and how they were chosen (see :mod:`bioimage_cte.readout`)
     output: dict[str, Any] | None = None
+    #: estimator-specific detail, e.g. ``cte``'s families and per-family values
+    details: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -77,10 +79,13 @@ def _json_score(s: ModelScore) -> dict[str, Any]:
             "per_image": [finite(v) for v in s.per_image], "note": s.note, "sha256": s.sha256,
             "foreground_fraction": finite(s.foreground_fraction),
             "interval": [finite(s.interval[0]), finite(s.interval[1])], "output": s.output,
-            "weights": s.weights}
+            "weights": s.weights, **(s.details or {})}
 
 
-def _per_image_scores(results: Sequence[ModelResult], estimator: Estimator) -> list[list[float] | None]:
+def per_image_scores(results: Sequence[ModelResult], estimator: Estimator) -> list[list[float] | None]:
+    """Each model's per-image values under ``estimator`` (combined across models where it needs them)."""
+    if hasattr(estimator, "score_results"):  # per-model values combined across the models (cte)
+        return estimator.score_results(results)
     if estimator.cross_model:
         usable = [r.masks for r in results if r.masks is not None]
         if len(usable) < 2:
@@ -100,7 +105,7 @@ def build_ranking(
     """Rank models by one estimator, best first; models without a valid score go last with a note."""
     failed = list(failures)
     rows = []
-    for result, values in zip(results, _per_image_scores(results, estimator), strict=True):
+    for result, values in zip(results, per_image_scores(results, estimator), strict=True):
         if values is None:
             stage, reason = result.failures.get(estimator.name, (Stage.ESTIMATOR, "estimator did not run"))
             failed.append(ModelFailure(result.source.name, result.source.source, stage, reason))
@@ -115,12 +120,13 @@ def build_ranking(
         if not estimator.random:  # a drawn score has no per-image evidence to resample
             lo, hi = bootstrap_intervals([values], seed=seed_sequence(seed, "bootstrap", model=result.source.name))[0]
             interval = (float(lo), float(hi))
-        rows.append((result, score, agg, tuple(values), note, fraction, interval))
+        details = estimator.model_details(result) if hasattr(estimator, "model_details") else None
+        rows.append((result, score, agg, tuple(values), note, fraction, interval, details))
     rows.sort(key=lambda r: (not math.isfinite(r[1]), -r[1] if math.isfinite(r[1]) else 0.0))
     scores = tuple(
         ModelScore(r.source.name, r.source.source, score, rank, agg.n_images, agg.n_valid, agg.n_empty, values, note,
-                   r.sha256, fraction, interval, output=r.output, weights=r.weights)
-        for rank, (r, score, agg, values, note, fraction, interval) in enumerate(rows, start=1)
+                   r.sha256, fraction, interval, output=r.output, weights=r.weights, details=details)
+        for rank, (r, score, agg, values, note, fraction, interval, details) in enumerate(rows, start=1)
     )
     return Ranking(estimator.name, dict(estimator.settings()), scores, tuple(failed))
 

@@ -27,7 +27,7 @@ from bioimage_cte.options import RankOptions
 from bioimage_cte.segmentation import Prediction, instances
 from bioimage_cte.sources import ModelSource, file_sha256
 
-__all__ = ["ModelFailure", "ModelResult", "Stage", "overlay_predictions", "rank_models", "score_model"]
+__all__ = ["ModelFailure", "ModelResult", "ModelRun", "Stage", "overlay_predictions", "rank_models", "score_model"]
 
 
 class Stage(StrEnum):
@@ -85,6 +85,118 @@ def _stage(e: BaseException) -> Stage:
     return Stage.SKIPPED if isinstance(e, UntrustedCodeError) else Stage.ESTIMATOR
 
 
+class ModelRun:
+    """One model, loaded once, scoring images one at a time for every requested estimator.
+
+    Use as a context manager; :meth:`score` one image after another (in any order: ``index`` is the image's place in
+    the run, which names its random draws), then :meth:`result`. :func:`score_model` runs every image in turn; the
+    adaptive budget (:func:`bioimage_cte.budget_run.rank_adaptive`) keeps several runs open and interleaves them.
+
+    Grey-box estimators need ``pytorch_state_dict`` weights whose architecture may run (``options.code_policy()``,
+    see :mod:`bioimage_cte.trust`): a model without them still gets its black-box scores, and the grey-box estimators
+    record why they could not run in ``failures``. An estimator that only *wants* grey-box access (``cte``: its
+    dropout family) is scored black-box then, without that family.
+
+    Raises
+    ------
+    BioimageCteError
+        When the model cannot be loaded or predicted at all (the caller records it as failed).
+    """
+
+    def __init__(self, source: ModelSource, estimators: Sequence[Estimator], options: RankOptions, *,
+                 with_labels: bool = False) -> None:
+        from bioimage_cte.predictors import load_model, make_predictor
+
+        self.start = time.perf_counter()
+        self.source, self.options = source, options
+        descr = load_model(source.location)
+        self.failures: dict[str, tuple[Stage, str]] = {}
+        needs = any(e.needs_greybox for e in estimators)
+        wants = needs or any(getattr(e, "wants_greybox", False) for e in estimators)
+        # messages name the package file: a zoo run lists hundreds of them
+        keep_masks = any(e.cross_model for e in estimators)
+        common = dict(name=source.location, weight_format=options.weight_format, devices=[options.device],
+                      code_policy=options.code_policy(), output_channel=options.output_channel)
+        self.greybox, self.idle = wants, False
+        try:
+            self.predictor = make_predictor(descr, greybox=wants, layer=options.layer, **common)
+        except BioimageCteError as e:
+            if not wants:
+                raise
+            self.greybox = False
+            self.failures.update({est.name: (_stage(e), str(e)) for est in estimators if est.needs_greybox})
+            if (not with_labels and not keep_masks and needs
+                    and all(est.needs_greybox for est in estimators)):
+                self.idle = True  # nothing can run: the model is not run at all
+                return
+            self.predictor = make_predictor(descr, greybox=False, **common)
+        self.scored = [e for e in estimators if e.name not in self.failures and not e.cross_model
+                       and not e.needs_labels]
+        self.labelled = [e for e in estimators if e.needs_labels]
+        self.per_image: dict[str, list[float]] = {e.name: [] for e in self.scored + self.labelled
+                                                  if not hasattr(e, "family_values")}
+        self.true: dict[str, list[float]] = {}
+        self.masks: list[np.ndarray] | None = [] if keep_masks else None
+        self.foreground: list[float] = []
+        self.layer: str | None = None
+
+    def __enter__(self) -> ModelRun:
+        if not self.idle:
+            self.predictor.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.idle:
+            self.layer = getattr(self.predictor, "layer", None)
+            self.predictor.__exit__(*exc)
+
+    def score(self, index: int, path: Path, labels: np.ndarray | None = None) -> None:
+        """Predict one image clean and score it with every estimator (``index``: its place in the run)."""
+        image = _load(path, self.options, self.predictor, self.source.location)
+        seed = self.options.seed
+        with _model_errors(self.source, path):
+            clean = self.predictor.predict(image)
+            _check_prediction(clean, self.source, path)
+            mask = clean.foreground > 0.5
+            self.foreground.append(float(mask.mean()))
+            for estimator in self.scored:
+                if hasattr(estimator, "family_values"):
+                    for k, v in estimator.family_values(self.predictor, image, clean, seed=seed, index=index,
+                                                        greybox=self.greybox).items():
+                        self.per_image.setdefault(k, []).append(v)
+                else:
+                    self.per_image[estimator.name].append(
+                        estimator.score_image(self.predictor, image, clean, seed=seed, index=index))
+        if self.masks is not None:
+            self.masks.append(mask)
+        if labels is not None:
+            _true_metrics(clean, labels, self.true)
+            for estimator in self.labelled:
+                self.per_image[estimator.name].append(estimator.score_labelled(clean, labels, index))
+
+    def result(self) -> ModelResult:
+        """What the run has produced so far (the adaptive budget asks after every image)."""
+        if not hasattr(self, "_sha256"):
+            self._sha256 = file_sha256(self.source.location)
+        if self.idle:
+            return ModelResult(self.source, {}, {}, None, self.failures, None, time.perf_counter() - self.start,
+                               self._sha256)
+        return ModelResult(self.source, self.per_image, self.true, self.masks, self.failures, self.layer,
+                           time.perf_counter() - self.start, self._sha256, self.foreground,
+                           self.predictor.readout.to_json_dict(), _weights_json(self.predictor))
+
+
+def _weights_json(predictor: Any) -> dict[str, str] | None:
+    choice = getattr(predictor, "weights", None)
+    return None if choice is None else choice.to_json()
+
+
+def _load(path: Path, options: RankOptions, predictor: Any, name: str) -> np.ndarray:
+    """An image as this model is fed it: its channels selected for the model's input channel count."""
+    return load_target(path, axes=options.axes, channels=options.channels, n_channels=predictor.in_channels,
+                       model=name)
+
+
 def score_model(
     source: ModelSource,
     image_paths: Sequence[Path],
@@ -94,77 +206,26 @@ def score_model(
     labels: Sequence[np.ndarray] | None = None,
     on_image: Callable[[], None] | None = None,
 ) -> ModelResult:
-    """Run one model over the images and score it with every estimator.
+    """Run one model over the images and score it with every estimator (see :class:`ModelRun`).
 
-    The model is loaded once; each image is read from disk, predicted clean once, and handed
-    with that prediction to every estimator. Grey-box estimators need ``pytorch_state_dict``
-    weights whose architecture may run (``options.code_policy()``, see :mod:`bioimage_cte.trust`):
-    a model without them still gets its black-box scores, and the grey-box estimators record why
-    they could not run in ``failures``. When no estimator can run and nothing else needs
-    predictions (labels, cross-model estimators), the model is not run at all.
+    The model is loaded once; each image is read from disk, predicted clean once, and handed with that prediction
+    to every estimator. When no estimator can run and nothing else needs predictions (labels, cross-model
+    estimators), the model is not run at all.
 
     Raises
     ------
     BioimageCteError
         When the model cannot be loaded or predicted at all (the caller records it as failed).
     """
-    from bioimage_cte.predictors import load_model, make_predictor
-
-    start = time.perf_counter()
-    descr = load_model(source.location)
-    failures: dict[str, tuple[Stage, str]] = {}
-    greybox = any(e.needs_greybox for e in estimators)
-    # messages name the package file: a zoo run lists hundreds of them
-    name = source.location
-    keep_masks = any(e.cross_model for e in estimators)
-    common = dict(name=name, weight_format=options.weight_format, devices=[options.device],
-                  code_policy=options.code_policy(), output_channel=options.output_channel)
-    try:
-        predictor = make_predictor(descr, greybox=greybox, layer=options.layer, **common)
-    except BioimageCteError as e:
-        if not greybox:
-            raise
-        failures.update({est.name: (_stage(e), str(e)) for est in estimators if est.needs_greybox})
-        if labels is None and not keep_masks and all(est.needs_greybox for est in estimators):
-            return ModelResult(source, {}, {}, None, failures, None, time.perf_counter() - start,
-                               file_sha256(source.location))
-        predictor = make_predictor(descr, greybox=False, **common)
-    per_image_scored = [e for e in estimators if e.name not in failures and not e.cross_model and not e.needs_labels]
-    labelled = [e for e in estimators if e.needs_labels]
-    per_image: dict[str, list[float]] = {e.name: [] for e in per_image_scored + labelled}
-    true: dict[str, list[float]] = {}
-    masks: list[np.ndarray] | None = [] if keep_masks else None
-    foreground: list[float] = []
-    with predictor:
+    run = ModelRun(source, estimators, options, with_labels=labels is not None)
+    if run.idle:
+        return run.result()
+    with run:
         for i, path in enumerate(image_paths):
-            image = _load(path, options, predictor, name)
-            with _model_errors(source, path):
-                clean = predictor.predict(image)
-                _check_prediction(clean, source, path)
-                mask = clean.foreground > 0.5
-                foreground.append(float(mask.mean()))
-                for estimator in per_image_scored:
-                    per_image[estimator.name].append(
-                        estimator.score_image(predictor, image, clean, seed=options.seed, index=i))
-            if masks is not None:
-                masks.append(mask)
-            if labels is not None:
-                _true_metrics(clean, labels[i], true)
-                for estimator in labelled:
-                    per_image[estimator.name].append(estimator.score_labelled(clean, labels[i], i))
+            run.score(i, path, None if labels is None else labels[i])
             if on_image is not None:
                 on_image()
-        layer_used = getattr(predictor, "layer", None)
-        choice = getattr(predictor, "weights", None)
-    return ModelResult(source, per_image, true, masks, failures, layer_used, time.perf_counter() - start,
-                       file_sha256(source.location), foreground, predictor.readout.to_json_dict(),
-                       None if choice is None else choice.to_json())
-
-
-def _load(path: Path, options: RankOptions, predictor: Any, name: str) -> np.ndarray:
-    """An image as this model is fed it: its channels selected for the model's input channel count."""
-    return load_target(path, axes=options.axes, channels=options.channels, n_channels=predictor.in_channels,
-                       model=name)
+    return run.result()
 
 
 @contextlib.contextmanager

@@ -58,7 +58,8 @@ def test_make_estimator_validates_options():
 
 
 def test_perturbing_estimators():
-    assert {n for n in ESTIMATORS if isinstance(make_estimator(n), Perturbing)} == {"cte-dropout", "cte-input"}
+    perturbing = {n for n in ESTIMATORS if isinstance(make_estimator(n), Perturbing)}
+    assert perturbing == {"cte-dropout", "cte-input", "cte-dihedral"}
 
 
 # --- the draws, with a hand-made predictor -------------------------------------------------------------------

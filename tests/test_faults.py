@@ -91,7 +91,7 @@ def _reference_ranking(zoo: Path, target: Path, store: Path) -> list[tuple[str, 
     from bioimage_cte.results import ResultStore
     from bioimage_cte.sources import find_models
 
-    options = RankOptions(estimator="cte-dropout")  # what zoo-rank runs without options
+    options = RankOptions()  # what zoo-rank runs without options
     spec = read_target(target)
     jobs = plan_jobs(find_models([zoo]), [spec], options)
     results = ResultStore(store)

@@ -16,7 +16,7 @@ from bioimage_cte.trust import DEFAULT_TRUSTED_LIBRARIES
 def test_defaults():
     options = RankOptions()
     assert (options.estimator, options.task, options.consistency_kind, options.repeats, options.seed) == (
-        "cte-dropout", "semantic", "soft", 1, 0)
+        "tta", "semantic", "soft", 1, 0)
     assert options.device == "cpu" and options.strength is None and options.trusted_libraries == ()
 
 
@@ -42,8 +42,8 @@ def test_construction_is_keyword_only_and_frozen():
     ({"consistency": "dice"}, "unknown consistency 'dice'"),
     ({"repeats": 0}, "repeats=0"),
     ({"seed": -1}, "seed=-1"),
-    ({"strength": 1.0}, "0 <= p < 1"),  # a dropout rate of 1 drops every channel
-    ({"strength": -0.1}, "0 <= p < 1"),
+    ({"estimator": "cte-dropout", "strength": 1.0}, "0 <= p < 1"),  # a dropout rate of 1 drops every channel
+    ({"estimator": "cte-dropout", "strength": -0.1}, "0 <= p < 1"),
     ({"estimator": "cte-input", "strength": -0.1}, "gaussian strength -0.1 is invalid"),
     ({"estimator": "cte-input", "perturbation": "gamma", "strength": -1.0}, "must be > -1"),
 ])
@@ -62,24 +62,27 @@ def test_replace_validates_again():
 
 
 def test_estimator_built_from_options_uses_strength_consistency_and_repeats():
-    dropout = RankOptions(strength=0.35, consistency="hard", repeats=3).make_estimator()
+    dropout = RankOptions(estimator="cte-dropout", strength=0.35, consistency="hard", repeats=3).make_estimator()
     assert dropout == CTEDropout(strength=0.35, consistency="hard", repeats=3)
     assert dropout.settings() == {"strength": 0.35, "consistency": "hard", "repeats": 3, "threshold": 0.5}
-    assert RankOptions().make_estimator() == CTEDropout(strength=DEFAULT_DROPOUT)
-    assert RankOptions(task="instance").make_estimator().consistency == "instance"
-    assert RankOptions(task="instance", consistency="soft").make_estimator().consistency == "soft"
+    assert RankOptions(estimator="cte-dropout").make_estimator() == CTEDropout(strength=DEFAULT_DROPOUT)
+    assert RankOptions().estimator == "tta"  # the default, chosen on held-out targets (README)
+    assert RankOptions(estimator="cte-dropout", task="instance").make_estimator().consistency == "instance"
+    soft = RankOptions(estimator="cte-dropout", task="instance", consistency="soft").make_estimator()
+    assert soft.consistency == "soft"
     noise = RankOptions(estimator="cte-input", perturbation="gamma", strength=0.2, repeats=2).make_estimator()
     assert noise == CTEInput(kind="gamma", strength=0.2, consistency="soft", repeats=2)
     assert RankOptions(estimator="cte-input").make_estimator().strength == DEFAULT_INPUT_STRENGTH
     # one name for the dropout rate, whichever estimator uses it
-    options = RankOptions(strength=0.4)
+    options = RankOptions(estimator="cte-dropout", strength=0.4)
     assert options.make_estimator("mc-dropout") == MCDropoutAgreement(strength=0.4)
     assert options.make_estimator("mc-dropout").settings()["strength"] == 0.4
     assert options.make_estimator("tta") == TTAAgreement()
 
 
 def test_score_settings_are_the_estimators_plus_what_changes_a_score():
-    options = RankOptions(strength=0.3, seed=2, axes="yx", layer="encoders.2", weight_format="torchscript")
+    options = RankOptions(estimator="cte-dropout", strength=0.3, seed=2, axes="yx", layer="encoders.2",
+                          weight_format="torchscript")
     assert options.score_settings() == {"strength": 0.3, "consistency": "soft", "repeats": 1, "threshold": 0.5,
                                         "seed": 2, "axes": "yx", "layer": "encoders.2",
                                         "weight_format": "torchscript"}
@@ -102,7 +105,7 @@ def test_run_settings_record_every_run_option():
     assert options.run_settings() == {"seed": 5, "task": "instance", "axes": None, "device": "cuda", "layer": None,
                                       "channels": None, "output_channel": None,
                                       "weight_format": None, "tag": "cells", "trust_code": False,
-                                      "trusted_libraries": ["mylab"]}
+                                      "trusted_libraries": ["mylab"], "budget": "all"}
 
 
 def test_channels_are_parsed_and_checked_and_change_the_score_key_only_when_set():

@@ -148,14 +148,16 @@ def test_mean_estimators_and_cross_model_estimators():
 
 
 def test_ranking_json_records_every_setting():
-    options = RankOptions(strength=0.3, seed=2, device="cuda", tag="nuclei", trusted_libraries=("mylab",))
+    options = RankOptions(estimator="cte-dropout", strength=0.3, seed=2, device="cuda", tag="nuclei",
+                          trusted_libraries=("mylab",))
     ranking = build_ranking([_result("a", [0.5, 0.6])], options.make_estimator(), seed=options.seed)
     payload = ranking_json(ranking, options, images="/data/t/images", n_images=2)
     assert payload["settings"] == {
         "estimator": "cte-dropout", "strength": 0.3, "consistency": "soft", "repeats": 1, "threshold": 0.5,
         "bioimage_cte_version": __version__, "images": "/data/t/images", "n_images": 2, "seed": 2,
         "task": "semantic", "axes": None, "device": "cuda", "layer": None, "weight_format": None, "tag": "nuclei",
-        "trust_code": False, "trusted_libraries": ["mylab"], "channels": None, "output_channel": None}
+        "trust_code": False, "trusted_libraries": ["mylab"], "channels": None, "output_channel": None,
+        "budget": "all"}
     assert payload["models"][0]["name"] == "a" and payload["failures"] == []
     json.dumps(payload, allow_nan=False)
 

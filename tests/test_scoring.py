@@ -210,7 +210,8 @@ def test_rank_end_to_end_through_the_pipeline(predictors, images, tmp_path):
     events: dict[str, list] = {"warning": [], "start": [], "model": [], "image": []}
     progress = Progress(warning=events["warning"].append, start=events["start"].append,
                         model=lambda s: events["model"].append(s.name), image=lambda: events["image"].append(1))
-    run = rank([tmp_path / "zoo"], images[0].parent, RankOptions(seed=1, strength=0.3), progress=progress)
+    options = RankOptions(estimator="cte-dropout", seed=1, strength=0.3)
+    run = rank([tmp_path / "zoo"], images[0].parent, options, progress=progress)
     assert [s.name for s in run.ranking.scores] == ["sharp", "dim"]
     assert [(f.name, f.stage) for f in run.ranking.failures] == [("broken", Stage.PREDICT)]
     assert len(events["warning"]) == 1 and "blank.npy is constant" in events["warning"][0]
@@ -248,7 +249,7 @@ def test_overlay_predictions_show_the_scored_draw(predictors, images, tmp_path):
     from bioimage_cte.scoring import overlay_predictions
 
     source = _source(tmp_path, "sharp")
-    options = RankOptions(seed=4)
+    options = RankOptions(estimator="cte-dropout", seed=4)
     [(image, clean, perturbed)] = overlay_predictions(source.location, images, [2], options)
     np.testing.assert_array_equal(image, np.load(images[2]))
     predictor = FakePredictor(source.location, greybox=True, log=[])

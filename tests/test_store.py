@@ -220,18 +220,20 @@ def test_plan_jobs_keys_follow_targets_and_settings(tmp_path: Path, small_target
     sources = find_models([package])
     target = read_target(small_target)
     assert target.labels is None and target.task == "nuclei" and len(target.images) == 2
-    jobs = plan_jobs(sources, [target], RankOptions())
+    jobs = plan_jobs(sources, [target], RankOptions(estimator="cte-dropout"))
     moved = tmp_path / "moved"
     shutil.copytree(small_target, moved)
-    assert plan_jobs(sources, [read_target(moved)], RankOptions())[0].key == jobs[0].key  # content-addressed
-    assert plan_jobs(sources, [target], RankOptions(seed=1))[0].key != jobs[0].key
-    assert plan_jobs(sources, [target], RankOptions(strength=0.3))[0].key != jobs[0].key
-    assert plan_jobs(sources, [target], RankOptions(), match_task=True) == jobs  # the package is tagged nuclei
+    dropout = RankOptions(estimator="cte-dropout")
+    assert plan_jobs(sources, [read_target(moved)], dropout)[0].key == jobs[0].key  # content-addressed
+    assert plan_jobs(sources, [target], RankOptions(estimator="cte-dropout", seed=1))[0].key != jobs[0].key
+    assert plan_jobs(sources, [target], RankOptions(estimator="cte-dropout", strength=0.3))[0].key != jobs[0].key
+    assert plan_jobs(sources, [target], dropout, match_task=True) == jobs  # the package is tagged nuclei
     junk = tmp_path / "zoo" / "junk.zip"
     junk.parent.mkdir()
     junk.write_bytes(os.urandom(512))
     cells = replace(target, task="cells")
-    kept = plan_jobs(sources + find_models([junk.parent]), [cells], RankOptions(), match_task=True)
+    kept = plan_jobs(sources + find_models([junk.parent]), [cells], RankOptions(estimator="cte-dropout"),
+                     match_task=True)
     assert [j.source.name for j in kept] == ["junk"]  # a nuclei model is left out; an unreadable one is not
     with pytest.raises(BioimageCteError, match="consensus"):
         plan_jobs(sources, [target], RankOptions(estimator="consensus"))
@@ -245,7 +247,7 @@ def test_score_job_scores_once_and_records_failures(tmp_path: Path, small_target
     assert sources[1].name == "broken"
     store = ResultStore(tmp_path / "results.sqlite")
     target = read_target(small_target)
-    good, bad = plan_jobs(sources, [target], RankOptions())
+    good, bad = plan_jobs(sources, [target], RankOptions(estimator="cte-dropout"))
 
     assert score_job(good, store).scored is True
     assert score_job(good, store).scored is False  # cache hit: nothing recomputed
@@ -257,7 +259,7 @@ def test_score_job_scores_once_and_records_failures(tmp_path: Path, small_target
     assert [r.source.name for r in results] == ["nuclei-small-bright"] and len(results[0].per_image["cte-dropout"]) == 2
     assert len(results[0].foreground) == 2 and all(0.0 < f < 0.9 for f in results[0].foreground)
     assert [f.name for f in failures] == ["broken"]
-    payload = rank_target(target, [good, bad], store, RankOptions())
+    payload = rank_target(target, [good, bad], store, RankOptions(estimator="cte-dropout"))
     assert payload["models"][0]["sha256"] == good.sha256 and payload["settings"]["n_images"] == 2
     assert payload["models"][0]["foreground_fraction"] == pytest.approx(np.median(results[0].foreground))
     assert payload["target"]["fingerprint"] == target.fingerprint
@@ -281,7 +283,7 @@ def _hand_target() -> TargetSpec:
 
 
 def test_rank_target_from_stored_records_without_a_model(store: ResultStore):
-    options = RankOptions(seed=2)
+    options = RankOptions(estimator="cte-dropout", seed=2)
     target = _hand_target()
     good, fair, greybox, crashed, untrusted, missing = (
         _hand_job(target, n, options) for n in ("good", "fair", "no-greybox", "crashed", "untrusted", "missing"))
@@ -325,7 +327,7 @@ def test_rank_target_from_stored_records_without_a_model(store: ResultStore):
 
 def test_device_and_tag_do_not_change_the_key():
     target = _hand_target()
-    key = _hand_job(target, "m", RankOptions()).key
-    assert _hand_job(target, "m", RankOptions(device="cuda:1", tag="nuclei")).key == key
+    key = _hand_job(target, "m", RankOptions(estimator="cte-dropout")).key
+    assert _hand_job(target, "m", RankOptions(estimator="cte-dropout", device="cuda:1", tag="nuclei")).key == key
     assert _hand_job(target, "m", RankOptions(trust_code=True)).key != key
-    assert _hand_job(target, "m", RankOptions(strength=0.3)).key != key
+    assert _hand_job(target, "m", RankOptions(estimator="cte-dropout", strength=0.3)).key != key
