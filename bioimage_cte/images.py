@@ -28,7 +28,7 @@ import numpy as np
 from bioimage_cte.errors import InvalidImageError
 
 __all__ = [
-    "DEFAULT_MAX_IMAGE_BYTES",
+    "DEFAULT_MAX_PIXELS",
     "IMAGE_SUFFIXES",
     "ImageCheck",
     "check_images",
@@ -43,8 +43,9 @@ __all__ = [
 IMAGE_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".png", ".npy")
 """File suffixes read as images (compared case-insensitively)."""
 
-DEFAULT_MAX_IMAGE_BYTES: int = 2**31
-"""Largest decoded image read by default (2 GiB): its header is checked before any pixel is decoded."""
+DEFAULT_MAX_PIXELS: int = 2**30
+"""Most pixel values (all planes and channels) of an image read by default, checked from its header before any
+pixel is decoded: 2**30, e.g. 32768 x 32768 px, 2 GiB as uint16 (``--max-pixels``)."""
 
 _AXIS_LETTERS = "zcyx"
 _GLOB_CHARS = "*?["
@@ -165,8 +166,8 @@ def _tiff_header(path: Path) -> tuple[tuple[int, ...], int]:
         return tuple(series.shape), np.dtype(series.dtype).itemsize
 
 
-def _decoded_bytes(path: Path, suffix: str) -> tuple[int, tuple[int, ...]] | None:
-    """(bytes, shape) the decoder would produce, from the file's header alone; None when unknown."""
+def _decoded_size(path: Path, suffix: str) -> tuple[int, int, tuple[int, ...]] | None:
+    """(pixel values, bytes, shape) the decoder would produce, from the file's header alone; None when unknown."""
     if suffix == ".png":
         header = _png_header(path)
     elif suffix == ".npy":
@@ -176,14 +177,15 @@ def _decoded_bytes(path: Path, suffix: str) -> tuple[int, tuple[int, ...]] | Non
     if header is None:
         return None
     shape, itemsize = header
-    return int(np.prod(shape, dtype=object)) * itemsize, shape
+    n = int(np.prod(shape, dtype=object))
+    return n, n * itemsize, shape
 
 
 def _human(n: int) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
-def read_image(path: Path, *, max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES) -> np.ndarray:
+def read_image(path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read one image file as stored, without normalising or reordering axes.
 
     Parameters
@@ -191,9 +193,9 @@ def read_image(path: Path, *, max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES) -
     path : Path
         A .tif/.tiff (tifffile, first series), .png (imageio) or .npy file (loaded
         without pickle).
-    max_bytes : int or None, optional
-        Largest decoded size allowed (default 2 GiB). The file's header is read first and an
-        image that would decode to more is refused before any pixel is decoded, so a small
+    max_pixels : int or None, optional
+        Most pixel values allowed (every plane and channel counted; default 2**30). The file's
+        header is read first and a larger image is refused before any pixel is decoded, so a small
         compressed file declaring a huge image cannot exhaust memory. None: no limit.
 
     Returns
@@ -204,7 +206,7 @@ def read_image(path: Path, *, max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES) -
     Raises
     ------
     InvalidImageError
-        The file cannot be read, would decode to more than ``max_bytes``, has an unsupported
+        The file cannot be read, has more than ``max_pixels`` pixel values, has an unsupported
         suffix or dtype, or is empty.
 
     Examples
@@ -224,16 +226,16 @@ def read_image(path: Path, *, max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES) -
             raise InvalidImageError(f"image {path} is an empty file (0 bytes); remove it or export it again")
     except OSError:
         pass  # a missing or unreadable file is reported by the reader below
-    if max_bytes is not None:
+    if max_pixels is not None:
         try:
-            decoded = _decoded_bytes(path, suffix)
+            decoded = _decoded_size(path, suffix)
         except Exception as e:  # a header the readers cannot parse either: damaged or not an image
             raise _unreadable(path, e) from e
-        if decoded is not None and decoded[0] > max_bytes:
-            size, shape = decoded
+        if decoded is not None and decoded[0] > max_pixels:
+            n, size, shape = decoded
             raise InvalidImageError(
-                f"image {path} decodes to {_human(size)} (shape {shape}; limit {_human(max_bytes)}, max_bytes); "
-                "crop it or raise the limit"
+                f"image {path} has {n} pixel values (shape {shape}, {_human(size)} decoded), above the limit of "
+                f"{max_pixels}; crop it, or raise the limit (--max-pixels, max_pixels) if you have the memory"
             )
     try:
         if suffix == ".png":
@@ -382,7 +384,7 @@ def check_images(
     *,
     axes: str | None = None,
     skip_bad: bool = False,
-    max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> ImageCheck:
     """Read every target image once, before any model runs; report the unreadable ones all together.
 
@@ -399,7 +401,7 @@ def check_images(
     skip_bad : bool, optional
         Return the unreadable images in :attr:`ImageCheck.skipped` instead of raising; the
         caller decides what to do when none is left.
-    max_bytes : int or None, optional
+    max_pixels : int or None, optional
         As :func:`read_image`.
 
     Returns
@@ -431,7 +433,7 @@ def check_images(
     errors: list[tuple[Path, InvalidImageError]] = []
     for path in paths:
         try:
-            data = to_yx(read_image(path, max_bytes=max_bytes), axes=axes, path=path)
+            data = to_yx(read_image(path, max_pixels=max_pixels), axes=axes, path=path)
         except InvalidImageError as e:  # every bad image is collected, so one run shows the user all of them
             errors.append((path, e))
             continue
@@ -444,7 +446,7 @@ def check_images(
             raise errors[0][1]
         lines = "\n".join(f"  {e}" for _, e in errors)
         raise InvalidImageError(f"{len(errors)} of {len(paths)} images cannot be read; fix or remove them (or skip "
-                                f"them with skip_bad=True):\n{lines}") from errors[0][1]
+                                f"them with --skip-bad-images, skip_bad=True):\n{lines}") from errors[0][1]
     return ImageCheck(tuple(readable), tuple(warnings), tuple((p, str(e)) for p, e in errors))
 
 
@@ -461,7 +463,7 @@ def load_labels(
     labels_spec: str | Path,
     *,
     axes: str | None = None,
-    max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> list[np.ndarray]:
     """Load the label image of each target image: the file with the same stem in a labels folder.
 
@@ -474,7 +476,7 @@ def load_labels(
     axes : str, optional
         The images' axes, as for :func:`to_yx`; used to work out each image's ``yx``/``zyx``
         shape, which its label must match.
-    max_bytes : int or None, optional
+    max_pixels : int or None, optional
         As :func:`read_image`, for each label and image.
 
     Returns
@@ -520,11 +522,12 @@ def load_labels(
                 f"several labels for image {image_path} in {folder} ({names}); keep only one of them"
             )
         label_path = candidates[0]
-        label = read_image(label_path, max_bytes=max_bytes)
+        label = read_image(label_path, max_pixels=max_pixels)
         label = label.reshape([n for n in label.shape if n != 1])
         # the image is read in full only for its shape: formats differ in how cheaply they expose it,
         # and labels are loaded for small evaluation sets
-        image_shape = to_yx(read_image(image_path, max_bytes=max_bytes), axes=axes, path=image_path).shape
+        image_shape = to_yx(read_image(image_path, max_pixels=max_pixels), axes=axes,
+                            path=image_path).shape
         if label.shape != image_shape:
             raise InvalidImageError(
                 f"label {label_path} has shape {label.shape} but image {image_path} has shape {image_shape} "
@@ -534,9 +537,9 @@ def load_labels(
     return labels
 
 
-def load_target(path: Path, *, axes: str | None = None) -> np.ndarray:
+def load_target(path: Path, *, axes: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read one target image as float32 (y, x) or (z, y, x)."""
-    return to_yx(read_image(path), axes=axes, path=path)
+    return to_yx(read_image(path, max_pixels=max_pixels), axes=axes, path=path)
 
 
 def target_task(folder: Path) -> str | None:

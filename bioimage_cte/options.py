@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from bioimage_cte.archives import DEFAULT_MAX_ENTRY_BYTES
+from bioimage_cte.images import DEFAULT_MAX_PIXELS
 from bioimage_cte.perturbations import INPUT_KINDS, InputKind
 
 if TYPE_CHECKING:
@@ -70,6 +72,12 @@ class RankOptions:
         Run Python code shipped inside packages (see :mod:`bioimage_cte.trust`).
     trusted_libraries : tuple of str
         Import prefixes trusted besides the default ones.
+    max_pixels : int
+        Most pixel values of one image (checked from its header before decoding); a larger image is unreadable.
+    max_entry_bytes : int
+        Largest unpacked member of a package zip; a package with a larger one is refused.
+    skip_bad_images : bool
+        Rank on the readable images and record the unreadable ones, instead of stopping before any model runs.
     """
 
     estimator: str = "cte-dropout"
@@ -86,6 +94,9 @@ class RankOptions:
     tag: str | None = None
     trust_code: bool = False
     trusted_libraries: tuple[str, ...] = ()
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES
+    skip_bad_images: bool = False
 
     def __post_init__(self) -> None:
         from bioimage_cte.estimators import ESTIMATORS
@@ -100,6 +111,9 @@ class RankOptions:
             raise ValueError(f"repeats={self.repeats}: use 1 or more perturbed runs per image")
         if self.seed < 0:
             raise ValueError(f"seed={self.seed}: use a non-negative integer")
+        for name in ("max_pixels", "max_entry_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: use a positive limit")
         # a list from a command line or a JSON file becomes a tuple, so the options stay hashable
         object.__setattr__(self, "trusted_libraries", tuple(self.trusted_libraries))
         self.make_estimator()  # validates the strength for this estimator

@@ -107,7 +107,7 @@ def score_model(
     from bioimage_cte.predictors import load_model, make_predictor
 
     start = time.perf_counter()
-    descr = load_model(source.location)
+    descr = load_model(source.location, max_entry_bytes=options.max_entry_bytes)
     failures: dict[str, tuple[Stage, str]] = {}
     greybox = any(e.needs_greybox for e in estimators)
     # messages name the package file: a zoo run lists hundreds of them
@@ -133,7 +133,7 @@ def score_model(
     foreground: list[float] = []
     with predictor:
         for i, path in enumerate(image_paths):
-            image = load_target(path, axes=options.axes)
+            image = load_target(path, axes=options.axes, max_pixels=options.max_pixels)
             with _model_errors(source, path):
                 clean = predictor.predict(image)
                 _check_prediction(clean, source, path)
@@ -222,13 +222,14 @@ def overlay_predictions(
 
     estimator: Any = options.make_estimator()
     perturbing = isinstance(estimator, Perturbing)
-    predictor = make_predictor(load_model(location), name=location, greybox=estimator.needs_greybox,
+    descr = load_model(location, max_entry_bytes=options.max_entry_bytes)
+    predictor = make_predictor(descr, name=location, greybox=estimator.needs_greybox,
                                layer=options.layer, devices=[options.device], code_policy=options.code_policy(),
                                weight_format=None if estimator.needs_greybox else options.weight_format)
     rows = []
     with predictor:
         for i in indices:
-            image = load_target(Path(image_paths[i]), axes=options.axes)
+            image = load_target(Path(image_paths[i]), axes=options.axes, max_pixels=options.max_pixels)
             clean = predictor.predict(image)
             perturbed = (estimator.perturbed_prediction(predictor, image, seed=options.seed, index=i)
                          if perturbing else None)
