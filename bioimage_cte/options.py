@@ -166,7 +166,8 @@ class RankOptions:
         """Every option as a ranking JSON's ``settings`` records it (as :func:`bioimage_cte.annotate` reads it)."""
         return {"seed": self.seed, "task": self.task, "axes": self.axes, "device": self.device, "layer": self.layer,
                 "weight_format": self.weight_format, "tag": self.tag, "trust_code": self.trust_code,
-                "trusted_libraries": list(self.trusted_libraries)}
+                "trusted_libraries": list(self.trusted_libraries), "max_pixels": self.max_pixels,
+                "max_entry_bytes": self.max_entry_bytes, "skip_bad_images": self.skip_bad_images}
 
 
 def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:

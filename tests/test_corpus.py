@@ -103,7 +103,7 @@ def test_trust_code_runs_the_package_architecture_only_when_asked(corpus):
     package = corpus.package("custom-code-arch")
     image = sorted(corpus.good_images.iterdir())[0]
     result = _invoke("rank", package, "--images", image)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # its only model skipped: nothing ranked
     assert "skipped custom-code-arch (skipped)" in result.output and "--trust-code" in result.output
     assert not corpus.marker.exists()
     try:

@@ -101,7 +101,14 @@ def test_run_settings_record_every_run_option():
     assert options.trusted_libraries == ("mylab",)  # a list becomes a tuple: the options stay hashable
     assert options.run_settings() == {"seed": 5, "task": "instance", "axes": None, "device": "cuda", "layer": None,
                                       "weight_format": None, "tag": "cells", "trust_code": False,
-                                      "trusted_libraries": ["mylab"]}
+                                      "trusted_libraries": ["mylab"], "max_pixels": 2**30,
+                                      "max_entry_bytes": 2 * 1024**3, "skip_bad_images": False}
+
+
+@pytest.mark.parametrize("name", ["max_pixels", "max_entry_bytes"])
+def test_limits_must_be_positive(name):
+    with pytest.raises(ValueError, match=f"^{name}=0: use a positive limit"):
+        RankOptions(**{name: 0})
 
 
 def test_json_round_trip():
