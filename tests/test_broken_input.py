@@ -400,3 +400,67 @@ def test_truncated_weights_are_named_corrupt_with_the_fix(tmp_path, images):
     assert result.exit_code == ExitCode.NOTHING_RANKED, result.output
     (line,) = [line for line in result.stderr.splitlines() if line.startswith(("failed cut", "skipped cut"))]
     assert "weights file weights.pt is corrupt or truncated" in line and "download the package again" in line
+
+
+# --- URLs: served from this machine, never the network ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A local HTTP server over a folder (127.0.0.1, a free port), for URL sources."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path_factory.mktemp("served")
+    (root / "bomb").mkdir()
+    (root / "bomb" / "rdf.yaml").write_text(yaml_bomb())
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", root
+    httpd.shutdown()
+
+
+@pytest.mark.parametrize(("path", "name", "reason"), [
+    ("bomb/rdf.yaml", "bomb", "expands to more than 100000 YAML nodes"),
+    ("gone/rdf.yaml", "gone", "cannot download the rdf.yaml"),
+    ("gone/index.json", "index", "cannot download collection index"),
+])
+def test_a_bad_url_is_that_models_failure(server, images, path, name, reason):
+    url, _ = server
+    result = _rank(f"{url}/{path}", "--images", images)
+    assert result.exit_code == ExitCode.NOTHING_RANKED, result.output
+    (line,) = _failed_lines(result, name)
+    assert reason in line and url in line
+
+
+# --- zoo-rank: its inputs are checked before Prefect starts ----------------------------------------------------------
+
+
+def _zoo_rank(*args: object):
+    return runner.invoke(app, ["zoo-rank", *(str(a) for a in args)])
+
+
+def test_zoo_rank_with_no_zoo_is_one_error_before_prefect(tmp_path, images):
+    result = _zoo_rank(tmp_path / "no-zoo", images, "--store", tmp_path / "r.sqlite")
+    assert result.exit_code == ExitCode.ERROR, result.output
+    assert _one_error(result).startswith(f"error: model source {tmp_path}/no-zoo does not exist")
+    assert "Traceback" not in result.output and not (tmp_path / "r.sqlite").exists()
+
+
+def test_zoo_rank_lists_every_unusable_target_when_none_is_left(tmp_path):
+    (tmp_path / "empty").mkdir()
+    bad = tmp_path / "bad"
+    _bad_images(bad)
+    result = _zoo_rank(PACKAGE.parent, tmp_path / "missing", tmp_path / "empty", bad, "--store", tmp_path / "r.sqlite")
+    assert result.exit_code == ExitCode.ERROR, result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == "error: none of the 3 targets can be used; fix them or pass other folders:"
+    assert [line.split(":")[0].strip() for line in lines[1:4]] == [str(tmp_path / n) for n in ("missing", "empty",
+                                                                                                 "bad")]
+    assert "is not a folder" in lines[1] and "no images found" in lines[2]
+    assert "4 of 5 images cannot be read" in lines[3]
+    assert "Traceback" not in result.output
