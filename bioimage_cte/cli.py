@@ -212,7 +212,8 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 def rank(
     models: ModelsArg,
     images: ImagesOpt,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the ranking as JSON here.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the ranking as JSON here ('-': "
+                                                "standard output); checked before any model runs.")] = None,
     estimator: Annotated[Estimator, typer.Option(help="Transferability estimator.")] = Estimator.cte_dropout,
     report: Annotated[Path | None, typer.Option("--report", help="Also write a self-contained HTML report "
                                                 "(charts, per-image scores, overlays of the top and bottom "
