@@ -149,7 +149,7 @@ def test_sigkill_mid_zoo_ranking_loses_nothing_and_the_rerun_scores_only_the_res
 
     proc = _zoo_rank(tmp_path, zoo, target.parent, store, out)
     try:
-        stdout, stderr = proc.communicate(timeout=240)
+        stdout, stderr = proc.communicate(timeout=600)
     finally:
         _kill_group(proc)
     assert proc.returncode == 0, f"re-run failed:\n{stdout}\n{stderr}"
