@@ -445,7 +445,7 @@ def make_predictor(descr: v0_5.ModelDescr, *, name: str, greybox: bool, weight_f
 
 # what torch and zipfile say about a weights file that was cut short or damaged (rather than refused)
 _DAMAGE_MARKERS = ("PytorchStreamReader failed", "unexpected EOF", "file might be corrupted", "negative seek value",
-                   "truncated", "Ran out of input")
+                   "truncated", "Ran out of input", "Unsupported operand")
 
 
 def _raise_if_damaged(e: BaseException, *, name: str, source: Any) -> None:
@@ -478,7 +478,9 @@ def _damaged_weights(e: BaseException) -> str | None:
             isinstance(err, RuntimeError | ValueError | pickle.UnpicklingError)
             and any(marker in text for marker in _DAMAGE_MARKERS)
         ):
-            return _first_line(err)
+            # weights_only's unpickler on bytes that are no pickle: its own line says which byte, not the first
+            garbage = next((line.strip() for line in text.splitlines() if "Unsupported operand" in line), None)
+            return f"{type(err).__name__}: {garbage}" if garbage else _first_line(err)
     return None
 
 

@@ -392,10 +392,13 @@ def test_constant_predictions_get_no_score_and_go_last(tmp_path, images):
 
 
 @pytest.mark.slow
-def test_truncated_weights_are_named_corrupt_with_the_fix(tmp_path, images):
+@pytest.mark.parametrize("damage", ["cut", "garbage"])
+def test_damaged_weights_are_named_corrupt_with_the_fix(tmp_path, images, damage):
+    """A weights file cut short (truncated zip) or of bytes that are no pickle at all; its sha256 in rdf.yaml fits."""
     with zipfile.ZipFile(PACKAGE) as zf:
         weights = zf.read("weights.pt")
-    cut = _rewrite(PACKAGE, tmp_path / "cut.zip", files={"weights.pt": weights[: len(weights) // 3]})
+    blob = weights[: len(weights) // 3] if damage == "cut" else np.random.default_rng(0).bytes(4096)
+    cut = _rewrite(PACKAGE, tmp_path / "cut.zip", files={"weights.pt": blob})
     result = _rank(cut, "--images", images)
     assert result.exit_code == ExitCode.NOTHING_RANKED, result.output
     (line,) = [line for line in result.stderr.splitlines() if line.startswith(("failed cut", "skipped cut"))]
