@@ -14,7 +14,13 @@ from pathlib import Path
 
 from bioimage_cte.errors import InvalidModelError, UnsafeArchiveError, one_line
 
-__all__ = ["RDF_NAMES", "check_zip", "is_rdf_name", "safe_extract_zip"]
+__all__ = ["DEFAULT_MAX_ENTRY_BYTES", "DEFAULT_MAX_TOTAL_BYTES", "RDF_NAMES", "check_zip", "is_rdf_name",
+           "safe_extract_zip"]
+
+DEFAULT_MAX_ENTRY_BYTES = 2 * 1024**3
+"""Largest unpacked member of a package zip (2 GiB; ``--max-entry-bytes``): the zoo's largest weights are ~0.5 GB."""
+DEFAULT_MAX_TOTAL_BYTES = 8 * 1024**3
+"""Largest unpacked package (8 GiB), or ``max_entry_bytes`` when that is larger."""
 
 #: File names of a package's resource description (RDF).
 RDF_NAMES: tuple[str, ...] = ("rdf.yaml", "bioimageio.yaml")
@@ -28,8 +34,8 @@ def is_rdf_name(file_name: str) -> bool:
 def check_zip(
     path: Path,
     *,
-    max_entry_bytes: int = 2 * 1024**3,
-    max_total_bytes: int = 8 * 1024**3,
+    max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES,
+    max_total_bytes: int | None = None,
 ) -> None:
     """Check that a model zip is safe to read or extract, without extracting it.
 
@@ -40,7 +46,8 @@ def check_zip(
     max_entry_bytes : int, optional
         Largest uncompressed size allowed for one entry (default 2 GiB).
     max_total_bytes : int, optional
-        Largest uncompressed size allowed for all entries together (default 8 GiB).
+        Largest uncompressed size allowed for all entries together (default: 8 GiB, or ``max_entry_bytes``
+        when that is larger, so that raising the one limit is enough to accept a package).
 
     Raises
     ------
@@ -59,6 +66,8 @@ def check_zip(
     >>> check_zip(p)
     """
     path = Path(path)
+    if max_total_bytes is None:
+        max_total_bytes = max(DEFAULT_MAX_TOTAL_BYTES, max_entry_bytes)
     try:
         zf = zipfile.ZipFile(path)
     except zipfile.BadZipFile as e:
@@ -89,13 +98,13 @@ def check_zip(
         if info.file_size > max_entry_bytes:
             raise UnsafeArchiveError(
                 f"zip {path} entry {name!r} unpacks to {info.file_size} bytes, above the limit of "
-                f"{max_entry_bytes}; raise max_entry_bytes if you trust this package"
+                f"{max_entry_bytes}; raise the limit (--max-entry-bytes, max_entry_bytes) if you trust this package"
             )
         total += info.file_size
         if total > max_total_bytes:
             raise UnsafeArchiveError(
                 f"zip {path} unpacks to more than {max_total_bytes} bytes (reached at entry {name!r}); "
-                "raise max_total_bytes if you trust this package"
+                "raise the limit (--max-entry-bytes, max_total_bytes) if you trust this package"
             )
         if len(parts) == 1:
             top_level.add(name)

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -113,6 +113,12 @@ TrustCodeOpt = Annotated[bool, typer.Option("--trust-code", help="Run Python cod
 TrustLibraryOpt = Annotated[list[str] | None, typer.Option("--trust-library", help="Also trust architectures "
                                                            "imported from this installed library (import prefix, "
                                                            "e.g. mylab_nets; repeat the option).")]
+MaxPixelsOpt = Annotated[int, typer.Option(help="Largest image read, in pixel values (all planes and channels), "
+                                           "checked from the file's header before decoding.", min=1)]
+MaxEntryOpt = Annotated[int, typer.Option(help="Largest unpacked file inside a package zip, in bytes; a package "
+                                          "with a larger one fails.", min=1)]
+SkipBadOpt = Annotated[bool, typer.Option("--skip-bad-images", help="Rank on the readable images and list the "
+                                          "unreadable ones (in the JSON too), instead of stopping.")]
 
 
 def _fail(e: BaseException, debug: bool) -> None:
@@ -150,7 +156,10 @@ _RANK_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("repeats", RepeatsOpt, 1), ("axes", AxesOpt, None), ("channels", ChannelsOpt, None),
     ("output_channel", OutputChannelOpt, None), ("device", DeviceOpt, "cpu"), ("seed", SeedOpt, 0),
     ("layer", LayerOpt, None), ("weight_format", WeightsOpt, None), ("tag", TagOpt, None),
-    ("trust_code", TrustCodeOpt, False), ("trust_library", TrustLibraryOpt, None), ("budget", BudgetOpt, "all"),
+    ("trust_code", TrustCodeOpt, False), ("trust_library", TrustLibraryOpt, None),
+    ("max_pixels", MaxPixelsOpt, RankOptions().max_pixels),
+    ("max_entry_bytes", MaxEntryOpt, RankOptions().max_entry_bytes), ("skip_bad_images", SkipBadOpt, False),
+    ("budget", BudgetOpt, "all"),
 )
 
 
@@ -221,35 +230,99 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 def rank(
     models: ModelsArg,
     images: ImagesOpt,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the ranking as JSON here.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the ranking as JSON here ('-': "
+                                                "standard output); checked before any model runs.")] = None,
     estimator: Annotated[Estimator, typer.Option(help="Transferability estimator.")] = _DEFAULT_ESTIMATOR,
     report: Annotated[Path | None, typer.Option("--report", help="Also write a self-contained HTML report "
                                                 "(charts, per-image scores, overlays of the top and bottom "
                                                 "models).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit with code 4 when some models could not be "
+                                         "ranked or some images were skipped (default: 0 if any model ranked).")
+                      ] = False,
     debug: DebugOpt = False,
     options: RankOptions | None = None,
 ) -> None:
-    """Rank models by estimated transferability to the target images (no labels needed)."""
+    """Rank models by estimated transferability to the target images (no labels needed).
+
+    Exit codes: 0 ranked (models that failed are listed, and recorded in the JSON); 1 bad input or setup, found
+    before any model ran (images, device, --layer in no model, output path), or the ranking could not be written
+    where asked (it is then in the fallback file the message names); 2 wrong usage; 3 no model could be ranked;
+    4 with --strict, some models failed or images were skipped. '-o -' writes the JSON to standard output.
+    """
+    from bioimage_cte.destinations import STDOUT, check_destination
+
     _quiet_libraries()
+    to_stdout = output is not None and str(output) == STDOUT
+    out = err_console if to_stdout else console  # with '-o -' standard output carries the JSON and nothing else
     try:
+        for path, option in ((output, "--output"), (report, "--report")):
+            if path is not None:
+                check_destination(path, option=option)
         from bioimage_cte.pipeline import rank as rank_models
 
         with _progress() as progress:
             run = rank_models(models, images, options, progress=progress)
     except Exception as e:
         _fail(e, debug)
-    console.print(_ranking_table(run.ranking, f"{run.ranking.estimator} ranking of {len(run.sources)} models on "
-                                              f"{len(run.images)} images"))
+    ranking = run.ranking
+    out.print(_ranking_table(ranking, f"{ranking.estimator} ranking of {len(ranking.scores) + len(ranking.failures)} "
+                                      f"models on {len(run.images)} images"))
     if run.options.budget != "all":
-        console.print(f"budget {run.options.budget}: scored {len(run.images)} of {run.n_images_found} images "
-                      f"({run.stop_reason})")
-    _print_failures(run.ranking.failures)
+        out.print(f"budget {run.options.budget}: scored {len(run.images)} of {run.n_images_found} images "
+                  f"({run.stop_reason})")
+    _print_failures(ranking.failures)
     payload = run.to_json_dict(images=images)
-    if output is not None:
-        _write_json(output, payload)
-        console.print(f"ranking written to {output}")
+    code = _rank_exit_code(ranking, bool(run.skipped_images), strict=strict)
+    if output is not None and not _put_json(output, payload, out):
+        code = code or ExitCode.ERROR
     if report is not None:
-        _write_report(payload, report, list(run.images), None, debug)
+        _write_report(payload, report, list(run.images), None, debug, out=out)
+    raise typer.Exit(int(code))
+
+
+class ExitCode(IntEnum):
+    """What ``rank`` exits with (documented in its help and the README)."""
+
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    NOTHING_RANKED = 3
+    SOME_FAILED = 4
+
+
+def _rank_exit_code(ranking, skipped_images: bool, *, strict: bool) -> ExitCode:
+    scored = [s for s in ranking.scores if s.score == s.score]
+    if not scored:
+        n = len(ranking.scores) + len(ranking.failures)
+        err_console.print(f"[bold red]error:[/] none of the {n} models could be ranked; see the reasons above",
+                          highlight=False, soft_wrap=True)
+        return ExitCode.NOTHING_RANKED
+    if strict and (len(scored) < len(ranking.scores) or ranking.failures or skipped_images):
+        return ExitCode.SOME_FAILED
+    return ExitCode.OK
+
+
+def _put_json(output: Path, payload: dict[str, Any], out: Console) -> bool:
+    """Write the JSON to ``output`` ('-': standard output); if that fails, to a fallback file. False if it failed."""
+    from bioimage_cte.destinations import STDOUT, write_or_fallback
+
+    text = json.dumps(payload, indent=2, allow_nan=False) + "\n"
+    if str(output) == STDOUT:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return True
+    written = write_or_fallback(output, text.encode())
+    if written.problem is None:
+        out.print(f"ranking written to {output}", highlight=False, soft_wrap=True)
+        return True
+    if written.path is not None:
+        err_console.print(f"[bold red]error:[/] {written.problem}; the ranking was written to {written.path} instead",
+                          highlight=False, soft_wrap=True)
+    else:
+        err_console.print(f"[bold red]error:[/] {written.problem}, and no fallback file could be written either; the "
+                          "ranking follows as JSON on standard output", highlight=False, soft_wrap=True)
+        sys.stdout.write(text)
+    return False
 
 
 @app.command()
@@ -291,7 +364,7 @@ def evaluate(
 
 
 def _write_report(ranking_json: dict, path: Path, paths: list, evaluation_json: dict | None, debug: bool,
-                  n_images: int = 3) -> None:
+                  n_images: int = 3, out: Console = console) -> None:
     try:
         from bioimage_cte.pipeline import report_overlays
         from bioimage_cte.reports import write_html_report
@@ -301,7 +374,7 @@ def _write_report(ranking_json: dict, path: Path, paths: list, evaluation_json: 
         write_html_report(ranking_json, path, image_paths=paths, evaluation_json=evaluation_json, overlays=overlays)
     except Exception as e:
         _fail(e, debug)
-    console.print(f"report written to {path}")
+    out.print(f"report written to {path}")
 
 
 @app.command()
@@ -414,9 +487,16 @@ def zoo_rank(
     debug: DebugOpt = False,
     options: RankOptions | None = None,
 ) -> None:
-    """Rank a whole zoo on several targets through the Prefect flow (incremental; no Prefect server needed)."""
+    """Rank a whole zoo on several targets through the Prefect flow (incremental; no Prefect server needed).
+
+    The zoo and every target are checked before Prefect starts: a target that cannot be used is listed and the
+    others are ranked. Exit codes: 0 done (failed models are listed); 1 the zoo or every target is unusable.
+    """
     _quiet_libraries()
     try:
+        from bioimage_cte_flows import use_project_prefect_settings
+
+        use_project_prefect_settings(debug=debug)  # before prefect is imported: Prefect tracebacks only with --debug
         from bioimage_cte_flows.zoo_ranking import ZooRunOptions, run_zoo_ranking, serve_zoo_ranking
 
         run = ZooRunOptions(store_path=None if store is None else str(store), output_dir=str(output_dir),

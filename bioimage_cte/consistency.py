@@ -22,10 +22,12 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage
-from skimage.metrics import adapted_rand_error
 
 from bioimage_cte.errors import InvalidImageError
+from bioimage_cte.lazy import lazy_module
+
+ndimage = lazy_module("scipy.ndimage")  # on first use: not needed to refuse bad input
+skimage_metrics = lazy_module("skimage.metrics")
 
 __all__ = [
     "CONSISTENCY_FUNCTIONS",
@@ -337,7 +339,7 @@ def instance_consistency(
     # With only singleton segments there are no pixel pairs and skimage divides 0 by 0;
     # two all-singleton partitions of the same pixels are identical, hence 1.0.
     with np.errstate(divide="ignore", invalid="ignore"):
-        error, _, _ = adapted_rand_error(ta, tb, ignore_labels=())
+        error, _, _ = skimage_metrics.adapted_rand_error(ta, tb, ignore_labels=())
     return 1.0 if np.isnan(error) else float(1.0 - error)
 
 

@@ -72,3 +72,7 @@ def one_line(text: object) -> str:
     if folded:
         return folded
     return type(text).__name__ if isinstance(text, BaseException) else "unknown error"
+
+
+class SetupError(BioimageCteError, RuntimeError):
+    """A problem with the run's settings that every model would hit (device, layer): reported once, not per model."""

@@ -15,13 +15,15 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
 
 from bioimage_cte.errors import InvalidImageError
 from bioimage_cte.estimators import Estimator
+from bioimage_cte.lazy import lazy_module
 from bioimage_cte.metrics import METRICS
 from bioimage_cte.ranking import Ranking, build_ranking, finite
 from bioimage_cte.scoring import ModelFailure, ModelResult
+
+stats = lazy_module("scipy.stats")  # on first use: not needed to refuse bad input
 
 __all__ = [
     "AgreementStats",

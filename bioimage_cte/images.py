@@ -29,7 +29,7 @@ import numpy as np
 from bioimage_cte.errors import InvalidImageError
 
 __all__ = [
-    "DEFAULT_MAX_IMAGE_BYTES",
+    "DEFAULT_MAX_PIXELS",
     "IMAGE_SUFFIXES",
     "ImageCheck",
     "check_images",
@@ -46,8 +46,9 @@ __all__ = [
 IMAGE_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".png", ".npy")
 """File suffixes read as images (compared case-insensitively)."""
 
-DEFAULT_MAX_IMAGE_BYTES: int = 2**31
-"""Largest decoded image read by default (2 GiB): its header is checked before any pixel is decoded."""
+DEFAULT_MAX_PIXELS: int = 2**30
+"""Most pixel values (all planes and channels) of an image read by default, checked from its header before any
+pixel is decoded: 2**30, e.g. 32768 x 32768 px, 2 GiB as uint16 (``--max-pixels``)."""
 
 _AXIS_LETTERS = "zcyx"
 _GLOB_CHARS = "*?["
@@ -168,8 +169,8 @@ def _tiff_header(path: Path) -> tuple[tuple[int, ...], int]:
         return tuple(series.shape), np.dtype(series.dtype).itemsize
 
 
-def _decoded_bytes(path: Path, suffix: str) -> tuple[int, tuple[int, ...]] | None:
-    """(bytes, shape) the decoder would produce, from the file's header alone; None when unknown."""
+def _decoded_size(path: Path, suffix: str) -> tuple[int, int, tuple[int, ...]] | None:
+    """(pixel values, bytes, shape) the decoder would produce, from the file's header alone; None when unknown."""
     if suffix == ".png":
         header = _png_header(path)
     elif suffix == ".npy":
@@ -179,14 +180,15 @@ def _decoded_bytes(path: Path, suffix: str) -> tuple[int, tuple[int, ...]] | Non
     if header is None:
         return None
     shape, itemsize = header
-    return int(np.prod(shape, dtype=object)) * itemsize, shape
+    n = int(np.prod(shape, dtype=object))
+    return n, n * itemsize, shape
 
 
 def _human(n: int) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
-def read_image(path: Path, *, max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES) -> np.ndarray:
+def read_image(path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read one image file as stored, without normalising or reordering axes.
 
     Parameters
@@ -194,9 +196,9 @@ def read_image(path: Path, *, max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES) -
     path : Path
         A .tif/.tiff (tifffile, first series), .png (imageio) or .npy file (loaded
         without pickle).
-    max_bytes : int or None, optional
-        Largest decoded size allowed (default 2 GiB). The file's header is read first and an
-        image that would decode to more is refused before any pixel is decoded, so a small
+    max_pixels : int or None, optional
+        Most pixel values allowed (every plane and channel counted; default 2**30). The file's
+        header is read first and a larger image is refused before any pixel is decoded, so a small
         compressed file declaring a huge image cannot exhaust memory. None: no limit.
 
     Returns
@@ -207,7 +209,7 @@ def read_image(path: Path, *, max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES) -
     Raises
     ------
     InvalidImageError
-        The file cannot be read, would decode to more than ``max_bytes``, has an unsupported
+        The file cannot be read, has more than ``max_pixels`` pixel values, has an unsupported
         suffix or dtype, or is empty.
 
     Examples
@@ -227,16 +229,16 @@ def read_image(path: Path, *, max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES) -
             raise InvalidImageError(f"image {path} is an empty file (0 bytes); remove it or export it again")
     except OSError:
         pass  # a missing or unreadable file is reported by the reader below
-    if max_bytes is not None:
+    if max_pixels is not None:
         try:
-            decoded = _decoded_bytes(path, suffix)
+            decoded = _decoded_size(path, suffix)
         except Exception as e:  # a header the readers cannot parse either: damaged or not an image
             raise _unreadable(path, e) from e
-        if decoded is not None and decoded[0] > max_bytes:
-            size, shape = decoded
+        if decoded is not None and decoded[0] > max_pixels:
+            n, size, shape = decoded
             raise InvalidImageError(
-                f"image {path} decodes to {_human(size)} (shape {shape}; limit {_human(max_bytes)}, max_bytes); "
-                "crop it or raise the limit"
+                f"image {path} has {n} pixel values (shape {shape}, {_human(size)} decoded), above the limit of "
+                f"{max_pixels}; crop it, or raise the limit (--max-pixels, max_pixels) if you have the memory"
             )
     try:
         if suffix == ".png":
@@ -467,7 +469,7 @@ def check_images(
     *,
     axes: str | None = None,
     skip_bad: bool = False,
-    max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     channels: Sequence[int] | None = None,
 ) -> ImageCheck:
     """Read every target image once, before any model runs; report the unreadable ones all together.
@@ -485,7 +487,7 @@ def check_images(
     skip_bad : bool, optional
         Return the unreadable images in :attr:`ImageCheck.skipped` instead of raising; the
         caller decides what to do when none is left.
-    max_bytes : int or None, optional
+    max_pixels : int or None, optional
         As :func:`read_image`.
     channels : sequence of int, optional
         Channels selected with ``--channels``: each image must have them.
@@ -519,7 +521,7 @@ def check_images(
     errors: list[tuple[Path, InvalidImageError]] = []
     for path in paths:
         try:
-            raw = read_image(path, max_bytes=max_bytes)
+            raw = read_image(path, max_pixels=max_pixels)
             data = to_yx(raw, axes=axes or tiff_axes(path), path=path)
             if channels is not None:
                 to_model_input(raw, axes=axes or tiff_axes(path), channels=channels, n_channels=len(channels),
@@ -536,7 +538,7 @@ def check_images(
             raise errors[0][1]
         lines = "\n".join(f"  {e}" for _, e in errors)
         raise InvalidImageError(f"{len(errors)} of {len(paths)} images cannot be read; fix or remove them (or skip "
-                                f"them with skip_bad=True):\n{lines}") from errors[0][1]
+                                f"them with --skip-bad-images, skip_bad=True):\n{lines}") from errors[0][1]
     return ImageCheck(tuple(readable), tuple(warnings), tuple((p, str(e)) for p, e in errors))
 
 
@@ -553,7 +555,7 @@ def load_labels(
     labels_spec: str | Path,
     *,
     axes: str | None = None,
-    max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> list[np.ndarray]:
     """Load the label image of each target image: the file with the same stem in a labels folder.
 
@@ -566,7 +568,7 @@ def load_labels(
     axes : str, optional
         The images' axes, as for :func:`to_yx`; used to work out each image's ``yx``/``zyx``
         shape, which its label must match.
-    max_bytes : int or None, optional
+    max_pixels : int or None, optional
         As :func:`read_image`, for each label and image.
 
     Returns
@@ -612,11 +614,11 @@ def load_labels(
                 f"several labels for image {image_path} in {folder} ({names}); keep only one of them"
             )
         label_path = candidates[0]
-        label = read_image(label_path, max_bytes=max_bytes)
+        label = read_image(label_path, max_pixels=max_pixels)
         label = label.reshape([n for n in label.shape if n != 1])
         # the image is read in full only for its shape: formats differ in how cheaply they expose it,
         # and labels are loaded for small evaluation sets
-        image_shape = to_yx(read_image(image_path, max_bytes=max_bytes), axes=axes or tiff_axes(image_path),
+        image_shape = to_yx(read_image(image_path, max_pixels=max_pixels), axes=axes or tiff_axes(image_path),
                             path=image_path).shape
         if label.shape != image_shape:
             raise InvalidImageError(
@@ -628,14 +630,15 @@ def load_labels(
 
 
 def load_target(path: Path, *, axes: str | None = None, channels: Sequence[int] | None = None,
-                n_channels: int = 1, model: str = "the model") -> np.ndarray:
+                n_channels: int = 1, model: str = "the model",
+                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read one target image as a model taking ``n_channels`` channels is fed it (see :func:`to_model_input`).
 
     A TIFF whose metadata names its axes (ImageJ hyperstack, OME) is read with those axes unless
     ``axes`` is given.
     """
-    return to_model_input(read_image(path), axes=axes or tiff_axes(path), channels=channels, n_channels=n_channels,
-                          path=path, model=model)
+    return to_model_input(read_image(path, max_pixels=max_pixels), axes=axes or tiff_axes(path), channels=channels,
+                          n_channels=n_channels, path=path, model=model)
 
 
 def tiff_axes(path: Path) -> str | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bioimage_cte import __version__
-from bioimage_cte.errors import BioimageCteError, InvalidImageError
+from bioimage_cte.errors import BioimageCteError, InvalidImageError, one_line
 from bioimage_cte.options import RankOptions
 from bioimage_cte.results import ResultStore, ScoreRecord, now, package_fingerprint, result_key
 from bioimage_cte.scoring import ModelFailure, ModelResult, Stage, failure_of
@@ -25,6 +25,7 @@ __all__ = [
     "JobOutcome",
     "ScoreJob",
     "TargetSpec",
+    "check_zoo_inputs",
     "collect_results",
     "failed_record",
     "plan_jobs",
@@ -314,6 +315,45 @@ def plan_zoo(zoo: str, targets: Sequence[str], options: RankOptions, *,
     sources = select_models([zoo_spec], tag=options.tag)
     specs = [read_target(t) for t in targets]
     return specs, plan_jobs(sources, specs, options, match_task=match_task)
+
+
+def check_zoo_inputs(zoo: str, targets: Sequence[str], options: RankOptions) -> tuple[list[str], dict[str, str]]:
+    """Check a zoo run's inputs before anything starts: the zoo once, then every target on its own.
+
+    A target is usable when it is a folder of images that can all be read (headers and pixels, within
+    ``options.max_pixels``): every model of the zoo would fail on an unreadable image, so the target is left out.
+
+    Returns
+    -------
+    usable : list of str
+        The usable targets, in the given order.
+    problems : dict
+        Each unusable target -> its one-line reason.
+
+    Raises
+    ------
+    BioimageCteError
+        The zoo has no model (with the tag), or no target is usable (every reason on its own line).
+    """
+    from bioimage_cte.images import check_images
+
+    zoo_spec = zoo if zoo.startswith(("http://", "https://")) else str(Path(zoo).expanduser().resolve())
+    select_models([zoo_spec], tag=options.tag)
+    usable: list[str] = []
+    problems: dict[str, str] = {}
+    for target in targets:
+        try:
+            spec = read_target(target)
+            check_images([Path(p) for p in spec.images], axes=options.axes, max_pixels=options.max_pixels)
+        except BioimageCteError as e:
+            problems[str(target)] = one_line(e)
+        else:
+            usable.append(target)
+    if not usable:
+        lines = "\n".join(f"  {target}: {reason}" for target, reason in problems.items())
+        raise InvalidImageError(f"none of the {len(targets)} targets can be used; fix them or pass other folders:\n"
+                                f"{lines}")
+    return usable, problems
 
 
 def record_failure(job: ScoreJob, store: ResultStore, error: BaseException) -> JobOutcome:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
-from scipy.optimize import linear_sum_assignment
 
 from bioimage_cte.errors import InvalidImageError
+from bioimage_cte.lazy import lazy_module
+
+optimize = lazy_module("scipy.optimize")  # on first use: not needed to refuse bad input
 
 __all__ = [
     "DSB_THRESHOLDS",
@@ -174,7 +176,7 @@ def _matched_counts(
             # already form a one-to-one matching.
             tp[k] = np.count_nonzero(hits)
         else:
-            rows, cols = linear_sum_assignment(hits.astype(np.float64), maximize=True)
+            rows, cols = optimize.linear_sum_assignment(hits.astype(np.float64), maximize=True)
             tp[k] = np.count_nonzero(hits[rows, cols])
     return tp, n_true, n_pred
 

@@ -12,31 +12,31 @@ This module imports bioimageio.spec (not torch); :mod:`bioimage_cte.predictors` 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from bioimageio.spec.model import v0_5
 
+from bioimage_cte.archives import DEFAULT_MAX_ENTRY_BYTES
 from bioimage_cte.errors import InvalidModelError
 
 # bioimageio.spec parses every rdf.yaml with one shared YAML parser: two threads loading at once corrupt each other.
 _LOAD_LOCK = threading.Lock()
 
 
-def load_model(location: str, *, perform_io_checks: bool = True) -> v0_5.ModelDescr:
+def load_model(location: str, *, perform_io_checks: bool = True,
+               max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES) -> v0_5.ModelDescr:
     """Load and check a model description: a v0.5 (or convertible) 2D or 3D segmentation model.
 
-    Raises :class:`~bioimage_cte.errors.InvalidModelError` naming ``location`` and the fix.
+    Raises :class:`~bioimage_cte.errors.InvalidModelError` naming ``location`` and the fix; ``max_entry_bytes``
+    is the largest unpacked member of a package zip (:func:`bioimage_cte.archives.check_zip`).
     """
     from bioimageio.spec import InvalidDescr, load_description
     from bioimageio.spec.model import v0_4
 
-    from bioimage_cte.sources import check_zip
+    from bioimage_cte.rdf_checks import precheck_package
 
-    if location.lower().endswith(".zip") and Path(location).is_file():
-        check_zip(Path(location))  # path traversal, symlinks, oversized entries: before bioimageio opens it
-    _precheck_rdf(location)
+    # path traversal, symlinks, oversized entries, YAML bombs, non-model RDFs: before bioimageio opens it
+    precheck_package(location, max_entry_bytes=max_entry_bytes)
     try:
         with _LOAD_LOCK:
             descr = load_description(location, perform_io_checks=perform_io_checks, format_version="latest")
@@ -60,116 +60,6 @@ def load_model(location: str, *, perform_io_checks: bool = True) -> v0_5.ModelDe
     check_segmentation_model(descr, location=location)
     _check_inputs(descr, location)
     return descr
-
-
-def _read_local_rdf(location: str) -> tuple[str, bytes] | None:
-    """(file name, bytes) of a local package's RDF; None for URLs (bioimageio fetches those itself).
-
-    At most one byte more than the YAML size limit is read: enough for the parser to refuse an
-    oversized RDF without holding all of it.
-    """
-    import zipfile
-
-    from bioimage_cte.safe_yaml import DEFAULT_MAX_BYTES
-    from bioimage_cte.sources import RDF_NAMES
-
-    path = Path(location)
-    if not path.is_file():
-        return None
-    if path.suffix.lower() == ".zip":
-        with zipfile.ZipFile(path) as zf:
-            name = next((n for n in RDF_NAMES if n in zf.namelist()), None)
-            if name is None:
-                return None
-            with zf.open(name) as f:
-                return name, f.read(DEFAULT_MAX_BYTES + 1)
-    with path.open("rb") as f:
-        return path.name, f.read(DEFAULT_MAX_BYTES + 1)
-
-
-def _precheck_rdf(location: str) -> None:
-    """Name the first problem of an RDF that is no model RDF at all, in words a user can act on.
-
-    bioimageio.spec reports broken YAML and RDFs of other types as long validation reports; this
-    parses the RDF the same way (safe YAML 1.2 loader: no tags, no code) and says what it is. A
-    YAML alias bomb or an oversized RDF raises here, so that bioimageio.spec never parses it.
-    """
-    from ruyaml.error import MarkedYAMLError
-
-    from bioimage_cte.errors import UnsafeYamlError
-    from bioimage_cte.safe_yaml import load_untrusted_yaml
-
-    try:
-        found = _read_local_rdf(location)
-    except Exception:  # a damaged zip: bioimageio's own error follows
-        return
-    if found is None:
-        return
-    name, raw = found
-    try:
-        content = load_untrusted_yaml(raw, where=f"{name} of {location}")
-    except UnsafeYamlError:
-        raise
-    except UnicodeDecodeError:
-        raise InvalidModelError(f"{location}: {name} is not UTF-8 text; save the RDF as UTF-8 YAML") from None
-    except MarkedYAMLError as e:
-        mark = e.problem_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise InvalidModelError(f"{location}: {name} is not valid YAML ({e.problem}{where}); fix its YAML "
-                                "syntax") from None
-    except Exception as e:
-        raise InvalidModelError(f"{location}: {name} is not valid YAML ({type(e).__name__}); fix its YAML "
-                                "syntax") from None
-    if not isinstance(content, dict):
-        raise InvalidModelError(f"{location}: {name} holds a {type(content).__name__}, not the fields of a "
-                                "bioimageio RDF; pass a bioimageio model package")
-    kind = content.get("type")
-    if kind is not None and kind != "model":
-        raise InvalidModelError(f"{location}: RDF of type {kind!r}, not a model; pass model packages only")
-    missing = _missing_files(location, content)
-    if missing:
-        field, file_name = missing
-        raise InvalidModelError(f"{location}: {file_name} is listed in {name} ({field}) but missing from the "
-                                "package; get the complete package again")
-
-
-def _missing_files(location: str, content: dict) -> tuple[str, str] | None:
-    """(field, file) of the first relative file the RDF lists that the package lacks."""
-    import zipfile
-
-    path = Path(location)
-    if path.suffix.lower() == ".zip":
-        with zipfile.ZipFile(path) as zf:
-            present = set(zf.namelist())
-        exists = present.__contains__
-    else:
-        exists = lambda name: (path.parent / name).is_file()  # noqa: E731
-    for field, value in _sources(content, ()):
-        if "://" not in value and not Path(value).is_absolute() and not exists(value.removeprefix("./")):
-            return field, value
-    return None
-
-
-def _sources(node: Any, loc: tuple[str, ...], seen: set[int] | None = None) -> Iterator[tuple[str, str]]:
-    """Every ``source`` string of the RDF's files (weights, architecture, test tensors, ...) with its field.
-
-    A YAML alias makes one object appear in many places: each collection is visited once (by
-    ``id``), so shared or self-containing data cannot make the walk exponential or endless.
-    """
-    seen = set() if seen is None else seen
-    if isinstance(node, dict | list):
-        if id(node) in seen:
-            return
-        seen.add(id(node))
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "source" and isinstance(value, str) and loc and loc[0] != "config":
-                yield ".".join(loc + ("source",)), value
-            else:
-                yield from _sources(value, loc + (str(key),), seen)
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            yield from _sources(value, loc + (str(i),), seen)
 
 
 def check_segmentation_model(descr: v0_5.ModelDescr, *, location: str) -> None:
@@ -228,7 +118,7 @@ def _check_inputs(descr: v0_5.ModelDescr, name: str) -> None:
 
 # what torch and zipfile say about a weights file that was cut short or damaged (rather than refused)
 _DAMAGE_MARKERS = ("PytorchStreamReader failed", "unexpected EOF", "file might be corrupted", "negative seek value",
-                   "truncated", "Ran out of input")
+                   "truncated", "Ran out of input", "Unsupported operand")
 
 
 def _raise_if_damaged(e: BaseException, *, name: str, source: Any) -> None:
@@ -261,7 +151,9 @@ def _damaged_weights(e: BaseException) -> str | None:
             isinstance(err, RuntimeError | ValueError | pickle.UnpicklingError)
             and any(marker in text for marker in _DAMAGE_MARKERS)
         ):
-            return _first_line(err)
+            # weights_only's unpickler on bytes that are no pickle: its own line says which byte, not the first
+            garbage = next((line.strip() for line in text.splitlines() if "Unsupported operand" in line), None)
+            return f"{type(err).__name__}: {garbage}" if garbage else _first_line(err)
     return None
 
 

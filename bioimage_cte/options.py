@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from bioimage_cte.archives import DEFAULT_MAX_ENTRY_BYTES
+from bioimage_cte.images import DEFAULT_MAX_PIXELS
 from bioimage_cte.perturbations import INPUT_KINDS, InputKind
 
 if TYPE_CHECKING:
@@ -83,6 +85,12 @@ class RankOptions:
     budget : {"all", "auto"} or int
         Images to score: every image (``"all"``), as many as it takes to settle the top model (``"auto"``, see
         :mod:`bioimage_cte.budget`), or at most that many, in the run's seeded order.
+    max_pixels : int
+        Most pixel values of one image (checked from its header before decoding); a larger image is unreadable.
+    max_entry_bytes : int
+        Largest unpacked member of a package zip; a package with a larger one is refused.
+    skip_bad_images : bool
+        Rank on the readable images and record the unreadable ones, instead of stopping before any model runs.
     """
 
     estimator: str = "tta"
@@ -102,6 +110,9 @@ class RankOptions:
     trust_code: bool = False
     trusted_libraries: tuple[str, ...] = ()
     budget: int | str = "all"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES
+    skip_bad_images: bool = False
 
     def __post_init__(self) -> None:
         from bioimage_cte.estimators import ESTIMATORS
@@ -125,6 +136,9 @@ class RankOptions:
                                  f"{self.estimator!r} has no automatic strength: give a number")
         if self.seed < 0:
             raise ValueError(f"seed={self.seed}: use a non-negative integer")
+        for name in ("max_pixels", "max_entry_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: use a positive limit")
         # a list from a command line or a JSON file becomes a tuple, so the options stay hashable
         object.__setattr__(self, "trusted_libraries", tuple(self.trusted_libraries))
         if self.channels is not None:
@@ -194,7 +208,9 @@ class RankOptions:
                 "channels": None if self.channels is None else list(self.channels),
                 "output_channel": self.output_channel,
                 "weight_format": self.weight_format, "tag": self.tag, "trust_code": self.trust_code,
-                "trusted_libraries": list(self.trusted_libraries), "budget": self.budget}
+                "trusted_libraries": list(self.trusted_libraries), "budget": self.budget,
+                "max_pixels": self.max_pixels, "max_entry_bytes": self.max_entry_bytes,
+                "skip_bad_images": self.skip_bad_images}
 
 
 def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -25,15 +25,17 @@ from typing import Any
 import numpy as np
 
 from bioimage_cte.budget import rank_adaptive
-from bioimage_cte.errors import InvalidImageError, one_line
+from bioimage_cte.errors import BioimageCteError, InvalidImageError, InvalidModelError, one_line
 from bioimage_cte.estimators import LABEL_FREE, Estimator, FewLabelOracle, Perturbing
 from bioimage_cte.evaluation import Evaluation, evaluate_rankings
 from bioimage_cte.images import check_images, list_images, load_labels
 from bioimage_cte.metrics import METRICS
 from bioimage_cte.options import RankOptions
 from bioimage_cte.ranking import Ranking, build_ranking, ranking_json
-from bioimage_cte.scoring import ModelFailure, ModelResult, overlay_predictions, rank_models
-from bioimage_cte.sources import ModelSource, select_models
+from bioimage_cte.rdf_checks import precheck_package
+from bioimage_cte.scoring import ModelFailure, ModelResult, Stage, failure_of, overlay_predictions, rank_models
+from bioimage_cte.setup_checks import check_device, layer_missing_everywhere
+from bioimage_cte.sources import ModelSource, filter_by_tag, locate_models
 from bioimage_cte.strength import with_automatic_strength
 
 __all__ = ["EvaluationRun", "Progress", "RankingRun", "evaluate", "rank", "report_overlays"]
@@ -61,6 +63,8 @@ class _Run:
     images: tuple[Path, ...]
     options: RankOptions
     warnings: tuple[str, ...] = ()
+    #: unreadable images left out with ``skip_bad_images``, each with its one-line reason
+    skipped_images: tuple[tuple[Path, str], ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,7 +80,7 @@ class RankingRun(_Run):
     strength_choice: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json_dict(self, *, images: str | None = None) -> dict[str, Any]:
-        """The ranking JSON (``rank --output``): models, failures and every setting of the run."""
+        """The ranking JSON (``rank --output``): models, failures, skipped images and every setting of the run."""
         payload = ranking_json(self.ranking, self.options, images=images or _common_folder(self.images),
                                n_images=len(self.images))
         payload["settings"].update({"stop_reason": self.stop_reason, "images_used": len(self.images),
@@ -84,6 +88,7 @@ class RankingRun(_Run):
         if self.options.budget != "all":
             payload["settings"]["image_order"] = [p.name for p in self.images]
         payload["settings"].update(self.strength_choice)
+        payload["skipped_images"] = [{"path": str(p), "reason": reason} for p, reason in self.skipped_images]
         return payload
 
 
@@ -100,20 +105,57 @@ def _common_folder(paths: Sequence[Path]) -> str:
     return parents.pop() if len(parents) == 1 else ", ".join(sorted(parents))
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    sources: list[ModelSource]  # the packages that passed the cheap checks
+    failures: list[ModelFailure]  # the packages that did not, and sources that name no package
+    paths: list[Path]
+    warnings: list[str]
+    skipped: tuple[tuple[Path, str], ...]
+
+
 def _inputs(models: Sequence[str | Path], images: str | Path | Sequence[Path], options: RankOptions,
-            progress: Progress) -> tuple[list[ModelSource], list[Path], list[str]]:
-    """Find and filter the models, then read every image once: a bad image fails before any model loads."""
-    sources = select_models(models, tag=options.tag)
+            progress: Progress) -> _Inputs:
+    """Everything checked before the first model loads, cheapest first and without torch (unless a device is named).
+
+    The device and the images are the run's: a problem there raises once. A package problem (missing path, unsafe
+    zip, YAML bomb, no model RDF) is that package's failure; the other packages go on.
+    """
+    check_device(options.device)
+    sources, problems = locate_models(models)
+    failures = [ModelFailure(p.name, p.source, Stage.PREDICT, p.reason) for p in problems]
+    where = " ".join(str(m) for m in models)
+    if not sources and not failures:
+        raise InvalidModelError(f"no model found in {where}; pass rdf.yaml files, packages or folders of packages")
+    if options.tag and sources:
+        sources = filter_by_tag(sources, options.tag)
+        if not sources and not failures:
+            raise InvalidModelError(f"no model in {where} has the tag {options.tag!r}; drop --tag or pick a tag from "
+                                    "the models' rdf.yaml")
     paths = list_images(images) if isinstance(images, str | Path) else [Path(p) for p in images]
     if not paths:
         raise InvalidImageError("no images given; pass a folder, a glob or image files")
-    warnings = check_images(paths, axes=options.axes, channels=options.channels).warnings
+    check = check_images(paths, axes=options.axes, skip_bad=options.skip_bad_images, max_pixels=options.max_pixels,
+                         channels=options.channels)
+    if not check.paths:
+        raise InvalidImageError(f"none of the {len(paths)} images can be read, so there is nothing to rank on:\n"
+                                + "\n".join(f"  {reason}" for _, reason in check.skipped))
+    checked: list[ModelSource] = []
+    for source in sources:
+        try:
+            precheck_package(source.location, max_entry_bytes=options.max_entry_bytes)
+        except BioimageCteError as e:
+            failures.append(failure_of(source, e))
+        else:
+            checked.append(source)
+    warnings = list(check.warnings)
+    warnings += [f"skipped image {p}: {reason}" for p, reason in check.skipped]
     for text in warnings:
         if progress.warning is not None:
             progress.warning(text)
     if progress.start is not None:
-        progress.start(len(sources) * len(paths))
-    return sources, paths, warnings
+        progress.start(len(checked) * len(check.paths))
+    return _Inputs(checked, failures, list(check.paths), warnings, check.skipped)
 
 
 def _score(sources: Sequence[ModelSource], paths: Sequence[Path], estimators: Sequence[Estimator],
@@ -155,8 +197,9 @@ def rank(
     """
     options = options or RankOptions()
     progress = progress or Progress()
-    sources, paths, warnings = _inputs(models, images, options, progress)
+    inputs = _inputs(models, images, options, progress)
     estimator = options.make_estimator()
+    sources, paths = inputs.sources, inputs.paths
     choice: dict[str, Any] = {}
     if options.strength == "auto":
         estimator, choice = with_automatic_strength(sources, paths, estimator, options)
@@ -166,9 +209,16 @@ def rank(
     else:
         run = rank_adaptive(sources, paths, estimator, options, on_image=progress.image, on_model=progress.model)
         results, failures, paths, reason = run.results, run.failures, run.images, run.stop_reason
-    ranking = build_ranking(results, estimator, failures=failures, seed=options.seed)
+    ranking = build_ranking(results, estimator, failures=inputs.failures + failures, seed=options.seed)
+    _raise_if_layer_missing(options, ranking.failures[len(inputs.failures):], ranking)
     return RankingRun(ranking=ranking, sources=tuple(sources), images=tuple(paths), options=options,
-                      warnings=tuple(warnings), stop_reason=reason, n_images_found=n_found, strength_choice=choice)
+                      warnings=tuple(inputs.warnings), skipped_images=inputs.skipped, stop_reason=reason,
+                      n_images_found=n_found, strength_choice=choice)
+def _raise_if_layer_missing(options: RankOptions, failures: Sequence[ModelFailure], ranking: Ranking) -> None:
+    scored = sum(1 for s in ranking.scores if s.score == s.score)
+    error = layer_missing_everywhere(options.layer, [f.reason for f in failures], scored)
+    if error is not None:
+        raise error
 
 
 def evaluate(
@@ -205,12 +255,14 @@ def evaluate(
     ests: list[Estimator] = [options.make_estimator(name) for name in estimators]
     if few_label > 0:
         ests.append(FewLabelOracle(k=few_label))
-    sources, paths, warnings = _inputs(models, images, options, progress)
-    label_arrays = load_labels(paths, labels, axes=options.axes)
-    results, failures = _score(sources, paths, ests, options, progress, labels=label_arrays)
+    inputs = _inputs(models, images, options, progress)
+    label_arrays = load_labels(inputs.paths, labels, axes=options.axes, max_pixels=options.max_pixels)
+    results, failures = _score(inputs.sources, inputs.paths, ests, options, progress, labels=label_arrays)
+    failures = inputs.failures + failures
     evaluation = evaluate_rankings(results, ests, metric=chosen, failures=failures, seed=options.seed)
-    return EvaluationRun(evaluation=evaluation, sources=tuple(sources), images=tuple(paths), options=options,
-                         warnings=tuple(warnings), failures=tuple(failures))
+    return EvaluationRun(evaluation=evaluation, sources=tuple(inputs.sources), images=tuple(inputs.paths),
+                         options=options, warnings=tuple(inputs.warnings), failures=tuple(failures),
+                         skipped_images=inputs.skipped)
 
 
 def report_overlays(ranking_json: dict[str, Any], image_paths: Sequence[Path], *, n_images: int = 3,

@@ -95,6 +95,17 @@ def per_image_scores(results: Sequence[ModelResult], estimator: Estimator) -> li
     return [r.per_image.get(estimator.name) for r in results]
 
 
+def _constant_prediction(foreground: Sequence[float]) -> str | None:
+    """A note when the clean mask is all foreground or all background on every image, else None."""
+    if not foreground or any(0.0 < f < 1.0 for f in foreground):
+        return None
+    if all(f == 0.0 for f in foreground):
+        return f"no foreground predicted on any of the {len(foreground)} images: not scored"
+    what = "foreground everywhere" if all(f == 1.0 for f in foreground) else "all foreground or all background"
+    return (f"predicts {what} on every one of the {len(foreground)} images: a constant prediction carries no "
+            "information, so it is not scored")
+
+
 def build_ranking(
     results: Sequence[ModelResult],
     estimator: Estimator,
@@ -102,7 +113,11 @@ def build_ranking(
     failures: Sequence[ModelFailure] = (),
     seed: int = 0,
 ) -> Ranking:
-    """Rank models by one estimator, best first; models without a valid score go last with a note."""
+    """Rank models by one estimator, best first; models without a valid score go last with a note.
+
+    A model whose clean prediction is constant (all foreground or all background on every image) gets no score:
+    any perturbation leaves such a prediction unchanged, so its consistency would be perfect and meaningless.
+    """
     failed = list(failures)
     rows = []
     for result, values in zip(results, per_image_scores(results, estimator), strict=True):
@@ -116,6 +131,9 @@ def build_ranking(
         note = "" if math.isfinite(score) else f"no foreground predicted on any of the {agg.n_images} images"
         if fraction >= SATURATED_FOREGROUND:
             note = f"marks {fraction:.0%} of the pixels as foreground: its score says little, check its predictions"
+        constant = _constant_prediction(result.foreground)
+        if constant is not None:  # perfectly consistent and uninformative: it must not win
+            score, note = math.nan, constant
         interval = (math.nan, math.nan)
         if not estimator.random:  # a drawn score has no per-image evidence to resample
             lo, hi = bootstrap_intervals([values], seed=seed_sequence(seed, "bootstrap", model=result.source.name))[0]

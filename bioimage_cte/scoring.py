@@ -109,7 +109,7 @@ class ModelRun:
 
         self.start = time.perf_counter()
         self.source, self.options = source, options
-        descr = load_model(source.location)
+        descr = load_model(source.location, max_entry_bytes=options.max_entry_bytes)
         self.failures: dict[str, tuple[Stage, str]] = {}
         needs = any(e.needs_greybox for e in estimators)
         wants = needs or any(getattr(e, "wants_greybox", False) for e in estimators)
@@ -194,7 +194,7 @@ def _weights_json(predictor: Any) -> dict[str, str] | None:
 def _load(path: Path, options: RankOptions, predictor: Any, name: str) -> np.ndarray:
     """An image as this model is fed it: its channels selected for the model's input channel count."""
     return load_target(path, axes=options.axes, channels=options.channels, n_channels=predictor.in_channels,
-                       model=name)
+                       model=name, max_pixels=options.max_pixels)
 
 
 def score_model(
@@ -295,7 +295,8 @@ def overlay_predictions(
 
     estimator: Any = options.make_estimator()
     perturbing = isinstance(estimator, Perturbing)
-    predictor = make_predictor(load_model(location), name=location, greybox=estimator.needs_greybox,
+    descr = load_model(location, max_entry_bytes=options.max_entry_bytes)
+    predictor = make_predictor(descr, name=location, greybox=estimator.needs_greybox,
                                layer=options.layer, devices=[options.device], code_policy=options.code_policy(),
                                weight_format=None if estimator.needs_greybox else options.weight_format,
                                output_channel=options.output_channel)

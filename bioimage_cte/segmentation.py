@@ -15,10 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage
-from skimage.segmentation import watershed
 
 from bioimage_cte.errors import InvalidImageError
+from bioimage_cte.lazy import lazy_module
+
+ndimage = lazy_module("scipy.ndimage")  # on first use: not needed to refuse bad input
+skimage_segmentation = lazy_module("skimage.segmentation")
 
 __all__ = ["Prediction", "binarize", "instances", "label_foreground", "watershed_from_boundaries"]
 
@@ -209,7 +211,7 @@ def watershed_from_boundaries(
     seeds = _relabel_sieved(seeds, max(1, min_size // 4))
     if n_seeds == 0 or not seeds.any():
         return np.zeros(fg.shape, dtype=np.int32)
-    labels = watershed(bd.astype(np.float64, copy=False), seeds, mask=mask)
+    labels = skimage_segmentation.watershed(bd.astype(np.float64, copy=False), seeds, mask=mask)
     return _relabel_sieved(labels, min_size)
 
 

@@ -20,15 +20,17 @@ from typing import Any, Literal
 from urllib.parse import urljoin, urlparse
 
 from bioimage_cte.archives import RDF_NAMES, check_zip, is_rdf_name, safe_extract_zip
-from bioimage_cte.errors import InvalidIndexError, InvalidModelError, one_line
+from bioimage_cte.errors import BioimageCteError, InvalidIndexError, InvalidModelError, one_line
 
 __all__ = [
     "RDF_NAMES",
     "ModelSource",
+    "SourceProblem",
     "check_zip",
     "file_sha256",
     "filter_by_tag",
     "find_models",
+    "locate_models",
     "read_tags",
     "read_collection_index",
     "safe_extract_zip",
@@ -267,8 +269,9 @@ def _legacy_source(item: dict[str, Any], spec: str) -> str:
     return source
 
 
-def _zip_source(path: Path, spec: str) -> ModelSource:
-    check_zip(path)
+def _zip_source(path: Path, spec: str, *, check: bool) -> ModelSource:
+    if check:
+        check_zip(path)
     return ModelSource(name=path.stem, source=spec, kind="zip", location=str(path.resolve()))
 
 
@@ -305,7 +308,7 @@ def _folder_of_packages(folder: Path) -> list[ModelSource]:
     return found
 
 
-def _find_one(spec: str | Path) -> list[ModelSource]:
+def _find_one(spec: str | Path, *, check: bool = True) -> list[ModelSource]:
     text = str(spec)
     if isinstance(spec, str) and _is_url(text):
         if PurePosixPath(urlparse(text).path).suffix.lower() == ".json":
@@ -331,7 +334,7 @@ def _find_one(spec: str | Path) -> list[ModelSource]:
             )
         ]
     if suffix == ".zip":
-        return [_zip_source(path, text)]
+        return [_zip_source(path, text, check=check)]
     if suffix == ".json":
         return read_collection_index(path)
     raise InvalidModelError(f"cannot use {text} as a model source (unsupported file type); pass {_ACCEPTED}")
@@ -407,6 +410,39 @@ def select_models(specs: Sequence[str | Path], *, tag: str | None = None) -> lis
             raise InvalidModelError(f"no model in {where} has the tag {tag!r}; drop --tag or pick a tag from the "
                                     "models' rdf.yaml")
     return sources
+
+
+@dataclass(frozen=True)
+class SourceProblem:
+    """A model source that names no usable package (missing path, unreadable index, ...), and why."""
+
+    name: str
+    source: str
+    reason: str
+
+
+def locate_models(specs: Sequence[str | Path]) -> tuple[list[ModelSource], list[SourceProblem]]:
+    """:func:`find_models`, with a bad spec recorded as a :class:`SourceProblem` instead of stopping the others.
+
+    Zips are not checked here: :func:`bioimage_cte.rdf_checks.precheck_package` checks every package, with the
+    run's limits, before any model loads. A location found twice is kept once.
+    """
+    sources: list[ModelSource] = []
+    problems: list[SourceProblem] = []
+    seen: set[str] = set()
+    for spec in specs:
+        try:
+            found = _find_one(spec, check=False)
+        except BioimageCteError as e:
+            text = str(spec)
+            name = PurePosixPath(urlparse(text).path).stem if _is_url(text) else Path(text).stem
+            problems.append(SourceProblem(name or text, text, one_line(e)))
+            continue
+        for source in found:
+            if source.location not in seen:
+                seen.add(source.location)
+                sources.append(source)
+    return sources, problems
 
 
 def find_models(specs: Sequence[str | Path], *, extract_dir: Path | None = None) -> list[ModelSource]:

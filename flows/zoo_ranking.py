@@ -377,17 +377,20 @@ def _summary_markdown(summary: ZooRunSummary) -> str:
 
 
 @contextlib.contextmanager
-def _api_for_processes(dask_address: str | None) -> Iterator[None]:
-    """Worker processes need a Prefect API URL; without one, pin a temporary server for this run."""
+def _prefect_api() -> Iterator[None]:
+    """A Prefect API for the run: the configured one, else a temporary server that dies with this process.
+
+    Started here rather than by Prefect, so that a run killed with SIGKILL leaves no server behind
+    (:mod:`bioimage_cte_flows.servers`), and so that Dask worker processes, which cannot start their own, share it.
+    """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    if dask_address is None or PREFECT_API_URL.value():
+    if PREFECT_API_URL.value():
         yield
         return
-    from prefect.server.api.server import SubprocessASGIServer
+    from bioimage_cte_flows.servers import temporary_server
 
-    # without a URL, each worker process would start its own temporary server and fail
-    with SubprocessASGIServer() as server, temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+    with temporary_server() as api_url, temporary_settings(updates={PREFECT_API_URL: api_url}):
         yield
 
 
@@ -399,13 +402,20 @@ def run_zoo_ranking(
 ) -> ZooRunSummary:
     """Run :func:`zoo_ranking_flow` once from plain Python (e.g. the CLI).
 
-    With ``run.dask_address`` set and no ``PREFECT_API_URL``, a temporary Prefect server is started for
-    the run, since Dask worker processes cannot start their own.
+    The zoo and every target are checked before Prefect starts (:func:`bioimage_cte.jobs.check_zoo_inputs`): a
+    target that cannot be used is listed under ``problems`` with its reason and the others are ranked; a zoo
+    without models, or no usable target, raises before anything starts. Without ``PREFECT_API_URL`` a temporary
+    Prefect server runs for the run and stops with it, even when the run is killed.
     """
+    from bioimage_cte.jobs import check_zoo_inputs
+
     run = run or ZooRunOptions()
-    with _api_for_processes(run.dask_address):
-        return zoo_ranking_flow(_absolute(zoo), [_absolute(t) for t in targets],
-                                (options or RankOptions()).to_json_dict(), dataclasses.asdict(run))
+    options = options or RankOptions()
+    usable, problems = check_zoo_inputs(str(zoo), [str(t) for t in targets], options)
+    with _prefect_api():
+        summary = zoo_ranking_flow(_absolute(zoo), [_absolute(t) for t in usable], options.to_json_dict(),
+                                   dataclasses.asdict(run))
+    return dataclasses.replace(summary, problems={**problems, **summary.problems})
 
 
 def _absolute(path: str | Path) -> str:

@@ -113,6 +113,7 @@ def test_trust_code_runs_the_package_architecture_only_when_asked(corpus):
     assert "custom-code-arch" in result.output and "skipped" not in result.output
     assert not corpus.marker.exists()
     result = _invoke("rank", package, "--images", image, "--weight-format", "pytorch_state_dict")
+    assert result.exit_code == 3, result.output  # its only model skipped: nothing ranked
     assert "skipped custom-code-arch (skipped)" in result.output and "--trust-code" in result.output
     assert not corpus.marker.exists()
     try:

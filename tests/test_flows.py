@@ -155,6 +155,20 @@ def test_broken_package_fails_alone(first_run, target, tmp_path):
     assert [r.name for r in failed.values()] == ["broken"] and "broken.zip" in next(iter(failed.values())).error
 
 
+def test_unusable_targets_are_listed_and_the_others_ranked(first_run, target, tmp_path):
+    from bioimage_cte_flows.zoo_ranking import ZooRunOptions, run_zoo_ranking
+
+    empty = tmp_path / "empty-target"
+    (empty / "images").mkdir(parents=True)
+    missing = tmp_path / "missing-target"
+    run = ZooRunOptions(store_path=str(first_run["store"]), output_dir=str(tmp_path / "out"), reports=False)
+    summary = run_zoo_ranking(first_run["zoo"], [missing, target, empty], run=run)
+    assert list(summary.rankings) == [TARGET] and (summary.scored, summary.cached) == (0, 3)
+    assert sorted(summary.problems) == sorted([str(missing), str(empty)])
+    assert "is not a folder" in summary.problems[str(missing)]
+    assert "no images found" in summary.problems[str(empty)]
+
+
 def test_dask_local_cluster_gives_the_same_ranking(first_run, target, tmp_path):
     zoo = _zoo(tmp_path / "zoo")
     summary, ranking = _run(zoo, target, tmp_path / "fresh.sqlite", tmp_path / "out", reports=False,

@@ -141,7 +141,7 @@ def test_tags_fingerprint_and_annotation_survive_a_bomb(bomb_package):
 
 
 def test_sources_walk_visits_shared_data_once():
-    from bioimage_cte.models import _sources
+    from bioimage_cte.rdf_checks import rdf_sources as _sources
 
     node: object = [{"source": "weights.pt"}]
     for _ in range(40):  # 2**40 paths through the same objects
@@ -173,31 +173,33 @@ def test_tiff_bomb_is_refused_from_its_header(tmp_path):
     assert path.stat().st_size < 5_000_000
     with pytest.raises(InvalidImageError) as info:
         read_image(path)
-    assert str(info.value) == (f"image {path} decodes to 3.2 GB (shape (40000, 40000); limit 2.1 GB, max_bytes); "
-                               "crop it or raise the limit")
+    assert str(info.value) == (f"image {path} has 1600000000 pixel values (shape (40000, 40000), 3.2 GB decoded), "
+                               "above the limit of 1073741824; crop it, or raise the limit (--max-pixels, max_pixels) "
+                               "if you have the memory")
 
 
 @pytest.mark.parametrize(("make", "size"), [(png_bomb, "40.0 GB"), (npy_bomb, "20.0 GB")])
 def test_png_and_npy_bombs_are_refused_from_their_header(tmp_path, make, size):
     path = make(tmp_path / ("huge.png" if make is png_bomb else "huge.npy"))
     name = re.escape(str(path))
-    with pytest.raises(InvalidImageError, match=rf"^image {name} decodes to {size} \(shape .*; limit 2\.1 GB, "
-                                                r"max_bytes\); crop it or raise the limit$"):
+    with pytest.raises(InvalidImageError, match=rf"^image {name} has \d+ pixel values \(shape .*, {size} decoded\), "
+                                                r"above the limit of 1073741824; crop it, or raise the limit "
+                                                r"\(--max-pixels, max_pixels\) if you have the memory$"):
         read_image(path)
 
 
 @pytest.mark.parametrize("suffix", [".tif", ".png", ".npy"])
-def test_max_bytes_is_the_decoded_size(tmp_path, suffix):
+def test_max_pixels_counts_the_decoded_values(tmp_path, suffix):
     import imageio.v3 as iio
 
     path = tmp_path / f"a{suffix}"
     data = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) % 251
     data = data.astype(np.uint8) if suffix == ".png" else data
     {".tif": tifffile.imwrite, ".png": iio.imwrite, ".npy": np.save}[suffix](path, data)
-    assert read_image(path, max_bytes=data.nbytes).shape == (64, 64)
-    assert read_image(path, max_bytes=None).shape == (64, 64)
-    with pytest.raises(InvalidImageError, match=rf"^image {re.escape(str(path))} decodes to .*max_bytes"):
-        read_image(path, max_bytes=data.nbytes - 1)
+    assert read_image(path, max_pixels=data.size).shape == (64, 64)
+    assert read_image(path, max_pixels=None).shape == (64, 64)
+    with pytest.raises(InvalidImageError, match=rf"^image {re.escape(str(path))} has 4096 pixel values .*max_pixels"):
+        read_image(path, max_pixels=data.size - 1)
 
 
 @pytest.fixture
@@ -214,11 +216,12 @@ def test_every_unreadable_image_is_listed_in_one_error(mixed):
     with pytest.raises(InvalidImageError) as info:
         check_images(mixed)
     first, *lines = str(info.value).splitlines()
-    assert first == "3 of 5 images cannot be read; fix or remove them (or skip them with skip_bad=True):"
+    assert first == ("3 of 5 images cannot be read; fix or remove them (or skip them with --skip-bad-images, "
+                     "skip_bad=True):")
     assert len(lines) == 3
     assert f"cannot read image {mixed[1]} (TiffFileError" in lines[0]
     assert f"image {mixed[2]} is an empty file (0 bytes)" in lines[1]
-    assert f"image {mixed[4]} decodes to 3.2 GB" in lines[2]
+    assert f"image {mixed[4]} has 1600000000 pixel values" in lines[2]
 
 
 def test_one_unreadable_image_keeps_its_own_one_line_error(mixed):

@@ -105,7 +105,8 @@ def test_run_settings_record_every_run_option():
     assert options.run_settings() == {"seed": 5, "task": "instance", "axes": None, "device": "cuda", "layer": None,
                                       "channels": None, "output_channel": None,
                                       "weight_format": None, "tag": "cells", "trust_code": False,
-                                      "trusted_libraries": ["mylab"], "budget": "all"}
+                                      "trusted_libraries": ["mylab"], "budget": "all", "max_pixels": 2**30,
+                                      "max_entry_bytes": 2 * 1024**3, "skip_bad_images": False}
 
 
 def test_channels_are_parsed_and_checked_and_change_the_score_key_only_when_set():
@@ -119,6 +120,12 @@ def test_channels_are_parsed_and_checked_and_change_the_score_key_only_when_set(
     chosen = RankOptions(channels=(2, 0), output_channel="nuclei").score_settings()
     assert chosen == {**base, "channels": [2, 0], "output_channel": "nuclei"}
     assert RankOptions.from_json_dict(RankOptions(channels=(2, 0)).to_json_dict()).channels == (2, 0)
+
+
+@pytest.mark.parametrize("name", ["max_pixels", "max_entry_bytes"])
+def test_limits_must_be_positive(name):
+    with pytest.raises(ValueError, match=f"^{name}=0: use a positive limit"):
+        RankOptions(**{name: 0})
 
 
 def test_json_round_trip():

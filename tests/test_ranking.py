@@ -157,7 +157,8 @@ def test_ranking_json_records_every_setting():
         "bioimage_cte_version": __version__, "images": "/data/t/images", "n_images": 2, "seed": 2,
         "task": "semantic", "axes": None, "device": "cuda", "layer": None, "weight_format": None, "tag": "nuclei",
         "trust_code": False, "trusted_libraries": ["mylab"], "channels": None, "output_channel": None,
-        "budget": "all"}
+        "budget": "all", "max_pixels": 2**30,
+        "max_entry_bytes": 2 * 1024**3, "skip_bad_images": False}
     assert payload["models"][0]["name"] == "a" and payload["failures"] == []
     json.dumps(payload, allow_nan=False)
 
