@@ -111,7 +111,8 @@ def _per_slice(clean: Prediction, perturbed: Prediction, kind: Consistency, thre
 
 def _slice(prediction: Prediction, z: int) -> Prediction:
     boundary = None if prediction.boundary is None else prediction.boundary[z]
-    return Prediction(prediction.foreground[z], boundary)
+    classes = None if prediction.classes is None else prediction.classes[:, z]
+    return Prediction(prediction.foreground[z], boundary, classes, prediction.scored)
 
 
 def _check_consistency(kind: str) -> None:
