@@ -120,7 +120,7 @@ def _per_slice(clean: Prediction, perturbed: Prediction, kind: Consistency, thre
 def _slice(prediction: Prediction, z: int) -> Prediction:
     boundary = None if prediction.boundary is None else prediction.boundary[z]
     classes = None if prediction.classes is None else prediction.classes[:, z]
-    return Prediction(prediction.foreground[z], boundary, classes)
+    return Prediction(prediction.foreground[z], boundary, classes, prediction.scored)
 
 
 def _check_consistency(kind: str) -> None:

@@ -62,6 +62,10 @@ class _Predictor:
         self._specs = [spatial_spec(descr, a, output_id=self.readout.tensor) for a in self.spatial]
         self._in_axes = [str(a.id) for a in descr.inputs[0].axes]
         self._channel_id = next((str(a.id) for a in descr.inputs[0].axes if isinstance(a, v0_5.ChannelAxis)), None)
+        if pipeline is not None and descr.inputs[0].pad is None:
+            # tiles reflect the image border, as the single padded pass does (bioimageio.core's default is
+            # symmetric): then tiled and untiled predictions agree
+            pipeline.pad_mode = {**pipeline.pad_mode, self._input_id: "reflect"}
 
     @property
     def has_boundary(self) -> bool:

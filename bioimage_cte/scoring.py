@@ -307,5 +307,6 @@ def overlay_predictions(
             clean = predictor.predict(image)
             perturbed = (estimator.perturbed_prediction(predictor, image, seed=options.seed, index=i)
                          if perturbing else None)
-            rows.append((image, clean, perturbed))
+            shown = image if predictor.in_channels == 1 else image.mean(axis=0)  # a report shows one grey image
+            rows.append((shown, clean, perturbed))
     return rows

@@ -218,12 +218,20 @@ def watershed_from_boundaries(
 def instances(prediction: Prediction, *, threshold: float = 0.5, min_size: int = 16) -> np.ndarray:
     """Instance labels of a prediction: seeded watershed when it has a boundary channel, else components.
 
+    A prediction of a boundary-only model (``scored == "boundary"``) is labelled as the components
+    enclosed by its boundaries, the components of ``1 - boundary > threshold``.
+
     Examples
     --------
     >>> fg = np.zeros((8, 8), np.float32); fg[1:3, 1:3] = fg[5:7, 5:7] = 0.9
     >>> int(instances(Prediction(fg), min_size=1).max())
     2
+    >>> walls = np.zeros((5, 7), np.float32); walls[:, 3] = 1.0  # one wall between two cells
+    >>> int(instances(Prediction(walls, scored="boundary"), min_size=1).max())
+    2
     """
+    if prediction.scored == "boundary":  # a boundary map's objects are the regions its boundaries enclose
+        return label_foreground(1.0 - np.asarray(prediction.foreground), threshold=threshold, min_size=min_size)
     if prediction.boundary is not None:
         return watershed_from_boundaries(prediction.foreground, prediction.boundary, threshold=threshold,
                                          min_size=min_size)

@@ -110,7 +110,7 @@ def plan(shape: Sequence[int], specs: Sequence[SpatialSpec], *, budget: int) -> 
     >>> plan((100, 150), [SpatialSpec(32, 16, 8)] * 2, budget=1024**2)
     Plan(blocked=False, sizes=(128, 176), pad=((14, 14), (13, 13)))
     >>> plan((100, 150), [SpatialSpec(64, 0, 8)] * 2, budget=1024**2)
-    Plan(blocked=True, sizes=(64, 64), pad=((8, 8), (8, 8)))
+    Plan(blocked=True, sizes=(64, 64), pad=((0, 0), (0, 0)))
     """
     padded = [valid_size(n, s) for n, s in zip(shape, specs, strict=True)]
     if all(_fits(n, s) for n, s in zip(shape, specs, strict=True)) and math.prod(padded) <= budget:
@@ -125,10 +125,10 @@ def plan(shape: Sequence[int], specs: Sequence[SpatialSpec], *, budget: int) -> 
             break
         i = max(shrinkable, key=lambda j: blocks[j])
         blocks[i] -= specs[i].step
-    # The halo at the image border is padded here, as in the padded pass (reflect), not by bioimageio.core's
-    # blocking (symmetric), so that tiles and one pass see the same border; and the blocking needs the sample
-    # at least one block large.
-    pad = tuple(_centred(n, max(n + 2 * s.halo, b)) for n, b, s in zip(shape, blocks, specs, strict=True))
+    # bioimageio.core's blocking pads the halo at the image border itself (the predictor asks for reflect, as in
+    # the padded pass) but needs the sample at least one block large: only smaller axes are padded here, so a
+    # large volume is never copied whole
+    pad = tuple(_centred(n, max(n, b)) for n, b in zip(shape, blocks, strict=True))
     return Plan(True, tuple(blocks), pad)
 
 

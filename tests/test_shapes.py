@@ -228,3 +228,29 @@ def test_rank_records_the_scored_output_and_ranks_3d_and_two_channel_targets(pac
     options = RankOptions(estimator="cte-input", axes="cyx", channels=(1, 0))
     run = rank([str(packages[k]) for k in ("2ch", "2d")], two, options)
     assert {s.name for s in run.ranking.scores} == {"2ch", "2d"} and not run.ranking.failures
+
+
+def test_cli_channels_and_output_channel_reach_the_ranking(packages, tmp_path):
+    from typer.testing import CliRunner
+
+    from bioimage_cte.cli import app
+
+    images = tmp_path / "two"
+    images.mkdir()
+    for i in range(2):
+        np.save(images / f"t{i}.npy", np.random.default_rng(i).random((3, 40, 40)).astype(np.float32))
+    out = tmp_path / "ranking.json"
+    result = CliRunner().invoke(app, ["rank", str(packages["2ch"]), str(packages["fgbd"]), "--images", str(images),
+                                      "--axes", "cyx", "--channels", "2,0", "--output-channel", "boundary",
+                                      "--estimator", "cte-input", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(out.read_text())
+    assert payload["settings"]["channels"] == [2, 0] and payload["settings"]["output_channel"] == "boundary"
+    by_name = {m["name"]: m["output"] for m in payload["models"]}
+    assert by_name["fgbd"]["channel"] == "boundary" and by_name["fgbd"]["how"] == "--output-channel boundary"
+    # the 2-channel model has no channel named boundary: a one-line failure naming its outputs, not a crash
+    assert [f["name"] for f in payload["failures"]] == ["2ch"]
+    assert "--output-channel 'boundary' matches no output" in payload["failures"][0]["reason"]
+    bad = CliRunner().invoke(app, ["rank", str(packages["2ch"]), "--images", str(images), "--axes", "cyx",
+                                   "--channels", "0,7"])
+    assert bad.exit_code != 0 and "--channels asks for 7" in bad.output

@@ -41,6 +41,8 @@ def build_shaped_package(
     z_size: int | tuple[int, int] = (12, 4),
     outputs: Sequence[OutputSpec] = (OutputSpec(),),
     halo: int = 4,
+    features: int = 4,
+    normalize: bool = False,
     seed: int = 0,
     tags: Sequence[str] = ("segmentation",),
     name: str = "tiny shaped model",
@@ -61,6 +63,11 @@ def build_shaped_package(
         Output tensors, in the network's output order.
     halo : int
         Output halo on every spatial axis.
+    features : int
+        Hidden channels of the network.
+    normalize : bool
+        Declare zero-mean-unit-variance preprocessing (per image, over the spatial axes), for raw camera
+        intensities; off, the network sees the raw values.
     seed : int
         Seeds the weights.
     tags : sequence of str
@@ -82,7 +89,9 @@ def build_shaped_package(
 
     dims = len(spatial)
     torch.manual_seed(seed)
-    net = TinyNet(dims=dims, in_channels=len(in_channels), out_channels=[len(o.channels) for o in outputs]).eval()
+    kwargs = dict(dims=dims, in_channels=len(in_channels), out_channels=[len(o.channels) for o in outputs],
+                  features=features)
+    net = TinyNet(**kwargs).eval()
 
     def axis_size(axis: str) -> int | v0_5.ParameterizedSize:
         value = z_size if axis == "z" else size
@@ -94,8 +103,9 @@ def build_shaped_package(
 
     shape = (1, len(in_channels), *[first_size(a) for a in spatial])
     raw = np.random.default_rng(seed).random(shape, dtype=np.float32)
+    x = (raw - raw.mean()) / (raw.std() + 1e-6) if normalize else raw  # bioimageio's ddof=0 std and eps
     with torch.no_grad():
-        logits = net(torch.from_numpy(raw))
+        logits = net(torch.from_numpy(x))
     logits = logits if isinstance(logits, tuple) else (logits,)
     with tempfile.TemporaryDirectory(prefix="bioimage-cte-shaped-") as tmp:
         work = Path(tmp)
@@ -119,7 +129,7 @@ def build_shaped_package(
         cover = (raw[0, 0] if dims == 2 else raw[0, 0, 0]) * 255
         iio.imwrite(work / "cover.png", cover.astype(np.uint8))
         torch.save(net.state_dict(), work / "weights.pt")
-        torch.jit.trace(net, torch.from_numpy(raw)).save(str(work / "weights_torchscript.pt"))
+        torch.jit.trace(net, torch.from_numpy(x)).save(str(work / "weights_torchscript.pt"))
         shutil.copy(ARCHITECTURE_FILE, work / "tiny.py")
         (work / "README.md").write_text(f"# {name}\n\nUntrained test model of the bioimage-cte project.\n")
         version = v0_5.Version(torch.__version__.split("+")[0])
@@ -136,15 +146,15 @@ def build_shaped_package(
             tags=list(tags),
             inputs=[v0_5.InputTensorDescr(
                 id=v0_5.TensorId("raw"), axes=in_axes, data=v0_5.IntervalOrRatioDataDescr(type="float32"),
-                test_tensor=v0_5.FileDescr(source=work / "test_input.npy"))],
+                test_tensor=v0_5.FileDescr(source=work / "test_input.npy"),
+                preprocessing=[v0_5.ZeroMeanUnitVarianceDescr(kwargs=v0_5.ZeroMeanUnitVarianceKwargs(
+                    axes=[v0_5.AxisId(a) for a in spatial]))] if normalize else [])],
             outputs=out_descrs,
             weights=v0_5.WeightsDescr(
                 pytorch_state_dict=v0_5.PytorchStateDictWeightsDescr(
                     source=work / "weights.pt", pytorch_version=version,
                     architecture=v0_5.ArchitectureFromFileDescr(
-                        source=work / "tiny.py", callable=v0_5.Identifier("TinyNet"),
-                        kwargs=dict(dims=dims, in_channels=len(in_channels),
-                                    out_channels=[len(o.channels) for o in outputs]))),
+                        source=work / "tiny.py", callable=v0_5.Identifier("TinyNet"), kwargs=kwargs)),
                 torchscript=v0_5.TorchscriptWeightsDescr(source=work / "weights_torchscript.pt",
                                                          pytorch_version=version, parent="pytorch_state_dict"),
             ),
