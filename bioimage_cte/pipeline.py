@@ -31,7 +31,7 @@ from bioimage_cte.metrics import METRICS
 from bioimage_cte.options import RankOptions
 from bioimage_cte.ranking import Ranking, build_ranking, ranking_json
 from bioimage_cte.scoring import ModelFailure, ModelResult, overlay_predictions, rank_models
-from bioimage_cte.sources import ModelSource, select_models
+from bioimage_cte.sources import ModelSource, mixed_tasks_warning, select_models
 
 __all__ = ["EvaluationRun", "Progress", "RankingRun", "evaluate", "rank", "report_overlays"]
 
@@ -44,6 +44,10 @@ class Progress:
     warning: Callable[[str], None] | None = None
     #: the run is about to score this many models x images
     start: Callable[[int], None] | None = None
+    #: the run will score this many models on this many images (called just before ``start``)
+    plan: Callable[[int, int], None] | None = None
+    #: a stage before scoring starts, e.g. "finding models", "checking 10 images"
+    stage: Callable[[str], None] | None = None
     #: a model starts
     model: Callable[[ModelSource], None] | None = None
     #: one image of one model is done
@@ -88,14 +92,21 @@ def _common_folder(paths: Sequence[Path]) -> str:
 def _inputs(models: Sequence[str | Path], images: str | Path | Sequence[Path], options: RankOptions,
             progress: Progress) -> tuple[list[ModelSource], list[Path], list[str]]:
     """Find and filter the models, then read every image once: a bad image fails before any model loads."""
+    if progress.stage is not None:
+        progress.stage("finding models")
     sources = select_models(models, tag=options.tag)
+    mixed = None if options.tag else mixed_tasks_warning(sources)
     paths = list_images(images) if isinstance(images, str | Path) else [Path(p) for p in images]
     if not paths:
         raise InvalidImageError("no images given; pass a folder, a glob or image files")
-    warnings = check_images(paths, axes=options.axes).warnings
+    if progress.stage is not None:
+        progress.stage(f"found {len(sources)} models; checking {len(paths)} images")
+    warnings = ([mixed] if mixed else []) + list(check_images(paths, axes=options.axes).warnings)
     for text in warnings:
         if progress.warning is not None:
             progress.warning(text)
+    if progress.plan is not None:
+        progress.plan(len(sources), len(paths))
     if progress.start is not None:
         progress.start(len(sources) * len(paths))
     return sources, paths, warnings
@@ -191,7 +202,7 @@ def evaluate(
 
 
 def report_overlays(ranking_json: dict[str, Any], image_paths: Sequence[Path], *, n_images: int = 3,
-                    n_models: int = 2) -> dict[str, Any]:
+                    n_models: int = 2, progress: Progress | None = None) -> dict[str, Any]:
     """Clean and perturbed predictions of the top and bottom models on a few images, for the HTML report.
 
     Returns
@@ -215,10 +226,18 @@ def report_overlays(ranking_json: dict[str, Any], image_paths: Sequence[Path], *
     if isinstance(estimator, Perturbing):  # what the perturbed panels show
         perturbation = "dropout" if estimator.needs_greybox else "input"
     out: dict[str, Any] = {"indices": indices, "perturbation": perturbation, "models": {}, "errors": {}}
+    progress = progress or Progress()
+    if progress.plan is not None:
+        progress.plan(len(chosen), count)
+    if progress.start is not None:
+        progress.start(len(chosen) * count)
     for model in chosen:
         try:
             location = str(rdf_location(locate_package(model["source"])))
-            out["models"][model["name"]] = overlay_predictions(location, image_paths, indices, options)
+            if progress.model is not None:
+                progress.model(ModelSource(model["name"], model["source"], kind="rdf", location=location))
+            out["models"][model["name"]] = overlay_predictions(location, image_paths, indices, options,
+                                                               on_image=progress.image)
         except Exception as e:  # a report is a view on the ranking: one model that cannot re-run is named
             out["errors"][model["name"]] = one_line(e)
     return out

@@ -211,7 +211,8 @@ def rank_models(
 
 
 def overlay_predictions(
-    location: str, image_paths: Sequence[Path], indices: Sequence[int], options: RankOptions
+    location: str, image_paths: Sequence[Path], indices: Sequence[int], options: RankOptions, *,
+    on_image: Callable[[], None] | None = None,
 ) -> list[tuple[np.ndarray, Prediction, Prediction | None]]:
     """Re-run one model on a few images with a ranking's options: (image, clean, perturbed or None) per image.
 
@@ -233,4 +234,6 @@ def overlay_predictions(
             perturbed = (estimator.perturbed_prediction(predictor, image, seed=options.seed, index=i)
                          if perturbing else None)
             rows.append((image, clean, perturbed))
+            if on_image is not None:
+                on_image()
     return rows
