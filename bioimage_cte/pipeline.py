@@ -205,13 +205,18 @@ def report_overlays(ranking_json: dict[str, Any], image_paths: Sequence[Path], *
                     n_models: int = 2, progress: Progress | None = None) -> dict[str, Any]:
     """Clean and perturbed predictions of the top and bottom models on a few images, for the HTML report.
 
+    Each row also holds the per-pixel disagreement the score averages (:func:`~bioimage_cte.consistency.
+    disagreement_map`), so the report shows what the score measures rather than thresholded masks.
+
     Returns
     -------
     dict
-        ``{"indices": [...], "perturbation": "dropout" | "input" | None, "models": {name: [(image, clean,
-        perturbed or None), ...]}, "errors": {name: text}}``; a model that cannot be re-run is named under
-        ``errors`` instead of stopping the report.
+        ``{"indices": [...], "perturbation": "dropout" | "input" | None, "consistency": "soft" | ...,
+        "threshold": float, "models": {name: [(image, clean, perturbed or None, disagreement or None), ...]},
+        "errors": {name: text}}``; a model that cannot be re-run is named under ``errors`` instead of stopping
+        the report.
     """
+    from bioimage_cte.consistency import disagreement_map
     from bioimage_cte.packages import locate_package, rdf_location
     from bioimage_cte.seeds import rng
 
@@ -225,7 +230,10 @@ def report_overlays(ranking_json: dict[str, Any], image_paths: Sequence[Path], *
     perturbation = None
     if isinstance(estimator, Perturbing):  # what the perturbed panels show
         perturbation = "dropout" if estimator.needs_greybox else "input"
-    out: dict[str, Any] = {"indices": indices, "perturbation": perturbation, "models": {}, "errors": {}}
+    threshold = float(getattr(estimator, "threshold", 0.5))
+    kind = options.consistency_kind
+    out: dict[str, Any] = {"indices": indices, "perturbation": perturbation, "consistency": kind,
+                           "threshold": threshold, "models": {}, "errors": {}}
     progress = progress or Progress()
     if progress.plan is not None:
         progress.plan(len(chosen), count)
@@ -236,8 +244,11 @@ def report_overlays(ranking_json: dict[str, Any], image_paths: Sequence[Path], *
             location = str(rdf_location(locate_package(model["source"])))
             if progress.model is not None:
                 progress.model(ModelSource(model["name"], model["source"], kind="rdf", location=location))
-            out["models"][model["name"]] = overlay_predictions(location, image_paths, indices, options,
-                                                               on_image=progress.image)
+            rows = overlay_predictions(location, image_paths, indices, options, on_image=progress.image)
+            out["models"][model["name"]] = [
+                (image, clean, perturbed, None if perturbed is None else
+                 disagreement_map(clean.foreground, perturbed.foreground, kind=kind, threshold=threshold))
+                for image, clean, perturbed in rows]
         except Exception as e:  # a report is a view on the ranking: one model that cannot re-run is named
             out["errors"][model["name"]] = one_line(e)
     return out
