@@ -552,7 +552,7 @@ def transfer_matrix(
 
         with _progress("evaluating") as progress:
             rows, failures = compute_transfer_matrix(zoo, data, options=_options(device=device),
-                                                     on_image=progress.image)
+                                                     on_image=progress.image, on_model=progress.model)
         write_transfer_matrix(rows, output)
     except Exception as e:
         _fail(e, debug)

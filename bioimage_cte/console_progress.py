@@ -86,7 +86,8 @@ class PlainProgress:
         finished = self.total is not None and self.done >= self.total
         if finished or time.monotonic() - self._last >= self.interval:
             per_model = f"/{self.total // self.n_models}" if self.total and self.n_models else ""
-            self._line(f"{self.model_name}: image {self.model_done}{per_model}, {self._of_total()} done")
+            who = f"{self.model_name}: " if self.model_name else ""
+            self._line(f"{who}image {self.model_done}{per_model}, {self._of_total()} done")
 
 
 @contextlib.contextmanager
