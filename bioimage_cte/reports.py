@@ -322,8 +322,8 @@ def _ranking_chart(names: list[str], scores: list[float | None], ci: np.ndarray,
             ax.text(float(finite.min()) if finite.size else 0.0, yi, "no score", va="center", fontsize=8, color="#a33")
     ax.set_yticks(y, [f"{i + 1}. {n}" for i, n in enumerate(names)])
     ax.set_ylim(len(names) - 0.5, -0.5)
-    what = "95% bootstrap interval" if n >= FEW_IMAGES else f"spread over only {n} images (not a 95% interval)"
-    ax.set_xlabel(f"{estimator} score (median over images; higher is better) with {what}")
+    what = "95% bootstrap interval" if n >= FEW_IMAGES else f"spread over {n} images"
+    ax.set_xlabel(f"{estimator} score (median over images; higher is better); line: {what}")
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
 
