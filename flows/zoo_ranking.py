@@ -271,6 +271,8 @@ def make_task_runner(dask_address: str | None = None, workers: int | None = None
     """
     if dask_address is None:
         return ThreadPoolTaskRunner(max_workers=workers or 1)
+    if dask_address.startswith(_DASK_SCHEMES):
+        check_dask_address(dask_address)  # seconds and one line, instead of a minute and a long traceback
     n = workers or os.cpu_count() or 1
     from prefect_dask import DaskTaskRunner
 
@@ -282,7 +284,6 @@ def make_task_runner(dask_address: str | None = None, workers: int | None = None
         return DaskTaskRunner(cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": True,
                                               "dashboard_address": None})
     if dask_address.startswith(_DASK_SCHEMES):
-        check_dask_address(dask_address)  # seconds and one line, instead of a minute and a long traceback
         return DaskTaskRunner(address=dask_address)
     raise ValueError(f"dask_address={dask_address!r}: pass 'local' for a temporary cluster on this machine or the "
                      "scheduler address of an existing one, e.g. 'tcp://127.0.0.1:8786'")
