@@ -25,6 +25,8 @@ from rich.console import Console
 __all__ = ["PlainProgress", "progress_display", "progress_interval"]
 
 _DEFAULT_INTERVAL = 10.0
+#: a stage before scoring gets its own line when it took at least this long
+QUIET_STAGE_SECONDS = 2.0
 
 
 def progress_interval() -> float:
@@ -56,18 +58,36 @@ class PlainProgress:
     model_done: int = 0
     _started: float = field(default_factory=time.monotonic)
     _last: float = float("-inf")
+    _pending: tuple[str, float] | None = None
 
-    def _line(self, text: str) -> None:
+    def _line(self, text: str, at: float | None = None) -> None:
         self._last = time.monotonic()
-        self.write(f"[{_clock(self._last - self._started)}] {text}")
+        self.write(f"[{_clock((self._last if at is None else at) - self._started)}] {text}")
+
+    def _flush(self) -> None:
+        """Print the quiet stage that just ended, if it took long enough to be worth a line."""
+        if self._pending is not None:
+            text, since = self._pending
+            self._pending = None
+            took = time.monotonic() - since
+            if took >= QUIET_STAGE_SECONDS:
+                self._line(f"{text} (took {took:.0f} s)", at=since)
 
     def _of_total(self) -> str:
         return f"{self.done}/{self.total}" if self.total is not None else str(self.done)
 
     def stage(self, text: str) -> None:
+        self._flush()
         self._line(text)
 
+    def quiet_stage(self, text: str) -> None:
+        """A stage before scoring (finding models, checking images): printed only once it has taken a while, so a
+        bad input found at once stays a one-line error."""
+        self._flush()
+        self._pending = (text, time.monotonic())
+
     def start(self, total: int) -> None:
+        self._flush()
         self.total = total
         self._line(f"{self.label}: {total} model x image predictions to make")
 
@@ -75,6 +95,7 @@ class PlainProgress:
         self.n_models = n_models
 
     def model(self, name: str) -> None:
+        self._flush()
         self.model_index += 1
         self.model_name, self.model_done = name, 0
         of = f"/{self.n_models}" if self.n_models else ""
@@ -108,7 +129,7 @@ def progress_display(label: str, console: Console, *, warn: Callable[[str], None
     warning = warn or (lambda text: console.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True))
     if not console.is_terminal:
         plain = PlainProgress(label, lambda text: console.print(text, highlight=False, soft_wrap=True))
-        yield Progress(warning=warning, start=plain.start, plan=plain.plan, stage=plain.stage,
+        yield Progress(warning=warning, start=plain.start, plan=plain.plan, stage=plain.quiet_stage,
                        model=lambda source: plain.model(source.name), image=plain.image)
         return
 

@@ -56,6 +56,7 @@ def test_plain_progress_lines_say_model_image_done_and_elapsed():
     lines: list[str] = []
     progress = PlainProgress("scoring", lines.append, interval=0.0)
     progress.stage("finding models")
+    progress.quiet_stage("checking 3 images")  # quick: no line of its own
     progress.plan(2, 3)
     progress.start(6)
     for model in ("a", "b"):
