@@ -77,7 +77,9 @@ def sandbox(tmp_path_factory) -> Path:
 def test_readme_block_runs_as_written(sandbox, index):
     block = _runnable()[index]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(COLUMNS="80", TQDM_DISABLE="1", DO_NOT_TRACK="1", PREFECT_HOME=str(sandbox / ".prefect"),
+    # HOME in the sandbox: the default results store (~/.cache/bioimage-cte) starts empty and the user's is untouched
+    env.update(HOME=str(sandbox / "home"), COLUMNS="80", TQDM_DISABLE="1", DO_NOT_TRACK="1",
+               PREFECT_HOME=str(sandbox / ".prefect"),
                PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="150")
     result = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=sandbox, env=env, capture_output=True,
                             text=True, timeout=1500, check=False)
