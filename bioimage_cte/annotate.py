@@ -40,7 +40,6 @@ from bioimage_cte.errors import (
     one_line,
 )
 from bioimage_cte.packages import (
-    dump_rdf,
     locate_package,
     open_package,
     output_destination,
@@ -49,6 +48,7 @@ from bioimage_cte.packages import (
     read_rdf,
     read_rdf_text,
     rewrite_package,
+    update_rdf,
 )
 from bioimage_cte.sources import file_sha256
 
@@ -299,8 +299,11 @@ def read_transferability(location: Path) -> list[dict[str, Any]]:
     return _entries(parse_rdf(read_rdf_text(pkg), pkg.where), pkg.where)
 
 
-def _render(data: dict[str, Any], record: dict[str, Any], *, where: str, yaml12_header: bool) -> bytes:
-    """The RDF text with ``record`` put in its target's place, checked to change nothing else."""
+def _render(data: dict[str, Any], record: dict[str, Any], *, where: str, text: str) -> bytes:
+    """The RDF ``text`` with ``record`` put in its target's place, checked to change nothing else.
+
+    Written with the round-trip parser it was read with: the authors' comments, key order and layout stay.
+    """
     new = copy.deepcopy(data)
     entries = _entries(new, where)
     position = next((i for i, e in enumerate(entries) if e.get("target") == record["target"]), None)
@@ -313,7 +316,7 @@ def _render(data: dict[str, Any], record: dict[str, Any], *, where: str, yaml12_
     if not isinstance(new["config"].get(NAMESPACE), dict):
         new["config"][NAMESPACE] = {}
     new["config"][NAMESPACE][ENTRIES_KEY] = entries
-    text = dump_rdf(new, yaml12_header=yaml12_header)
+    text = update_rdf(text, ["config", NAMESPACE, ENTRIES_KEY], entries)
     # Read back the way bioimageio.spec reads it: every value but ours must have survived the round trip.
     again = parse_rdf(text, where)
     if _without_entries(again) != _without_entries(data) or _entries(again, where) != entries:
@@ -408,7 +411,8 @@ def annotate_package(
                 raise WriteError(f"{dest} already exists and is not an annotated copy of {pkg.path}; remove it or "
                                  "choose another output folder")
             in_place = True  # our own earlier copy: add to it, no backup of a copy
-    rdf = _render(base_data, record, where=where, yaml12_header=text.lstrip().startswith("%YAML"))
+    base_text = text if base is pkg else read_rdf_text(base)
+    rdf = _render(base_data, record, where=where, text=base_text)
 
     target = base.path if in_place else dest
     try:

@@ -12,7 +12,7 @@ import inspect
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -20,6 +20,45 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
+
+
+def _wrap_choices(choices: Sequence[str], width: int = 12) -> str:
+    """A choice list as lines of at most ``width`` characters, broken only after a ``|`` (help at 80 columns)."""
+    lines, line = [], ""
+    for i, choice in enumerate(choices):
+        piece = choice + ("|" if i < len(choices) - 1 else "")
+        if line and len(line) + len(piece) > width:
+            lines.append(line)
+            line = ""
+        line += piece
+    return "\n".join([*lines, line])
+
+
+def _readable_metavars(params: Sequence[Any]) -> None:
+    for param in params:
+        # typer 0.2x vendors click: its parameters are told apart by what they have, not by click's classes
+        descriptor = getattr(param, "type_descriptor", None)
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+        elif descriptor is not None and descriptor.is_choice and param.metavar is None:
+            param.metavar = _wrap_choices([str(getattr(c, "value", c)) for c in descriptor.choices or ()])
+
+
+class _ReadableHelp(TyperGroup):
+    """Every command's help reads well at 80 columns: no ``<bool>`` after a flag, choice lists wrap at ``|``."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        _readable_metavars(params)
+        return params
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _readable_metavars(command.get_params(ctx))
+        return command
+
 
 app = typer.Typer(
     name="bioimage-cte",
@@ -27,6 +66,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_ReadableHelp,
 )
 console = Console()
 err_console = Console(stderr=True)
@@ -106,6 +146,8 @@ RepeatsOpt = Annotated[int, typer.Option(help="Perturbed runs per image (their c
 TagOpt = Annotated[str | None, typer.Option("--tag", help="Rank only the models whose RDF has this tag, e.g. "
                                             "'nuclei' (CTE compares models made for the same task).")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+ReportImagesOpt = Annotated[int, typer.Option("--report-images", min=0, help="Images shown with overlays in the "
+                                              "HTML report (0: none, no model is re-run).")]
 TrustCodeOpt = Annotated[bool, typer.Option("--trust-code", help="Run Python code shipped inside model packages "
                                             "(architecture files, custom processing). Off by default: only "
                                             "architectures from trusted installed libraries run, other models "
@@ -119,6 +161,22 @@ MaxEntryOpt = Annotated[int, typer.Option(help="Largest unpacked file inside a p
                                           "with a larger one fails.", min=1)]
 SkipBadOpt = Annotated[bool, typer.Option("--skip-bad-images", help="Rank on the readable images and list the "
                                           "unreadable ones (in the JSON too), instead of stopping.")]
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from bioimage_cte import __version__
+
+        console.print(f"bioimage-cte {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Rank BioImage Model Zoo segmentation models on your own unlabeled images (CTE, arXiv 2503.00450)."""
 
 
 def _fail(e: BaseException, debug: bool) -> None:
@@ -184,32 +242,30 @@ def _with_rank_options(command: Callable[..., None]) -> Callable[..., None]:
 
 @contextlib.contextmanager
 def _progress(label: str = "scoring") -> Iterator[Progress]:
-    """A rich progress bar on a terminal, fed by the library's progress callbacks."""
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-    from rich.progress import Progress as Bar
+    """A rich bar on a terminal, plain periodic lines in a log (bioimage_cte.console_progress)."""
+    from bioimage_cte.console_progress import progress_display
 
-    from bioimage_cte.pipeline import Progress
-
-    with Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-             console=err_console, transient=False, disable=not err_console.is_terminal) as bar:
-        task = bar.add_task(label, total=None)
-        yield Progress(
-            warning=lambda text: err_console.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True),
-            start=lambda total: bar.update(task, total=total),
-            model=lambda source: bar.update(task, description=f"{label} {source.name}"),
-            image=lambda: bar.advance(task),
-        )
+    with progress_display(label, err_console) as progress:
+        yield progress
 
 
 def _ranking_table(ranking, title: str) -> Table:
-    table = Table(title=title, title_justify="left")
-    for column, justify in (("rank", "right"), ("model", "left"), ("score", "right"), ("images", "right"),
-                            ("empty", "right"), ("weights", "left"), ("note", "left")):
-        table.add_column(column, justify=justify)
+    from bioimage_cte.ranking import interval_label
+
+    n = max((s.n_valid for s in ranking.scores), default=0)
+    caption = (f"Higher score = predictions more stable under perturbation = expected to transfer better. "
+               f"interval: {interval_label(n)}. ~top: the images cannot tell this model from the top one "
+               "(paired bootstrap).")
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    for column, justify in (("rank", "right"), ("model", "left"), ("score", "right"), ("interval", "right"),
+                            ("~top", "left"), ("images", "right"), ("note", "left")):
+        table.add_column(column, justify=justify, overflow="fold")
     for s in ranking.scores:
-        score = "n/a" if s.score != s.score else f"{s.score:.4f}"
-        weights = "" if s.weights is None else s.weights["format"]  # the JSON says why (bioimage_cte.weights)
-        table.add_row(str(s.rank), s.name, score, str(s.n_images), str(s.n_empty), weights, s.note)
+        score = "n/a" if s.score != s.score else f"{s.score:.3f}"
+        lo, hi = s.interval
+        interval = "-" if lo != lo or hi != hi else f"{lo:.3f}-{hi:.3f}"
+        images = str(s.n_images) if not s.n_empty else f"{s.n_images} ({s.n_empty} empty)"
+        table.add_row(str(s.rank), s.name, score, interval, "yes" if s.tied_with_top else "", images, s.note)
     return table
 
 
@@ -239,6 +295,7 @@ def rank(
     strict: Annotated[bool, typer.Option("--strict", help="Exit with code 4 when some models could not be "
                                          "ranked or some images were skipped (default: 0 if any model ranked).")
                       ] = False,
+    report_images: ReportImagesOpt = 3,
     debug: DebugOpt = False,
     options: RankOptions | None = None,
 ) -> None:
@@ -276,7 +333,7 @@ def rank(
     if output is not None and not _put_json(output, payload, out):
         code = code or ExitCode.ERROR
     if report is not None:
-        _write_report(payload, report, list(run.images), None, debug, out=out)
+        _write_report(payload, report, list(run.images), None, debug, n_images=report_images, out=out)
     raise typer.Exit(int(code))
 
 
@@ -340,7 +397,8 @@ def evaluate(
                                            "labelled images (0 to skip).")] = 2,
     metric: Annotated[str | None, typer.Option(help="True-performance metric to rank by: dice, f1 or map "
                                                "(default: dice for semantic, map for instance).")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the evaluation as JSON here.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the evaluation here: a .csv file "
+                                                "gets one row per estimator, any other name the full JSON.")] = None,
     debug: DebugOpt = False,
     options: RankOptions | None = None,
 ) -> None:
@@ -359,7 +417,7 @@ def evaluate(
     console.print(_agreement_table(evaluation, len(run.sources), len(run.images)))
     _print_failures(next(iter(evaluation.rankings.values())).failures if evaluation.rankings else run.failures)
     if output is not None:
-        _write_json(output, evaluation.to_json_dict())
+        _write_evaluation(evaluation, output)
         console.print(f"evaluation written to {output}")
 
 
@@ -369,8 +427,10 @@ def _write_report(ranking_json: dict, path: Path, paths: list, evaluation_json: 
         from bioimage_cte.pipeline import report_overlays
         from bioimage_cte.reports import write_html_report
 
-        with err_console.status("running the best and the worst model again for the report"):
-            overlays = report_overlays(ranking_json, paths, n_images=n_images, n_models=1) if n_images else None
+        overlays = None
+        if n_images:
+            with _progress("report: re-running the best and the worst model") as progress:
+                overlays = report_overlays(ranking_json, paths, n_images=n_images, n_models=1, progress=progress)
         write_html_report(ranking_json, path, image_paths=paths, evaluation_json=evaluation_json, overlays=overlays)
     except Exception as e:
         _fail(e, debug)
@@ -419,12 +479,14 @@ def report(
     ranking: Annotated[Path, typer.Argument(help="Ranking JSON written by 'bioimage-cte rank --output'.",
                                             show_default=False)],
     images: ImagesOpt,
-    output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write.")] = Path("ranking.html"),
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="HTML file to write; default: the "
+                                                "ranking's name with .html, in the working folder.")] = None,
     evaluation: Annotated[Path | None, typer.Option(help="Evaluation JSON from 'bioimage-cte evaluate --output' "
                                                     "(adds CTE vs true performance).")] = None,
     zoo_reports: Annotated[Path | None, typer.Option(help="Also write per-model zoo reports (the collection's "
                                                      "per-tool report shape) under this folder.")] = None,
     target: Annotated[str, typer.Option(help="Target name used in the zoo reports.")] = "target",
+    report_images: ReportImagesOpt = 3,
     debug: DebugOpt = False,
 ) -> None:
     """Render a ranking as one self-contained HTML page, and optionally as zoo reports."""
@@ -440,20 +502,54 @@ def report(
                 console.print(f"zoo report written to {path}")
     except Exception as e:
         _fail(e, debug)
-    _write_report(payload, output, list_images(images), evaluation_json, debug)
+    output = output if output is not None else Path(ranking.stem + ".html")
+    _write_report(payload, output, list_images(images), evaluation_json, debug, n_images=report_images)
+
+
+_AGREEMENT_COLUMNS = ("estimator", "pearson", "spearman", "spearman_ci_low", "spearman_ci_high", "kendall",
+                      "weighted_tau", "top1_hit", "regret", "picked")
+
+
+def _agreement_rows(evaluation) -> list[dict[str, Any]]:
+    rows = []
+    for name, a in evaluation.agreement.items():
+        ci = a.spearman_ci or (None, None)
+        rows.append({"estimator": name, "pearson": a.pearson, "spearman": a.spearman, "spearman_ci_low": ci[0],
+                     "spearman_ci_high": ci[1], "kendall": a.kendall, "weighted_tau": a.weighted_tau,
+                     "top1_hit": a.top1_hit, "regret": a.regret,
+                     "picked": evaluation.rankings[name].scores[0].name if evaluation.rankings[name].scores else ""})
+    return rows
+
+
+def _write_evaluation(evaluation, path: Path) -> None:
+    """The evaluation as CSV (one row per estimator, every agreement column) or, for any other suffix, JSON."""
+    if path.suffix.lower() != ".csv":
+        _write_json(path, evaluation.to_json_dict())
+        return
+    import csv
+    import io
+
+    from bioimage_cte.fileutils import write_atomic
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=_AGREEMENT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(_agreement_rows(evaluation))
+    write_atomic(path, buffer.getvalue().encode())
 
 
 def _agreement_table(evaluation, n_models: int, n_images: int) -> Table:
+    # 80 columns: pearson and weighted tau are in --output (CSV/JSON), not on the terminal
     table = Table(title=f"Agreement with true {evaluation.metric} ({n_models} models, {n_images} images)",
-                  title_justify="left")
-    for column in ("estimator", "pearson", "spearman", "spearman 95% CI", "kendall", "weighted tau", "top-1",
-                   "regret", "picked"):
-        table.add_column(column, justify="left" if column in ("estimator", "picked") else "right")
-    for name, a in evaluation.agreement.items():
-        picked = evaluation.rankings[name].scores[0].name if evaluation.rankings[name].scores else "-"
-        ci = "-" if a.spearman_ci is None else f"[{a.spearman_ci[0]:.2f}, {a.spearman_ci[1]:.2f}]"
-        table.add_row(name, f"{a.pearson:.3f}", f"{a.spearman:.3f}", ci, f"{a.kendall:.3f}",
-                      f"{a.weighted_tau:.3f}", "yes" if a.top1_hit else "no", f"{a.regret:.3f}", picked)
+                  title_justify="left", caption="spearman, kendall: rank correlation with the true ranking (1 = "
+                  "same order); top-1: picked the truly best model; regret: true score lost by taking the pick.",
+                  caption_justify="left")
+    for column in ("estimator", "spearman", "95% CI", "kendall", "top-1", "regret", "picked"):
+        table.add_column(column, justify="left" if column in ("estimator", "picked") else "right", overflow="fold")
+    for row in _agreement_rows(evaluation):
+        ci = "-" if row["spearman_ci_low"] is None else f"{row['spearman_ci_low']:.2f}..{row['spearman_ci_high']:.2f}"
+        table.add_row(row["estimator"], f"{row['spearman']:.2f}", ci, f"{row['kendall']:.2f}",
+                      "yes" if row["top1_hit"] else "no", f"{row['regret']:.3f}", row["picked"] or "-")
     return table
 
 
@@ -482,6 +578,14 @@ def zoo_rank(
                                              "e.g. '0 3 * * 1' (Mondays 03:00); needs a Prefect server "
                                              "(PREFECT_API_URL).")] = None,
     timezone: Annotated[str | None, typer.Option(help="Time zone of --cron, e.g. Europe/Berlin.")] = None,
+    global_limit: Annotated[int, typer.Option(min=0, help="Runs of the served deployment at once, enforced by "
+                                              "the Prefect server (with --cron; 0: no limit).")] = 1,
+    task_timeout: Annotated[float, typer.Option(min=0, help="Seconds one model may take on one target; a model "
+                                                "still running is stopped and recorded as failed (0: no "
+                                                "limit).")] = 3600.0,
+    failure_webhook: Annotated[str | None, typer.Option(help="URL to POST a JSON message to when a model failed "
+                                                        "or nothing was ranked (e.g. a Slack or Teams incoming "
+                                                        "webhook).")] = None,
     deployment: Annotated[str, typer.Option(help="Name of the served deployment (with --cron).")] = "weekly",
     estimator: Annotated[Estimator, typer.Option(help="Transferability estimator.")] = _DEFAULT_ESTIMATOR,
     debug: DebugOpt = False,
@@ -501,12 +605,18 @@ def zoo_rank(
 
         run = ZooRunOptions(store_path=None if store is None else str(store), output_dir=str(output_dir),
                             annotate=annotate_cards, reports=reports, retries=retries, match_task=match_task,
-                            refresh=refresh, dask_address=dask_address, workers=workers)
+                            refresh=refresh, dask_address=dask_address, workers=workers,
+                            task_timeout=task_timeout or None, failure_webhook=failure_webhook)
         if cron is not None:
             console.print(f"serving deployment {deployment!r} on {cron!r}; stop with Ctrl+C")
-            serve_zoo_ranking(zoo, targets, options, run, cron=cron, timezone=timezone, name=deployment)
+            serve_zoo_ranking(zoo, targets, options, run, cron=cron, timezone=timezone, name=deployment,
+                              global_limit=global_limit or None)
             return
-        summary = run_zoo_ranking(zoo, targets, options, run)
+        from bioimage_cte.console_progress import PlainProgress
+
+        lines = PlainProgress("zoo-rank", lambda text: err_console.print(text, highlight=False, soft_wrap=True))
+        lines.stage("starting the flow (without PREFECT_API_URL a temporary Prefect server starts: 10-30 s)")
+        summary = run_zoo_ranking(zoo, targets, options, run, on_progress=lines.stage)
     except Exception as e:
         _fail(e, debug)
     console.print(f"scored {summary.scored} model x target pairs, {summary.cached} taken from {summary.store}")
@@ -518,6 +628,9 @@ def zoo_rank(
                           soft_wrap=True)
     for where, problem in summary.problems.items():
         err_console.print(f"[yellow]{where}[/]: {problem}", highlight=False, soft_wrap=True)
+    if not summary.ranked:
+        err_console.print(f"[bold red]error:[/] nothing ranked: {summary.message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @app.command("transfer-matrix")
@@ -525,8 +638,9 @@ def transfer_matrix(
     zoo: Annotated[Path, typer.Option(help="Folder of model packages.")] = Path("resources/zoo"),
     data: Annotated[Path, typer.Option(help="Folder of targets, each with images/ and labels/.")] = Path(
         "resources/data"),
-    output: Annotated[Path, typer.Option("--output", "-o", help="CSV to write (model, target, metric, value).")] = Path(
-        "resources/zoo/transfer_matrix.csv"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="CSV to write (model, target, metric, value); "
+                                         "the shipped resources/zoo/transfer_matrix.csv is only rewritten when "
+                                         "named here.")] = Path("transfer_matrix.csv"),
     device: DeviceOpt = "cpu",
     debug: DebugOpt = False,
 ) -> None:
@@ -537,7 +651,7 @@ def transfer_matrix(
 
         with _progress("evaluating") as progress:
             rows, failures = compute_transfer_matrix(zoo, data, options=_options(device=device),
-                                                     on_image=progress.image)
+                                                     on_image=progress.image, on_model=progress.model)
         write_transfer_matrix(rows, output)
     except Exception as e:
         _fail(e, debug)

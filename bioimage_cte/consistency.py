@@ -262,6 +262,30 @@ def soft_consistency_multiclass(clean: npt.ArrayLike, perturbed: npt.ArrayLike, 
     return float(ei.mean())
 
 
+def disagreement_map(clean: npt.ArrayLike, perturbed: npt.ArrayLike, *, kind: str = "soft",
+                     threshold: float = 0.5) -> np.ndarray:
+    """Per-pixel disagreement between a clean and a perturbed foreground map: what a consistency score averages.
+
+    ``soft``: ``1 - EI`` (see :func:`soft_consistency`) on the union foreground, so its mean over the union
+    foreground is ``1 - soft_consistency``. ``hard`` and ``instance``: 1 where the two masks differ. Pixels that
+    are background in both maps are 0: they do not count in the score either.
+
+    Examples
+    --------
+    >>> [round(float(v), 2) for v in disagreement_map([1.0, 0.81, 0.2, 0.0], [1.0, 1.0, 0.9, 0.0])]
+    [0.0, 0.1, 1.0, 0.0]
+    """
+    _check_threshold(threshold)
+    a, b = _probability_pair(clean, perturbed, probabilities=True)
+    ca, cb = a > threshold, b > threshold
+    if kind != "soft":
+        return (ca != cb).astype(np.float32)
+    qa = np.where(ca, a, 1.0 - a).astype(np.float64)
+    qb = np.where(cb, b, 1.0 - b).astype(np.float64)
+    ei = np.where(ca == cb, np.sqrt(qa * qb), 0.0)
+    return np.where(ca | cb, 1.0 - ei, 0.0).astype(np.float32)
+
+
 def _label_pair(
     clean_labels: npt.ArrayLike, perturbed_labels: npt.ArrayLike
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -56,6 +56,10 @@ class UntrustedCodeError(BioimageCteError, PermissionError):
     """A model needs code shipped in its package, and the user did not allow package code to run."""
 
 
+class ModelTimeoutError(BioimageCteError, TimeoutError):
+    """A model did not finish within its time limit and was stopped (a hung model fails the same way again)."""
+
+
 class UnsafeYamlError(InvalidModelError):
     """An rdf.yaml is too large, or would expand too far (a YAML alias bomb), to be parsed safely."""
 

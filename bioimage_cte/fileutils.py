@@ -109,31 +109,58 @@ def fsync_folder(folder: Path) -> None:
             os.close(fd)
 
 
-def _backup_path(path: Path) -> Path:
-    candidate = path.with_name(path.name + BACKUP_SUFFIX)
-    n = 0
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.name}{BACKUP_SUFFIX}.{n}")
-    return candidate
+def _backups(folder: Path, name: str) -> list[tuple[int, Path]]:
+    """The backups of the file ``name`` in ``folder``, oldest first: ``name.bak`` is 0, ``name.bak.N`` is N."""
+    found = []
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.name == name + BACKUP_SUFFIX:
+                found.append((0, p))
+            elif p.name.startswith(name + BACKUP_SUFFIX + ".") and p.name.rsplit(".", 1)[1].isdigit():
+                found.append((int(p.name.rsplit(".", 1)[1]), p))
+    return sorted(found)
 
 
-def keep_backup(path: Path) -> Path:
-    """Keep the current ``path`` as a numbered backup before it is replaced (a hard link when possible)."""
-    backup = _backup_path(path)
+def keep_backup(path: Path, *, folder: Path | None = None, keep: int | None = None) -> Path:
+    """Keep the current ``path`` as a numbered backup before it is replaced (a hard link when possible).
+
+    Parameters
+    ----------
+    path : Path
+        The file about to be replaced.
+    folder : Path, optional
+        Where the backups go (created if needed); default: next to ``path``.
+    keep : int, optional
+        Keep only this many backups of ``path`` in ``folder``, the newest; default: all.
+
+    Returns
+    -------
+    Path
+        The new backup: ``<name>.bak``, then ``<name>.bak.1``, ... (numbers keep growing when old ones are removed).
+    """
+    folder = path.parent if folder is None else Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = _backups(folder, path.name)
+    n = existing[-1][0] + 1 if existing else 0
+    backup = folder / (path.name + BACKUP_SUFFIX + (f".{n}" if n else ""))
     try:
         os.link(path, backup)  # no copy of a large zip: the old inode lives on under the backup name
     except OSError:
         shutil.copy2(path, backup)
+    if keep is not None and keep > 0:
+        for _, old in (existing + [(n, backup)])[:-keep]:
+            old.unlink(missing_ok=True)
     return backup
 
 
 def atomic_write(
-    dest: Path, fill: Callable[[IO[bytes]], None], *, backup: bool, mode_from: Path | None = None
+    dest: Path, fill: Callable[[IO[bytes]], None], *, backup: bool, mode_from: Path | None = None,
+    backup_dir: Path | None = None, keep_backups: int | None = None,
 ) -> None:
     """Write ``dest`` through a temporary file in its folder; ``dest`` is untouched unless everything succeeded.
 
-    The new file gets the permissions of the file it replaces, or of ``mode_from`` for a new file.
+    The new file gets the permissions of the file it replaces, or of ``mode_from`` for a new file. With
+    ``backup``, the replaced file is kept in ``backup_dir`` (default: next to it), the newest ``keep_backups``.
     """
     remove_stale_temporaries(dest)
     tmp = temp_path(dest)
@@ -148,7 +175,7 @@ def atomic_write(
         if template is not None:
             shutil.copymode(template, tmp)
         if backup and dest.exists():
-            keep_backup(dest)
+            keep_backup(dest, folder=backup_dir, keep=keep_backups)
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -175,6 +175,7 @@ def plan_jobs(
         The estimator cannot be stored per model (``consensus``) or needs labels a target lacks.
     """
     from bioimage_cte.sources import file_sha256, read_tags
+    from bioimage_cte.tags import matches_tag
 
     names = [t.name for t in targets]
     if len(set(names)) != len(names):
@@ -186,7 +187,8 @@ def plan_jobs(
     for target in targets:
         settings = _settings(options, target)
         task = (target.task or "").lower()
-        chosen = [s for s in sources if not (match_task and task and tags[s.location]) or task in tags[s.location]]
+        chosen = [s for s in sources
+                  if not (match_task and task and tags[s.location]) or matches_tag(tags[s.location], task)]
         for source in chosen:
             model, sha256 = identity[source.location]
             key = result_key(model, target.fingerprint, options.estimator, settings)

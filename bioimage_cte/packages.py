@@ -1,14 +1,17 @@
 """A model package on disk: open it, read its RDF as bioimageio reads it, and rewrite it with a new RDF.
 
 A package is a folder holding an ``rdf.yaml`` (or ``bioimageio.yaml``), that file itself, or a zip with it at the
-top. :func:`open_package` tells which, :func:`read_rdf` reads the RDF as plain data, :func:`dump_rdf` turns plain
-data back into RDF text, and :func:`rewrite_package` writes the package with a new RDF. Packages are rewritten,
-never edited in place byte by byte:
+top. :func:`open_package` tells which, :func:`read_rdf` reads the RDF as plain data, :func:`update_rdf` sets one
+value in the RDF text with the round-trip parser (comments and layout kept), and :func:`rewrite_package` writes the
+package with a new RDF. Packages are rewritten, never edited in place byte by byte:
 
 - a package folder (or its ``rdf.yaml``): the new ``rdf.yaml`` replaces the old one, which is kept as
-  ``rdf.yaml.bak`` (then ``rdf.yaml.bak.1``, ...), or the folder is copied elsewhere with the new file;
+  ``bioimage-cte-backups/<folder>/rdf.yaml.bak`` (then ``.bak.1``, ...) beside the package, or the folder is
+  copied elsewhere with the new file;
 - a zipped package: a new zip with every other entry identical (same names, same bytes, same order) replaces
-  the old one, which is kept as ``<name>.zip.bak``, or is written elsewhere.
+  the old one, which is kept as ``bioimage-cte-backups/<name>.zip.bak``, or is written elsewhere.
+
+Only the newest three backups of a package are kept.
 
 Every write goes through :mod:`bioimage_cte.fileutils`: a temporary file next to its destination, flushed to disk
 and moved over the destination, so an interrupted run leaves either the old or the new package, never half of
@@ -18,10 +21,10 @@ one. :func:`locate_package` finds the local package a ranking's model ``source``
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import zipfile
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -32,7 +35,6 @@ from bioimage_cte.sources import RDF_NAMES
 
 __all__ = [
     "Package",
-    "dump_rdf",
     "locate_package",
     "open_package",
     "output_destination",
@@ -41,6 +43,7 @@ __all__ = [
     "read_rdf",
     "read_rdf_text",
     "rewrite_package",
+    "update_rdf",
 ]
 
 
@@ -200,32 +203,57 @@ def locate_package(source: str, *, base: Path | None = None) -> Path:
 # --- writing ------------------------------------------------------------------------------------------------------
 
 
-def _yaml_dumper():
-    import yaml
-
-    class Dumper(yaml.SafeDumper):
-        """PyYAML's safe dumper, quoting also the strings that YAML 1.2 would read as numbers (e.g. ``1e3``)."""
-
-    Dumper.add_implicit_resolver(
-        "tag:yaml.org,2002:float",
-        re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$"),
-        list("-+0123456789."),
-    )
-    Dumper.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^0o[0-7]+$"), ["0"])
-    return Dumper
+def _sequence_indent(text: str) -> tuple[int, int]:
+    """(sequence indent, dash offset) of the text's block lists, so the untouched lists keep their look."""
+    lines = text.splitlines()
+    for before, line in zip(lines, lines[1:], strict=False):
+        stripped = line.lstrip(" ")
+        if stripped.startswith("- ") and before.rstrip().endswith(":") and not before.lstrip().startswith("-"):
+            offset = (len(line) - len(stripped)) - (len(before) - len(before.lstrip(" ")))
+            if 0 <= offset <= 8:
+                return offset + 2, offset
+    return 4, 2  # bioimageio.spec writes lists indented this way
 
 
-def dump_rdf(data: dict[str, Any], *, yaml12_header: bool = False) -> str:
-    """Plain data as RDF text, in the data's key order, that :func:`parse_rdf` reads back as the same data.
+def update_rdf(text: str, keys: Sequence[str], value: Any) -> str:
+    r"""The RDF ``text`` with ``value`` set at the nested ``keys``, written back with the round-trip parser.
 
-    Written with PyYAML's ``safe_dump``, quoting strings YAML 1.2 would read as numbers; comments and layout of an
-    original file are not kept. ``yaml12_header`` starts the text with ``%YAML 1.2``.
+    Comments, key order, quoting and list layout of the original are kept; only the value at ``keys`` (and any
+    mapping created on the way) is new. The text must already have passed :func:`parse_rdf` (bounded, safe):
+    the round-trip parser builds only mappings, lists and scalars.
+
+    Examples
+    --------
+    >>> print(update_rdf("name: x  # the name\ntags:\n  - a\n", ["config", "n"], 1), end="")
+    name: x  # the name
+    tags:
+      - a
+    config:
+      n: 1
     """
-    import yaml
+    import io
 
-    text = yaml.dump(data, Dumper=_yaml_dumper(), sort_keys=False, allow_unicode=True, default_flow_style=False,
-                     width=4096)
-    return "%YAML 1.2\n---\n" + text if yaml12_header else text
+    from ruyaml import YAML
+    from ruyaml.comments import CommentedMap
+
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    yaml.width = 4096  # never fold a long description differently from the original
+    sequence, offset = _sequence_indent(text)
+    yaml.indent(mapping=2, sequence=sequence, offset=offset)
+    header = text.lstrip().startswith("%YAML")
+    if header:
+        yaml.version = (1, 2)
+    document = yaml.load(text)
+    node = document
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = CommentedMap()
+        node = node[key]
+    node[keys[-1]] = value
+    buffer = io.StringIO()
+    yaml.dump(document, buffer)
+    return buffer.getvalue()
 
 
 def _copy_entry(zin: zipfile.ZipFile, zout: zipfile.ZipFile, info: zipfile.ZipInfo, data: bytes | None) -> None:
@@ -247,7 +275,21 @@ def _copy_entry(zin: zipfile.ZipFile, zout: zipfile.ZipFile, info: zipfile.ZipIn
         shutil.copyfileobj(src, dst, 1 << 20)
 
 
-def _rewrite_zip(source: Path, rdf_name: str, rdf: bytes, dest: Path, *, backup: bool) -> None:
+#: Backups of packages rewritten in place go to this folder beside the packages, never inside a package (where
+#: they would become part of it); only the newest KEEP_BACKUPS of each file are kept.
+BACKUP_FOLDER = "bioimage-cte-backups"
+KEEP_BACKUPS = 3
+
+
+def backup_folder(pkg: Package) -> Path:
+    """Where the backups of ``pkg`` go: ``<parent>/bioimage-cte-backups`` for a zip, ``.../<folder name>`` for a
+    folder package."""
+    base = pkg.path.parent / BACKUP_FOLDER
+    return base if pkg.kind == "zip" else base / pkg.path.name
+
+
+def _rewrite_zip(source: Path, rdf_name: str, rdf: bytes, dest: Path, *, backup: bool,
+                 backup_dir: Path | None = None) -> None:
     def fill(f: IO[bytes]) -> None:
         with zipfile.ZipFile(source) as zin, zipfile.ZipFile(f, "w") as zout:
             for info in zin.infolist():
@@ -255,7 +297,8 @@ def _rewrite_zip(source: Path, rdf_name: str, rdf: bytes, dest: Path, *, backup:
             zout.comment = zin.comment
 
     try:
-        fileutils.atomic_write(dest, fill, backup=backup, mode_from=source)
+        fileutils.atomic_write(dest, fill, backup=backup, mode_from=source, backup_dir=backup_dir,
+                               keep_backups=KEEP_BACKUPS)
     except (zipfile.BadZipFile, zlib.error, EOFError) as e:
         raise InvalidModelError(f"{source} is a corrupt zip ({one_line(e)}); re-download or re-export the model "
                                 "package") from e
@@ -305,7 +348,8 @@ def rewrite_package(pkg: Package, rdf: bytes, dest: Path | None = None, *, backu
     """Write ``pkg`` with ``rdf`` as its RDF file, in place (``dest`` None) or as a new package at ``dest``.
 
     Every other file stays byte for byte the same. In place, ``backup`` keeps the replaced file as ``<name>.bak``
-    (``.bak.1``, ... if that exists). The destination is complete or untouched, whatever happens.
+    (``.bak.1``, ...) in :func:`backup_folder`, beside the package, the newest :data:`KEEP_BACKUPS` of them.
+    The destination is complete or untouched, whatever happens.
 
     Returns
     -------
@@ -321,10 +365,11 @@ def rewrite_package(pkg: Package, rdf: bytes, dest: Path | None = None, *, backu
     """
     if pkg.kind == "zip":
         target = pkg.path if dest is None else Path(dest)
-        _rewrite_zip(pkg.path, pkg.rdf_name, rdf, target, backup=backup)
+        _rewrite_zip(pkg.path, pkg.rdf_name, rdf, target, backup=backup, backup_dir=backup_folder(pkg))
         return target
     if dest is None:
-        fileutils.atomic_write(pkg.path / pkg.rdf_name, lambda f: fileutils.write_all(f, rdf), backup=backup)
+        fileutils.atomic_write(pkg.path / pkg.rdf_name, lambda f: fileutils.write_all(f, rdf), backup=backup,
+                               backup_dir=backup_folder(pkg), keep_backups=KEEP_BACKUPS)
         return pkg.path / pkg.rdf_name
     _copy_folder(pkg.path, pkg.rdf_name, rdf, Path(dest))
     return Path(dest) / pkg.rdf_name

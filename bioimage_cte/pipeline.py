@@ -35,7 +35,7 @@ from bioimage_cte.ranking import Ranking, build_ranking, ranking_json
 from bioimage_cte.rdf_checks import precheck_package
 from bioimage_cte.scoring import ModelFailure, ModelResult, Stage, failure_of, overlay_predictions, rank_models
 from bioimage_cte.setup_checks import check_device, layer_missing_everywhere
-from bioimage_cte.sources import ModelSource, filter_by_tag, locate_models
+from bioimage_cte.sources import ModelSource, filter_by_tag, locate_models, mixed_tasks_warning
 from bioimage_cte.strength import with_automatic_strength
 
 __all__ = ["EvaluationRun", "Progress", "RankingRun", "evaluate", "rank", "report_overlays"]
@@ -49,6 +49,10 @@ class Progress:
     warning: Callable[[str], None] | None = None
     #: the run is about to score this many models x images
     start: Callable[[int], None] | None = None
+    #: the run will score this many models on this many images (called just before ``start``)
+    plan: Callable[[int, int], None] | None = None
+    #: a stage before scoring starts, e.g. "finding models", "checking 10 images"
+    stage: Callable[[str], None] | None = None
     #: a model starts
     model: Callable[[ModelSource], None] | None = None
     #: one image of one model is done
@@ -122,6 +126,8 @@ def _inputs(models: Sequence[str | Path], images: str | Path | Sequence[Path], o
     zip, YAML bomb, no model RDF) is that package's failure; the other packages go on.
     """
     check_device(options.device)
+    if progress.stage is not None:
+        progress.stage("finding models")
     sources, problems = locate_models(models)
     failures = [ModelFailure(p.name, p.source, Stage.PREDICT, p.reason) for p in problems]
     where = " ".join(str(m) for m in models)
@@ -135,6 +141,8 @@ def _inputs(models: Sequence[str | Path], images: str | Path | Sequence[Path], o
     paths = list_images(images) if isinstance(images, str | Path) else [Path(p) for p in images]
     if not paths:
         raise InvalidImageError("no images given; pass a folder, a glob or image files")
+    if progress.stage is not None:
+        progress.stage(f"found {len(sources)} models; checking {len(paths)} images")
     check = check_images(paths, axes=options.axes, skip_bad=options.skip_bad_images, max_pixels=options.max_pixels,
                          channels=options.channels)
     if not check.paths:
@@ -148,11 +156,14 @@ def _inputs(models: Sequence[str | Path], images: str | Path | Sequence[Path], o
             failures.append(failure_of(source, e))
         else:
             checked.append(source)
-    warnings = list(check.warnings)
+    mixed = None if options.tag else mixed_tasks_warning(checked)
+    warnings = ([mixed] if mixed else []) + list(check.warnings)
     warnings += [f"skipped image {p}: {reason}" for p, reason in check.skipped]
     for text in warnings:
         if progress.warning is not None:
             progress.warning(text)
+    if progress.plan is not None:
+        progress.plan(len(checked), len(check.paths))
     if progress.start is not None:
         progress.start(len(checked) * len(check.paths))
     return _Inputs(checked, failures, list(check.paths), warnings, check.skipped)
@@ -266,16 +277,21 @@ def evaluate(
 
 
 def report_overlays(ranking_json: dict[str, Any], image_paths: Sequence[Path], *, n_images: int = 3,
-                    n_models: int = 2) -> dict[str, Any]:
+                    n_models: int = 2, progress: Progress | None = None) -> dict[str, Any]:
     """Clean and perturbed predictions of the top and bottom models on a few images, for the HTML report.
+
+    Each row also holds the per-pixel disagreement the score averages (:func:`~bioimage_cte.consistency.
+    disagreement_map`), so the report shows what the score measures rather than thresholded masks.
 
     Returns
     -------
     dict
-        ``{"indices": [...], "perturbation": "dropout" | "input" | None, "models": {name: [(image, clean,
-        perturbed or None), ...]}, "errors": {name: text}}``; a model that cannot be re-run is named under
-        ``errors`` instead of stopping the report.
+        ``{"indices": [...], "perturbation": "dropout" | "input" | None, "consistency": "soft" | ...,
+        "threshold": float, "models": {name: [(image, clean, perturbed or None, disagreement or None), ...]},
+        "errors": {name: text}}``; a model that cannot be re-run is named under ``errors`` instead of stopping
+        the report.
     """
+    from bioimage_cte.consistency import disagreement_map
     from bioimage_cte.packages import locate_package, rdf_location
     from bioimage_cte.seeds import rng
 
@@ -289,11 +305,25 @@ def report_overlays(ranking_json: dict[str, Any], image_paths: Sequence[Path], *
     perturbation = None
     if isinstance(estimator, Perturbing):  # what the perturbed panels show
         perturbation = "dropout" if estimator.needs_greybox else "input"
-    out: dict[str, Any] = {"indices": indices, "perturbation": perturbation, "models": {}, "errors": {}}
+    threshold = float(getattr(estimator, "threshold", 0.5))
+    kind = options.consistency_kind
+    out: dict[str, Any] = {"indices": indices, "perturbation": perturbation, "consistency": kind,
+                           "threshold": threshold, "models": {}, "errors": {}}
+    progress = progress or Progress()
+    if progress.plan is not None:
+        progress.plan(len(chosen), count)
+    if progress.start is not None:
+        progress.start(len(chosen) * count)
     for model in chosen:
         try:
             location = str(rdf_location(locate_package(model["source"])))
-            out["models"][model["name"]] = overlay_predictions(location, image_paths, indices, options)
+            if progress.model is not None:
+                progress.model(ModelSource(model["name"], model["source"], kind="rdf", location=location))
+            rows = overlay_predictions(location, image_paths, indices, options, on_image=progress.image)
+            out["models"][model["name"]] = [
+                (image, clean, perturbed, None if perturbed is None else
+                 disagreement_map(clean.foreground, perturbed.foreground, kind=kind, threshold=threshold))
+                for image, clean, perturbed in rows]
         except Exception as e:  # a report is a view on the ranking: one model that cannot re-run is named
             out["errors"][model["name"]] = one_line(e)
     return out

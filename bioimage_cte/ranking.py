@@ -21,7 +21,7 @@ from bioimage_cte.options import RankOptions
 from bioimage_cte.scoring import ModelFailure, ModelResult, Stage
 from bioimage_cte.seeds import seed_sequence
 
-__all__ = ["SATURATED_FOREGROUND", "ModelScore", "Ranking", "build_ranking", "ranking_json"]
+__all__ = ["SATURATED_FOREGROUND", "ModelScore", "Ranking", "build_ranking", "interval_label", "ranking_json"]
 
 #: A model whose clean masks cover at least this fraction of the pixels (median over the images) gets a note:
 #: consistency cannot judge it, since it stays consistent under any perturbation by marking everything.
@@ -49,6 +49,8 @@ class ModelScore:
     output: dict[str, Any] | None = None
     #: estimator-specific detail, e.g. ``cte``'s families and per-family values
     details: dict[str, Any] | None = None
+    #: the top model, or a model the images cannot tell apart from it (paired bootstrap, see build_ranking)
+    tied_with_top: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,46 @@ def _json_score(s: ModelScore) -> dict[str, Any]:
             "per_image": [finite(v) for v in s.per_image], "note": s.note, "sha256": s.sha256,
             "foreground_fraction": finite(s.foreground_fraction),
             "interval": [finite(s.interval[0]), finite(s.interval[1])], "output": s.output,
-            "weights": s.weights, **(s.details or {})}
+            "weights": s.weights, "tied_with_top": s.tied_with_top,
+            **(s.details or {})}
+
+
+#: below this many images a bootstrap of the median is little more than the range of the per-image scores
+FEW_IMAGES = 8
+
+
+def interval_label(n_images: int) -> str:
+    """What a model's interval is, worded for the number of images it rests on.
+
+    Examples
+    --------
+    >>> interval_label(20)
+    '95 % bootstrap interval of the median over 20 images'
+    >>> interval_label(3)
+    'spread of the median over only 3 images (about their min-max; too few images for a 95 % interval)'
+    """
+    if n_images >= FEW_IMAGES:
+        return f"95 % bootstrap interval of the median over {n_images} images"
+    return (f"spread of the median over only {n_images} images (about their min-max; too few images for a "
+            "95 % interval)")
+
+
+def _tied_with_top(top: Sequence[float], other: Sequence[float], *, seed: int, model: str,
+                   n_boot: int = 2000) -> bool:
+    """Whether the images cannot tell ``other`` from ``top``: the paired bootstrap of the difference of medians
+    (both models resampled on the same images) has 0 or less inside its 95 % interval."""
+    a = np.array([np.nan if v is None else v for v in top], dtype=float)
+    b = np.array([np.nan if v is None else v for v in other], dtype=float)
+    if a.shape != b.shape:  # not scored on the same images: nothing to pair
+        return True
+    both = np.isfinite(a) & np.isfinite(b)
+    if both.sum() < 2:
+        return True  # one common image is no evidence either way
+    a, b = a[both], b[both]
+    rng = np.random.default_rng(seed_sequence(seed, "bootstrap-top", model=model))
+    idx = rng.integers(0, a.size, size=(n_boot, a.size))
+    diff = np.median(a[idx], axis=1) - np.median(b[idx], axis=1)
+    return bool(np.percentile(diff, 2.5) <= 0.0)
 
 
 def per_image_scores(results: Sequence[ModelResult], estimator: Estimator) -> list[list[float] | None]:
@@ -141,10 +182,16 @@ def build_ranking(
         details = estimator.model_details(result) if hasattr(estimator, "model_details") else None
         rows.append((result, score, agg, tuple(values), note, fraction, interval, details))
     rows.sort(key=lambda r: (not math.isfinite(r[1]), -r[1] if math.isfinite(r[1]) else 0.0))
+    ties = [False] * len(rows)
+    if rows and math.isfinite(rows[0][1]) and not estimator.random:
+        ties[0] = True
+        for i, row in enumerate(rows[1:], start=1):
+            ties[i] = math.isfinite(row[1]) and _tied_with_top(rows[0][3], row[3], seed=seed, model=row[0].source.name)
     scores = tuple(
         ModelScore(r.source.name, r.source.source, score, rank, agg.n_images, agg.n_valid, agg.n_empty, values, note,
-                   r.sha256, fraction, interval, output=r.output, weights=r.weights, details=details)
-        for rank, (r, score, agg, values, note, fraction, interval, details) in enumerate(rows, start=1)
+                   r.sha256, fraction, interval, tie, output=r.output, weights=r.weights, details=details)
+        for rank, ((r, score, agg, values, note, fraction, interval, details), tie)
+        in enumerate(zip(rows, ties, strict=True), start=1)
     )
     return Ranking(estimator.name, dict(estimator.settings()), scores, tuple(failed))
 

@@ -32,6 +32,7 @@ from bioimage_cte.annotate import score_settings
 from bioimage_cte.errors import BioimageCteError
 from bioimage_cte.fileutils import write_atomic
 from bioimage_cte.packages import locate_package, read_rdf
+from bioimage_cte.ranking import FEW_IMAGES, interval_label
 
 __all__ = [
     "TOOL_NAME",
@@ -306,7 +307,7 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _ranking_chart(names: list[str], scores: list[float | None], ci: np.ndarray, estimator: str) -> str:
+def _ranking_chart(names: list[str], scores: list[float | None], ci: np.ndarray, estimator: str, n: int) -> str:
     # Points with whiskers rather than bars: CTE scores crowd near 1, where bars from 0 would all look equal.
     fig = _figure(7.5, 0.42 * len(names) + 1.2)
     ax = fig.add_subplot()
@@ -321,7 +322,8 @@ def _ranking_chart(names: list[str], scores: list[float | None], ci: np.ndarray,
             ax.text(float(finite.min()) if finite.size else 0.0, yi, "no score", va="center", fontsize=8, color="#a33")
     ax.set_yticks(y, [f"{i + 1}. {n}" for i, n in enumerate(names)])
     ax.set_ylim(len(names) - 0.5, -0.5)
-    ax.set_xlabel(f"{estimator} score (median over images) with 95% bootstrap interval")
+    what = "95% bootstrap interval" if n >= FEW_IMAGES else f"spread over {n} images"
+    ax.set_xlabel(f"{estimator} score (median over images; higher is better); line: {what}")
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
 
@@ -355,32 +357,27 @@ def _middle(array: np.ndarray) -> np.ndarray:
 
 
 def _overlay_figure(name: str, rank: int, rows, indices: list[int], image_paths: Sequence[Path],
-                    per_image: Sequence[float | None], threshold: float, perturbation: str | None) -> str:
+                    per_image: Sequence[float | None], kind: str, perturbation: str | None) -> str:
     n_cols = 4 if perturbation else 2
-    fig = _figure(2.3 * n_cols, 2.4 * len(rows) + 0.4)
+    fig = _figure(2.7 * n_cols, 2.4 * len(rows) + 0.4)
     fig.suptitle(f"rank {rank}: {name}", fontsize=11)
     axes = fig.subplots(len(rows), n_cols, squeeze=False)
     label = {"dropout": "feature dropout", "input": "input perturbation"}.get(perturbation or "", "")
-    for r, ((image, clean, perturbed), i) in enumerate(zip(rows, indices, strict=True)):
-        shown = _display(image)
+    measure = "1 - effective invariance" if kind == "soft" else "masks differ"
+    for r, ((image, clean, perturbed, disagreement), i) in enumerate(zip(rows, indices, strict=True)):
         score = per_image[i] if i < len(per_image) else None
-        panels = [(shown, "gray", f"{Path(image_paths[i]).name}"), (clean, "magma", "clean prediction")]
+        panels = [(_display(image), "gray", Path(image_paths[i]).name, None),
+                  (clean, "magma", "clean prediction", "foreground probability")]
         if perturbed is not None:
-            panels.append((perturbed, "magma", f"with {label}"))
-        for c, (array, cmap, title) in enumerate(panels):
-            axes[r, c].imshow(array, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            panels += [(perturbed, "magma", f"with {label}", "foreground probability"),
+                       (disagreement, "inferno", f"disagreement; score {_fmt(score)}", measure)]
+        for c, (array, cmap, title, bar) in enumerate(panels):
+            shown = axes[r, c].imshow(array, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
             axes[r, c].set_title(title, fontsize=8)
-        if perturbed is not None:
-            a, b = clean > threshold, perturbed > threshold
-            rgb = np.repeat(shown[..., None] * 0.5, 3, axis=-1)
-            rgb[a & b] = (0.2, 0.8, 0.2)
-            rgb[a & ~b] = (0.9, 0.1, 0.9)
-            rgb[~a & b] = (0.1, 0.8, 0.9)
-            axes[r, 3].imshow(rgb, interpolation="nearest")
-            axes[r, 3].set_title(f"masks: consistency {_fmt(score)}", fontsize=8)
-        for ax in axes[r]:
-            ax.set_xticks([])
-            ax.set_yticks([])
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            if bar:  # every probability and disagreement panel on the same fixed 0-1 scale, with its bar
+                fig.colorbar(shown, ax=axes[r, c], fraction=0.046, pad=0.02).set_label(bar, fontsize=7)
     return _png(fig)
 
 
@@ -510,19 +507,22 @@ def write_html_report(
         f"<td class='num'>{_fmt(m.get('score'))}</td>"
         f"<td class='num'>{_interval(lo, hi)}</td>"
         f"<td class='num'>{m.get('n_valid', '')}/{m.get('n_images', '')}</td><td class='num'>{m.get('n_empty', '')}"
-        f"</td><td>{html.escape(str(m.get('note') or ''))}</td></tr>"
+        f"</td><td>{'yes' if m.get('tied_with_top') else ''}</td><td>{html.escape(str(m.get('note') or ''))}</td></tr>"
         for m, (lo, hi) in zip(models, ci, strict=True))
-    body.append("<table id='ranking'><tr><th>rank</th><th>model</th><th>score</th><th>95% interval</th>"
-                "<th>valid/images</th><th>empty</th><th>note</th></tr>" + rows + "</table>")
+    n = max([int(m.get("n_valid") or 0) for m in models], default=0)
+    body.append("<table id='ranking'><tr><th>rank</th><th>model</th><th>score</th><th>interval</th>"
+                "<th>valid/images</th><th>empty</th><th>~top</th><th>note</th></tr>" + rows + "</table>"
+                f"<p class='note'>interval: {html.escape(interval_label(n))}. ~top: these images cannot tell the "
+                "model from the top one (paired bootstrap of the difference of medians).</p>")
     failures = ranking_json.get("failures", [])
     if failures:
         body.append("<table id='failures'><tr><th>failed model</th><th>stage</th><th>reason</th></tr>" + "".join(
             f"<tr class='failed'><td>{html.escape(str(f.get('name')))}</td><td>{html.escape(str(f.get('stage')))}"
             f"</td><td>{html.escape(str(f.get('reason')))}</td></tr>" for f in failures) + "</table>")
     if models:
-        body.append("<h2>Scores with 95% bootstrap intervals</h2><p class='note'>Images resampled with replacement "
-                    "(2000 times) per model; the interval is that of the median over images.</p>")
-        body.append(_img(_ranking_chart(names, [m.get("score") for m in models], ci, estimator), "ranking chart"))
+        body.append("<h2>Scores with their intervals</h2><p class='note'>Images resampled with replacement "
+                    f"(2000 times) per model: {html.escape(interval_label(n))}.</p>")
+        body.append(_img(_ranking_chart(names, [m.get("score") for m in models], ci, estimator, n), "ranking chart"))
         body.append("<h2>Scores per image</h2>")
         body.append(_img(_distribution_chart(names, per_image, estimator, seed), "per-image scores"))
     body.extend(_overlay_section(models, settings, image_paths, overlays or {}))
@@ -551,14 +551,17 @@ def _overlay_section(models: list[Mapping[str, Any]], settings: Mapping[str, Any
         return []
     indices = list(overlays.get("indices", []))
     kind = overlays.get("perturbation")
-    threshold = float(settings.get("threshold", 0.5))
     text = {"dropout": f"channel dropout (p = {settings.get('strength', 0.2)}) at "
                        f"{settings.get('layer') or 'the bottleneck'}",
             "input": f"{settings.get('kind', 'gaussian')} input perturbation (strength {settings.get('strength')})"}
+    consistency = str(overlays.get("consistency", "soft"))
+    averaged = ("1 - effective invariance: 0 where both predictions agree with full confidence, up to 1 where "
+                "they disagree" if consistency == "soft" else "1 where the two masks differ")
     parts = ["<h2>Predictions of the best and the worst model</h2>",
-             f"<p class='note'>Clean prediction and prediction with {html.escape(text[kind])}, as scored; the last "
-             "column shows the two masks (green: both, magenta: clean only, cyan: perturbed only) and the "
-             "image's score.</p>" if kind else
+             f"<p class='note'>Clean prediction and prediction with {html.escape(text[kind])}, as scored. The last "
+             f"column is the per-pixel disagreement the score averages ({averaged}; black outside the foreground "
+             "of both): its mean over the foreground is 1 - the image's score, so a less consistent model shows "
+             "more light pixels. All panels share one 0-1 colour scale.</p>" if kind else
              f"<p class='note'>{html.escape(settings.get('estimator', ''))} uses no perturbation: clean predictions "
              "only.</p>"]
     by_name = {str(m["name"]): m for m in models}
@@ -567,9 +570,10 @@ def _overlay_section(models: list[Mapping[str, Any]], settings: Mapping[str, Any
     for name, predictions in overlays.get("models", {}).items():
         model = by_name[name]
         rows = [(_middle(image), _middle(clean.foreground),
-                 None if perturbed is None else _middle(perturbed.foreground))
-                for image, clean, perturbed in predictions]
+                 None if perturbed is None else _middle(perturbed.foreground),
+                 None if disagreement is None else _middle(disagreement))
+                for image, clean, perturbed, disagreement in predictions]
         figure = _overlay_figure(name, int(model["rank"]), rows, indices, image_paths,
-                                 list(model.get("per_image") or []), threshold, kind)
+                                 list(model.get("per_image") or []), consistency, kind)
         parts.append(_img(figure, f"predictions of {name}"))
     return parts

@@ -284,7 +284,8 @@ def rank_models(
 
 
 def overlay_predictions(
-    location: str, image_paths: Sequence[Path], indices: Sequence[int], options: RankOptions
+    location: str, image_paths: Sequence[Path], indices: Sequence[int], options: RankOptions, *,
+    on_image: Callable[[], None] | None = None,
 ) -> list[tuple[np.ndarray, Prediction, Prediction | None]]:
     """Re-run one model on a few images with a ranking's options: (image, clean, perturbed or None) per image.
 
@@ -309,4 +310,6 @@ def overlay_predictions(
                          if perturbing else None)
             shown = image if predictor.in_channels == 1 else image.mean(axis=0)  # a report shows one grey image
             rows.append((shown, clean, perturbed))
+            if on_image is not None:
+                on_image()
     return rows

@@ -29,6 +29,7 @@ __all__ = [
     "check_zip",
     "file_sha256",
     "filter_by_tag",
+    "mixed_tasks_warning",
     "find_models",
     "locate_models",
     "read_tags",
@@ -388,8 +389,28 @@ def read_tags(source: ModelSource) -> list[str]:
 
 
 def filter_by_tag(sources: Sequence[ModelSource], tag: str) -> list[ModelSource]:
-    """Keep the models whose RDF carries ``tag`` (case-insensitive), e.g. ``"nuclei"``."""
-    return [s for s in sources if tag.lower() in read_tags(s)]
+    """Keep the models whose RDF carries ``tag`` or a variant of it (``nucleus`` for ``nuclei``, see :mod:`.tags`)."""
+    from bioimage_cte.tags import matches_tag
+
+    return [s for s in sources if matches_tag(read_tags(s), tag)]
+
+
+def mixed_tasks_warning(sources: Sequence[ModelSource]) -> str | None:
+    """A warning when the models are made for several tasks (nuclei, cells, ...), else None.
+
+    CTE compares models made for the same task; without ``--tag`` a cell model can rank high on nuclei images.
+    """
+    from bioimage_cte.tags import task_groups
+
+    by_task: dict[str, int] = {}
+    for source in sources:
+        for task in task_groups(read_tags(source)):
+            by_task[task] = by_task.get(task, 0) + 1
+    if len(by_task) < 2:
+        return None
+    counts = ", ".join(f"{task} ({n})" for task, n in sorted(by_task.items()))
+    return (f"the {len(sources)} models are tagged for several tasks: {counts}; CTE compares models made for the "
+            f"same task, so pass --tag, e.g. --tag {max(by_task, key=by_task.get)}")
 
 
 def select_models(specs: Sequence[str | Path], *, tag: str | None = None) -> list[ModelSource]:
@@ -407,8 +428,11 @@ def select_models(specs: Sequence[str | Path], *, tag: str | None = None) -> lis
     if tag:
         sources = filter_by_tag(sources, tag)
         if not sources:
-            raise InvalidModelError(f"no model in {where} has the tag {tag!r}; drop --tag or pick a tag from the "
-                                    "models' rdf.yaml")
+            from bioimage_cte.tags import tag_variants
+
+            variants = ", ".join(sorted(tag_variants(tag)))
+            raise InvalidModelError(f"no model in {where} has the tag {tag!r} (nor any of {variants}); drop --tag "
+                                    "or pick a tag from the models' rdf.yaml")
     return sources
 
 

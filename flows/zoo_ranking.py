@@ -34,7 +34,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,14 +48,26 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
+from prefect.states import Completed, Failed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from bioimage_cte import __version__
-from bioimage_cte.errors import BioimageCteError
+from bioimage_cte.deadline import run_with_deadline
+from bioimage_cte.errors import BioimageCteError, ModelTimeoutError
 from bioimage_cte.fileutils import write_atomic
-from bioimage_cte.jobs import JobOutcome, ScoreJob, TargetSpec, plan_zoo, rank_target, record_failure, score_job
+from bioimage_cte.jobs import (
+    JobOutcome,
+    ScoreJob,
+    TargetSpec,
+    failed_record,
+    plan_zoo,
+    rank_target,
+    record_failure,
+    score_job,
+)
 from bioimage_cte.options import RankOptions
 from bioimage_cte.results import ResultStore
+from bioimage_cte_flows.operations import check_dask_address, final_message, notify_webhook, run_name
 
 __all__ = [
     "FailedJob",
@@ -73,6 +85,9 @@ if __name__ != "__main__":
     # Ship this module's tasks to Dask workers by value: a deployment loads this file under a name
     # workers cannot import ("zoo_ranking"), and remote workers then need only bioimage_cte installed.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+#: Progress lines of a run started from this process (run_zoo_ranking's on_progress); a served run logs them only.
+_on_progress: Callable[[str], None] | None = None
 
 _DASK_SCHEMES = ("tcp://", "tls://", "ucx://", "ws://", "wss://", "inproc://")
 
@@ -108,6 +123,8 @@ class ZooRunSummary:
         Folder of the zoo reports.
     store : str
         The results database used.
+    message, ranked
+        The flow's final state message, and False when no target got a ranked model (the run then ends Failed).
     """
 
     rankings: dict[str, str]
@@ -118,6 +135,9 @@ class ZooRunSummary:
     problems: dict[str, str] = field(default_factory=dict)
     reports: str | None = None
     store: str = ""
+    #: the final state's message (what failed, what was ranked) and whether anything was ranked at all
+    message: str = ""
+    ranked: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,8 +162,15 @@ class ZooRunOptions:
     refresh : bool
         Score everything again, ignoring the store.
     dask_address, workers, torch_threads
-        Task runner (see :func:`make_task_runner`) and torch threads per task (default: 1 on a
-        local Dask cluster, torch's default otherwise).
+        Task runner (see :func:`make_task_runner`) and torch threads per task (default: the Dask worker's
+        thread count on a Dask worker, so a 1-thread worker uses one core; torch's default otherwise).
+    task_timeout : float or None
+        Seconds one model may take on one target (loading and every image); a model still running then is
+        stopped, recorded as failed with the reason, counted in the run's final state and not retried. None:
+        no limit.
+    failure_webhook : str, optional
+        URL that gets a JSON POST (``text``, ``state``, ``failed``, ...) when a model failed or nothing was
+        ranked, e.g. a Slack or Teams incoming webhook.
     """
 
     store_path: str | None = None
@@ -157,6 +184,8 @@ class ZooRunOptions:
     dask_address: str | None = None
     workers: int | None = None
     torch_threads: int | None = None
+    task_timeout: float | None = 3600.0
+    failure_webhook: str | None = None
 
     def for_deployment(self) -> ZooRunOptions:
         """A copy whose paths are absolute: a served deployment runs in another folder."""
@@ -165,21 +194,42 @@ class ZooRunOptions:
 
 
 def _worth_retrying(task, task_run, state) -> bool:
-    # A BioimageCteError is bad input (broken package, unreadable image): the same bytes fail the same way.
+    # A BioimageCteError is bad input (broken package, unreadable image) or a model that hung past its time
+    # limit: the same bytes fail the same way.
     return not isinstance(state.data, BioimageCteError)
+
+
+def _dask_worker_threads() -> int | None:
+    """The thread count of the Dask worker running this task, or None outside a Dask worker."""
+    try:
+        from distributed import get_worker
+
+        return int(get_worker().state.nthreads)
+    except (ImportError, ValueError, AttributeError):
+        return None
 
 
 @task(name="score-model", cache_policy=NO_CACHE, retry_condition_fn=_worth_retrying, retry_delay_seconds=2,
       task_run_name="score {job.source.name} on {job.target.name}")
 def score_model_task(job: ScoreJob, store_path: str, refresh: bool = False,
-                     torch_threads: int | None = None) -> JobOutcome:
-    """Score one model on one target unless the store has it (the store is the cache, not Prefect)."""
-    if torch_threads:
+                     torch_threads: int | None = None, timeout: float | None = None) -> JobOutcome:
+    """Score one model on one target unless the store has it (the store is the cache, not Prefect).
+
+    A model still running after ``timeout`` seconds is stopped and stored as failed (see bioimage_cte.deadline).
+    """
+    threads = torch_threads or _dask_worker_threads()
+    if threads:
         import torch
 
-        # one thread per task in worker processes: N workers x all cores each would oversubscribe the CPU
-        torch.set_num_threads(torch_threads)
-    return score_job(job, ResultStore(store_path), refresh=refresh)
+        # as many torch threads as the worker has: a 1-thread worker on a 64-core node must not use 64 cores
+        torch.set_num_threads(threads)
+    store = ResultStore(store_path)
+    try:
+        return run_with_deadline(lambda: score_job(job, store, refresh=refresh), timeout,
+                                 what=f"{job.source.name} on {job.target.name}")
+    except ModelTimeoutError as e:
+        store.put(job.key, failed_record(job, e))
+        raise
 
 
 @task(name="annotate-packages", cache_policy=NO_CACHE, task_run_name="annotate packages for {target.name}")
@@ -221,6 +271,8 @@ def make_task_runner(dask_address: str | None = None, workers: int | None = None
     """
     if dask_address is None:
         return ThreadPoolTaskRunner(max_workers=workers or 1)
+    if dask_address.startswith(_DASK_SCHEMES):
+        check_dask_address(dask_address)  # seconds and one line, instead of a minute and a long traceback
     n = workers or os.cpu_count() or 1
     from prefect_dask import DaskTaskRunner
 
@@ -259,8 +311,15 @@ def _outcome(future, job: ScoreJob, store: ResultStore) -> JobOutcome:
         return record_failure(job, store, e)
 
 
+def _say(text: str) -> None:
+    """A progress line: in the run's log, and to the caller of run_zoo_ranking (e.g. the CLI) if it listens."""
+    get_run_logger().info(text)
+    if _on_progress is not None:
+        _on_progress(text)
+
+
 def _score_all(jobs: Sequence[ScoreJob], store: ResultStore, runner: TaskRunner, *, retries: int, refresh: bool,
-               torch_threads: int | None) -> list[JobOutcome]:
+               torch_threads: int | None, timeout: float | None) -> list[JobOutcome]:
     total = len(jobs)
     progress = create_progress_artifact(0.0, key="zoo-ranking-progress",
                                         description=f"0 of {total} model x target pairs done")
@@ -269,15 +328,19 @@ def _score_all(jobs: Sequence[ScoreJob], store: ResultStore, runner: TaskRunner,
         return []
     scorer = score_model_task.with_options(retries=retries)
     outcomes: list[JobOutcome | None] = [None] * total
+    _say(f"scoring {total} model x target pairs")
     with runner:
         futures = runner.map(scorer, {"job": list(jobs), "store_path": unmapped(str(store.path)),
-                                      "refresh": unmapped(refresh), "torch_threads": unmapped(torch_threads)})
+                                      "refresh": unmapped(refresh), "torch_threads": unmapped(torch_threads),
+                                      "timeout": unmapped(timeout)})
         index = {future: i for i, future in enumerate(futures)}
         for done, future in enumerate(as_completed(list(futures)), start=1):
             i = index[future]
-            outcomes[i] = _outcome(future, jobs[i], store)
+            outcome = outcomes[i] = _outcome(future, jobs[i], store)
             update_progress_artifact(progress, 100.0 * done / total,
                                      description=f"{done} of {total} model x target pairs done")
+            how = "from the store" if not outcome.scored else ("failed" if outcome.status == "failed" else "scored")
+            _say(f"{done}/{total} {jobs[i].source.name} on {jobs[i].target.name}: {how}")
     return [o for o in outcomes if o is not None]
 
 
@@ -293,14 +356,26 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     write_atomic(path, (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode())
 
 
-@flow(name="zoo-ranking", description="Rank every zoo model on every target with CTE, scoring only what changed.")
+def _flow_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    parameters = flow_run.parameters
+    return run_name(str(parameters.get("zoo", "zoo")), [str(t) for t in parameters.get("targets", [])])
+
+
+@flow(name="zoo-ranking", description="Rank every zoo model on every target with CTE, scoring only what changed.",
+      flow_run_name=_flow_run_name)
 def zoo_ranking_flow(
     zoo: str,
     targets: list[str],
     options: dict[str, Any] | None = None,
     run: dict[str, Any] | None = None,
-) -> ZooRunSummary:
+) -> State:
     """Rank every model of ``zoo`` on every target, scoring only the pairs the store does not have.
+
+    The run ends ``Completed`` with a message counting what failed (the :class:`ZooRunSummary` is its result), or
+    ``Failed`` when no target got a single ranked model. With ``run["failure_webhook"]`` set, either case with a
+    failure is POSTed there.
 
     Parameters
     ----------
@@ -319,11 +394,12 @@ def zoo_ranking_flow(
     how = ZooRunOptions(**(run or {}))
     _check_api_for_processes(how.dask_address)
     run_options = RankOptions.from_json_dict(options or {})
+    _say(f"finding models in {zoo} and reading {len(targets)} targets")
     specs, jobs = plan_zoo(zoo, targets, run_options, match_task=how.match_task)
     store = ResultStore(how.store_path)  # created here, before workers race to create it
-    torch_threads = 1 if how.torch_threads is None and how.dask_address == "local" else how.torch_threads
-    outcomes = _score_all(jobs, store, make_task_runner(how.dask_address, how.workers), retries=how.retries,
-                          refresh=how.refresh, torch_threads=torch_threads)
+    runner = make_task_runner(how.dask_address, how.workers)
+    outcomes = _score_all(jobs, store, runner, retries=how.retries, refresh=how.refresh,
+                          torch_threads=how.torch_threads, timeout=how.task_timeout)
 
     out = Path(how.output_dir).expanduser().resolve()
     rankings: dict[str, str] = {}
@@ -331,6 +407,7 @@ def zoo_ranking_flow(
     annotated: dict[str, list[str]] = {}
     problems: dict[str, str] = {}
     for spec in specs:
+        _say(f"ranking {spec.name}")
         payload = rank_target(spec, jobs, store, run_options)
         path = out / "rankings" / f"{spec.name}.json"
         _write_json(path, payload)
@@ -347,6 +424,7 @@ def zoo_ranking_flow(
                 logger.warning("write-back for %s: %s", spec.name, e)
     report_dir = None
     if how.reports:
+        _say("writing the zoo reports")
         try:
             report_dir = reports_task(payloads, str(out))
         except BioimageCteError as e:
@@ -355,14 +433,33 @@ def zoo_ranking_flow(
 
     failed = tuple(FailedJob(j.source.name, j.source.source, j.target.name, o.error or "failed", o.stage or "predict")
                    for j, o in zip(jobs, outcomes, strict=True) if o.status == "failed")
-    summary = ZooRunSummary(rankings, scored=sum(o.scored and o.status == "ok" for o in outcomes),
-                            cached=sum(not o.scored for o in outcomes), failed=failed, annotated=annotated,
-                            problems=problems, reports=report_dir, store=str(store.path))
+    scored, cached = sum(o.scored and o.status == "ok" for o in outcomes), sum(not o.scored for o in outcomes)
+    ranked = {name: len(payload["models"]) for name, payload in payloads.items()}
+    message = final_message(scored=scored, cached=cached, failed=len(failed), ranked=ranked)
+    summary = ZooRunSummary(rankings, scored=scored, cached=cached, failed=failed, annotated=annotated,
+                            problems=problems, reports=report_dir, store=str(store.path), message=message,
+                            ranked=any(ranked.values()))
     create_markdown_artifact(_summary_markdown(summary), key="zoo-ranking-summary",
                              description="What the last zoo ranking run scored, reused and could not score")
     for f in failed:
         logger.warning("failed: %s on %s: %s", f.model, f.target, f.reason)
-    return summary
+    if how.failure_webhook and (failed or not summary.ranked):
+        problem = notify_webhook(how.failure_webhook, _webhook_payload(summary))
+        if problem:
+            logger.warning("%s", problem)
+    _say(message)
+    if not summary.ranked:
+        return Failed(message=f"nothing ranked: {message}", data=summary)
+    return Completed(message=message, data=summary)
+
+
+def _webhook_payload(summary: ZooRunSummary) -> dict[str, Any]:
+    from prefect.runtime import flow_run
+
+    state = "Completed" if summary.ranked else "Failed"
+    return {"text": f"zoo-ranking run {flow_run.name or ''} {state}: {summary.message}", "state": state,
+            "flow_run": flow_run.name, "flow_run_id": flow_run.id, "message": summary.message,
+            "failed": [dataclasses.asdict(f) for f in summary.failed], "rankings": summary.rankings}
 
 
 def _summary_markdown(summary: ZooRunSummary) -> str:
@@ -399,23 +496,37 @@ def run_zoo_ranking(
     targets: Sequence[str | Path],
     options: RankOptions | None = None,
     run: ZooRunOptions | None = None,
+    *,
+    on_progress: Callable[[str], None] | None = None,
 ) -> ZooRunSummary:
     """Run :func:`zoo_ranking_flow` once from plain Python (e.g. the CLI).
 
     The zoo and every target are checked before Prefect starts (:func:`bioimage_cte.jobs.check_zoo_inputs`): a
     target that cannot be used is listed under ``problems`` with its reason and the others are ranked; a zoo
     without models, or no usable target, raises before anything starts. Without ``PREFECT_API_URL`` a temporary
-    Prefect server runs for the run and stops with it, even when the run is killed.
+    Prefect server runs for the run and stops with it, even when the run is killed. ``on_progress`` gets one line
+    per stage and per finished model x target pair. The summary is returned whether the run ended Completed or
+    Failed (``summary.ranked`` is False then).
     """
+    global _on_progress
     from bioimage_cte.jobs import check_zoo_inputs
 
     run = run or ZooRunOptions()
     options = options or RankOptions()
     usable, problems = check_zoo_inputs(str(zoo), [str(t) for t in targets], options)
-    with _prefect_api():
-        summary = zoo_ranking_flow(_absolute(zoo), [_absolute(t) for t in usable], options.to_json_dict(),
-                                   dataclasses.asdict(run))
-    return dataclasses.replace(summary, problems={**problems, **summary.problems})
+    if run.dask_address and run.dask_address != "local":
+        check_dask_address(run.dask_address)  # before a temporary server is started for nothing
+    previous, _on_progress = _on_progress, on_progress
+    try:
+        with _prefect_api():
+            state = zoo_ranking_flow(_absolute(zoo), [_absolute(t) for t in usable], options.to_json_dict(),
+                                     dataclasses.asdict(run), return_state=True)
+    finally:
+        _on_progress = previous
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):  # the flow raised before it could summarise (e.g. no model found)
+        raise result
+    return dataclasses.replace(result, problems={**problems, **result.problems})
 
 
 def _absolute(path: str | Path) -> str:
@@ -433,8 +544,12 @@ def serve_zoo_ranking(
     cron: str,
     timezone: str | None = None,
     name: str = "weekly",
+    global_limit: int | None = 1,
 ) -> None:
     """Serve the flow on a cron schedule from this process (needs a Prefect server: ``PREFECT_API_URL``).
+
+    ``global_limit`` runs of the deployment at most run at once, counted by the server (so also across several
+    serving processes or workers); None: no server-side limit.
 
     Raises
     ------
@@ -451,5 +566,5 @@ def serve_zoo_ranking(
                   "options": (options or RankOptions()).to_json_dict(),
                   "run": dataclasses.asdict((run or ZooRunOptions()).for_deployment())}
     # limit=1: a slow run and the next scheduled one never score the same zoo at once
-    zoo_ranking_flow.serve(name=name, parameters=parameters, limit=1, tags=["bioimage-cte"],
+    zoo_ranking_flow.serve(name=name, parameters=parameters, limit=1, global_limit=global_limit, tags=["bioimage-cte"],
                            schedule=Cron(cron, timezone=timezone) if timezone else Cron(cron))

@@ -134,9 +134,15 @@ def test_two_targets_accumulate_and_the_same_target_is_replaced(zip_package):
     assert [(e["target"], e["score"], e["rank"]) for e in entries] == [("dsb2018", 0.8, 1), ("em-organelles", 0.5, 3)]
     # the training record the package already had under config.bioimage_cte is kept
     assert read_rdf(zip_package)["config"]["bioimage_cte"]["training"]["steps"] == 500
-    backups = sorted(p.name for p in zip_package.parent.iterdir() if ".bak" in p.name)
+    # backups beside the package, in their own folder
+    assert not [p.name for p in zip_package.parent.iterdir() if ".bak" in p.name]
+    kept = zip_package.parent / "bioimage-cte-backups"
+    backups = sorted(p.name for p in kept.iterdir())
     assert backups == ["nuclei-small-bright.zip.bak", "nuclei-small-bright.zip.bak.1", "nuclei-small-bright.zip.bak.2"]
-    assert (zip_package.parent / "nuclei-small-bright.zip.bak").read_bytes() == original
+    assert (kept / "nuclei-small-bright.zip.bak").read_bytes() == original
+    # only the newest three are kept
+    annotate_package(zip_package, _entry("em-organelles", 0.4, 3))
+    assert sorted(p.name for p in kept.iterdir()) == [f"nuclei-small-bright.zip.bak.{n}" for n in (1, 2, 3)]
     assert not list(zip_package.parent.glob(".*.tmp"))
 
 
@@ -177,7 +183,9 @@ def test_annotated_zip_and_folder_load_with_bioimageio(zip_package, folder_packa
         assert ours == descr.config.bioimage_cte
         assert {e["target"] for e in ours["transferability"]} <= {"dsb2018", "nuclei-dense"}
     assert [e["target"] for e in read_transferability(folder_package)] == ["dsb2018", "nuclei-dense"]
-    assert (folder_package / "rdf.yaml.bak").is_file() and (folder_package / "rdf.yaml.bak.1").is_file()
+    kept = folder_package.parent / "bioimage-cte-backups" / folder_package.name
+    assert (kept / "rdf.yaml.bak").is_file() and (kept / "rdf.yaml.bak.1").is_file()
+    assert not list(folder_package.glob("*.bak*"))  # nothing added to the package itself
 
 
 def test_output_folder_leaves_the_original_and_accumulates_targets(folder_package, zip_package, tmp_path):
@@ -350,3 +358,31 @@ def test_annotate_from_ranking_collects_failures(ranking_file, tmp_path):
     assert "\n" not in str(error) and "moved-away.zip not found" in str(error) and "rank again" in str(error)
     assert error.written == [out / Path(ranking["models"][0]["source"]).name]
     assert set(error.failures) == {ranking["models"][1]["source"], ranking["models"][2]["source"]}
+
+
+def _is_subsequence(lines: list[str], within: list[str]) -> bool:
+    it = iter(within)
+    return all(any(line == other for other in it) for line in lines)
+
+
+@pytest.mark.slow
+def test_a_commented_rdf_keeps_comments_and_layout_and_still_validates(folder_package):
+    from bioimageio.spec import load_description
+    from bioimageio.spec.model.v0_5 import ModelDescr
+
+    rdf = folder_package / "rdf.yaml"
+    text = rdf.read_text()
+    text = text.replace("name: nuclei-small-bright", "# Curated by the lab; ask before renaming.\n"
+                        "name: nuclei-small-bright  # the zoo id", 1)
+    text = text.replace("license: MIT", "license: MIT  # see LICENSE", 1)
+    text = text.replace("tags:\n", "tags:\n  # task tags first\n", 1)
+    rdf.write_text(text)
+    annotate_package(folder_package, _entry("dsb2018"))
+    annotate_package(folder_package, _entry("em", 0.4, 2))
+    new = rdf.read_text()
+    # every line of the authors' file is still there, in its order: comments, key order and list layout kept
+    assert _is_subsequence(text.splitlines(), new.splitlines())
+    assert "# Curated by the lab; ask before renaming." in new and "license: MIT  # see LICENSE" in new
+    assert [e["target"] for e in read_transferability(folder_package)] == ["dsb2018", "em"]
+    descr = load_description(rdf, perform_io_checks=True)
+    assert isinstance(descr, ModelDescr), descr.validation_summary.format()

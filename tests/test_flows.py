@@ -7,6 +7,7 @@ where they can.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -211,3 +212,117 @@ def test_bad_input_corpus_in_a_zoo_run(prefect_harness, corpus, tmp_path):
     loadable = set(SKIPPED_BY_GREYBOX) | {"pickle-weights"}
     assert sorted(f.model for f in summary.failed) == sorted(set(MODELS) - loadable)
     assert not corpus.marker.exists() and not corpus.pickle_marker.exists()
+
+
+# ------------------------------------------------------------------------ operations: timeouts, final state, hook
+
+_HANGS = """
+
+# a model whose forward pass never returns (in Python steps, as a stuck data loader or retry loop would)
+import time as _time
+
+_Base = UNet2d
+
+
+class UNet2d(_Base):
+    def forward(self, x):
+        while True:
+            _time.sleep(0.05)
+"""
+
+
+@pytest.fixture(scope="module")
+def hanging_package(tmp_path_factory) -> Path:
+    """A real package (demo builder) whose architecture file hangs in forward; it runs only with trust_code."""
+    import numpy as np
+    from corpus import DEPTH, FEATURES, _net, _rewrite
+
+    from bioimage_cte.demozoo.packaging import ARCHITECTURE_FILE, PackageInfo, build_package
+
+    work = tmp_path_factory.mktemp("hanging")
+    image = np.random.default_rng(0).normal(100, 20, (64, 64)).astype(np.float32)
+    base = build_package(_net(1), image, work / "base.zip", info=PackageInfo("hangs", "Never returns.",
+                         tags=("segmentation", "nuclei")), preprocessing="zero_mean_unit_variance",
+                         outputs="foreground", features=FEATURES, depth=DEPTH)
+    hangs = ARCHITECTURE_FILE.read_bytes() + _HANGS.encode()
+    return _rewrite(base, work / "hangs-forever.zip", files={"unet.py": hangs})
+
+
+@pytest.fixture()
+def webhook():
+    """A local HTTP endpoint that keeps what is POSTed to it (a stand-in for a Slack/Teams incoming webhook)."""
+    import http.server
+    import threading
+
+    received: list[dict] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802  (the name http.server calls)
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    server.shutdown()
+
+
+def test_hung_model_is_stopped_recorded_and_counted(prefect_harness, target, hanging_package, webhook, tmp_path):
+    from bioimage_cte.options import RankOptions
+    from bioimage_cte.results import ResultStore
+    from bioimage_cte_flows.zoo_ranking import ZooRunOptions, zoo_ranking_flow
+
+    url, received = webhook
+    zoo = _zoo(tmp_path / "zoo", models=MODELS[:1])
+    shutil.copy(hanging_package, zoo)
+    store = tmp_path / "r.sqlite"
+    run = ZooRunOptions(store_path=str(store), output_dir=str(tmp_path / "out"), reports=False, retries=1,
+                        task_timeout=3, failure_webhook=url)
+    options = RankOptions(trust_code=True).to_json_dict()
+    state = zoo_ranking_flow(str(zoo), [str(target)], options, dataclasses.asdict(run), return_state=True)
+
+    assert state.is_completed()
+    assert state.message.startswith("1 of 2 model x target pairs failed") and f"{TARGET}: 1 models" in state.message
+    summary = state.result()
+    assert [(f.model, f.target) for f in summary.failed] == [("hangs-forever", TARGET)]
+    assert "timed out after 3 s" in summary.failed[0].reason
+    ranking = json.loads(Path(summary.rankings[TARGET]).read_text())
+    assert [m["name"] for m in ranking["models"]] == [MODELS[0]]
+    assert "timed out" in ranking["failures"][0]["reason"]
+    record = next(iter(ResultStore(store).records(status="failed").values()))
+    assert record.name == "hangs-forever" and "timed out" in record.error
+    # the failure hook got the same news
+    assert len(received) == 1 and received[0]["state"] == "Completed" and "1 of 2" in received[0]["text"]
+    assert received[0]["failed"][0]["model"] == "hangs-forever"
+    assert _run_name(state) == f"zoo on {TARGET}"  # named from its zoo and targets, not a random name
+
+    # nothing left to rank: the run ends Failed, with the same count
+    alone = _zoo(tmp_path / "alone", models=())
+    shutil.copy(hanging_package, alone)
+    state = zoo_ranking_flow(str(alone), [str(target)], options, dataclasses.asdict(run), return_state=True)
+    assert state.is_failed() and state.message.startswith("nothing ranked: 1 of 1 model x target pairs failed")
+    assert len(received) == 2 and received[1]["state"] == "Failed"
+
+
+def _run_name(state) -> str:
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(state.state_details.flow_run_id).name
+
+
+def test_unreachable_dask_address_is_one_line_within_seconds():
+    import socket
+
+    from bioimage_cte_flows.zoo_ranking import make_task_runner
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ConnectionError, match=f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}"):
+        make_task_runner(f"tcp://127.0.0.1:{port}")

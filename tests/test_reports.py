@@ -148,6 +148,11 @@ def test_html_report_is_self_contained_and_renders(ranked):
     moved = json.loads(json.dumps(ranking))
     overlays = report_overlays(ranking, ranked["images"], n_images=2, n_models=1)
     assert len(overlays["indices"]) == 2 and not overlays["errors"]
+    # what the overlays show is what the score measures: the better model disagrees less with itself
+    shown = [m["name"] for m in ranking["models"] if m["name"] in overlays["models"]]
+    disagreement = [np.mean([d[(c.foreground > 0.5) | (p.foreground > 0.5)].mean()
+                             for _, c, p, d in overlays["models"][name]]) for name in shown]
+    assert disagreement == sorted(disagreement), (shown, disagreement)
     path = write_html_report(ranking, tmp / "report.html", image_paths=ranked["images"],
                              evaluation_json=ranked["evaluation"], overlays=overlays)
     page = path.read_text()
@@ -186,6 +191,7 @@ def test_html_report_is_self_contained_and_renders(ranked):
 
 def test_html_report_renders_hand_made_overlays_without_a_model(tmp_path):
     """The report only renders: a ranking and overlays built by hand need no model."""
+    from bioimage_cte.consistency import disagreement_map
     from bioimage_cte.segmentation import Prediction
 
     images = sorted((DSB / "images").glob("*.tif"))[:2]
@@ -202,7 +208,9 @@ def test_html_report_renders_hand_made_overlays_without_a_model(tmp_path):
     image = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
     clean = Prediction((image > 0.5).astype(np.float32))
     perturbed = Prediction((image > 0.6).astype(np.float32))
-    overlays = {"indices": [1], "perturbation": "dropout", "models": {"best": [(image, clean, perturbed)]},
+    overlays = {"indices": [1], "perturbation": "dropout", "consistency": "soft",
+                "models": {"best": [(image, clean, perturbed, disagreement_map(clean.foreground,
+                                                                                 perturbed.foreground))]},
                 "errors": {"worst": "moved away"}}
     page = write_html_report(ranking, tmp_path / "r.html", image_paths=images, overlays=overlays).read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page)
@@ -211,6 +219,7 @@ def test_html_report_renders_hand_made_overlays_without_a_model(tmp_path):
     assert "could not run worst again: moved away" in page
     assert "<td>best</td>" in page and "<td>worst</td>" in page and "not a &lt;zip&gt;" in page
     assert "channel dropout (p = 0.2)" in page
+    assert "1 - effective invariance" in page and "spread of the median over only 2 images" in page
     plain = write_html_report(ranking, tmp_path / "plain.html", image_paths=images).read_text()
     assert plain.count("<img ") == 2 and "Predictions of the best" not in plain  # no overlays given, none shown
 

@@ -13,6 +13,7 @@ import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,8 +51,13 @@ def compute_transfer_matrix(
     *,
     options: RankOptions | None = None,
     on_image: Callable[[], None] | None = None,
+    on_model: Callable[[Any], None] | None = None,
 ) -> tuple[list[TransferRow], list[ModelFailure]]:
-    """Evaluate every model in ``zoo`` on every labelled target in ``data`` (``options``: device, trust, axes)."""
+    """Evaluate every model in ``zoo`` on every labelled target in ``data`` (``options``: device, trust, axes).
+
+    ``on_model`` gets each :class:`~bioimage_cte.sources.ModelSource` as it starts on a target, ``on_image`` each
+    image done (progress).
+    """
     options = options or RankOptions()
     sources = trained_only(find_models([zoo] if isinstance(zoo, Path) else zoo))  # each network once
     rows: list[TransferRow] = []
@@ -59,7 +65,8 @@ def compute_transfer_matrix(
     for target, folder in find_targets(data).items():
         paths = list_images(folder / "images")
         labels = load_labels(paths, folder / "labels")
-        results, failed = rank_models(sources, paths, [], options, labels=labels, on_image=on_image)
+        results, failed = rank_models(sources, paths, [], options, labels=labels, on_image=on_image,
+                                      on_model=on_model)
         failures.extend(failed)
         for model, metrics in true_performance(results).items():
             rows.extend(TransferRow(model, target, m, metrics[m]) for m in METRICS if m in metrics)

@@ -1,0 +1,96 @@
+"""What an unattended zoo run needs around the scoring: a fast check of the Dask address, readable run names,
+the final state's message, and a notification when models failed.
+
+Nothing here imports prefect or runs a model; :mod:`bioimage_cte_flows.zoo_ranking` calls these.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+__all__ = ["check_dask_address", "final_message", "notify_webhook", "run_name"]
+
+
+def check_dask_address(address: str, *, timeout: float = 5.0) -> None:
+    """Fail in seconds, with one line, when nothing listens at a Dask scheduler address.
+
+    Without this check Dask retries for about a minute and then prints a long traceback.
+
+    Raises
+    ------
+    ConnectionError
+        Nothing accepts a TCP connection at ``address`` within ``timeout`` seconds.
+
+    Examples
+    --------
+    >>> check_dask_address("inproc://whatever")  # not a network address: nothing to check
+    """
+    parsed = urlparse(address)
+    if parsed.scheme not in ("tcp", "tls", "ws", "wss") or not parsed.hostname:
+        return
+    port = parsed.port or 8786
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+            pass
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or type(e).__name__)
+        raise ConnectionError(f"cannot reach the Dask scheduler at {address} ({reason}); start it ('dask "
+                              "scheduler') or fix --dask-address (e.g. tcp://127.0.0.1:8786, or 'local')") from None
+
+
+def run_name(zoo: str, targets: Sequence[str], *, limit: int = 80) -> str:
+    """A flow run's name from its zoo and targets, e.g. ``"zoo on dsb2018, nuclei-tiny"``.
+
+    Examples
+    --------
+    >>> run_name("/data/zoo", ["/data/t/dsb2018", "/data/t/em"])
+    'zoo on dsb2018, em'
+    >>> len(run_name("zoo", [f"/t/target{i}" for i in range(40)])) <= 80
+    True
+    """
+    def short(path: str) -> str:
+        text = path.rstrip("/")
+        return Path(urlparse(text).path if "://" in text else text).name or text
+
+    names = [short(t) for t in targets]
+    text = f"{short(zoo)} on {', '.join(names)}"
+    if len(text) > limit:
+        text = f"{short(zoo)} on {names[0]} and {len(names) - 1} more targets"
+    return text[:limit]
+
+
+def final_message(*, scored: int, cached: int, failed: int, ranked: dict[str, int]) -> str:
+    """The final state's message: what was scored, reused, failed and ranked.
+
+    Examples
+    --------
+    >>> final_message(scored=3, cached=1, failed=1, ranked={"dsb": 3})
+    '1 of 5 model x target pairs failed; 3 scored, 1 from the store; ranked dsb: 3 models'
+    """
+    total = scored + cached + failed
+    head = f"{failed} of {total} model x target pairs failed" if failed else f"all {total} model x target pairs ok"
+    ranked_text = ", ".join(f"{t}: {n} models" for t, n in ranked.items()) or "no target"
+    return f"{head}; {scored} scored, {cached} from the store; ranked {ranked_text}"
+
+
+def notify_webhook(url: str, payload: dict[str, Any], *, timeout: float = 10.0) -> str | None:
+    """POST ``payload`` as JSON to ``url`` (e.g. a Slack or Teams incoming webhook); the error as text, or None.
+
+    A notification that cannot be sent must not fail the run it reports on, so errors are returned, not raised.
+    Slack and Teams show the ``text`` field.
+    """
+    body = json.dumps(payload, allow_nan=False, default=str).encode()
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310  (the user's own URL)
+            response.read()
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        return f"could not notify {url}: {e}"
+    return None
