@@ -615,7 +615,6 @@ def zoo_rank(
         from bioimage_cte.console_progress import PlainProgress
 
         lines = PlainProgress("zoo-rank", lambda text: err_console.print(text, highlight=False, soft_wrap=True))
-        lines.stage("starting the flow (without PREFECT_API_URL a temporary Prefect server starts: 10-30 s)")
         summary = run_zoo_ranking(zoo, targets, options, run, on_progress=lines.stage)
     except Exception as e:
         _fail(e, debug)

@@ -189,7 +189,8 @@ def build_ranking(
             ties[i] = math.isfinite(row[1]) and _tied_with_top(rows[0][3], row[3], seed=seed, model=row[0].source.name)
     scores = tuple(
         ModelScore(r.source.name, r.source.source, score, rank, agg.n_images, agg.n_valid, agg.n_empty, values, note,
-                   r.sha256, fraction, interval, tie, output=r.output, weights=r.weights, details=details)
+                   r.sha256, fraction, interval, output=r.output, weights=r.weights, details=details,
+                   tied_with_top=tie)
         for rank, ((r, score, agg, values, note, fraction, interval, details), tie)
         in enumerate(zip(rows, ties, strict=True), start=1)
     )

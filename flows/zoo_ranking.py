@@ -517,6 +517,9 @@ def run_zoo_ranking(
     if run.dask_address and run.dask_address != "local":
         check_dask_address(run.dask_address)  # before a temporary server is started for nothing
     previous, _on_progress = _on_progress, on_progress
+    if on_progress is not None:
+        on_progress("inputs checked; starting the flow (without PREFECT_API_URL a temporary Prefect server starts: "
+                    "10-30 s)")
     try:
         with _prefect_api():
             state = zoo_ranking_flow(_absolute(zoo), [_absolute(t) for t in usable], options.to_json_dict(),
