@@ -12,7 +12,7 @@ import inspect
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -20,45 +20,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
-from typer.core import TyperGroup
 
-
-def _wrap_choices(choices: Sequence[str], width: int = 12) -> str:
-    """A choice list as lines of at most ``width`` characters, broken only after a ``|`` (help at 80 columns)."""
-    lines, line = [], ""
-    for i, choice in enumerate(choices):
-        piece = choice + ("|" if i < len(choices) - 1 else "")
-        if line and len(line) + len(piece) > width:
-            lines.append(line)
-            line = ""
-        line += piece
-    return "\n".join([*lines, line])
-
-
-def _readable_metavars(params: Sequence[Any]) -> None:
-    for param in params:
-        # typer 0.2x vendors click: its parameters are told apart by what they have, not by click's classes
-        descriptor = getattr(param, "type_descriptor", None)
-        if getattr(param, "is_flag", False):
-            param.metavar = ""
-        elif descriptor is not None and descriptor.is_choice and param.metavar is None:
-            param.metavar = _wrap_choices([str(getattr(c, "value", c)) for c in descriptor.choices or ()])
-
-
-class _ReadableHelp(TyperGroup):
-    """Every command's help reads well at 80 columns: no ``<bool>`` after a flag, choice lists wrap at ``|``."""
-
-    def get_params(self, ctx: Any) -> list[Any]:
-        params = super().get_params(ctx)
-        _readable_metavars(params)
-        return params
-
-    def get_command(self, ctx: Any, cmd_name: str) -> Any:
-        command = super().get_command(ctx, cmd_name)
-        if command is not None:
-            _readable_metavars(command.get_params(ctx))
-        return command
-
+from bioimage_cte.cli_output import (  # noqa: E402
+    ReadableHelp,
+    agreement_table,
+    err_console,
+    finetune_table,
+    print_failures,
+    ranking_table,
+    write_evaluation,
+)
 
 app = typer.Typer(
     name="bioimage-cte",
@@ -66,101 +37,45 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    cls=_ReadableHelp,
+    cls=ReadableHelp,
 )
 console = Console()
-err_console = Console(stderr=True)
 
-from bioimage_cte.estimators import ESTIMATORS, LABEL_FREE  # noqa: E402  (numpy/scipy only, no torch)
+from bioimage_cte.estimators import LABEL_FREE  # noqa: E402  (numpy/scipy only, no torch)
 from bioimage_cte.options import RankOptions  # noqa: E402
 
 if TYPE_CHECKING:
     from bioimage_cte.pipeline import Progress
 
-# the choices come from the estimators' registry; few-label needs labels and is evaluate's --few-label
-Estimator = StrEnum("Estimator", {n.replace("-", "_"): n for n in ESTIMATORS if not ESTIMATORS[n].needs_labels})
-#: the library's default estimator (RankOptions), the one place it is set
-_DEFAULT_ESTIMATOR = Estimator(RankOptions().estimator)
-
-
-class Task(StrEnum):
-    semantic = "semantic"
-    instance = "instance"
-
-
-class Perturbation(StrEnum):
-    gaussian = "gaussian"
-    brightness = "brightness"
-    contrast = "contrast"
-    gamma = "gamma"
-
-
-ModelsArg = Annotated[
-    list[str],
-    typer.Argument(help="Models: rdf.yaml files, package folders or zips, folders of packages, a collection "
-                   "index JSON (path or URL), or RDF URLs.", show_default=False),
-]
-ImagesOpt = Annotated[str, typer.Option("--images", "-i", help="Folder, glob ('data/*.tif') or file of target "
-                                        "images (.tif, .tiff, .png, .npy).", show_default=False)]
-AxesOpt = Annotated[str | None, typer.Option(help="Axes of the image files when ambiguous, e.g. 'yx', 'cyx', "
-                                             "'zyx', 'yxc'.")]
-TaskOpt = Annotated[Task, typer.Option(help="semantic: foreground masks (soft consistency by default); instance: "
-                                       "instance labels, 1 - adapted Rand error.")]
-
-
-class ConsistencyKind(StrEnum):
-    soft = "soft"
-    hard = "hard"
-    instance = "instance"
-
-
-ConsistencyOpt = Annotated[ConsistencyKind | None, typer.Option(
-    help="Consistency score: soft (effective invariance, default for semantic), hard (1 - disagreement on the "
-         "union foreground), instance (default for --task instance).")]
-PerturbationOpt = Annotated[Perturbation, typer.Option(help="Input perturbation for cte-input (applied before "
-                                                       "the model's own preprocessing).")]
-StrengthOpt = Annotated[str | None, typer.Option(help="Perturbation strength: dropout rate p for cte-dropout "
-                                                 "(default 0.2), fraction of the image range for cte-input "
-                                                 "(default 0.1); 'auto' chooses it per family from the "
-                                                 "candidates' predictions on 3 images (cte, cte-dropout, "
-                                                 "cte-input).")]
-ChannelsOpt = Annotated[str | None, typer.Option(help="Image channels to feed, in this order, e.g. '0,2': models "
-                                                 "taking 2 channels get channels 0 and 2, single-channel models "
-                                                 "channel 0 (default: all channels; averaged for single-channel "
-                                                 "models).")]
-OutputChannelOpt = Annotated[str | None, typer.Option(help="Output to score: a channel name (e.g. nuclei), an output "
-                                                      "tensor id, TENSOR:CHANNEL or a channel index; default: "
-                                                      "chosen from the output's names.")]
-DeviceOpt = Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda:0.")]
-BudgetOpt = Annotated[str, typer.Option(help="Images to score, in a seeded random order: all; auto (stop once the "
-                                        "top model's lead over the runner-up is outside its bootstrap interval; "
-                                        "every model stays loaded); or a number N.")]
-SeedOpt = Annotated[int, typer.Option(help="Seed for perturbations; the same seed reproduces scores exactly.")]
-LayerOpt = Annotated[str | None, typer.Option(help="Layer to perturb for grey-box estimators (module name); "
-                                              "default: the bottleneck, found automatically.")]
-WeightsOpt = Annotated[str | None, typer.Option("--weight-format", help="Weights format to run (e.g. "
-                                                "torchscript, onnx); default: grey-box estimators take the state "
-                                                "dict if its code may run, else onnx, then torchscript; black-box "
-                                                "ones bioimageio's priority order.")]
-RepeatsOpt = Annotated[int, typer.Option(help="Perturbed runs per image (their consistencies are averaged).")]
-TagOpt = Annotated[str | None, typer.Option("--tag", help="Rank only the models whose RDF has this tag, e.g. "
-                                            "'nuclei' (CTE compares models made for the same task).")]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
-ReportImagesOpt = Annotated[int, typer.Option("--report-images", min=0, help="Images shown with overlays in the "
-                                              "HTML report (0: none, no model is re-run).")]
-TrustCodeOpt = Annotated[bool, typer.Option("--trust-code", help="Run Python code shipped inside model packages "
-                                            "(architecture files, custom processing). Off by default: only "
-                                            "architectures from trusted installed libraries run, other models "
-                                            "use their torchscript/onnx weights or are skipped with the reason.")]
-TrustLibraryOpt = Annotated[list[str] | None, typer.Option("--trust-library", help="Also trust architectures "
-                                                           "imported from this installed library (import prefix, "
-                                                           "e.g. mylab_nets; repeat the option).")]
-MaxPixelsOpt = Annotated[int, typer.Option(help="Largest image read, in pixel values (all planes and channels), "
-                                           "checked from the file's header before decoding.", min=1)]
-MaxEntryOpt = Annotated[int, typer.Option(help="Largest unpacked file inside a package zip, in bytes; a package "
-                                          "with a larger one fails.", min=1)]
-SkipBadOpt = Annotated[bool, typer.Option("--skip-bad-images", help="Rank on the readable images and list the "
-                                          "unreadable ones (in the JSON too), instead of stopping.")]
+from bioimage_cte.cli_options import (  # noqa: E402
+    DEFAULT_ESTIMATOR,
+    AxesOpt,
+    BudgetOpt,
+    ChannelsOpt,
+    ConsistencyOpt,
+    DebugOpt,
+    DeviceOpt,
+    Estimator,
+    ImagesOpt,
+    LayerOpt,
+    MaxEntryOpt,
+    MaxPixelsOpt,
+    ModelsArg,
+    OutputChannelOpt,
+    Perturbation,
+    PerturbationOpt,
+    RepeatsOpt,
+    ReportImagesOpt,
+    SeedOpt,
+    SkipBadOpt,
+    StrengthOpt,
+    TagOpt,
+    Task,
+    TaskOpt,
+    TrustCodeOpt,
+    TrustLibraryOpt,
+    WeightsOpt,
+)
 
 
 def _show_version(value: bool) -> None:
@@ -249,32 +164,6 @@ def _progress(label: str = "scoring") -> Iterator[Progress]:
         yield progress
 
 
-def _ranking_table(ranking, title: str) -> Table:
-    from bioimage_cte.ranking import interval_label
-
-    n = max((s.n_valid for s in ranking.scores), default=0)
-    caption = (f"Higher score = predictions more stable under perturbation = expected to transfer better. "
-               f"interval: {interval_label(n)}. ~top: the images cannot tell this model from the top one "
-               "(paired bootstrap).")
-    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
-    for column, justify in (("rank", "right"), ("model", "left"), ("score", "right"), ("interval", "right"),
-                            ("~top", "left"), ("images", "right"), ("note", "left")):
-        table.add_column(column, justify=justify, overflow="fold")
-    for s in ranking.scores:
-        score = "n/a" if s.score != s.score else f"{s.score:.3f}"
-        lo, hi = s.interval
-        interval = "-" if lo != lo or hi != hi else f"{lo:.3f}-{hi:.3f}"
-        images = str(s.n_images) if not s.n_empty else f"{s.n_images} ({s.n_empty} empty)"
-        table.add_row(str(s.rank), s.name, score, interval, "yes" if s.tied_with_top else "", images, s.note)
-    return table
-
-
-def _print_failures(failures) -> None:
-    for f in failures:
-        what = "skipped" if f.stage == "skipped" else "failed"
-        err_console.print(f"[yellow]{what}[/] {f.name} ({f.stage}): {f.reason}", highlight=False, soft_wrap=True)
-
-
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
     from bioimage_cte.fileutils import write_atomic
 
@@ -288,7 +177,7 @@ def rank(
     images: ImagesOpt,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the ranking as JSON here ('-': "
                                                 "standard output); checked before any model runs.")] = None,
-    estimator: Annotated[Estimator, typer.Option(help="Transferability estimator.")] = _DEFAULT_ESTIMATOR,
+    estimator: Annotated[Estimator, typer.Option(help="Transferability estimator.")] = DEFAULT_ESTIMATOR,
     report: Annotated[Path | None, typer.Option("--report", help="Also write a self-contained HTML report "
                                                 "(charts, per-image scores, overlays of the top and bottom "
                                                 "models).")] = None,
@@ -322,12 +211,12 @@ def rank(
     except Exception as e:
         _fail(e, debug)
     ranking = run.ranking
-    out.print(_ranking_table(ranking, f"{ranking.estimator} ranking of {len(ranking.scores) + len(ranking.failures)} "
+    out.print(ranking_table(ranking, f"{ranking.estimator} ranking of {len(ranking.scores) + len(ranking.failures)} "
                                       f"models on {len(run.images)} images"))
     if run.options.budget != "all":
         out.print(f"budget {run.options.budget}: scored {len(run.images)} of {run.n_images_found} images "
                   f"({run.stop_reason})")
-    _print_failures(ranking.failures)
+    print_failures(ranking.failures)
     payload = run.to_json_dict(images=images)
     code = _rank_exit_code(ranking, bool(run.skipped_images), strict=strict)
     if output is not None and not _put_json(output, payload, out):
@@ -414,10 +303,10 @@ def evaluate(
     except Exception as e:
         _fail(e, debug)
     evaluation = run.evaluation
-    console.print(_agreement_table(evaluation, len(run.sources), len(run.images)))
-    _print_failures(next(iter(evaluation.rankings.values())).failures if evaluation.rankings else run.failures)
+    console.print(agreement_table(evaluation, len(run.sources), len(run.images)))
+    print_failures(next(iter(evaluation.rankings.values())).failures if evaluation.rankings else run.failures)
     if output is not None:
-        _write_evaluation(evaluation, output)
+        write_evaluation(evaluation, output)
         console.print(f"evaluation written to {output}")
 
 
@@ -506,53 +395,6 @@ def report(
     _write_report(payload, output, list_images(images), evaluation_json, debug, n_images=report_images)
 
 
-_AGREEMENT_COLUMNS = ("estimator", "pearson", "spearman", "spearman_ci_low", "spearman_ci_high", "kendall",
-                      "weighted_tau", "top1_hit", "regret", "picked")
-
-
-def _agreement_rows(evaluation) -> list[dict[str, Any]]:
-    rows = []
-    for name, a in evaluation.agreement.items():
-        ci = a.spearman_ci or (None, None)
-        rows.append({"estimator": name, "pearson": a.pearson, "spearman": a.spearman, "spearman_ci_low": ci[0],
-                     "spearman_ci_high": ci[1], "kendall": a.kendall, "weighted_tau": a.weighted_tau,
-                     "top1_hit": a.top1_hit, "regret": a.regret,
-                     "picked": evaluation.rankings[name].scores[0].name if evaluation.rankings[name].scores else ""})
-    return rows
-
-
-def _write_evaluation(evaluation, path: Path) -> None:
-    """The evaluation as CSV (one row per estimator, every agreement column) or, for any other suffix, JSON."""
-    if path.suffix.lower() != ".csv":
-        _write_json(path, evaluation.to_json_dict())
-        return
-    import csv
-    import io
-
-    from bioimage_cte.fileutils import write_atomic
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=_AGREEMENT_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(_agreement_rows(evaluation))
-    write_atomic(path, buffer.getvalue().encode())
-
-
-def _agreement_table(evaluation, n_models: int, n_images: int) -> Table:
-    # 80 columns: pearson and weighted tau are in --output (CSV/JSON), not on the terminal
-    table = Table(title=f"Agreement with true {evaluation.metric} ({n_models} models, {n_images} images)",
-                  title_justify="left", caption="spearman, kendall: rank correlation with the true ranking (1 = "
-                  "same order); top-1: picked the truly best model; regret: true score lost by taking the pick.",
-                  caption_justify="left")
-    for column in ("estimator", "spearman", "95% CI", "kendall", "top-1", "regret", "picked"):
-        table.add_column(column, justify="left" if column in ("estimator", "picked") else "right", overflow="fold")
-    for row in _agreement_rows(evaluation):
-        ci = "-" if row["spearman_ci_low"] is None else f"{row['spearman_ci_low']:.2f}..{row['spearman_ci_high']:.2f}"
-        table.add_row(row["estimator"], f"{row['spearman']:.2f}", ci, f"{row['kendall']:.2f}",
-                      "yes" if row["top1_hit"] else "no", f"{row['regret']:.3f}", row["picked"] or "-")
-    return table
-
-
 @app.command("zoo-rank")
 @_with_rank_options
 def zoo_rank(
@@ -587,7 +429,7 @@ def zoo_rank(
                                                         "or nothing was ranked (e.g. a Slack or Teams incoming "
                                                         "webhook).")] = None,
     deployment: Annotated[str, typer.Option(help="Name of the served deployment (with --cron).")] = "weekly",
-    estimator: Annotated[Estimator, typer.Option(help="Transferability estimator.")] = _DEFAULT_ESTIMATOR,
+    estimator: Annotated[Estimator, typer.Option(help="Transferability estimator.")] = DEFAULT_ESTIMATOR,
     debug: DebugOpt = False,
     options: RankOptions | None = None,
 ) -> None:
@@ -661,7 +503,7 @@ def transfer_matrix(
         table.add_row(target, f"{s['best']:.3f} ({s['best_model']})", f"{s['median']:.3f}",
                       f"{s['worst']:.3f} ({s['worst_model']})", f"{s['best'] - s['worst']:.3f}")
     console.print(table)
-    _print_failures(failures)
+    print_failures(failures)
 
 
 KOpt = Annotated[list[str] | None, typer.Option("--k", help="Labelled images to fine-tune on (repeat the option); "
@@ -721,23 +563,9 @@ def finetune_benchmark(
             console.print(f"report written to {report}")
     except Exception as e:
         _fail(e, debug)
-    console.print(_finetune_table(payload))
+    console.print(finetune_table(payload))
     for name, reason in payload["failures"].items():
         err_console.print(f"[yellow]failed[/] {name}: {reason}", highlight=False, soft_wrap=True)
-
-
-def _finetune_table(payload: dict[str, Any]) -> Table:
-    table = Table(title=f"Fine-tuning ({payload['config']['steps']} steps; k = 0 is zero-shot)", title_justify="left")
-    for column in ("k", "models", "best", "best model", "spread", "best scratch", "Spearman(CTE, Dice)", "top-1",
-                   "steps to 95%"):
-        table.add_column(column, justify="left" if column in ("k", "best model") else "right")
-    for s in payload["summary"]:
-        table.add_row(s["k"], str(s["n_models"]), f"{s['best']:.3f}", s["best_model"], f"{s['spread']:.3f}",
-                      "-" if s["scratch_dice"] is None else f"{s['scratch_dice']:.3f}",
-                      "-" if s["spearman"] is None else f"{s['spearman']:.2f}",
-                      "-" if s["top1_hit"] is None else ("yes" if s["top1_hit"] else "no"),
-                      f"{s['mean_steps_to_95']:.0f}")
-    return table
 
 
 def main() -> None:
