@@ -185,16 +185,21 @@ class _DropoutAdapter(PytorchModelAdapter):
         self._mask: torch.Tensor | None = None
         self._descr = descr
         self._hooks: list[Any] = []
+        self._net: torch.nn.Module | None = None
         super().__init__(descr, devices=list(devices))
 
     def _init_model_on_device(self, device: torch.device) -> torch.nn.Module:
-        net = super()._init_model_on_device(device)
-        modules = dict(net.named_modules())
-        self.layer = self.requested_layer or find_perturbation_layer(net, descr=self._descr)
-        if self.layer not in modules:
-            raise InvalidModelError(f"layer {self.layer!r} not found; layers are: {', '.join(list(modules)[1:20])} ...")
-        self._hooks.append(modules[self.layer].register_forward_hook(self._hook))
-        return net
+        self._net = super()._init_model_on_device(device)
+        if self.requested_layer is not None:
+            self._attach(self.requested_layer)
+        return self._net
+
+    def _attach(self, layer: str) -> None:
+        modules = dict(self._net.named_modules())
+        if layer not in modules:
+            raise InvalidModelError(f"layer {layer!r} not found; layers are: {', '.join(list(modules)[1:20])} ...")
+        self.layer = layer
+        self._hooks.append(modules[layer].register_forward_hook(self._hook))
 
     def remove_hooks(self) -> None:
         """Detach the dropout hook: it refers back to this adapter, a cycle that would keep the network (and the
@@ -204,6 +209,9 @@ class _DropoutAdapter(PytorchModelAdapter):
         self._hooks.clear()
 
     def set_perturbation(self, perturbation: FeatureDropout | None) -> None:
+        if perturbation is not None and self.layer is None:
+            # traced on first use, after a clean prediction: a model that cannot run on the images says so first
+            self._attach(find_perturbation_layer(self._net, descr=self._descr))
         self.perturbation = perturbation
         self._mask = None
 

@@ -157,13 +157,15 @@ def test_broken_package_fails_alone(first_run, target, tmp_path):
 
 
 def test_unusable_targets_are_listed_and_the_others_ranked(first_run, target, tmp_path):
+    from bioimage_cte.options import RankOptions
     from bioimage_cte_flows.zoo_ranking import ZooRunOptions, run_zoo_ranking
 
     empty = tmp_path / "empty-target"
     (empty / "images").mkdir(parents=True)
     missing = tmp_path / "missing-target"
     run = ZooRunOptions(store_path=str(first_run["store"]), output_dir=str(tmp_path / "out"), reports=False)
-    summary = run_zoo_ranking(first_run["zoo"], [missing, target, empty], run=run)
+    summary = run_zoo_ranking(first_run["zoo"], [missing, target, empty], RankOptions(estimator="cte-dropout"),
+                              run=run)
     assert list(summary.rankings) == [TARGET] and (summary.scored, summary.cached) == (0, 3)
     assert sorted(summary.problems) == sorted([str(missing), str(empty)])
     assert "is not a folder" in summary.problems[str(missing)]

@@ -18,6 +18,7 @@ import pytest
 import tifffile
 
 from bioimage_cte.errors import InvalidModelError, UntrustedCodeError
+from bioimage_cte.perturbations import FeatureDropout
 from bioimage_cte.trust import CodePolicy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,7 +175,10 @@ def test_own_architecture_uses_onnx_by_default_and_the_state_dict_when_trusted(i
     assert by_default.weights.format == "onnx"
     assert "onnx needs no package code" in by_default.weights.reason and "--trust-code" in by_default.weights.reason
     trusted = make_predictor(descr, name="own", greybox=True, code_policy=CodePolicy(trust_code=True))
-    assert trusted.weights.format == "pytorch_state_dict" and trusted.layer == "bottleneck"
+    assert trusted.weights.format == "pytorch_state_dict" and trusted.layer is None  # traced on first use
+    with trusted.perturbed(FeatureDropout(0.2, seed=0)):
+        trusted.predict(image)
+    assert trusted.layer == "bottleneck"
     assert "allowed by --trust-code" in trusted.weights.reason
     asked = make_predictor(descr, name="own", greybox=True, weight_format="onnx",
                            code_policy=CodePolicy(trust_code=True))
@@ -264,8 +268,9 @@ def test_rank_scores_every_format_package_grey_box_and_says_why_not(tmp_path):
     for path in DSB[:2]:
         shutil.copy(path, images)
     out = tmp_path / "ranking.json"
+    # the grey-box estimator: the default (tta) runs every model black-box
     result = CliRunner().invoke(app, ["rank", str(zoo), "--tag", "nuclei", "--images", str(images),
-                                      "--output", str(out)])
+                                      "--estimator", "cte-dropout", "--output", str(out)])
     assert result.exit_code == 0, result.output
     payload = json.loads(out.read_text())
     weights = {m["name"]: m["weights"] for m in payload["models"]}

@@ -243,7 +243,8 @@ def test_cli_channels_and_output_channel_reach_the_ranking(packages, tmp_path):
     result = CliRunner().invoke(app, ["rank", str(packages["2ch"]), str(packages["fgbd"]), "--images", str(images),
                                       "--axes", "cyx", "--channels", "2,0", "--output-channel", "boundary",
                                       "--estimator", "cte-input", "--output", str(out)])
-    assert result.exit_code == 0, result.output
+    # the untrained fgbd net may call every pixel foreground: then no model has a score (exit 3), JSON still written
+    assert result.exit_code in (0, 3), result.output
     payload = json.loads(out.read_text())
     assert payload["settings"]["channels"] == [2, 0] and payload["settings"]["output_channel"] == "boundary"
     by_name = {m["name"]: m["output"] for m in payload["models"]}
