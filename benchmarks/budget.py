@@ -1,7 +1,10 @@
 """Adaptive budget (``--budget auto``) replayed on stored per-image values: same top-1 as the full run, images used.
 
-    python benchmarks/quality_values.py --set held-out --images 48 --seeds 0 --families-only   # the values
+    python benchmarks/quality_values.py --set held-out --images 48 --seeds 0 --families-only   # the CTE values
+    python benchmarks/quality_values.py --set held-out --images 48 --clean-only \
+        --output benchmarks/results/quality_values_held-out_48_tta.json                      # tta's values
     python benchmarks/budget.py benchmarks/results/quality_values_held-out_48.json [--order-seeds 0 1 2 3 4]
+    python benchmarks/budget.py benchmarks/results/quality_values_held-out_48_tta.json
 
 For each target, each estimator's top-1 model on all 48 images is compared with the top-1 after the library's own
 stopping rule (:func:`bioimage_cte.budget.lead_is_settled` on :func:`bioimage_cte.budget.scores_of`, images in the
@@ -26,11 +29,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from bioimage_cte.budget import image_order, lead_is_settled, scores_of, stop_reason  # noqa: E402
 from bioimage_cte.combined import CTECombined, per_image_combined  # noqa: E402
-from bioimage_cte.estimators import CTEDihedral, CTEDropout, CTEInput  # noqa: E402
+from bioimage_cte.estimators import CTEDihedral, CTEDropout, CTEInput, TTAAgreement  # noqa: E402
 
 FAMILY_KEYS = {"dropout": "dropout@0.2", "dihedral": "dihedral", "noise": "noise@0.1"}
-ESTIMATORS = {"cte": (CTECombined(), None), "cte-dihedral": (CTEDihedral(), "dihedral"),
-              "cte-input": (CTEInput(), "noise"), "cte-dropout": (CTEDropout(), "dropout")}
+ESTIMATORS = {"tta": (TTAAgreement(), None), "cte": (CTECombined(), None),
+              "cte-dihedral": (CTEDihedral(), "dihedral"), "cte-input": (CTEInput(), "noise"),
+              "cte-dropout": (CTEDropout(), "dropout")}
 
 
 def per_image_values(target: dict, names: list[str], name: str, seed: str = "0") -> list[list[float]]:
@@ -38,9 +42,20 @@ def per_image_values(target: dict, names: list[str], name: str, seed: str = "0")
     def family(f: str) -> np.ndarray:
         return np.array([target["models"][n]["seeds"][seed][FAMILY_KEYS[f]]["soft"] for n in names], dtype=float)
 
+    if name == "tta":  # no run seed: tta's three transforms are fixed
+        return [list(map(float, target["models"][n]["tta"])) for n in names]
     if name == "cte":
         return per_image_combined({f: family(f) for f in FAMILY_KEYS}).tolist()
     return family(ESTIMATORS[name][1]).tolist()
+
+
+def _measured(target: dict, name: str) -> bool:
+    """Whether the values file holds this estimator's per-image values for the target."""
+    names = target["pools"]["task"]
+    try:
+        return bool(np.isfinite(np.array(per_image_values(target, names, name), float)).any())
+    except KeyError:
+        return False
 
 
 def fast_scores(values: np.ndarray, how: str):
@@ -90,6 +105,8 @@ def main() -> None:
              "| estimator | pool | same top-1 as all images | images used (mean fraction) | range over order seeds |",
              "|---|---|---|---|---|"]
     for name in ESTIMATORS:
+        if not all(_measured(target, name) for target in targets.values()):
+            continue  # e.g. tta in a --families-only run, the families in a --clean-only one
         for pool in ("task", "task+calibration"):
             same, used = [], []
             for seed in args.order_seeds:

@@ -121,7 +121,7 @@ class _Record:
 
 
 def measure_model(source, paths, labels, seeds: list[int], factors: tuple[float, ...], *, grid: bool,
-                  families_only: bool = False) -> tuple[dict[float, dict], list[np.ndarray]]:
+                  families_only: bool = False, clean_only: bool = False) -> tuple[dict[float, dict], list[np.ndarray]]:
     """Every per-image value of one model and its twins (by factor); also its clean masks (for consensus)."""
     from bioimage_cte.predictors import load_model, make_predictor
 
@@ -140,7 +140,7 @@ def measure_model(source, paths, labels, seeds: list[int], factors: tuple[float,
                 flips[k] = np.ascontiguousarray(undo_dihedral(predictor.predict(
                     np.ascontiguousarray(dihedral(image, k))).foreground, k))
             record.clean(clean, labels[i], list(flips.values()))
-            for seed in seeds:
+            for seed in () if clean_only else seeds:
                 k = CTEDihedral.transform(seed, i)
                 if k not in flips:  # the element's prediction does not depend on the seed that drew it
                     flips[k] = CTEDihedral().perturbed_prediction(predictor, image, seed=seed, index=i).foreground
@@ -218,10 +218,19 @@ def _merge(into: dict, new: dict) -> None:
                 into.setdefault(seed, {}).setdefault(k, {}).setdefault(what, {}).update(by_image)
 
 
+def candidates(sources: list) -> list:
+    """The 17 trained 2D demo UNets every table was measured on: no format variant (the same network again) and
+    none of the shape packages added later (3D, 2-channel, boundary-only, multi-class), so that runs compare."""
+    from bioimage_cte.demozoo.formats import trained_only
+    from bioimage_cte.sources import read_tags
+
+    return [s for s in trained_only(sources) if "unet2d" in read_tags(s)]
+
+
 def measure_target(sources, folder: Path, task: str, n_images: int, seeds: list[int], *, grid: bool,
-                   families_only: bool = False) -> dict:
+                   families_only: bool = False, clean_only: bool = False) -> dict:
     """Every task model (and its calibration twins) on one target; consensus per candidate pool."""
-    zoo = filter_by_tag(sources, task)
+    zoo = filter_by_tag(candidates(sources), task)
     twins = dict(TWINS.get(task, ()))
     paths = list_images(folder / "images")[:n_images]
     labels = load_labels(paths, folder / "labels")
@@ -229,7 +238,8 @@ def measure_target(sources, folder: Path, task: str, n_images: int, seeds: list[
     for source in zoo:
         factors = (twins[source.name],) if source.name in twins else ()
         try:
-            rows, m = measure_model(source, paths, labels, seeds, factors, grid=grid, families_only=families_only)
+            rows, m = measure_model(source, paths, labels, seeds, factors, grid=grid, families_only=families_only,
+                                    clean_only=clean_only)
         except Exception as e:  # recorded, as rank would
             print(f"  {source.name} failed: {type(e).__name__}: {e}", flush=True)
             continue
@@ -290,6 +300,8 @@ def main() -> None:
     parser.add_argument("--grid", action="store_true", help="also the automatic strength's grid and choice")
     parser.add_argument("--families-only", action="store_true",
                         help="only the CTE families (no tta): the budget benchmark's 48-image runs")
+    parser.add_argument("--clean-only", action="store_true",
+                        help="only what the clean and tta passes give (no CTE family): tta's 48-image budget runs")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     suffix = "" if args.images is None else f"_{args.images}"
@@ -306,7 +318,7 @@ def main() -> None:
             chosen = chosen[args.targets[0]:args.targets[1]]
         for t, (folder, task) in chosen:
             report["targets"][t] = measure_target(sources, folder, task, n_images, args.seeds, grid=args.grid,
-                                                  families_only=args.families_only)
+                                                  families_only=args.families_only, clean_only=args.clean_only)
             print(f"{t}: {len(report['targets'][t]['models'])} models, {time.perf_counter() - start:.0f} s",
                   flush=True)
     report["seconds"] = time.perf_counter() - start

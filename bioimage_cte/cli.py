@@ -10,6 +10,7 @@ import contextlib
 import functools
 import inspect
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from bioimage_cte.cli_output import (  # noqa: E402
@@ -28,6 +30,7 @@ from bioimage_cte.cli_output import (  # noqa: E402
     finetune_table,
     print_failures,
     ranking_table,
+    say,
     write_evaluation,
 )
 
@@ -97,13 +100,16 @@ def _main_options(
 def _fail(e: BaseException, debug: bool) -> None:
     if debug:
         raise e
-    err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+    say("[bold red]error:[/]", str(e))
     raise typer.Exit(1)
 
 
 def _quiet_libraries() -> None:
     # bioimageio.core draws a tqdm bar per tiled image; our own progress bar is the one that matters.
     os.environ.setdefault("TQDM_DISABLE", "1")
+    # TensorFlow (Keras weights) logs start-up notes and "No training configuration found" per model through absl
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("absl").setLevel(logging.ERROR)
 
 
 def _options(**values: Any) -> RankOptions:
@@ -262,11 +268,10 @@ def _put_json(output: Path, payload: dict[str, Any], out: Console) -> bool:
         out.print(f"ranking written to {output}", highlight=False, soft_wrap=True)
         return True
     if written.path is not None:
-        err_console.print(f"[bold red]error:[/] {written.problem}; the ranking was written to {written.path} instead",
-                          highlight=False, soft_wrap=True)
+        say("[bold red]error:[/]", f"{written.problem}; the ranking was written to {written.path} instead")
     else:
-        err_console.print(f"[bold red]error:[/] {written.problem}, and no fallback file could be written either; the "
-                          "ranking follows as JSON on standard output", highlight=False, soft_wrap=True)
+        say("[bold red]error:[/]", f"{written.problem}, and no fallback file could be written either; the ranking "
+                                   "follows as JSON on standard output")
         sys.stdout.write(text)
     return False
 
@@ -353,7 +358,7 @@ def annotate(
             for path in e.written:
                 console.print(f"annotated {path}")
             for source, reason in e.failures.items():
-                err_console.print(f"[yellow]not annotated[/] {source}: {reason}", highlight=False, soft_wrap=True)
+                say("[yellow]not annotated[/]", f"{source}: {reason}")
             raise typer.Exit(1) from None
     except typer.Exit:
         raise
@@ -456,21 +461,22 @@ def zoo_rank(
             return
         from bioimage_cte.console_progress import PlainProgress
 
-        lines = PlainProgress("zoo-rank", lambda text: err_console.print(text, highlight=False, soft_wrap=True))
+        lines = PlainProgress("zoo-rank", lambda text: err_console.print(escape(text), highlight=False, soft_wrap=True))
         summary = run_zoo_ranking(zoo, targets, options, run, on_progress=lines.stage)
     except Exception as e:
         _fail(e, debug)
     console.print(f"scored {summary.scored} model x target pairs, {summary.cached} taken from {summary.store}")
     for target, path in summary.rankings.items():
-        console.print(f"ranking of {target} written to {path}")
+        console.print(f"ranking of {escape(target)} written to {escape(path)}")
     for failed in summary.failed:
         what = "skipped" if failed.stage == "skipped" else "failed"
-        err_console.print(f"[yellow]{what}[/] {failed.model} on {failed.target}: {failed.reason}", highlight=False,
-                          soft_wrap=True)
+        say(f"[yellow]{what}[/]", f"{failed.model} on {failed.target}: {failed.reason}")
+    for pair in summary.unfit:
+        say("[dim]does not fit[/]", f"{pair.model} on {pair.target}: {pair.reason}")
     for where, problem in summary.problems.items():
-        err_console.print(f"[yellow]{where}[/]: {problem}", highlight=False, soft_wrap=True)
+        say(f"[yellow]{escape(where)}[/]:", problem)
     if not summary.ranked:
-        err_console.print(f"[bold red]error:[/] nothing ranked: {summary.message}", highlight=False, soft_wrap=True)
+        say("[bold red]error:[/]", f"nothing ranked: {summary.message}")
         raise typer.Exit(1)
 
 
@@ -565,7 +571,7 @@ def finetune_benchmark(
         _fail(e, debug)
     console.print(finetune_table(payload))
     for name, reason in payload["failures"].items():
-        err_console.print(f"[yellow]failed[/] {name}: {reason}", highlight=False, soft_wrap=True)
+        say("[yellow]failed[/]", f"{name}: {reason}")
 
 
 def main() -> None:

@@ -11,10 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
 err_console = Console(stderr=True)
+
+
+def say(label: str, text: str) -> None:
+    """One line on standard error: a rich-markup ``label``, then ``text`` as it is (paths and reasons may hold
+    brackets, e.g. ``pip install 'bioimage-cte[onnx]'``, which rich would otherwise take for markup)."""
+    err_console.print(f"{label} {escape(text)}", highlight=False, soft_wrap=True)
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -83,7 +90,7 @@ def ranking_table(ranking, title: str) -> Table:
 def print_failures(failures) -> None:
     for f in failures:
         what = "skipped" if f.stage == "skipped" else "failed"
-        err_console.print(f"[yellow]{what}[/] {f.name} ({f.stage}): {f.reason}", highlight=False, soft_wrap=True)
+        say(f"[yellow]{what}[/]", f"{f.name} ({f.stage}): {f.reason}")
 
 
 _AGREEMENT_COLUMNS = ("estimator", "pearson", "spearman", "spearman_ci_low", "spearman_ci_high", "kendall",

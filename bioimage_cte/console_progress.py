@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 __all__ = ["PlainProgress", "progress_display", "progress_interval"]
 
@@ -126,9 +127,10 @@ def progress_display(label: str, console: Console, *, warn: Callable[[str], None
     """
     from bioimage_cte.pipeline import Progress
 
-    warning = warn or (lambda text: console.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True))
+    warning = warn or (lambda text: console.print(f"[yellow]warning:[/] {escape(text)}", highlight=False,
+                                                  soft_wrap=True))
     if not console.is_terminal:
-        plain = PlainProgress(label, lambda text: console.print(text, highlight=False, soft_wrap=True))
+        plain = PlainProgress(label, lambda text: console.print(escape(text), highlight=False, soft_wrap=True))
         yield Progress(warning=warning, start=plain.start, plan=plain.plan, stage=plain.quiet_stage,
                        model=lambda source: plain.model(source.name), image=plain.image)
         return

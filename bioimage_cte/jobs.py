@@ -25,10 +25,12 @@ __all__ = [
     "JobOutcome",
     "ScoreJob",
     "TargetSpec",
+    "UnfitPair",
     "check_zoo_inputs",
     "collect_results",
     "failed_record",
     "plan_jobs",
+    "plan_pairs",
     "plan_zoo",
     "rank_target",
     "read_target",
@@ -145,6 +147,16 @@ def _settings(options: RankOptions, target: TargetSpec) -> dict[str, Any]:
     return {**options.score_settings(), "labels": target.labels_fingerprint}
 
 
+@dataclass(frozen=True)
+class UnfitPair:
+    """A model left out of a target's ranking before scoring, because it cannot run there (see :mod:`.fit`)."""
+
+    model: str
+    source: str
+    target: str
+    reason: str
+
+
 def plan_jobs(
     sources: Sequence[ModelSource],
     targets: Sequence[TargetSpec],
@@ -152,9 +164,22 @@ def plan_jobs(
     *,
     match_task: bool = False,
 ) -> list[ScoreJob]:
+    """One job per model and target that fit each other (see :func:`plan_pairs`, which also says why others do not)."""
+    return plan_pairs(sources, targets, options, match_task=match_task)[0]
+
+
+def plan_pairs(
+    sources: Sequence[ModelSource],
+    targets: Sequence[TargetSpec],
+    options: RankOptions,
+    *,
+    match_task: bool = False,
+) -> tuple[list[ScoreJob], list[UnfitPair]]:
     """One job per model and target (targets outer, models in the given order), each with its store key.
 
-    Every package is fingerprinted once (it is read in full; no model is loaded).
+    Every package is fingerprinted once (it is read in full; no model is loaded). A pair that cannot work
+    (:mod:`bioimage_cte.fit`: a 3D model on 2D images, a channel count the images cannot give, another task with
+    ``match_task``) gets no job but an :class:`UnfitPair` with its reason, checked on the target's first image.
 
     Parameters
     ----------
@@ -169,31 +194,53 @@ def plan_jobs(
         (targets without a task get every model). Models without tags, or whose RDF cannot be
         read, are kept: a broken package is then reported as failed instead of silently left out.
 
+    Returns
+    -------
+    jobs : list of ScoreJob
+        The pairs to score.
+    unfit : list of UnfitPair
+        The pairs left out, each with its one-line reason.
+
     Raises
     ------
     BioimageCteError
         The estimator cannot be stored per model (``consensus``) or needs labels a target lacks.
     """
-    from bioimage_cte.sources import file_sha256, read_tags
-    from bioimage_cte.tags import matches_tag
+    from bioimage_cte.fit import input_layout, shape_reason, task_reason
+    from bioimage_cte.sources import file_sha256, read_rdf
 
     names = [t.name for t in targets]
     if len(set(names)) != len(names):
         raise BioimageCteError(f"two targets share a folder name ({', '.join(names)}); rankings are written per "
                                "target name, so rename one folder")
     identity = {s.location: (package_fingerprint(s.location), file_sha256(s.location)) for s in sources}
-    tags = {s.location: read_tags(s) for s in sources} if match_task else {}
+    rdfs = {s.location: read_rdf(s) or {} for s in sources}
+    layouts = {loc: input_layout(rdf) for loc, rdf in rdfs.items()}
     jobs: list[ScoreJob] = []
+    unfit: list[UnfitPair] = []
     for target in targets:
         settings = _settings(options, target)
         task = (target.task or "").lower()
-        chosen = [s for s in sources
-                  if not (match_task and task and tags[s.location]) or matches_tag(tags[s.location], task)]
-        for source in chosen:
+        shape_reasons: dict[Any, str | None] = {}  # one image read per layout and target, not per model
+        for source in sources:
+            tags = rdfs[source.location].get("tags", [])
+            reason = task_reason([str(t) for t in tags] if isinstance(tags, list) else [], task) if match_task \
+                else None
+            layout = layouts[source.location]
+            if reason is None and layout is not None and target.images:
+                if layout not in shape_reasons:  # shared by the models of one layout: each names itself below
+                    shape_reasons[layout] = shape_reason(layout, Path(target.images[0]), model="{model}",
+                                                         axes=options.axes, channels=options.channels,
+                                                         max_pixels=options.max_pixels)
+                reason = shape_reasons[layout]
+            if reason is not None:
+                unfit.append(UnfitPair(source.name, source.source, target.name,
+                                       reason.replace("{model}", source.location)))
+                continue
             model, sha256 = identity[source.location]
             key = result_key(model, target.fingerprint, options.estimator, settings)
             jobs.append(ScoreJob(key, source, model, sha256, target, options, settings))
-    return jobs
+    return jobs, unfit
 
 
 def failed_record(job: ScoreJob, error: BaseException | str) -> ScoreRecord:
@@ -281,7 +328,8 @@ def collect_results(jobs: Sequence[ScoreJob], store: ResultStore) -> tuple[list[
 
 
 def rank_target(
-    target: TargetSpec, jobs: Sequence[ScoreJob], store: ResultStore, options: RankOptions
+    target: TargetSpec, jobs: Sequence[ScoreJob], store: ResultStore, options: RankOptions, *,
+    unfit: Sequence[UnfitPair] = (),
 ) -> dict[str, Any]:
     """Rank the models of ``jobs`` scored on ``target`` from the store, as a ranking JSON.
 
@@ -290,22 +338,36 @@ def rank_target(
     dict
         :func:`bioimage_cte.ranking.ranking_json` (as ``bioimage-cte rank --output`` writes it, so
         :func:`bioimage_cte.annotate.annotate_from_ranking` reads it) with a ``target`` section (name, folder,
-        task, fingerprint). Models without a result are listed under ``failures``.
+        task, fingerprint). Models without a result are listed under ``failures``, the pairs of ``unfit`` on this
+        target under ``not_fitting`` (model, source, reason), and ``warnings`` (a ranking of z-stacks that mixes 3D
+        and slice-wise 2D models, :func:`bioimage_cte.fit.mixed_dimensions_warning`).
     """
+    from bioimage_cte.fit import mixed_dimensions_warning
     from bioimage_cte.ranking import build_ranking, ranking_json
 
-    results, failures = collect_results([j for j in jobs if j.target.name == target.name], store)
+    mine = [j for j in jobs if j.target.name == target.name]
+    results, failures = collect_results(mine, store)
     ranking = build_ranking(results, options.make_estimator(), failures=failures, seed=options.seed)
     images = Path(target.images[0]).parent if target.images else Path(target.folder)
     payload = ranking_json(ranking, options, images=str(images), n_images=len(target.images))
     payload["target"] = {"name": target.name, "folder": target.folder, "task": target.task,
                          "fingerprint": target.fingerprint, "labels_fingerprint": target.labels_fingerprint}
+    payload["not_fitting"] = [{"model": u.model, "source": u.source, "reason": u.reason}
+                              for u in unfit if u.target == target.name]
+    mixed = mixed_dimensions_warning([j.source for j in mine], Path(target.images[0]), axes=options.axes,
+                                     max_pixels=options.max_pixels) if target.images else None
+    payload["warnings"] = [mixed] if mixed else []
     return payload
 
 
 def plan_zoo(zoo: str, targets: Sequence[str], options: RankOptions, *,
-             match_task: bool = False) -> tuple[list[TargetSpec], list[ScoreJob]]:
+             match_task: bool = False) -> tuple[list[TargetSpec], list[ScoreJob], list[UnfitPair]]:
     """Everything a zoo run checks before it scores: the models (with the tag), every target, one job per pair.
+
+    Returns
+    -------
+    targets, jobs, unfit
+        The targets read, the pairs to score and the pairs that do not fit (:func:`plan_pairs`).
 
     Raises
     ------
@@ -316,7 +378,7 @@ def plan_zoo(zoo: str, targets: Sequence[str], options: RankOptions, *,
     zoo_spec = zoo if zoo.startswith(("http://", "https://")) else str(Path(zoo).expanduser().resolve())
     sources = select_models([zoo_spec], tag=options.tag)
     specs = [read_target(t) for t in targets]
-    return specs, plan_jobs(sources, specs, options, match_task=match_task)
+    return (specs, *plan_pairs(sources, specs, options, match_task=match_task))
 
 
 def check_zoo_inputs(zoo: str, targets: Sequence[str], options: RankOptions) -> tuple[list[str], dict[str, str]]:

@@ -28,6 +28,7 @@ from bioimage_cte.budget import rank_adaptive
 from bioimage_cte.errors import BioimageCteError, InvalidImageError, InvalidModelError, one_line
 from bioimage_cte.estimators import LABEL_FREE, Estimator, FewLabelOracle, Perturbing
 from bioimage_cte.evaluation import Evaluation, evaluate_rankings
+from bioimage_cte.fit import mixed_dimensions_warning, model_reason
 from bioimage_cte.images import check_images, list_images, load_labels
 from bioimage_cte.metrics import METRICS
 from bioimage_cte.options import RankOptions
@@ -84,7 +85,7 @@ class RankingRun(_Run):
     strength_choice: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json_dict(self, *, images: str | None = None) -> dict[str, Any]:
-        """The ranking JSON (``rank --output``): models, failures, skipped images and every setting of the run."""
+        """The ranking JSON (``rank --output``): models, failures, skipped images, warnings and every setting."""
         payload = ranking_json(self.ranking, self.options, images=images or _common_folder(self.images),
                                n_images=len(self.images))
         payload["settings"].update({"stop_reason": self.stop_reason, "images_used": len(self.images),
@@ -93,6 +94,7 @@ class RankingRun(_Run):
             payload["settings"]["image_order"] = [p.name for p in self.images]
         payload["settings"].update(self.strength_choice)
         payload["skipped_images"] = [{"path": str(p), "reason": reason} for p, reason in self.skipped_images]
+        payload["warnings"] = list(self.warnings)
         return payload
 
 
@@ -155,9 +157,16 @@ def _inputs(models: Sequence[str | Path], images: str | Path | Sequence[Path], o
         except BioimageCteError as e:
             failures.append(failure_of(source, e))
         else:
-            checked.append(source)
+            # a model that cannot see these images (3D on 2D, channel count) is named now, before anything loads
+            reason = model_reason(source, check.paths[0], axes=options.axes, channels=options.channels,
+                                  max_pixels=options.max_pixels)
+            if reason is None:
+                checked.append(source)
+            else:
+                failures.append(ModelFailure(source.name, source.source, Stage.SKIPPED, reason))
     mixed = None if options.tag else mixed_tasks_warning(checked)
-    warnings = ([mixed] if mixed else []) + list(check.warnings)
+    dims = mixed_dimensions_warning(checked, check.paths[0], axes=options.axes, max_pixels=options.max_pixels)
+    warnings = [w for w in (mixed, dims) if w] + list(check.warnings)
     warnings += [f"skipped image {p}: {reason}" for p, reason in check.skipped]
     for text in warnings:
         if progress.warning is not None:

@@ -32,6 +32,7 @@ __all__ = [
     "mixed_tasks_warning",
     "find_models",
     "locate_models",
+    "read_rdf",
     "read_tags",
     "read_collection_index",
     "safe_extract_zip",
@@ -359,13 +360,10 @@ def file_sha256(location: str | Path) -> str | None:
     return digest.hexdigest()
 
 
-def read_tags(source: ModelSource) -> list[str]:
-    """The ``tags`` of a local model's RDF, lower-cased (safe YAML; URLs and unreadable RDFs give ``[]``).
+def read_rdf(source: ModelSource) -> dict[str, Any] | None:
+    """A local model's RDF as plain data (safe, bounded YAML), or None for a URL or an RDF that cannot be read.
 
-    Parameters
-    ----------
-    source : ModelSource
-        A model found by :func:`find_models`.
+    Used to plan and filter before any model is loaded; a broken package is reported when it is loaded.
     """
     from bioimage_cte.safe_yaml import DEFAULT_MAX_BYTES, load_untrusted_yaml
 
@@ -382,10 +380,21 @@ def read_tags(source: ModelSource) -> list[str]:
             with path.open("rb") as f:
                 raw = f.read(DEFAULT_MAX_BYTES + 1)
         rdf = load_untrusted_yaml(raw, where=f"rdf.yaml of {source.location}")
-    except Exception:  # a broken package is reported when it is loaded, not while filtering
-        return []
-    tags = rdf.get("tags", []) if isinstance(rdf, dict) else []
-    return [str(t).lower() for t in tags if isinstance(t, str | int)]
+    except Exception:
+        return None
+    return rdf if isinstance(rdf, dict) else None
+
+
+def read_tags(source: ModelSource) -> list[str]:
+    """The ``tags`` of a local model's RDF, lower-cased (URLs and unreadable RDFs give ``[]``).
+
+    Parameters
+    ----------
+    source : ModelSource
+        A model found by :func:`find_models`.
+    """
+    tags = (read_rdf(source) or {}).get("tags", [])
+    return [str(t).lower() for t in tags if isinstance(t, str | int)] if isinstance(tags, list) else []
 
 
 def filter_by_tag(sources: Sequence[ModelSource], tag: str) -> list[ModelSource]:

@@ -92,11 +92,11 @@ MODELS = [
                _arch2d("encdec.py", "ResNetFPN2d", features=4, depth=3), seed=114, tags=CELLS2CH),
     ShapeModel("nuclei-boundaries", "2d", "nuclei-touching", "Boundaries of touching nuclei only (no foreground map).",
                _arch2d("unet.py", "UNet2d", in_channels=1), targets="boundaries", seed=121,
-               tags=("boundaries", "nuclei-boundaries", "fluorescence")),
+               tags=("nuclei", "boundaries", "nuclei-boundaries", "fluorescence")),
     ShapeModel("nuclei-3class", "2d", "nuclei-touching",
                "Touching nuclei as three softmax classes: background, nucleus interior, boundary.",
                _arch2d("unet.py", "UNet2d", in_channels=1, out_channels=3), targets="classes", seed=122,
-               tags=("multi-class", "semantic-segmentation", "fluorescence")),
+               tags=("nuclei", "multi-class", "semantic-segmentation", "fluorescence")),
 ]
 
 #: (pool images, pool shape, patch, batch) per kind: small, so that the whole build stays within minutes on a CPU.

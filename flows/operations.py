@@ -66,18 +66,21 @@ def run_name(zoo: str, targets: Sequence[str], *, limit: int = 80) -> str:
     return text[:limit]
 
 
-def final_message(*, scored: int, cached: int, failed: int, ranked: dict[str, int]) -> str:
-    """The final state's message: what was scored, reused, failed and ranked.
+def final_message(*, scored: int, cached: int, failed: int, ranked: dict[str, int], unfit: int = 0) -> str:
+    """The final state's message: what was scored, reused, failed, left out as not fitting and ranked.
 
     Examples
     --------
     >>> final_message(scored=3, cached=1, failed=1, ranked={"dsb": 3})
     '1 of 5 model x target pairs failed; 3 scored, 1 from the store; ranked dsb: 3 models'
+    >>> final_message(scored=2, cached=0, failed=0, ranked={"dsb": 2}, unfit=4)
+    'all 2 model x target pairs ok; 2 scored, 0 from the store; 4 pairs do not fit; ranked dsb: 2 models'
     """
     total = scored + cached + failed
     head = f"{failed} of {total} model x target pairs failed" if failed else f"all {total} model x target pairs ok"
     ranked_text = ", ".join(f"{t}: {n} models" for t, n in ranked.items()) or "no target"
-    return f"{head}; {scored} scored, {cached} from the store; ranked {ranked_text}"
+    left_out = f"; {unfit} pairs do not fit" if unfit else ""
+    return f"{head}; {scored} scored, {cached} from the store{left_out}; ranked {ranked_text}"
 
 
 def notify_webhook(url: str, payload: dict[str, Any], *, timeout: float = 10.0) -> str | None:

@@ -59,6 +59,7 @@ from bioimage_cte.jobs import (
     JobOutcome,
     ScoreJob,
     TargetSpec,
+    UnfitPair,
     failed_record,
     plan_zoo,
     rank_target,
@@ -115,6 +116,9 @@ class ZooRunSummary:
         Model x target pairs scored in this run, and taken from the store.
     failed : tuple of FailedJob
         Pairs that failed after their retries (recorded in the store as failed).
+    unfit : tuple of UnfitPair
+        Pairs left out before scoring because the model cannot run on the target (3D model on 2D images, channel
+        count, another task with ``match_task``), each with its reason; also in each ranking's ``not_fitting``.
     annotated : dict
         Target name -> packages annotated with its ranking (empty unless ``annotate``).
     problems : dict
@@ -131,6 +135,7 @@ class ZooRunSummary:
     scored: int
     cached: int
     failed: tuple[FailedJob, ...]
+    unfit: tuple[UnfitPair, ...] = ()
     annotated: dict[str, list[str]] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)
     reports: str | None = None
@@ -395,7 +400,10 @@ def zoo_ranking_flow(
     _check_api_for_processes(how.dask_address)
     run_options = RankOptions.from_json_dict(options or {})
     _say(f"finding models in {zoo} and reading {len(targets)} targets")
-    specs, jobs = plan_zoo(zoo, targets, run_options, match_task=how.match_task)
+    specs, jobs, unfit = plan_zoo(zoo, targets, run_options, match_task=how.match_task)
+    if unfit:
+        _say(f"{len(unfit)} model x target pairs do not fit (3D/2D, channels or task); their reasons go into the "
+             "rankings under not_fitting")
     store = ResultStore(how.store_path)  # created here, before workers race to create it
     runner = make_task_runner(how.dask_address, how.workers)
     outcomes = _score_all(jobs, store, runner, retries=how.retries, refresh=how.refresh,
@@ -408,7 +416,7 @@ def zoo_ranking_flow(
     problems: dict[str, str] = {}
     for spec in specs:
         _say(f"ranking {spec.name}")
-        payload = rank_target(spec, jobs, store, run_options)
+        payload = rank_target(spec, jobs, store, run_options, unfit=unfit)
         path = out / "rankings" / f"{spec.name}.json"
         _write_json(path, payload)
         rankings[spec.name], payloads[spec.name] = str(path), payload
@@ -435,8 +443,9 @@ def zoo_ranking_flow(
                    for j, o in zip(jobs, outcomes, strict=True) if o.status == "failed")
     scored, cached = sum(o.scored and o.status == "ok" for o in outcomes), sum(not o.scored for o in outcomes)
     ranked = {name: len(payload["models"]) for name, payload in payloads.items()}
-    message = final_message(scored=scored, cached=cached, failed=len(failed), ranked=ranked)
-    summary = ZooRunSummary(rankings, scored=scored, cached=cached, failed=failed, annotated=annotated,
+    message = final_message(scored=scored, cached=cached, failed=len(failed), ranked=ranked, unfit=len(unfit))
+    summary = ZooRunSummary(rankings, scored=scored, cached=cached, failed=failed, unfit=tuple(unfit),
+                            annotated=annotated,
                             problems=problems, reports=report_dir, store=str(store.path), message=message,
                             ranked=any(ranked.values()))
     create_markdown_artifact(_summary_markdown(summary), key="zoo-ranking-summary",
@@ -464,11 +473,14 @@ def _webhook_payload(summary: ZooRunSummary) -> dict[str, Any]:
 
 def _summary_markdown(summary: ZooRunSummary) -> str:
     lines = [f"**{summary.scored}** scored, **{summary.cached}** from the store ({summary.store}), "
-             f"**{len(summary.failed)}** failed.", ""]
+             f"**{len(summary.failed)}** failed, **{len(summary.unfit)}** do not fit.", ""]
     lines += [f"- {target}: `{path}`" for target, path in summary.rankings.items()]
     if summary.failed:
         lines += ["", "| model | target | reason |", "|---|---|---|"]
         lines += [f"| {f.model} | {f.target} | {f.reason.replace('|', '/')} |" for f in summary.failed]
+    if summary.unfit:
+        lines += ["", "Not fitting (left out before scoring):", "", "| model | target | reason |", "|---|---|---|"]
+        lines += [f"| {u.model} | {u.target} | {u.reason.replace('|', '/')} |" for u in summary.unfit]
     lines += [f"\n{where}: {problem}" for where, problem in summary.problems.items()]
     return "\n".join(lines)
 

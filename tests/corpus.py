@@ -59,6 +59,8 @@ MODELS = {
 }
 #: models that load but may not run their network by default: grey-box estimators skip them
 SKIPPED_BY_GREYBOX = ("custom-code-only",)
+#: models that cannot see the corpus's 2D single-channel images: skipped, from their RDF, before anything loads
+NOT_FITTING = ("model-3d", "rgb-model")
 #: an architecture file that is no known module (it writes a marker when imported), beside torchscript weights:
 #: grey-box estimators rank it through its torchscript weights (exported to ONNX), and the file never runs
 RANKED_WITHOUT_ITS_CODE = "custom-code-arch"

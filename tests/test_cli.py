@@ -110,6 +110,14 @@ def test_empty_image_folder_is_one_line_naming_the_folder(three_models, tmp_path
     assert "Traceback" not in result.output
 
 
+def test_brackets_in_paths_and_reasons_are_printed_as_they_are(three_models, tmp_path):
+    # rich markup would eat "[run-1]" (and the extra in "pip install 'bioimage-cte[onnx]'") without escaping
+    empty = tmp_path / "images[run-1]"
+    empty.mkdir()
+    result = _invoke("rank", str(three_models), "--images", str(empty))
+    assert result.exit_code == 1 and f"no images found in {empty}:" in result.output.replace("\n", "")
+
+
 def test_image_whose_axes_do_not_fit(three_models, tmp_path):
     bad = tmp_path / "volume.tif"
     tifffile.imwrite(bad, np.zeros((2, 3, 64, 64), np.float32))

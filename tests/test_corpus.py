@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from corpus import MODELS, RANKED_WITHOUT_ITS_CODE, SKIPPED_BY_GREYBOX, _rewrite
+from corpus import MODELS, NOT_FITTING, RANKED_WITHOUT_ITS_CODE, SKIPPED_BY_GREYBOX, _rewrite
 from typer.testing import CliRunner
 
 from bioimage_cte.cli import app
@@ -60,12 +60,14 @@ def test_bad_model_is_one_line_naming_the_package_and_the_reason(cli_ranking, co
     reason = failure["reason"]
     assert "\n" not in reason and str(corpus.package(name)) in reason
     assert MODELS[name][1] in reason
-    # untrusted package code: skipped; weights the grey-box estimator refuses: estimator; anything else: predict
-    expected = "skipped" if name in SKIPPED_BY_GREYBOX else "estimator" if name == "pickle-weights" else "predict"
+    # untrusted package code, or images the model cannot see: skipped; weights the grey-box estimator refuses:
+    # estimator; anything else: predict
+    skipped = name in SKIPPED_BY_GREYBOX + NOT_FITTING
+    expected = "skipped" if skipped else "estimator" if name == "pickle-weights" else "predict"
     assert failure["stage"] == expected
     (line,) = _lines(result.output, name)
     assert MODELS[name][1] in line
-    assert line.startswith("skipped" if name in SKIPPED_BY_GREYBOX else "failed")
+    assert line.startswith("skipped" if skipped else "failed")
 
 
 def test_no_package_code_and_no_pickle_ran(cli_ranking, corpus):

@@ -115,6 +115,17 @@ def test_first_run_scores_everything_and_publishes(first_run):
     assert float(Artifact.get("zoo-ranking-progress").data) == 100.0
 
 
+def test_pairs_that_do_not_fit_are_listed_with_reasons_not_failed(prefect_harness, target, tmp_path):
+    zoo = _zoo(tmp_path / "zoo", models=("nuclei-small-bright", "nuclei3d-small", "em-organelles"))
+    summary, ranking = _run(zoo, target, tmp_path / "results.sqlite", tmp_path / "out", match_task=True)
+    assert [m["name"] for m in ranking["models"]] == ["nuclei-small-bright"] and summary.failed == ()
+    reasons = {u["model"]: u["reason"] for u in ranking["not_fitting"]}
+    assert "nuclei3d-small.zip: 3D model (input axes zyx) but the image is 2D (" in reasons["nuclei3d-small"]
+    assert reasons["em-organelles"] == "tagged for mitochondria, not for the target task nuclei"
+    assert {(u.model, u.target) for u in summary.unfit} == {("nuclei3d-small", TARGET), ("em-organelles", TARGET)}
+    assert "2 pairs do not fit" in summary.message
+
+
 def test_second_run_scores_nothing_and_write_back_keeps_the_cache(first_run, target, tmp_path):
     from bioimage_cte.annotate import read_transferability
 
@@ -194,7 +205,7 @@ def test_bad_input_is_not_retried():
 
 def test_bad_input_corpus_in_a_zoo_run(prefect_harness, corpus, tmp_path):
     """One flow run over the whole bad-input corpus: every bad package is recorded with its reason, the good rank."""
-    from corpus import MODELS, RANKED_WITHOUT_ITS_CODE, SKIPPED_BY_GREYBOX
+    from corpus import MODELS, NOT_FITTING, RANKED_WITHOUT_ITS_CODE, SKIPPED_BY_GREYBOX
 
     from bioimage_cte_flows.zoo_ranking import ZooRunOptions, run_zoo_ranking
 
@@ -207,12 +218,15 @@ def test_bad_input_corpus_in_a_zoo_run(prefect_harness, corpus, tmp_path):
     assert sorted(m["name"] for m in ranking["models"]) == sorted(["good-file-arch", "good-library-arch",
                                                                    RANKED_WITHOUT_ITS_CODE])
     reasons = {f["name"]: f["reason"] for f in ranking["failures"]}
-    assert sorted(reasons) == sorted(MODELS)
+    assert sorted(reasons) == sorted(set(MODELS) - set(NOT_FITTING))
+    # a 3D model and an RGB model on 2D grey images: left out before scoring, with the reason, and not failed
+    reasons |= {u["model"]: u["reason"] for u in ranking["not_fitting"]}
+    assert sorted(u["model"] for u in ranking["not_fitting"]) == sorted(NOT_FITTING)
     for name, (_, expected) in MODELS.items():
         assert expected in reasons[name] and str(corpus.package(name)) in reasons[name], name
     # models that load but may not run package code are scored as skipped by the grey-box estimator, not failed
     loadable = set(SKIPPED_BY_GREYBOX) | {"pickle-weights"}
-    assert sorted(f.model for f in summary.failed) == sorted(set(MODELS) - loadable)
+    assert sorted(f.model for f in summary.failed) == sorted(set(MODELS) - loadable - set(NOT_FITTING))
     assert not corpus.marker.exists() and not corpus.pickle_marker.exists()
 
 
