@@ -5,15 +5,19 @@ two channels on single-channel images, a model of another task when tasks are ma
 model: it is left out of the scoring with a one-line reason, so the zoo's maintainers see why a model is not on a
 target's ranking and their failure notifications are about models that broke. The rules are the ones the scoring
 applies (:func:`bioimage_cte.images.load_target` for channels, the predictor for 2D/3D), checked on the target's
-first image; a model whose RDF cannot be read here is kept and fails, with its own reason, when it is loaded.
+first image, read once for all models (:class:`ImageFit`); a model whose RDF cannot be read here is kept and fails,
+with its own reason, when it is loaded.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from bioimage_cte.errors import InvalidImageError, one_line
 from bioimage_cte.tags import matches_tag, task_groups
@@ -21,7 +25,7 @@ from bioimage_cte.tags import matches_tag, task_groups
 if TYPE_CHECKING:
     from bioimage_cte.sources import ModelSource
 
-__all__ = ["InputLayout", "input_layout", "mixed_dimensions_warning", "model_reason", "shape_reason", "task_reason"]
+__all__ = ["ImageFit", "InputLayout", "input_layout", "mixed_dimensions_warning", "shape_reason", "task_reason"]
 
 
 @dataclass(frozen=True)
@@ -99,59 +103,81 @@ def task_reason(tags: list[str], task: str) -> str | None:
     return f"tagged for {named}, not for the target task {task}"
 
 
-def shape_reason(layout: InputLayout, image: Path, *, model: str, axes: str | None = None,
-                 channels: tuple[int, ...] | None = None, max_pixels: int | None = None) -> str | None:
-    """Why a model with ``layout`` cannot run on ``image`` as the scoring would feed it (None when it can).
+class ImageFit:
+    """A target's first image, read once (on first use), against which every model's :class:`InputLayout` is checked.
 
     Channels are selected exactly as :func:`bioimage_cte.images.load_target` does for the scoring (a
     single-channel model gets a multi-channel image's channels averaged, ``channels`` picks them); a 3D model needs
     z-stacks, while a 2D model runs on a stack slice by slice.
     """
-    from bioimage_cte.images import load_target
 
-    try:
-        data = load_target(image, axes=axes, channels=channels, n_channels=layout.channels, model=model,
-                           max_pixels=max_pixels)
-    except InvalidImageError as e:
-        return one_line(e)
-    spatial_dims = data.ndim - (layout.channels > 1)
-    if layout.spatial == "zyx" and spatial_dims == 2:
-        # the predictor's own words for the same refusal
-        return (f"{model}: 3D model (input axes {layout.spatial}) but the image is 2D {data.shape[-2:]}; rank 3D "
-                "models on z-stacks (--axes zyx)")
-    return None
+    def __init__(self, image: Path, *, axes: str | None = None, channels: tuple[int, ...] | None = None,
+                 max_pixels: int | None = None) -> None:
+        self.image, self.channels, self.max_pixels = Path(image), channels, max_pixels
+        self._axes = axes
 
+    @functools.cached_property
+    def _read(self) -> tuple[np.ndarray | None, str | None, str | None]:
+        """(raw pixels, their axes, None), or (None, None, why the image cannot be read)."""
+        from bioimage_cte.images import read_image, tiff_axes
 
-def model_reason(source: ModelSource, image: Path, *, axes: str | None = None,
-                 channels: tuple[int, ...] | None = None, max_pixels: int | None = None) -> str | None:
-    """:func:`shape_reason` for one model package (None also when its RDF does not state its input plainly)."""
-    from bioimage_cte.sources import read_rdf
+        try:
+            return read_image(self.image, max_pixels=self.max_pixels), self._axes or tiff_axes(self.image), None
+        except InvalidImageError as e:
+            return None, None, one_line(e)
 
-    layout = input_layout(read_rdf(source))
-    if layout is None:
+    def _fed(self, n_channels: int, model: str, channels: tuple[int, ...] | None) -> np.ndarray:
+        from bioimage_cte.image_axes import to_model_input
+
+        data, axes, problem = self._read
+        if problem is not None:
+            raise InvalidImageError(problem)
+        return to_model_input(data, axes=axes, channels=channels, n_channels=n_channels, path=self.image,
+                              model=model)
+
+    def reason(self, layout: InputLayout, *, model: str) -> str | None:
+        """Why a model with ``layout`` cannot run on the image as the scoring would feed it (None when it can)."""
+        try:
+            data = self._fed(layout.channels, model, self.channels)
+        except InvalidImageError as e:
+            return one_line(e)
+        if layout.spatial == "zyx" and data.ndim - (layout.channels > 1) == 2:
+            # the predictor's own words for the same refusal
+            return (f"{model}: 3D model (input axes {layout.spatial}) but the image is 2D {data.shape[-2:]}; rank 3D "
+                    "models on z-stacks (--axes zyx)")
         return None
-    return shape_reason(layout, image, model=source.location, axes=axes, channels=channels, max_pixels=max_pixels)
+
+    @functools.cached_property
+    def is_stack(self) -> bool:
+        """Whether the image is a z-stack (as a single-channel model would be fed it)."""
+        try:
+            return self._fed(1, "the model", None).ndim == 3
+        except InvalidImageError:
+            return False
 
 
-def mixed_dimensions_warning(sources: Sequence[ModelSource], image: Path, *, axes: str | None = None,
+def shape_reason(layout: InputLayout, image: Path, *, model: str, axes: str | None = None,
+                 channels: tuple[int, ...] | None = None, max_pixels: int | None = None) -> str | None:
+    """Why a model with ``layout`` cannot run on ``image`` (:meth:`ImageFit.reason`, for one model)."""
+    return ImageFit(image, axes=axes, channels=channels, max_pixels=max_pixels).reason(layout, model=model)
+
+
+def mixed_dimensions_warning(sources: Sequence[ModelSource], image: Path | ImageFit, *, axes: str | None = None,
                              max_pixels: int | None = None) -> str | None:
     """A warning when z-stacks are ranked with 3D models and 2D models (run slice by slice) side by side.
 
+    ``image`` is the target's first image, or its :class:`ImageFit` when the caller has one (no second read).
     On the demo zoo's 3D target such a mixed ranking of 19 nuclei models agreed poorly with the true Dice (Spearman
     0.50 for tta, 0.31 for cte-dropout; neither picked the best model, a 3D one), while the 3D models alone were
     ranked in their true order: the two kinds' consistency is not on one scale.
     """
-    from bioimage_cte.images import load_target
     from bioimage_cte.sources import read_rdf
 
     kinds = {layout.spatial for layout in (input_layout(read_rdf(s)) for s in sources) if layout is not None}
     if kinds != {"yx", "zyx"}:
         return None
-    try:
-        stack = load_target(image, axes=axes, max_pixels=max_pixels).ndim == 3
-    except InvalidImageError:
-        return None
-    if not stack:
+    fit = image if isinstance(image, ImageFit) else ImageFit(image, axes=axes, max_pixels=max_pixels)
+    if not fit.is_stack:
         return None
     return ("the candidates mix 3D models and 2D models run slice by slice; their consistency is not on one scale "
             "(on the demo 3D target the mixed ranking agreed poorly with the truth), so compare the two kinds "

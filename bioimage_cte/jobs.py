@@ -206,7 +206,7 @@ def plan_pairs(
     BioimageCteError
         The estimator cannot be stored per model (``consensus``) or needs labels a target lacks.
     """
-    from bioimage_cte.fit import input_layout, shape_reason, task_reason
+    from bioimage_cte.fit import ImageFit, input_layout, task_reason
     from bioimage_cte.sources import file_sha256, read_rdf
 
     names = [t.name for t in targets]
@@ -221,21 +221,17 @@ def plan_pairs(
     for target in targets:
         settings = _settings(options, target)
         task = (target.task or "").lower()
-        shape_reasons: dict[Any, str | None] = {}  # one image read per layout and target, not per model
+        fit = ImageFit(Path(target.images[0]), axes=options.axes, channels=options.channels,
+                       max_pixels=options.max_pixels) if target.images else None
         for source in sources:
             tags = rdfs[source.location].get("tags", [])
             reason = task_reason([str(t) for t in tags] if isinstance(tags, list) else [], task) if match_task \
                 else None
             layout = layouts[source.location]
-            if reason is None and layout is not None and target.images:
-                if layout not in shape_reasons:  # shared by the models of one layout: each names itself below
-                    shape_reasons[layout] = shape_reason(layout, Path(target.images[0]), model="{model}",
-                                                         axes=options.axes, channels=options.channels,
-                                                         max_pixels=options.max_pixels)
-                reason = shape_reasons[layout]
+            if reason is None and layout is not None and fit is not None:
+                reason = fit.reason(layout, model=source.location)
             if reason is not None:
-                unfit.append(UnfitPair(source.name, source.source, target.name,
-                                       reason.replace("{model}", source.location)))
+                unfit.append(UnfitPair(source.name, source.source, target.name, reason))
                 continue
             model, sha256 = identity[source.location]
             key = result_key(model, target.fingerprint, options.estimator, settings)

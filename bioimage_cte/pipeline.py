@@ -28,7 +28,7 @@ from bioimage_cte.budget import rank_adaptive
 from bioimage_cte.errors import BioimageCteError, InvalidImageError, InvalidModelError, one_line
 from bioimage_cte.estimators import LABEL_FREE, Estimator, FewLabelOracle, Perturbing
 from bioimage_cte.evaluation import Evaluation, evaluate_rankings
-from bioimage_cte.fit import mixed_dimensions_warning, model_reason
+from bioimage_cte.fit import ImageFit, input_layout, mixed_dimensions_warning
 from bioimage_cte.images import check_images, list_images, load_labels
 from bioimage_cte.metrics import METRICS
 from bioimage_cte.options import RankOptions
@@ -36,7 +36,7 @@ from bioimage_cte.ranking import Ranking, build_ranking, ranking_json
 from bioimage_cte.rdf_checks import precheck_package
 from bioimage_cte.scoring import ModelFailure, ModelResult, Stage, failure_of, overlay_predictions, rank_models
 from bioimage_cte.setup_checks import check_device, layer_missing_everywhere
-from bioimage_cte.sources import ModelSource, filter_by_tag, locate_models, mixed_tasks_warning
+from bioimage_cte.sources import ModelSource, filter_by_tag, locate_models, mixed_tasks_warning, read_rdf
 from bioimage_cte.strength import with_automatic_strength
 
 __all__ = ["EvaluationRun", "Progress", "RankingRun", "evaluate", "rank", "report_overlays"]
@@ -151,21 +151,22 @@ def _inputs(models: Sequence[str | Path], images: str | Path | Sequence[Path], o
         raise InvalidImageError(f"none of the {len(paths)} images can be read, so there is nothing to rank on:\n"
                                 + "\n".join(f"  {reason}" for _, reason in check.skipped))
     checked: list[ModelSource] = []
+    fit = ImageFit(check.paths[0], axes=options.axes, channels=options.channels, max_pixels=options.max_pixels)
     for source in sources:
         try:
             precheck_package(source.location, max_entry_bytes=options.max_entry_bytes)
         except BioimageCteError as e:
             failures.append(failure_of(source, e))
+            continue
+        # a model that cannot see these images (3D on 2D, channel count) is named now, before anything loads
+        layout = input_layout(read_rdf(source))
+        reason = None if layout is None else fit.reason(layout, model=source.location)
+        if reason is None:
+            checked.append(source)
         else:
-            # a model that cannot see these images (3D on 2D, channel count) is named now, before anything loads
-            reason = model_reason(source, check.paths[0], axes=options.axes, channels=options.channels,
-                                  max_pixels=options.max_pixels)
-            if reason is None:
-                checked.append(source)
-            else:
-                failures.append(ModelFailure(source.name, source.source, Stage.SKIPPED, reason))
+            failures.append(ModelFailure(source.name, source.source, Stage.SKIPPED, reason))
     mixed = None if options.tag else mixed_tasks_warning(checked)
-    dims = mixed_dimensions_warning(checked, check.paths[0], axes=options.axes, max_pixels=options.max_pixels)
+    dims = mixed_dimensions_warning(checked, fit)
     warnings = [w for w in (mixed, dims) if w] + list(check.warnings)
     warnings += [f"skipped image {p}: {reason}" for p, reason in check.skipped]
     for text in warnings:
