@@ -7,8 +7,9 @@
     python benchmarks/budget.py benchmarks/results/quality_values_held-out_48_tta.json
 
 For each target, each estimator's top-1 model on all 48 images is compared with the top-1 after the library's own
-stopping rule (:func:`bioimage_cte.budget.lead_is_settled` on :func:`bioimage_cte.budget.scores_of`, images in the
-order of :func:`bioimage_cte.budget.image_order`): a replay, not a second implementation. The per-image values are
+stopping rule (:func:`bioimage_cte.run.budget.lead_is_settled` on
+:func:`bioimage_cte.run.budget.scores_of`, images in the
+order of :func:`bioimage_cte.run.budget.image_order`): a replay, not a second implementation. The per-image values are
 those of perturbation seed 0; ``--order-seeds`` replays the image order and the bootstrap with other run seeds on the
 same values (a full run with seed s would also redraw the perturbations). Prints ratios: the fraction of targets with
 the same top-1, and the mean fraction of the images used.
@@ -27,9 +28,9 @@ import numpy as np
 os.environ.setdefault("TQDM_DISABLE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bioimage_cte.budget import image_order, lead_is_settled, scores_of, stop_reason  # noqa: E402
-from bioimage_cte.combined import CTECombined, per_image_combined  # noqa: E402
-from bioimage_cte.estimators import CTEDihedral, CTEDropout, CTEInput, TTAAgreement  # noqa: E402
+from bioimage_cte.cte.combined import CTECombined, per_image_combined  # noqa: E402
+from bioimage_cte.cte.estimators import CTEDihedral, CTEDropout, CTEInput, TTAAgreement  # noqa: E402
+from bioimage_cte.run.budget import image_order, lead_is_settled, scores_of, stop_reason  # noqa: E402
 
 FAMILY_KEYS = {"dropout": "dropout@0.2", "dihedral": "dihedral", "noise": "noise@0.1"}
 ESTIMATORS = {"tta": (TTAAgreement(), None), "cte": (CTECombined(), None),
@@ -61,7 +62,7 @@ def _measured(target: dict, name: str) -> bool:
 def fast_scores(values: np.ndarray, how: str):
     """The estimator's aggregate (median or mean of the valid per-image values) over positions, vectorised.
 
-    Equal to :func:`bioimage_cte.budget.scores_of` with the estimator (checked on the full run below); the replay
+    Equal to :func:`bioimage_cte.run.budget.scores_of` with the estimator (checked on the full run below); the replay
     calls it 200 times per image, where the per-model Python loop of ``scores_of`` is too slow for 48 images.
     """
     reduce = np.nanmedian if how == "median" else np.nanmean

@@ -13,7 +13,7 @@ alternatives on both target sets, held-out targets first (they were never tuned 
 - draws: one dropout mask per image is what ``cte-dropout`` uses; each layer is scored with 6 independent
   draws to show how much one draw moves the result, and with the consistency of all 6 averaged per image
   (``repeats=6``). Draw r on image i is ``CTEDropout.perturbed_prediction(..., seed=seed, index=i, repeat=r)``,
-  whose mask seed is ``draw_seed(seed, "feature-dropout", image=i, repeat=r)`` (:mod:`bioimage_cte.seeds`): draw 0
+  whose mask seed is ``draw_seed(seed, "feature-dropout", image=i, repeat=r)`` (:mod:`bioimage_cte.cte.seeds`): draw 0
   is what ``rank --seed <seed>`` uses, and draws 0 to r-1 are what ``--repeats r`` averages;
 - score: soft (effective invariance) or hard (IoU of the thresholded masks);
 - aggregation over images: median (the paper's) or mean.
@@ -40,16 +40,17 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 from ranking_quality import write_held_out_targets  # noqa: E402
 
-from bioimage_cte.consistency import hard_consistency, soft_consistency  # noqa: E402
+from bioimage_cte.cte.consistency import hard_consistency, soft_consistency  # noqa: E402
+from bioimage_cte.cte.estimators import CTEDropout  # noqa: E402
+from bioimage_cte.cte.metrics import foreground_dice  # noqa: E402
 from bioimage_cte.demozoo.archs.unet import UNet2d  # noqa: E402
 from bioimage_cte.demozoo.formats import trained_only  # noqa: E402
-from bioimage_cte.estimators import CTEDropout  # noqa: E402
-from bioimage_cte.images import list_images, load_labels, load_target, target_task  # noqa: E402
-from bioimage_cte.metrics import foreground_dice  # noqa: E402
-from bioimage_cte.options import RankOptions  # noqa: E402
-from bioimage_cte.predictors import load_model, make_predictor  # noqa: E402
-from bioimage_cte.sources import filter_by_tag, find_models  # noqa: E402
+from bioimage_cte.predict.factory import make_predictor  # noqa: E402
+from bioimage_cte.predict.images import list_images, load_labels, load_target, target_task  # noqa: E402
+from bioimage_cte.run.options import RankOptions  # noqa: E402
 from bioimage_cte.studies.transfer import find_targets  # noqa: E402
+from bioimage_cte.zoo.models import load_model
+from bioimage_cte.zoo.sources import filter_by_tag, find_models  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REPEATS = (1, 3, 6)

@@ -15,7 +15,7 @@ with one thread. Two numbers per comparison:
 
 The fixed cost is the same for 1 and 2 workers, so the end-to-end speed-up grows with the work:
 one target of the demo zoo (17 models x 4 images) is too little to hide it. Every run ranks with the same
-:class:`~bioimage_cte.options.RankOptions` (``cte-dropout``, ``--seed``), so the rankings must be equal. Run from
+:class:`~bioimage_cte.run.options.RankOptions` (``cte-dropout``, ``--seed``), so the rankings must be equal. Run from
 the repository root (prefect.toml keeps it quiet and offline), on otherwise idle CPUs.
 """
 
@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bioimage_cte.options import RankOptions
+from bioimage_cte.run.options import RankOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TARGETS = [ROOT / "resources" / "data" / "dsb2018", ROOT / "resources" / "data" / "nuclei-tiny-crowded"]
@@ -46,7 +46,7 @@ class Run:
 
 
 def _run(zoo: Path, targets: list[Path], workers: int, tmp: Path, options: RankOptions) -> Run:
-    from bioimage_cte.results import ResultStore
+    from bioimage_cte.run.store import ResultStore
     from bioimage_cte_flows.zoo_ranking import ZooRunOptions, run_zoo_ranking
 
     out = tmp / f"workers-{workers}"

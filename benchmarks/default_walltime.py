@@ -2,7 +2,7 @@
 
     python benchmarks/default_walltime.py [--estimators cte-dropout cte tta] [--repeats 3] [--budget all]
 
-Runs :func:`bioimage_cte.pipeline.rank` as ``scripts/demo.sh`` does (the demo zoo's nuclei models on the DSB2018
+Runs :func:`bioimage_cte.run.pipeline.rank` as ``scripts/demo.sh`` does (the demo zoo's nuclei models on the DSB2018
 images), each estimator in turn, ``--repeats`` rounds interleaved so a busy machine slows every estimator alike, and
 prints each one's median wall and CPU time and its ratio to ``cte-dropout``'s (issue #13's bar for the default:
 at most 2x). The first estimator given is the reference.
@@ -19,8 +19,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import numpy as np  # noqa: E402
 
-from bioimage_cte.options import RankOptions  # noqa: E402
-from bioimage_cte.pipeline import rank  # noqa: E402
+from bioimage_cte.run.options import RankOptions  # noqa: E402
+from bioimage_cte.run.pipeline import rank  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ target's images, no labels), then each is fine-tuned on k = 1, 5 and all-but-the
 the same step budget, next to the same architectures trained from scratch; Dice is measured on 2 held-out images.
 Writes ``<output>.json``, ``<output>.md`` (the README table) and ``<output>.html`` (plots and CKA heatmaps).
 Targets run in parallel worker processes with one torch thread each. The zero-shot scores and the fine-tuning
-share one :class:`~bioimage_cte.options.RankOptions` (``--seed``; its code policy decides which architectures may
+share one :class:`~bioimage_cte.run.options.RankOptions` (``--seed``; its code policy decides which architectures may
 be built). A smoke run: ``--steps 1 --k 1 --targets nuclei-tiny-crowded --workers 1 --output /tmp/finetune``.
 """
 
@@ -32,10 +32,10 @@ def run_target(target: str, steps: int, ks: list, seed: int) -> dict:
 
     torch.set_num_threads(1)
     from bioimage_cte.demozoo.formats import trained_only
-    from bioimage_cte.images import list_images, load_labels, load_target, target_task
-    from bioimage_cte.options import RankOptions
-    from bioimage_cte.sources import filter_by_tag, find_models
+    from bioimage_cte.predict.images import list_images, load_labels, load_target, target_task
+    from bioimage_cte.run.options import RankOptions
     from bioimage_cte.studies.finetune import FinetuneConfig, run_finetune_benchmark, zero_shot_cte
+    from bioimage_cte.zoo.sources import filter_by_tag, find_models
 
     options = RankOptions(estimator="cte-dropout", seed=seed)
     zero_shot_name = f"CTE (cte-dropout, strength={options.make_estimator().settings()['strength']})"

@@ -70,9 +70,9 @@ def tiff_bomb(path: Path, *, side: int = 40000, tile: int = 512) -> Path:
 _IN_PROCESS = """
 import sys, time
 from pathlib import Path
-from bioimage_cte.errors import BioimageCteError
-from bioimage_cte.images import read_image
-from bioimage_cte.rdf_checks import precheck_package
+from bioimage_cte.base.errors import BioimageCteError
+from bioimage_cte.predict.images import read_image
+from bioimage_cte.zoo.rdf_checks import precheck_package
 for name, call in (("precheck_package(yaml-bomb)", lambda: precheck_package(sys.argv[1])),
                    ("read_image(tiff-bomb)", lambda: read_image(Path(sys.argv[2])))):
     start = time.perf_counter()

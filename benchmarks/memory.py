@@ -9,10 +9,10 @@ The issue asks the 40-model x 100-image peak to stay within 1.5x of the 4-model 
 
 Two paths, as a user and as a zoo maintainer run them:
 
-- rank: :func:`bioimage_cte.pipeline.rank`, what ``bioimage-cte rank`` runs (every image checked once, then
-  :func:`~bioimage_cte.scoring.rank_models` and :func:`~bioimage_cte.ranking.build_ranking`);
-- store: :func:`bioimage_cte.jobs.plan_jobs`, :func:`~bioimage_cte.jobs.score_job` per model and
-  :func:`~bioimage_cte.jobs.rank_target` over a fresh results store: what each Prefect task of
+- rank: :func:`bioimage_cte.run.pipeline.rank`, what ``bioimage-cte rank`` runs (every image checked once, then
+  :func:`~bioimage_cte.run.scoring.rank_models` and :func:`~bioimage_cte.run.ranking.build_ranking`);
+- store: :func:`bioimage_cte.run.jobs.plan_jobs`, :func:`~bioimage_cte.run.jobs.score_job` per model and
+  :func:`~bioimage_cte.run.jobs.rank_target` over a fresh results store: what each Prefect task of
   ``bioimage_cte_flows.zoo_ranking`` does, without Prefect (its temporary server is a separate process and is
   not the ranking's memory).
 
@@ -24,7 +24,7 @@ affordable on 2 cores. Options: ``RankOptions(estimator="cte-dropout")`` (one cl
 image), the same for both paths. Results go to ``benchmarks/results/memory.md`` by hand. A smoke run:
 ``--small 1x1 --large 2x2``.
 
-- volume (issue #14): one 3D ranking (:func:`bioimage_cte.pipeline.rank`, ``cte-dropout``) of a 3D model on one
+- volume (issue #14): one 3D ranking (:func:`bioimage_cte.run.pipeline.rank`, ``cte-dropout``) of a 3D model on one
   z-stack, X x Y x Z given by ``--volume-small`` / ``--volume-large``; the issue asks 512x512x64 to stay within
   1.5x of 256x256x32. The model is a seeded, untrained 3D TinyNet package (zyx input, 16 features, per-image
   zero-mean-unit-variance preprocessing,
@@ -130,20 +130,20 @@ def make_volume_case(folder: Path, shape_xyz: tuple[int, int, int]) -> tuple[Pat
 
 
 def run_child(path: str, zoo: Path, images: Path, store: Path) -> dict:
-    from bioimage_cte.images import list_images
-    from bioimage_cte.options import RankOptions
-    from bioimage_cte.sources import find_models
+    from bioimage_cte.predict.images import list_images
+    from bioimage_cte.run.options import RankOptions
+    from bioimage_cte.zoo.sources import find_models
 
     start = time.perf_counter()
     options = RankOptions(estimator="cte-dropout")
     if path in ("rank", "volume"):
-        from bioimage_cte.pipeline import rank
+        from bioimage_cte.run.pipeline import rank
 
         run = rank([zoo], images, options)
         n_models, scored, failed = len(run.sources), len(run.ranking.scores), len(run.ranking.failures)
     else:
-        from bioimage_cte.jobs import plan_jobs, rank_target, read_target, score_job
-        from bioimage_cte.results import ResultStore
+        from bioimage_cte.run.jobs import plan_jobs, rank_target, read_target, score_job
+        from bioimage_cte.run.store import ResultStore
 
         sources = find_models([zoo])
         n_models = len(sources)

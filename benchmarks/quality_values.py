@@ -11,8 +11,8 @@ on the run seed); then, per run seed, one feature-dropout pass (rate 0.2) and on
 range), and the seeded dihedral pass (its prediction depends only on the drawn element, so each element is predicted
 once per image and shared by the seeds and by ``tta``). Each pass is recorded as soft and hard consistency with the
 clean prediction and as the fraction of the clean foreground the perturbed mask keeps. ``--grid`` adds, on the
-first :data:`~bioimage_cte.strength.CHOICE_IMAGES` images of each seed's order, the other strengths of
-:data:`~bioimage_cte.strength.STRENGTH_GRIDS` (what the automatic strength looks at), and the chosen strength on
+first :data:`~bioimage_cte.run.strength.CHOICE_IMAGES` images of each seed's order, the other strengths of
+:data:`~bioimage_cte.run.strength.STRENGTH_GRIDS` (what the automatic strength looks at), and the chosen strength on
 every image.
 
 Calibration twins: for each model, a sharper (logits x4) and a softer (logits x0.25) twin, as if the package's last
@@ -24,7 +24,7 @@ a good one made under-confident, chosen by name before any result was seen.
 
 Every estimator of the benchmark -- each family alone at its default or at the automatically chosen strength, the
 combined ``cte``, the adaptive budget -- is then a function of these numbers, so no model runs twice for two
-estimators. Draws are the library's (:mod:`bioimage_cte.seeds`): the values are exactly
+estimators. Draws are the library's (:mod:`bioimage_cte.cte.seeds`): the values are exactly
 those ``rank`` computes with the same seed.
 """
 
@@ -44,9 +44,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from bioimage_cte.budget import image_order  # noqa: E402
-from bioimage_cte.consistency import hard_consistency, soft_consistency  # noqa: E402
-from bioimage_cte.estimators import (  # noqa: E402
+from bioimage_cte.cte.consistency import hard_consistency, soft_consistency  # noqa: E402
+from bioimage_cte.cte.estimators import (  # noqa: E402
     ConsensusAgreement,
     CTEDihedral,
     CTEDropout,
@@ -55,13 +54,14 @@ from bioimage_cte.estimators import (  # noqa: E402
     NegativeEntropy,
     TTAAgreement,
 )
-from bioimage_cte.images import list_images, load_labels, load_target, target_task  # noqa: E402
-from bioimage_cte.metrics import foreground_dice  # noqa: E402
-from bioimage_cte.perturbations import dihedral, undo_dihedral  # noqa: E402
-from bioimage_cte.segmentation import Prediction  # noqa: E402
-from bioimage_cte.sources import filter_by_tag, find_models  # noqa: E402
-from bioimage_cte.strength import CHOICE_IMAGES, STRENGTH_GRIDS, choose_strength  # noqa: E402
+from bioimage_cte.cte.metrics import foreground_dice  # noqa: E402
+from bioimage_cte.cte.perturbations import dihedral, undo_dihedral  # noqa: E402
+from bioimage_cte.predict.images import list_images, load_labels, load_target, target_task  # noqa: E402
+from bioimage_cte.predict.segmentation import Prediction  # noqa: E402
+from bioimage_cte.run.budget import image_order  # noqa: E402
+from bioimage_cte.run.strength import CHOICE_IMAGES, STRENGTH_GRIDS, choose_strength  # noqa: E402
 from bioimage_cte.studies.transfer import find_targets  # noqa: E402
+from bioimage_cte.zoo.sources import filter_by_tag, find_models  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,7 +123,8 @@ class _Record:
 def measure_model(source, paths, labels, seeds: list[int], factors: tuple[float, ...], *, grid: bool,
                   families_only: bool = False, clean_only: bool = False) -> tuple[dict[float, dict], list[np.ndarray]]:
     """Every per-image value of one model and its twins (by factor); also its clean masks (for consensus)."""
-    from bioimage_cte.predictors import load_model, make_predictor
+    from bioimage_cte.predict.factory import make_predictor
+    from bioimage_cte.zoo.models import load_model
 
     predictor = make_predictor(load_model(source.location), name=source.location, greybox=True, layer=None,
                                devices=["cpu"], weight_format=None)
@@ -172,7 +173,8 @@ def _grid_passes(predictor, images, cleans, seeds, record: _Record) -> None:
 
 def _finish_auto(target: dict, source_of: dict, paths, seeds, pools) -> None:
     """Per pool and seed, the automatic strength per family, and every image scored at it (one more model pass)."""
-    from bioimage_cte.predictors import load_model, make_predictor
+    from bioimage_cte.predict.factory import make_predictor
+    from bioimage_cte.zoo.models import load_model
 
     need: dict[str, set] = {}
     for pool, names in pools.items():
@@ -222,7 +224,7 @@ def candidates(sources: list) -> list:
     """The 17 trained 2D demo UNets every table was measured on: no format variant (the same network again) and
     none of the shape packages added later (3D, 2-channel, boundary-only, multi-class), so that runs compare."""
     from bioimage_cte.demozoo.formats import trained_only
-    from bioimage_cte.sources import read_tags
+    from bioimage_cte.zoo.sources import read_tags
 
     return [s for s in trained_only(sources) if "unet2d" in read_tags(s)]
 

@@ -17,7 +17,8 @@ and a good one made under-confident, same masks; pool ``task+calibration``):
   each, and evaluated once after that design was frozen.
 
 Every estimator is derived from the per-image values of :mod:`quality_values` with the library's own functions
-(:func:`bioimage_cte.combined.combine`, :func:`bioimage_cte.strength.choose_strength`), so no model runs twice for
+(:func:`bioimage_cte.cte.combined.combine`, :func:`bioimage_cte.run.strength.choose_strength`), so no model runs
+twice for
 two estimators. Each figure is the mean over the run seeds (default 0-4) with its range over seeds.
 """
 
@@ -85,10 +86,10 @@ def write_held_out_targets(n: int, root: Path, *, new: bool = False, n_images: i
 
 from scipy import stats  # noqa: E402
 
-from bioimage_cte.budget import image_order  # noqa: E402
-from bioimage_cte.combined import combine, per_image_combined  # noqa: E402
-from bioimage_cte.seeds import rng  # noqa: E402
-from bioimage_cte.strength import CHOICE_IMAGES, STRENGTH_GRIDS, choose_strength  # noqa: E402
+from bioimage_cte.cte.combined import combine, per_image_combined  # noqa: E402
+from bioimage_cte.cte.seeds import rng  # noqa: E402
+from bioimage_cte.run.budget import image_order  # noqa: E402
+from bioimage_cte.run.strength import CHOICE_IMAGES, STRENGTH_GRIDS, choose_strength  # noqa: E402
 
 DEFAULT_STRENGTH = {"dropout": 0.2, "noise": 0.1}
 

@@ -30,13 +30,13 @@ import numpy as np
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from bioimage_cte.evaluation import evaluate_rankings  # noqa: E402
-from bioimage_cte.images import list_images, load_labels, target_task  # noqa: E402
-from bioimage_cte.options import RankOptions  # noqa: E402
-from bioimage_cte.ranking import finite  # noqa: E402
-from bioimage_cte.safe_yaml import load_untrusted_yaml  # noqa: E402
-from bioimage_cte.scoring import rank_models  # noqa: E402
-from bioimage_cte.sources import filter_by_tag, find_models  # noqa: E402
+from bioimage_cte.predict.images import list_images, load_labels, target_task  # noqa: E402
+from bioimage_cte.run.evaluation import evaluate_rankings  # noqa: E402
+from bioimage_cte.run.options import RankOptions  # noqa: E402
+from bioimage_cte.run.ranking import finite  # noqa: E402
+from bioimage_cte.run.scoring import rank_models  # noqa: E402
+from bioimage_cte.zoo.safe_yaml import load_untrusted_yaml  # noqa: E402
+from bioimage_cte.zoo.sources import filter_by_tag, find_models  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"nuclei3d-medium-noisy": "3d", "cells2ch-medium": "multi-channel"}

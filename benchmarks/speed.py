@@ -5,10 +5,11 @@
 Three ways to get what CTE feature-dropout needs (a clean and a perturbed prediction of every image by every
 model), each timed end to end including model loading:
 
-- cte: :func:`bioimage_cte.scoring.rank_models` with ``cte-dropout`` from one :class:`~bioimage_cte.options.RankOptions`
+- cte: :func:`bioimage_cte.run.scoring.rank_models` with ``cte-dropout`` from one
+  :class:`~bioimage_cte.run.options.RankOptions`
   (one bioimageio pipeline per model, the model's own pre/postprocessing, consistency scoring);
 - bare: the torch network loaded once per model, the same normalisation and padding by hand, and the two forward
-  passes per image (the same dropout masks, from :func:`bioimage_cte.seeds.draw_seed`) -- the floor any
+  passes per image (the same dropout masks, from :func:`bioimage_cte.cte.seeds.draw_seed`) -- the floor any
   implementation pays;
 - naive: ``bioimageio.core.predict`` once per image and pass (it reloads the model on every call).
 
@@ -30,15 +31,15 @@ import torch  # noqa: E402
 from bioimageio.core import predict  # noqa: E402
 from bioimageio.core.backends.pytorch_backend import load_torch_model  # noqa: E402
 
+from bioimage_cte.cte.perturbations import InputPerturbation, perturb_image  # noqa: E402
+from bioimage_cte.cte.seeds import draw_seed, rng  # noqa: E402
 from bioimage_cte.demozoo.training import normalize  # noqa: E402
-from bioimage_cte.images import list_images, load_target  # noqa: E402
-from bioimage_cte.models import load_model  # noqa: E402
-from bioimage_cte.options import RankOptions  # noqa: E402
-from bioimage_cte.perturbations import InputPerturbation, perturb_image  # noqa: E402
-from bioimage_cte.scoring import rank_models  # noqa: E402
-from bioimage_cte.seeds import draw_seed, rng  # noqa: E402
-from bioimage_cte.sources import find_models  # noqa: E402
-from bioimage_cte.tiling import spatial_spec, valid_size  # noqa: E402
+from bioimage_cte.predict.images import list_images, load_target  # noqa: E402
+from bioimage_cte.predict.tiling import spatial_spec, valid_size  # noqa: E402
+from bioimage_cte.run.options import RankOptions  # noqa: E402
+from bioimage_cte.run.scoring import rank_models  # noqa: E402
+from bioimage_cte.zoo.models import load_model  # noqa: E402
+from bioimage_cte.zoo.sources import find_models  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@
 The same trained network (``nuclei-versatile``) as ``pytorch_state_dict`` (forward hook on the torch network), as
 ``onnx`` (``nuclei-versatile-onnx``: the ONNX graph rewritten with a channel-mask input, run by onnxruntime) and,
 for the path through torchscript, ``nuclei-dim-blurry`` against ``nuclei-dim-blurry-torchscript`` (exported to
-ONNX when loaded). Each row is :func:`bioimage_cte.scoring.score_model` with ``cte-dropout`` (model loading, the
+ONNX when loaded). Each row is :func:`bioimage_cte.run.scoring.score_model` with ``cte-dropout`` (model loading, the
 clean and the perturbed pass of every image, scoring), the median of ``--repeats`` runs; the ratio is against the
 state-dict run of the same network in the same process. The scores of both formats are printed too: they must
 agree (same masks, same network).
@@ -24,11 +24,11 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bioimage_cte.estimators import make_estimator  # noqa: E402
-from bioimage_cte.images import list_images  # noqa: E402
-from bioimage_cte.options import RankOptions  # noqa: E402
-from bioimage_cte.scoring import score_model  # noqa: E402
-from bioimage_cte.sources import find_models  # noqa: E402
+from bioimage_cte.cte.registry import make_estimator  # noqa: E402
+from bioimage_cte.predict.images import list_images  # noqa: E402
+from bioimage_cte.run.options import RankOptions  # noqa: E402
+from bioimage_cte.run.scoring import score_model  # noqa: E402
+from bioimage_cte.zoo.sources import find_models  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "resources" / "zoo"

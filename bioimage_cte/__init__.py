@@ -4,51 +4,61 @@ The method is the Consistency-based Transferability Estimator (CTE; Talks & Kres
 arXiv 2503.00450): a model that transfers well predicts consistently when its input or its
 internal features are perturbed.
 
-Modules
--------
-The method, in the order an image meets it:
+The public API, re-exported here: :func:`rank`, :func:`evaluate`, :class:`RankOptions`,
+:data:`ESTIMATORS` and :data:`LABEL_FREE` (the estimator names), :func:`make_estimator`.
 
-options
-    ``RankOptions``: every run option in one frozen, keyword-only object.
-sources
-    Finding models: rdf.yaml files, package folders and zips, folders of packages, a zoo collection index, URLs.
-images
-    Reading target images (and labels) from folders, globs and files.
-trust
-    Which code shipped inside a package may run.
-predictors
-    Black-box and grey-box predictors over ``bioimageio.core`` prediction pipelines.
-perturbations, seeds
-    Input perturbations and feature dropout; every random draw derived from the run's seed.
-segmentation
-    A model's ``Prediction``; masks and instance labels from probability maps.
-consistency
-    Consistency scores between a clean and a perturbed prediction, and their aggregation over images.
-estimators
-    CTE and label-free baselines behind one interface, with a registry.
-scoring
-    Running each model over the images once clean and once per perturbation.
-ranking
-    Per-image scores to a ranking and its JSON.
-metrics, evaluation
-    True performance against labels; agreement between an estimated and the true ranking.
-pipeline
-    The entry points: ``rank`` and ``evaluate`` (find, filter, check, score, rank).
-results, jobs
-    The results database, and a zoo-wide run planned as jobs over it (used by the Prefect flow).
-annotate, packages, reports, fileutils
-    Writing rankings back onto model cards, zoo reports and the HTML report; safe file writes.
+Sub-packages, in the order an image meets them (each imports only those before it):
+
+base
+    Errors, lazy imports, safe file writes, the version.
+zoo
+    Finding and opening untrusted packages: sources, zip and YAML checks, the model description, which code
+    may run (``trust``) and which weights each model runs with (``weights``).
+predict
+    Running one model on one image: images, the predictor factory and its adapters, tiling, the scored output.
+cte
+    The method: perturbations, consistency, the estimators and their registry, metrics.
+run
+    ``RankOptions``, the entry points ``rank`` and ``evaluate``, scoring, ranking, evaluation, zoo jobs.
+outputs
+    Model-card entries, HTML and zoo reports, output destinations.
 cli
     The ``bioimage-cte`` command line.
 
-Sub-packages: ``demozoo`` (how the demo zoo is trained on synthetic domains and packaged) and ``studies``
+Beside them: ``demozoo`` (how the demo zoo is trained on synthetic domains and packaged) and ``studies``
 (transfer matrix, fine-tuning benchmark, CKA). The Prefect flows live in ``flows/`` of the repository and install
 as ``bioimage_cte_flows``; this package never imports prefect.
 
-Heavy dependencies (torch, bioimageio.core) are imported lazily, so importing this
+Heavy dependencies (torch, bioimageio.core) are imported lazily, and so is the API below, so importing this
 package and ``bioimage-cte --help`` stay fast.
+
+Examples
+--------
+>>> import bioimage_cte
+>>> bioimage_cte.RankOptions().estimator in bioimage_cte.LABEL_FREE
+True
 """
 
-__version__ = "0.2.0"
+from __future__ import annotations
 
-__all__ = ["__version__"]
+import importlib
+from typing import Any
+
+from bioimage_cte.base.version import __version__
+
+__all__ = ["ESTIMATORS", "LABEL_FREE", "RankOptions", "__version__", "evaluate", "make_estimator", "rank"]
+
+# name -> the module that defines it; imported on first use (PEP 562)
+_API = {"rank": "bioimage_cte.run.pipeline", "evaluate": "bioimage_cte.run.pipeline",
+        "RankOptions": "bioimage_cte.run.options", "ESTIMATORS": "bioimage_cte.cte.registry",
+        "LABEL_FREE": "bioimage_cte.cte.registry", "make_estimator": "bioimage_cte.cte.registry"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'bioimage_cte' has no attribute {name!r}")
+    return getattr(importlib.import_module(_API[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,6 +1,6 @@
 """Rank every model of a zoo on every target, incrementally: a Prefect flow over the results store.
 
-One task per model x target checks the results store (:mod:`bioimage_cte.results`) and scores the
+One task per model x target checks the results store (:mod:`bioimage_cte.run.store`) and scores the
 model only if the store has no result for this package content, these images, this estimator
 and these settings. The flow then ranks the models per target from the store, writes
 ``<output_dir>/rankings/<target>.json``, optionally writes the rankings back onto the packages
@@ -16,8 +16,8 @@ or from Python with :func:`run_zoo_ranking`. On a schedule (needs a real Prefect
     prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api
     bioimage-cte zoo-rank --cron "0 3 * * 1" resources/zoo resources/data/dsb2018
 
-The flow's parameters are the run's :class:`~bioimage_cte.options.RankOptions` (as JSON, ``options``) and the
-zoo run's own settings; the science is in plain library functions (:mod:`bioimage_cte.jobs`).
+The flow's parameters are the run's :class:`~bioimage_cte.run.options.RankOptions` (as JSON, ``options``) and the
+zoo run's own settings; the science is in plain library functions (:mod:`bioimage_cte.run.jobs`).
 
 ``flows/prefect.yaml`` declares the same schedule for a work pool. Images and packages are read
 by path inside the tasks, so with a Dask cluster every worker must see the same paths, and the
@@ -51,11 +51,11 @@ from prefect.futures import as_completed
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from bioimage_cte import __version__
-from bioimage_cte.deadline import run_with_deadline
-from bioimage_cte.errors import BioimageCteError, ModelTimeoutError
-from bioimage_cte.fileutils import write_atomic
-from bioimage_cte.jobs import (
+from bioimage_cte.base.errors import BioimageCteError, ModelTimeoutError
+from bioimage_cte.base.fileutils import write_atomic
+from bioimage_cte.base.version import __version__
+from bioimage_cte.predict.deadline import run_with_deadline
+from bioimage_cte.run.jobs import (
     JobOutcome,
     ScoreJob,
     TargetSpec,
@@ -66,8 +66,8 @@ from bioimage_cte.jobs import (
     record_failure,
     score_job,
 )
-from bioimage_cte.options import RankOptions
-from bioimage_cte.results import ResultStore
+from bioimage_cte.run.options import RankOptions
+from bioimage_cte.run.store import ResultStore
 from bioimage_cte_flows.operations import check_dask_address, final_message, notify_webhook, run_name
 
 __all__ = [
@@ -147,7 +147,7 @@ class ZooRunSummary:
 
 @dataclass(frozen=True, kw_only=True)
 class ZooRunOptions:
-    """How a zoo run is carried out, beside the ranking's own :class:`~bioimage_cte.options.RankOptions`.
+    """How a zoo run is carried out, beside the ranking's own :class:`~bioimage_cte.run.options.RankOptions`.
 
     Attributes
     ----------
@@ -220,7 +220,7 @@ def score_model_task(job: ScoreJob, store_path: str, refresh: bool = False,
                      torch_threads: int | None = None, timeout: float | None = None) -> JobOutcome:
     """Score one model on one target unless the store has it (the store is the cache, not Prefect).
 
-    A model still running after ``timeout`` seconds is stopped and stored as failed (see bioimage_cte.deadline).
+    A model still running after ``timeout`` seconds is stopped and stored as failed (see bioimage_cte.predict.deadline).
     """
     threads = torch_threads or _dask_worker_threads()
     if threads:
@@ -239,8 +239,8 @@ def score_model_task(job: ScoreJob, store_path: str, refresh: bool = False,
 
 @task(name="annotate-packages", cache_policy=NO_CACHE, task_run_name="annotate packages for {target.name}")
 def annotate_task(ranking_path: str, target: TargetSpec, output: str | None) -> list[str]:
-    """Write one target's ranking back onto the packages' rdf.yaml (see bioimage_cte.annotate)."""
-    from bioimage_cte.annotate import annotate_from_ranking
+    """Write one target's ranking back onto the packages' rdf.yaml (see bioimage_cte.outputs.annotate)."""
+    from bioimage_cte.outputs.annotate import annotate_from_ranking
 
     written = annotate_from_ranking(Path(ranking_path), target=target.name, images=[Path(p) for p in target.images],
                                     output=None if output is None else Path(output), backup=True)
@@ -249,8 +249,8 @@ def annotate_task(ranking_path: str, target: TargetSpec, output: str | None) -> 
 
 @task(name="zoo-reports", cache_policy=NO_CACHE)
 def reports_task(rankings: dict[str, dict[str, Any]], out_dir: str) -> str:
-    """Write the per-model zoo reports under ``<out_dir>/reports`` (see bioimage_cte.reports.write_zoo_reports)."""
-    from bioimage_cte.reports import write_zoo_reports
+    """Write the per-model zoo reports under ``<out_dir>/reports`` (bioimage_cte.outputs.reports.write_zoo_reports)."""
+    from bioimage_cte.outputs.reports import write_zoo_reports
 
     # it also (re)writes <out_dir>/rankings/<target>.json, the same files the flow wrote
     write_zoo_reports(rankings, Path(out_dir), tool_version=__version__)
@@ -389,7 +389,7 @@ def zoo_ranking_flow(
     targets : list of str
         Target folders, each with ``images/`` (``labels/`` optional: true metrics are then stored too).
     options : dict, optional
-        :meth:`bioimage_cte.options.RankOptions.to_json_dict` of the run (estimator, strength, seed, tag, trust,
+        :meth:`bioimage_cte.run.options.RankOptions.to_json_dict` of the run (estimator, strength, seed, tag, trust,
         ...); default: ``RankOptions()``. JSON, so that a deployment can store it.
     run : dict, optional
         The fields of :class:`ZooRunOptions` (store, output folder, write-back, retries, task runner); default:
@@ -513,7 +513,7 @@ def run_zoo_ranking(
 ) -> ZooRunSummary:
     """Run :func:`zoo_ranking_flow` once from plain Python (e.g. the CLI).
 
-    The zoo and every target are checked before Prefect starts (:func:`bioimage_cte.jobs.check_zoo_inputs`): a
+    The zoo and every target are checked before Prefect starts (:func:`bioimage_cte.run.jobs.check_zoo_inputs`): a
     target that cannot be used is listed under ``problems`` with its reason and the others are ranked; a zoo
     without models, or no usable target, raises before anything starts. Without ``PREFECT_API_URL`` a temporary
     Prefect server runs for the run and stops with it, even when the run is killed. ``on_progress`` gets one line
@@ -521,7 +521,7 @@ def run_zoo_ranking(
     Failed (``summary.ranked`` is False then).
     """
     global _on_progress
-    from bioimage_cte.jobs import check_zoo_inputs
+    from bioimage_cte.run.jobs import check_zoo_inputs
 
     run = run or ZooRunOptions()
     options = options or RankOptions()

@@ -19,4 +19,6 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 export TQDM_DISABLE=1 PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 .venv/bin/ruff check .
-.venv/bin/python -m pytest --doctest-modules bioimage_cte tests "$@"
+# the doctests of the library and of the Prefect flows (flows/ installs as bioimage_cte_flows; collected here from
+# the folder, as flows.*), and the tests
+.venv/bin/python -m pytest --doctest-modules bioimage_cte tests flows "$@"

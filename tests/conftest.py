@@ -10,6 +10,27 @@ import pytest
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
+#: whether the test being set up or run is in the fast lane (not marked slow)
+_FAST_LANE = {"now": False}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The fast lane loads no model: building any bioimageio.core model adapter there fails the test."""
+    from bioimageio.core._model_adapter import ModelAdapter
+
+    build = ModelAdapter.__init__
+
+    def guarded(self, *args, **kwargs):
+        if _FAST_LANE["now"]:
+            raise AssertionError("this test loads a model package: mark it @pytest.mark.slow")
+        build(self, *args, **kwargs)
+
+    ModelAdapter.__init__ = guarded
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # set before the item's fixtures, so a model loaded by a shared fixture counts against the test that needs it
+    _FAST_LANE["now"] = item.get_closest_marker("slow") is None
 ZOO = ROOT / "resources" / "zoo"
 DATA = ROOT / "resources" / "data"
 

@@ -12,23 +12,24 @@ from pathlib import Path
 import pytest
 from ruyaml import YAML
 
-from bioimage_cte import fileutils, packages
-from bioimage_cte.annotate import (
-    TransferabilityEntry,
-    annotate_from_ranking,
-    annotate_package,
-    dataset_fingerprint,
-    entries_from_ranking,
-    read_rdf,
-    read_transferability,
-)
-from bioimage_cte.errors import (
+from bioimage_cte.base import fileutils
+from bioimage_cte.base.errors import (
     AnnotationError,
     InvalidImageError,
     InvalidModelError,
     PackageChangedError,
     WriteError,
 )
+from bioimage_cte.outputs.annotate import (
+    TransferabilityEntry,
+    annotate_from_ranking,
+    annotate_package,
+    entries_from_ranking,
+    read_rdf,
+    read_transferability,
+)
+from bioimage_cte.predict.images import dataset_fingerprint
+from bioimage_cte.zoo import packages
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "resources" / "zoo"
@@ -71,11 +72,11 @@ def folder_package(tmp_path: Path) -> Path:
 @pytest.fixture(scope="module")
 def ranking_file(tmp_path_factory) -> tuple[Path, list[Path]]:
     """A real CTE ranking of three demo packages (copied, so they can be annotated) on two DSB images."""
-    from bioimage_cte.estimators import CTEDropout
-    from bioimage_cte.options import RankOptions
-    from bioimage_cte.ranking import build_ranking, ranking_json
-    from bioimage_cte.scoring import rank_models
-    from bioimage_cte.sources import find_models
+    from bioimage_cte.cte.estimators import CTEDropout
+    from bioimage_cte.run.options import RankOptions
+    from bioimage_cte.run.ranking import build_ranking, ranking_json
+    from bioimage_cte.run.scoring import rank_models
+    from bioimage_cte.zoo.sources import find_models
 
     folder = tmp_path_factory.mktemp("ranked")
     for name in RANKED:

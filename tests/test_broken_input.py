@@ -23,7 +23,7 @@ from corpus import _rewrite
 from test_hostile import npy_bomb, png_bomb, tiff_bomb, yaml_bomb
 from typer.testing import CliRunner
 
-from bioimage_cte.cli import ExitCode, app
+from bioimage_cte.cli.commands import ExitCode, app
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "resources" / "zoo" / "nuclei-small-bright.zip"
@@ -104,7 +104,7 @@ def _index(dst: Path, text: str) -> Path:
 @dataclass(frozen=True)
 class Case:
     make: object  # (tmp folder) -> the path to pass
-    reason: str  # a part of the one-line reason
+    reason: str  # a part of the one-line reason; "{path}" stands for the path passed
     name: str | None = None  # the model name in the failure line (default: the file's stem)
 
 
@@ -131,7 +131,8 @@ PACKAGE_CASES = {
     "yaml-oversized": Case(lambda d: _rdf(d / "yaml-oversized.zip", "type: model\ndescription: " + "x" * 1_100_000),
                            "is over the size limit of 1048576 bytes"),
     "yaml-deep": Case(lambda d: _rdf(d / "yaml-deep.zip", "a: " + "[" * 20000 + "]" * 20000 + "\n"),
-                      "YAML"),
+                      "rdf.yaml of {path} nests YAML collections too deeply to parse: a damaged or hostile file; "
+                      "fix or remove the package"),
     "yaml-invalid": Case(lambda d: _rdf(d / "yaml-invalid.zip", "name: x\ninputs: [raw\ntype: model\n"),
                          "rdf.yaml is not valid YAML"),
     "yaml-python-tag": Case(lambda d: _rdf(d / "yaml-python-tag.zip", "type: model\nx: !!python/object/apply:os.system"
@@ -171,12 +172,13 @@ def test_a_bad_package_alone_is_one_failure_and_nothing_is_ranked(case, tmp_path
     result = _rank(path, "--images", images, "-o", out)
     assert result.exit_code == ExitCode.NOTHING_RANKED, result.output
     name = spec.name or case
+    reason = spec.reason.replace("{path}", str(path))
     (line,) = _failed_lines(result, name)
-    assert spec.reason in line
+    assert reason in line
     assert "none of the 1 models could be ranked" in result.stderr
     payload = json.loads(out.read_text())  # the run's record is written even when nothing ranked
     (failure,) = payload["failures"]
-    assert failure["name"] == name and spec.reason in failure["reason"] and "\n" not in failure["reason"]
+    assert failure["name"] == name and reason in failure["reason"] and "\n" not in failure["reason"]
     assert payload["models"] == []
 
 
@@ -187,7 +189,7 @@ def test_bad_packages_never_reach_torch(tmp_path, images):
 
     bomb = _rdf(tmp_path / "bomb.zip", yaml_bomb())
     traversal = _zip_with(tmp_path / "traversal.zip", {"../evil.txt": b"x"})
-    code = ("import sys\nfrom bioimage_cte.cli import main\ntry:\n    main()\nexcept SystemExit as e:\n"
+    code = ("import sys\nfrom bioimage_cte.cli.commands import main\ntry:\n    main()\nexcept SystemExit as e:\n"
             "    print('torch' in sys.modules, 'bioimageio.core' in sys.modules, e.code, file=sys.stderr)\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", code, "rank", str(bomb), str(traversal), "--images", str(images)],
@@ -340,7 +342,7 @@ def test_json_to_stdout_is_the_only_thing_on_stdout(images):
 
 
 def test_a_write_that_fails_at_the_end_goes_to_a_fallback_file(tmp_path, monkeypatch):
-    from bioimage_cte.destinations import write_or_fallback
+    from bioimage_cte.outputs.destinations import write_or_fallback
 
     (tmp_path / "file.txt").write_text("x")
     monkeypatch.chdir(tmp_path)

@@ -15,7 +15,7 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from bioimage_cte.cli import app
+from bioimage_cte.cli.commands import app
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def test_help_lists_every_command_and_option_has_help():
 
 _HELP_IMPORTS = """
 import contextlib, io, sys
-from bioimage_cte.cli import app
+from bioimage_cte.cli.commands import app
 for args in (["--help"], ["rank", "--help"], ["evaluate", "--help"]):
     with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
         app(args)
@@ -76,16 +76,28 @@ def test_rank_end_to_end_writes_json(three_models, tmp_path):
     assert {Path(m["source"]).name for m in payload["models"]} == {p.name for p in three_models.iterdir()}
     scores = [m["score"] for m in payload["models"]]
     assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
-    assert payload["settings"]["estimator"] == "cte-dropout" and payload["settings"]["strength"] == 0.2
+    settings = payload["settings"]
+    assert settings["estimator"] == "cte-dropout" and settings["strength"] == 0.2  # the default strength
+    assert settings["seed"] == 1 and settings["n_images"] == 2  # --seed 1, and both images of the pattern
+    assert all(m["n_images"] == 2 for m in payload["models"])
 
 
 @pytest.mark.slow
-def test_rank_black_box_with_input_perturbation(three_models):
+def test_rank_black_box_with_input_perturbation(three_models, tmp_path):
+    out = tmp_path / "ranking.json"
     result = _invoke("rank", str(three_models), "--images", str(DSB / "images" / "dsb2018_00.tif"),
                      "--estimator", "cte-input", "--perturbation", "gamma", "--strength", "0.3",
-                     "--weight-format", "torchscript")
+                     "--weight-format", "torchscript", "--output", str(out))
     assert result.exit_code == 0, result.output
-    assert "cte-input ranking" in result.output
+    assert "cte-input ranking of 3 models on 1 images" in result.output
+    payload = json.loads(out.read_text())
+    settings = payload["settings"]
+    assert (settings["estimator"], settings["kind"], settings["strength"]) == ("cte-input", "gamma", 0.3)
+    assert settings["weight_format"] == "torchscript" and settings["n_images"] == 1
+    assert len(payload["models"]) == 3 and payload["failures"] == []
+    for model in payload["models"]:  # every model ran its torchscript weights, black-box, because it was asked to
+        assert model["weights"] == {"format": "torchscript", "access": "black-box",
+                                    "reason": "asked for with --weight-format"}, model["name"]
 
 
 @pytest.mark.slow
@@ -101,6 +113,34 @@ def test_evaluate_prints_every_estimator_side_by_side(three_models, tmp_path):
         assert -1 <= stats["spearman"] <= 1
     assert set(payload["true_performance"]) == {"nuclei-small-bright", "cells-brightfield-instance",
                                                 "weak-nuclei-undertrained"}
+    # the printed table: one row per estimator asked for (and the few-label reference), its columns side by side
+    assert "Agreement with true dice (3 models, 4 images)" in result.stdout
+    header, rows = _table(result.stdout)
+    assert header == ["estimator", "spearman", "95% CI", "kendall", "top-1", "regret", "picked"]
+    assert list(rows) == ["cte-dropout", "confidence", "random", "few-label"]
+    for name, stats in payload["agreement"].items():
+        row = dict(zip(header, rows[name], strict=True))
+        assert row["spearman"] == f"{stats['spearman']:.2f}" and row["kendall"] == f"{stats['kendall']:.2f}", row
+        assert row["top-1"] == ("yes" if stats["top1_hit"] else "no") and row["regret"] == f"{stats['regret']:.3f}"
+        assert row["picked"] in payload["true_performance"]
+
+
+def _table(output: str) -> tuple[list[str], dict[str, list[str]]]:
+    """The header and the rows (first column -> cells) of the rich table printed in ``output``; a row whose
+    cells wrap over several lines is joined again."""
+    header: list[str] = []
+    rows: dict[str, list[str]] = {}
+    last: list[str] | None = None
+    for line in output.splitlines():
+        if line.startswith("┃"):
+            header = [c.strip() for c in line.strip("┃").split("┃")]
+        elif line.startswith("│"):
+            cells = [c.strip() for c in line.strip("│").split("│")]
+            if cells[0]:
+                last = rows[cells[0]] = cells
+            elif last is not None:  # a continuation line of the row above
+                last[:] = [a + b for a, b in zip(last, cells, strict=True)]
+    return header, rows
 
 
 def test_empty_image_folder_is_one_line_naming_the_folder(three_models, tmp_path):
@@ -156,18 +196,22 @@ def test_installed_console_script_runs():
 
 
 @pytest.mark.slow
-def test_tag_keeps_only_models_for_the_task(three_models):
+def test_tag_keeps_only_models_for_the_task(three_models, tmp_path):
+    out = tmp_path / "ranking.json"
     result = _invoke("rank", str(three_models), "--images", str(DSB / "images" / "dsb2018_00.tif"),
-                     "--tag", "nuclei", "--estimator", "confidence")
+                     "--tag", "nuclei", "--estimator", "confidence", "--output", str(out))
     assert result.exit_code == 0, result.output
-    assert "ranking of 2 models" in result.output and "cells-brightfield-instance" not in result.output
+    assert "confidence ranking of 2 models" in result.output and "cells-brightfield-instance" not in result.output
+    payload = json.loads(out.read_text())
+    assert payload["settings"]["tag"] == "nuclei" and payload["settings"]["estimator"] == "confidence"
+    assert sorted(m["name"] for m in payload["models"]) == ["nuclei-small-bright", "weak-nuclei-undertrained"]
     result = _invoke("rank", str(three_models), "--images", str(DSB / "images"), "--tag", "plants")
     assert result.exit_code == 1 and "plants" in result.output
 
 
 @pytest.mark.slow
 def test_rank_then_annotate_then_report(three_models, tmp_path):
-    from bioimage_cte.annotate import read_transferability
+    from bioimage_cte.outputs.annotate import read_transferability
 
     ranking = tmp_path / "ranking.json"
     images = str(DSB / "images" / "dsb2018_00.tif")
@@ -188,3 +232,6 @@ def test_rank_then_annotate_then_report(three_models, tmp_path):
     assert result.exit_code == 0, result.output
     assert html.read_text().count("data:image/png;base64") >= 2
     assert len(list((tmp_path / "reports").rglob("bioimage-cte_*.json"))) == 3
+    # --target names the ranking the zoo reports are written for
+    assert json.loads((tmp_path / "reports" / "rankings" / "dsb2018.json").read_text()) == json.loads(
+        ranking.read_text())

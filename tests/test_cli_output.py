@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bioimage_cte.cli import app
+from bioimage_cte.cli.commands import app
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "resources" / "zoo"
@@ -20,7 +20,7 @@ COMMANDS = ("rank", "evaluate", "annotate", "report", "zoo-rank", "transfer-matr
 
 _ALL_HELP = """
 import contextlib, io, sys
-from bioimage_cte.cli import app
+from bioimage_cte.cli.commands import app
 for args in ([], *([c] for c in sys.argv[1:])):
     print("=== " + " ".join(args))
     with contextlib.suppress(SystemExit):
@@ -44,14 +44,14 @@ def test_help_fits_80_columns_without_flag_metavars_and_wraps_choices_at_bars():
 
 
 def test_version():
-    from bioimage_cte import __version__
+    from bioimage_cte.base.version import __version__
 
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.strip() == f"bioimage-cte {__version__}"
 
 
 def test_plain_progress_lines_say_model_image_done_and_elapsed():
-    from bioimage_cte.console_progress import PlainProgress
+    from bioimage_cte.cli.progress import PlainProgress
 
     lines: list[str] = []
     progress = PlainProgress("scoring", lines.append, interval=0.0)
@@ -92,8 +92,8 @@ def _folder_package(tmp_path: Path, name: str, tags: list[str]) -> Path:
 
 
 def test_tag_matches_the_zoos_spellings_and_mixed_tasks_are_named(tmp_path):
-    from bioimage_cte.errors import InvalidModelError
-    from bioimage_cte.sources import mixed_tasks_warning, select_models
+    from bioimage_cte.base.errors import InvalidModelError
+    from bioimage_cte.zoo.sources import mixed_tasks_warning, select_models
 
     published = _folder_package(tmp_path, "published-nucleus", ["segmentation", "nucleus", "fluorescence"])
     cells = ZOO / "cells-brightfield.zip"

@@ -1,4 +1,4 @@
-"""Known-answer tests of bioimage_cte.consistency."""
+"""Known-answer tests of bioimage_cte.cte.consistency."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from bioimage_cte.consistency import (
+from bioimage_cte.base.errors import InvalidImageError
+from bioimage_cte.cte.consistency import (
     CONSISTENCY_FUNCTIONS,
     Aggregate,
     aggregate,
@@ -17,7 +18,6 @@ from bioimage_cte.consistency import (
     instance_consistency,
     soft_consistency,
 )
-from bioimage_cte.errors import InvalidImageError
 
 
 def _square_labels() -> np.ndarray:

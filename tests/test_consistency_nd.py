@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bioimage_cte.consistency import (
+from bioimage_cte.base.errors import InvalidImageError
+from bioimage_cte.cte.consistency import (
     hard_consistency,
     hard_consistency_multiclass,
     instance_consistency,
     soft_consistency,
     soft_consistency_multiclass,
 )
-from bioimage_cte.errors import InvalidImageError
-from bioimage_cte.estimators import _per_slice, consistency_of
-from bioimage_cte.segmentation import Prediction, instances, label_foreground
+from bioimage_cte.cte.estimators import _per_slice, consistency_of
+from bioimage_cte.predict.segmentation import Prediction, instances, label_foreground
 
 
 def _cube(shape: tuple[int, int, int], corner: tuple[int, int, int], side: int, value: float = 1.0) -> np.ndarray:

@@ -15,9 +15,9 @@ import yaml
 from corpus import MODELS, NOT_FITTING, RANKED_WITHOUT_ITS_CODE, SKIPPED_BY_GREYBOX, _rewrite
 from typer.testing import CliRunner
 
-from bioimage_cte.cli import app
-from bioimage_cte.errors import InvalidModelError, UntrustedCodeError
-from bioimage_cte.trust import CodePolicy
+from bioimage_cte.base.errors import InvalidModelError, UntrustedCodeError
+from bioimage_cte.cli.commands import app
+from bioimage_cte.zoo.trust import CodePolicy
 
 pytestmark = pytest.mark.slow  # the corpus is built from real torch networks and every test loads packages
 
@@ -78,10 +78,11 @@ def test_no_package_code_and_no_pickle_ran(cli_ranking, corpus):
 
 
 def test_black_box_falls_back_to_torchscript_and_skips_code_only_models(corpus):
-    from bioimage_cte.estimators import make_estimator
-    from bioimage_cte.options import RankOptions
-    from bioimage_cte.scoring import Stage, rank_models
-    from bioimage_cte.sources import find_models
+    from bioimage_cte.cte.outcomes import Stage
+    from bioimage_cte.cte.registry import make_estimator
+    from bioimage_cte.run.options import RankOptions
+    from bioimage_cte.run.scoring import rank_models
+    from bioimage_cte.zoo.sources import find_models
 
     names = ("good-file-arch", "custom-code-arch", "custom-code-only", "pickle-weights")
     sources = find_models([corpus.package(n) for n in names])
@@ -98,11 +99,13 @@ def test_black_box_falls_back_to_torchscript_and_skips_code_only_models(corpus):
 
 
 def test_weights_load_with_weights_only_even_when_code_is_trusted(corpus):
-    from bioimage_cte.predictors import GreyBoxPredictor, load_model
+    from bioimage_cte.predict.factory import make_predictor
+    from bioimage_cte.zoo.models import load_model
 
     descr = load_model(str(corpus.package("pickle-weights")))
     with pytest.raises(InvalidModelError, match="weights_only=True refused it"):
-        GreyBoxPredictor(descr, name="pickle-weights", code_policy=CodePolicy(trust_code=True))
+        make_predictor(descr, greybox=True, weight_format="pytorch_state_dict", name="pickle-weights",
+                       code_policy=CodePolicy(trust_code=True))
     assert not corpus.pickle_marker.exists()
 
 
@@ -135,19 +138,22 @@ def _with_library(src: Path, dst: Path, module: str) -> Path:
 
 
 def test_library_architecture_needs_a_trusted_installed_library(corpus, tmp_path):
-    from bioimage_cte.predictors import GreyBoxPredictor, load_model
+    from bioimage_cte.predict.factory import make_predictor
+    from bioimage_cte.zoo.models import load_model
 
     descr = load_model(str(_with_library(corpus.package("good-library-arch"), tmp_path / "m.zip", "mylab.nets")))
     with pytest.raises(UntrustedCodeError, match="'mylab.nets', which is not a trusted library.*--trust-library mylab"):
-        GreyBoxPredictor(descr, name="m")
+        make_predictor(descr, greybox=True, weight_format="pytorch_state_dict", name="m")
     with pytest.raises(InvalidModelError, match="'mylab' is not installed"):
-        GreyBoxPredictor(descr, name="m", code_policy=CodePolicy.with_libraries(["mylab"]))
+        make_predictor(descr, greybox=True, weight_format="pytorch_state_dict", name="m",
+                       code_policy=CodePolicy.with_libraries(["mylab"]))
     assert CodePolicy().allows_module("bioimage_cte.demozoo.archs.unet")
     assert not CodePolicy().allows_module("bioimage_cte")
 
 
 def test_custom_processing_code_does_not_run_by_default(corpus, tmp_path):
-    from bioimage_cte.predictors import BlackBoxPredictor, load_model
+    from bioimage_cte.predict.factory import make_predictor
+    from bioimage_cte.zoo.models import load_model
 
     marker = tmp_path / "processing-ran.txt"
     code = (f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n\n\n"
@@ -161,20 +167,21 @@ def test_custom_processing_code_does_not_run_by_default(corpus, tmp_path):
                        files={"post.py": code})
     descr = load_model(str(package))
     with pytest.raises(UntrustedCodeError, match=r"custom processing is Python code shipped in the package \(post.py"):
-        BlackBoxPredictor(descr, name=str(package))
+        make_predictor(descr, greybox=False, name=str(package))
     assert not marker.exists()
 
 
 def test_demo_zoo_architecture_file_runs_as_the_installed_module(package):
     """The demo packages ship a copy of bioimage_cte/demozoo/archs/unet.py: the installed module is imported."""
     from bioimage_cte.demozoo.archs.unet import UNet2d
-    from bioimage_cte.predictors import GreyBoxPredictor, load_model
+    from bioimage_cte.predict.factory import make_predictor
+    from bioimage_cte.zoo.models import load_model
 
     descr = load_model(str(package))
     with zipfile.ZipFile(package) as zf:
         arch = yaml.safe_load(zf.read("rdf.yaml"))["weights"]["pytorch_state_dict"]["architecture"]
     assert arch["source"] == "unet.py"  # a file in the package, not an import
-    with GreyBoxPredictor(descr, name="demo") as predictor:
+    with make_predictor(descr, greybox=True, weight_format="pytorch_state_dict", name="demo") as predictor:
         (net,) = [model for _, model in predictor.adapter._model_queue.queue]
         assert isinstance(net, UNet2d)
 
@@ -215,8 +222,8 @@ def test_mixed_shapes_and_stacks_are_padded_per_image(corpus, tmp_path):
 
 
 def test_trust_settings_reach_the_store_key_only_when_set(corpus):
-    from bioimage_cte.jobs import _settings, read_target
-    from bioimage_cte.options import RankOptions
+    from bioimage_cte.run.jobs import _settings, read_target
+    from bioimage_cte.run.options import RankOptions
 
     target = read_target(corpus.good_images)
     default = _settings(RankOptions(estimator="cte-dropout"), target)

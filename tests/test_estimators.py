@@ -9,9 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bioimage_cte.estimators import (
-    ESTIMATORS,
-    LABEL_FREE,
+from bioimage_cte.cte.estimators import (
     ConsensusAgreement,
     CTEDropout,
     CTEInput,
@@ -19,22 +17,24 @@ from bioimage_cte.estimators import (
     MCDropoutAgreement,
     Perturbing,
     consistency_of,
-    make_estimator,
 )
-from bioimage_cte.images import list_images, load_labels
-from bioimage_cte.options import RankOptions
-from bioimage_cte.perturbations import FeatureDropout, InputPerturbation, perturb_image
-from bioimage_cte.ranking import build_ranking
-from bioimage_cte.scoring import ModelResult, rank_models
-from bioimage_cte.seeds import draw_seed, rng
-from bioimage_cte.segmentation import Prediction, instances
-from bioimage_cte.sources import ModelSource, find_models
+from bioimage_cte.cte.outcomes import ModelResult
+from bioimage_cte.cte.perturbations import InputPerturbation, perturb_image
+from bioimage_cte.cte.registry import ESTIMATORS, LABEL_FREE, make_estimator
+from bioimage_cte.cte.seeds import draw_seed, rng
+from bioimage_cte.predict.dropout import FeatureDropout
+from bioimage_cte.predict.images import list_images, load_labels
+from bioimage_cte.predict.segmentation import Prediction, instances
+from bioimage_cte.run.options import RankOptions
+from bioimage_cte.run.ranking import build_ranking
+from bioimage_cte.run.scoring import rank_models
+from bioimage_cte.zoo.sources import ModelSource, find_models
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_registry_matches_the_cli_and_the_protocol():
-    from bioimage_cte import cli
+    from bioimage_cte.cli import options as cli
 
     assert {str(e) for e in cli.Estimator} == set(LABEL_FREE)
     assert set(LABEL_FREE) < set(ESTIMATORS)
@@ -240,7 +240,7 @@ def test_seeds_reproduce_scores_exactly(two_models, dsb_images):
 @pytest.mark.slow
 def test_a_model_that_marks_nearly_everything_gets_a_note():
     """nuclei-large-sparse labels almost all of nuclei-tiny-crowded as foreground, and stays consistent doing it."""
-    from bioimage_cte.ranking import SATURATED_FOREGROUND
+    from bioimage_cte.run.ranking import SATURATED_FOREGROUND
 
     images = sorted((ROOT / "resources" / "data" / "nuclei-tiny-crowded" / "images").glob("*.tif"))[:2]
     zoo = ROOT / "resources" / "zoo"

@@ -1,4 +1,4 @@
-"""Known-answer and reference tests of bioimage_cte.metrics and bioimage_cte.evaluation."""
+"""Known-answer and reference tests of bioimage_cte.cte.metrics and bioimage_cte.run.evaluation."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bioimage_cte.errors import InvalidImageError
-from bioimage_cte.evaluation import AgreementStats, bootstrap_agreement, rank_agreement
-from bioimage_cte.metrics import (
+from bioimage_cte.base.errors import InvalidImageError
+from bioimage_cte.cte.metrics import (
     DSB_THRESHOLDS,
     average_precision,
     dice,
@@ -21,6 +20,7 @@ from bioimage_cte.metrics import (
     match_instances,
     mean_average_precision,
 )
+from bioimage_cte.run.evaluation import AgreementStats, bootstrap_agreement, rank_agreement
 
 
 def _disc(shape: tuple[int, int], centre: tuple[float, float], radius: float) -> np.ndarray:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from bioimage_cte.errors import InvalidImageError, InvalidModelError
-from bioimage_cte.images import list_images, load_labels, load_target
+from bioimage_cte.base.errors import InvalidImageError, InvalidModelError
+from bioimage_cte.predict.images import list_images, load_labels, load_target
 from bioimage_cte.studies.finetune import (
     FinetuneConfig,
     convergence_step,
@@ -61,10 +61,12 @@ def test_convergence_step():
 
 @pytest.mark.slow
 def test_preprocessing_and_forward_match_the_bioimageio_pipeline(mediocre, target):
-    from bioimage_cte.predictors import BlackBoxPredictor, load_model
+    from bioimage_cte.predict.factory import make_predictor
+    from bioimage_cte.zoo.models import load_model
 
     image = target[0][0]
-    with BlackBoxPredictor(load_model(mediocre.source), weight_format="pytorch_state_dict") as predictor:
+    with make_predictor(load_model(mediocre.source), name="model", greybox=False,
+                        weight_format="pytorch_state_dict") as predictor:
         expected = predictor.predict(image).foreground
     assert np.allclose(predict_foreground(mediocre, image), expected, atol=1e-4)
 
@@ -116,7 +118,8 @@ def test_benchmark_of_two_models_with_scratch_reference_and_cka(zoo_packages, ta
 def test_export_writes_a_package_that_bioimageio_loads_and_predicts(mediocre, target, tmp_path):
     from bioimageio.core import test_model
 
-    from bioimage_cte.predictors import BlackBoxPredictor, load_model
+    from bioimage_cte.predict.factory import make_predictor
+    from bioimage_cte.zoo.models import load_model
 
     images, labels = target
     run, net = finetune(mediocre, images, labels, [0], [2, 3], config=TINY, k="1")
@@ -124,7 +127,7 @@ def test_export_writes_a_package_that_bioimageio_loads_and_predicts(mediocre, ta
     assert test_model(str(path)).status == "passed"
     descr = load_model(str(path))
     assert "finetuned" in descr.tags and descr.config.model_dump()["bioimage_cte"]["finetune"]["k"] == "1"
-    with BlackBoxPredictor(descr, weight_format="pytorch_state_dict") as predictor:
+    with make_predictor(descr, name="model", greybox=False, weight_format="pytorch_state_dict") as predictor:
         assert np.allclose(predictor.predict(images[3]).foreground,
                            predict_foreground(mediocre, images[3], net=net), atol=1e-4)
 
@@ -141,7 +144,7 @@ def test_load_names_the_package_on_error(tmp_path):
 def test_cli_finetune_benchmark_end_to_end(zoo_packages, tmp_path):
     from typer.testing import CliRunner
 
-    from bioimage_cte.cli import app
+    from bioimage_cte.cli.commands import app
 
     zoo = tmp_path / "zoo"
     zoo.mkdir()
@@ -165,9 +168,9 @@ def test_cli_finetune_benchmark_end_to_end(zoo_packages, tmp_path):
 
 @pytest.mark.slow
 def test_finetuning_runs_package_code_only_when_trusted(corpus):
-    from bioimage_cte.errors import UntrustedCodeError
+    from bioimage_cte.base.errors import UntrustedCodeError
     from bioimage_cte.studies.finetune import load_packaged_network
-    from bioimage_cte.trust import CodePolicy
+    from bioimage_cte.zoo.trust import CodePolicy
 
     package = corpus.package("custom-code-arch")
     with pytest.raises(UntrustedCodeError, match="custom-code-arch.zip.*--trust-code"):

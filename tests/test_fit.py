@@ -6,10 +6,10 @@ from pathlib import Path
 
 from conftest import DATA, ZOO
 
-from bioimage_cte.fit import InputLayout, input_layout, shape_reason
-from bioimage_cte.jobs import plan_pairs, read_target
-from bioimage_cte.options import RankOptions
-from bioimage_cte.sources import find_models, read_rdf
+from bioimage_cte.predict.fit import InputLayout, input_layout, shape_reason
+from bioimage_cte.run.jobs import plan_pairs, read_target
+from bioimage_cte.run.options import RankOptions
+from bioimage_cte.zoo.sources import find_models, read_rdf
 
 TARGETS = ["dsb2018", "nuclei3d-medium-noisy", "cells2ch-medium", "cells-brightfield-large", "em-organelles-noisy"]
 
@@ -70,7 +70,7 @@ def test_channel_selection_is_checked_as_the_scoring_applies_it(tmp_path: Path):
 
 
 def test_mixed_2d_and_3d_candidates_on_stacks_are_warned_about():
-    from bioimage_cte.fit import mixed_dimensions_warning
+    from bioimage_cte.predict.fit import mixed_dimensions_warning
 
     sources = {s.name: s for s in find_models([ZOO])}
     mixed = [sources["nuclei3d-small"], sources["nuclei-versatile"]]

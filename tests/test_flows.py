@@ -79,7 +79,7 @@ def target(tmp_path_factory) -> Path:
 
 
 def _run(zoo: Path, target: Path, store: Path, out: Path, **run_options):
-    from bioimage_cte.options import RankOptions
+    from bioimage_cte.run.options import RankOptions
     from bioimage_cte_flows.zoo_ranking import ZooRunOptions, run_zoo_ranking
 
     # written for the grey-box path (the default estimator was cte-dropout when these tests were written)
@@ -127,7 +127,7 @@ def test_pairs_that_do_not_fit_are_listed_with_reasons_not_failed(prefect_harnes
 
 
 def test_second_run_scores_nothing_and_write_back_keeps_the_cache(first_run, target, tmp_path):
-    from bioimage_cte.annotate import read_transferability
+    from bioimage_cte.outputs.annotate import read_transferability
 
     summary, ranking = _run(first_run["zoo"], target, first_run["store"], tmp_path / "out", annotate=True,
                             reports=False)
@@ -161,14 +161,14 @@ def test_broken_package_fails_alone(first_run, target, tmp_path):
     assert _order(ranking) == _order(first_run["ranking"])
     assert [f["name"] for f in ranking["failures"]] == ["broken"]
 
-    from bioimage_cte.results import ResultStore
+    from bioimage_cte.run.store import ResultStore
 
     failed = ResultStore(first_run["store"]).records(status="failed")
     assert [r.name for r in failed.values()] == ["broken"] and "broken.zip" in next(iter(failed.values())).error
 
 
 def test_unusable_targets_are_listed_and_the_others_ranked(first_run, target, tmp_path):
-    from bioimage_cte.options import RankOptions
+    from bioimage_cte.run.options import RankOptions
     from bioimage_cte_flows.zoo_ranking import ZooRunOptions, run_zoo_ranking
 
     empty = tmp_path / "empty-target"
@@ -196,7 +196,7 @@ def test_dask_local_cluster_gives_the_same_ranking(first_run, target, tmp_path):
 def test_bad_input_is_not_retried():
     from prefect.states import Failed
 
-    from bioimage_cte.errors import InvalidModelError
+    from bioimage_cte.base.errors import InvalidModelError
     from bioimage_cte_flows.zoo_ranking import _worth_retrying
 
     assert _worth_retrying(None, None, Failed(data=RuntimeError("out of memory"))) is True
@@ -211,7 +211,7 @@ def test_bad_input_corpus_in_a_zoo_run(prefect_harness, corpus, tmp_path):
 
     run = ZooRunOptions(store_path=str(tmp_path / "r.sqlite"), output_dir=str(tmp_path / "out"), reports=False,
                         retries=0)
-    from bioimage_cte.options import RankOptions
+    from bioimage_cte.run.options import RankOptions
 
     summary = run_zoo_ranking(corpus.zoo, [corpus.good_images], RankOptions(estimator="cte-dropout"), run=run)
     ranking = json.loads(Path(summary.rankings[corpus.good_images.name]).read_text())
@@ -289,16 +289,19 @@ def webhook():
 
 
 def test_hung_model_is_stopped_recorded_and_counted(prefect_harness, target, hanging_package, webhook, tmp_path):
-    from bioimage_cte.options import RankOptions
-    from bioimage_cte.results import ResultStore
+    from bioimage_cte.run.options import RankOptions
+    from bioimage_cte.run.store import ResultStore
     from bioimage_cte_flows.zoo_ranking import ZooRunOptions, zoo_ranking_flow
 
     url, received = webhook
     zoo = _zoo(tmp_path / "zoo", models=MODELS[:1])
     shutil.copy(hanging_package, zoo)
     store = tmp_path / "r.sqlite"
+    # A limit generous for the good model (about 7 s cold, more on a busy machine): only a model that never
+    # returns reaches it. A timeout is not retried, so this run lasts about one limit.
+    limit = 60
     run = ZooRunOptions(store_path=str(store), output_dir=str(tmp_path / "out"), reports=False, retries=1,
-                        task_timeout=3, failure_webhook=url)
+                        task_timeout=limit, failure_webhook=url)
     options = RankOptions(trust_code=True).to_json_dict()
     state = zoo_ranking_flow(str(zoo), [str(target)], options, dataclasses.asdict(run), return_state=True)
 
@@ -306,7 +309,7 @@ def test_hung_model_is_stopped_recorded_and_counted(prefect_harness, target, han
     assert state.message.startswith("1 of 2 model x target pairs failed") and f"{TARGET}: 1 models" in state.message
     summary = state.result()
     assert [(f.model, f.target) for f in summary.failed] == [("hangs-forever", TARGET)]
-    assert "timed out after 3 s" in summary.failed[0].reason
+    assert f"hangs-forever on {TARGET}: timed out after {limit} s and was stopped" in summary.failed[0].reason
     ranking = json.loads(Path(summary.rankings[TARGET]).read_text())
     assert [m["name"] for m in ranking["models"]] == [MODELS[0]]
     assert "timed out" in ranking["failures"][0]["reason"]
@@ -317,10 +320,11 @@ def test_hung_model_is_stopped_recorded_and_counted(prefect_harness, target, han
     assert received[0]["failed"][0]["model"] == "hangs-forever"
     assert _run_name(state) == f"zoo on {TARGET}"  # named from its zoo and targets, not a random name
 
-    # nothing left to rank: the run ends Failed, with the same count
+    # nothing left to rank: the run ends Failed, with the same count (no good model here: a short limit will do)
     alone = _zoo(tmp_path / "alone", models=())
     shutil.copy(hanging_package, alone)
-    state = zoo_ranking_flow(str(alone), [str(target)], options, dataclasses.asdict(run), return_state=True)
+    short = dataclasses.replace(run, task_timeout=3)
+    state = zoo_ranking_flow(str(alone), [str(target)], options, dataclasses.asdict(short), return_state=True)
     assert state.is_failed() and state.message.startswith("nothing ranked: 1 of 1 model x target pairs failed")
     assert len(received) == 2 and received[1]["state"] == "Failed"
 

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from bioimage_cte.errors import InvalidModelError, UntrustedCodeError
-from bioimage_cte.perturbations import FeatureDropout
-from bioimage_cte.trust import CodePolicy
+from bioimage_cte.base.errors import InvalidModelError, UntrustedCodeError
+from bioimage_cte.predict.dropout import FeatureDropout
+from bioimage_cte.zoo.trust import CodePolicy
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "resources" / "zoo"
@@ -36,14 +36,14 @@ def image() -> np.ndarray:
 
 
 def _descr(path: Path):
-    from bioimage_cte.predictors import load_model
+    from bioimage_cte.zoo.models import load_model
 
     return load_model(str(path))
 
 
 def _without(monkeypatch, *modules: str) -> None:
-    """As if ``modules`` were not installed (what bioimage_cte.weights asks before importing them)."""
-    from bioimage_cte import weights
+    """As if ``modules`` were not installed (what bioimage_cte.zoo.weights asks before importing them)."""
+    from bioimage_cte.zoo import weights
 
     installed = weights._installed
     monkeypatch.setattr(weights, "_installed", lambda m: m not in modules and installed(m))
@@ -68,7 +68,7 @@ def onnx_model():
 
 
 def test_feature_tensor_is_the_bottleneck_output_found_by_shape(onnx_model):
-    from bioimage_cte.onnx_greybox import find_feature_tensor, intermediate_shapes
+    from bioimage_cte.predict.onnx_greybox import find_feature_tensor, intermediate_shapes
 
     probe = np.zeros((1, 1, 64, 64), np.float32)
     name, shape = find_feature_tensor(onnx_model, probe)
@@ -99,7 +99,7 @@ def _renamed(model):
 def test_mask_input_multiplies_the_feature_tensor_in_one_session(onnx_model):
     import onnxruntime as ort
 
-    from bioimage_cte.onnx_greybox import MASK_INPUT, find_feature_tensor, insert_channel_mask
+    from bioimage_cte.predict.onnx_greybox import MASK_INPUT, find_feature_tensor, insert_channel_mask
 
     x = np.random.default_rng(0).standard_normal((1, 1, 64, 64)).astype(np.float32)
     name, shape = find_feature_tensor(onnx_model, x)
@@ -121,11 +121,11 @@ def test_mask_input_multiplies_the_feature_tensor_in_one_session(onnx_model):
 
 @pytest.mark.slow
 def test_onnx_greybox_at_p0_is_bit_identical_to_the_unmodified_onnx_model(image):
-    from bioimage_cte.perturbations import FeatureDropout
-    from bioimage_cte.predictors import BlackBoxPredictor, make_predictor
+    from bioimage_cte.predict.dropout import FeatureDropout
+    from bioimage_cte.predict.factory import make_predictor
 
     descr = _descr(ONNX_ONLY)
-    plain = BlackBoxPredictor(descr, name="plain", weight_format="onnx")  # bioimageio.core's own ONNX adapter
+    plain = make_predictor(descr, greybox=False, name="plain", weight_format="onnx")  # bioimageio.core's ONNX adapter
     grey = make_predictor(descr, name="grey", greybox=True)
     assert grey.weights.format == "onnx" and grey.weights.access == "grey-box"
     expected = plain.predict(image).foreground
@@ -139,10 +139,10 @@ def test_onnx_greybox_at_p0_is_bit_identical_to_the_unmodified_onnx_model(image)
 
 
 def _scores(location: Path, **options) -> list[float]:
-    from bioimage_cte.estimators import make_estimator
-    from bioimage_cte.options import RankOptions
-    from bioimage_cte.scoring import score_model
-    from bioimage_cte.sources import find_models
+    from bioimage_cte.cte.registry import make_estimator
+    from bioimage_cte.run.options import RankOptions
+    from bioimage_cte.run.scoring import score_model
+    from bioimage_cte.zoo.sources import find_models
 
     (source,) = find_models([location])
     opts = RankOptions(seed=3, **options)
@@ -168,7 +168,7 @@ def test_graph_greybox_score_matches_the_state_dict_score_of_the_same_network(va
 
 @pytest.mark.slow
 def test_own_architecture_uses_onnx_by_default_and_the_state_dict_when_trusted(image):
-    from bioimage_cte.predictors import make_predictor
+    from bioimage_cte.predict.factory import make_predictor
 
     descr = _descr(OWN_ARCH)
     by_default = make_predictor(descr, name="own", greybox=True)
@@ -193,7 +193,7 @@ def test_own_architecture_uses_onnx_by_default_and_the_state_dict_when_trusted(i
 
 
 def test_without_onnxruntime_each_graph_format_gives_a_one_line_reason(monkeypatch):
-    from bioimage_cte.weights import greybox_weights
+    from bioimage_cte.zoo.weights import greybox_weights
 
     _without(monkeypatch, "onnxruntime")
     with pytest.raises(InvalidModelError) as info:
@@ -212,7 +212,7 @@ def test_without_onnxruntime_each_graph_format_gives_a_one_line_reason(monkeypat
 
 
 def test_keras_weights_without_tensorflow_are_one_line_never_a_crash(monkeypatch):
-    from bioimage_cte.predictors import make_predictor
+    from bioimage_cte.predict.factory import make_predictor
 
     _without(monkeypatch, "tensorflow")
     descr = _descr(KERAS)
@@ -228,7 +228,7 @@ def test_keras_weights_without_tensorflow_are_one_line_never_a_crash(monkeypatch
 @pytest.mark.slow
 def test_keras_weights_run_black_box_through_tensorflow(image):
     pytest.importorskip("tensorflow", reason="keras_hdf5 weights need tensorflow: pip install '.[tensorflow]'")
-    from bioimage_cte.predictors import make_predictor
+    from bioimage_cte.predict.factory import make_predictor
 
     keras_model = make_predictor(_descr(KERAS), name="keras", greybox=False)
     assert keras_model.weights.to_json() == {"format": "keras_hdf5", "access": "black-box",
@@ -257,7 +257,7 @@ def test_variant_is_the_trained_network_again(tmp_path):
 def test_rank_scores_every_format_package_grey_box_and_says_why_not(tmp_path):
     from typer.testing import CliRunner
 
-    from bioimage_cte.cli import app
+    from bioimage_cte.cli.commands import app
 
     zoo = tmp_path / "zoo"
     zoo.mkdir()

@@ -19,9 +19,9 @@ import pytest
 import tifffile
 from corpus import _rewrite
 
-from bioimage_cte.errors import InvalidImageError, InvalidIndexError, InvalidModelError, UnsafeYamlError
-from bioimage_cte.images import ImageCheck, check_images, read_image
-from bioimage_cte.safe_yaml import load_untrusted_yaml
+from bioimage_cte.base.errors import InvalidImageError, InvalidIndexError, InvalidModelError, UnsafeYamlError
+from bioimage_cte.predict.images import ImageCheck, check_images, read_image
+from bioimage_cte.zoo.safe_yaml import load_untrusted_yaml
 
 ZOO = Path(__file__).resolve().parents[1] / "resources" / "zoo"
 PACKAGE = ZOO / "nuclei-small-bright.zip"
@@ -113,7 +113,7 @@ def bomb_package(tmp_path_factory) -> Path:
 def test_load_model_refuses_a_bomb_before_bioimageio_parses_it(bomb_package, monkeypatch):
     import bioimageio.spec
 
-    from bioimage_cte.predictors import load_model
+    from bioimage_cte.zoo.models import load_model
 
     def never(*args, **kwargs):
         raise AssertionError("bioimageio.spec was handed the alias bomb")
@@ -127,9 +127,9 @@ def test_load_model_refuses_a_bomb_before_bioimageio_parses_it(bomb_package, mon
 
 
 def test_tags_fingerprint_and_annotation_survive_a_bomb(bomb_package):
-    from bioimage_cte.annotate import read_rdf
-    from bioimage_cte.results import _rdf_fingerprint
-    from bioimage_cte.sources import ModelSource, read_tags
+    from bioimage_cte.outputs.annotate import read_rdf
+    from bioimage_cte.run.store import _rdf_fingerprint
+    from bioimage_cte.zoo.sources import ModelSource, read_tags
 
     source = ModelSource("bomb", str(bomb_package), kind="zip", location=str(bomb_package))
     assert read_tags(source) == []
@@ -141,7 +141,7 @@ def test_tags_fingerprint_and_annotation_survive_a_bomb(bomb_package):
 
 
 def test_sources_walk_visits_shared_data_once():
-    from bioimage_cte.rdf_checks import rdf_sources as _sources
+    from bioimage_cte.zoo.rdf_checks import rdf_sources as _sources
 
     node: object = [{"source": "weights.pt"}]
     for _ in range(40):  # 2**40 paths through the same objects
@@ -153,7 +153,7 @@ def test_sources_walk_visits_shared_data_once():
 
 
 def test_collection_index_over_the_limit_or_too_deep_is_refused(tmp_path):
-    from bioimage_cte.sources import read_collection_index
+    from bioimage_cte.zoo.sources import read_collection_index
 
     index = tmp_path / "index.json"
     index.write_text(json.dumps({"items": [{"id": "x", "type": "model", "versions": []}] * 20}))
@@ -253,7 +253,7 @@ def _truncated_state_dict() -> bytes:
 def test_truncated_weights_are_named_corrupt_and_refused_pickles_are_not():
     import torch
 
-    from bioimage_cte.models import _damaged_weights
+    from bioimage_cte.zoo.models import _damaged_weights
 
     def as_bioimageio_raises(blob: bytes) -> Exception:
         try:
@@ -274,14 +274,15 @@ def test_truncated_weights_are_named_corrupt_and_refused_pickles_are_not():
 
 @pytest.mark.slow
 def test_truncated_weights_package_is_reported_corrupt(tmp_path):
-    from bioimage_cte.predictors import GreyBoxPredictor, load_model
+    from bioimage_cte.predict.factory import make_predictor
+    from bioimage_cte.zoo.models import load_model
 
     with zipfile.ZipFile(PACKAGE) as zf:
         weights = zf.read("weights.pt")
     package = _rewrite(PACKAGE, tmp_path / "cut.zip", files={"weights.pt": weights[: len(weights) // 2]})
     descr = load_model(str(package))  # the sha256 in rdf.yaml matches the cut file: only the cut is wrong
     with pytest.raises(InvalidModelError) as info:
-        GreyBoxPredictor(descr, name=str(package))
+        make_predictor(descr, greybox=True, weight_format="pytorch_state_dict", name=str(package))
     message = str(info.value)
     assert message.startswith(f"{package}: weights file weights.pt is corrupt or truncated (")
     assert message.endswith("; download the package again") and "plain state dict" not in message

@@ -1,4 +1,4 @@
-"""Tests for bioimage_cte.images on real files written to a temp folder."""
+"""Tests for bioimage_cte.predict.images on real files written to a temp folder."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from bioimage_cte.errors import BioimageCteError, InvalidImageError
-from bioimage_cte.images import check_images, list_images, load_labels, load_target, read_image, to_yx
+from bioimage_cte.base.errors import BioimageCteError, InvalidImageError
+from bioimage_cte.predict.images import check_images, list_images, load_labels, load_target, read_image, to_yx
 
 RNG = np.random.default_rng(0)
 

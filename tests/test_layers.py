@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
+from bioimage_cte.base.errors import InvalidModelError
 from bioimage_cte.demozoo.archs.encdec import EncoderDecoder2d, ResNetFPN2d
 from bioimage_cte.demozoo.archs.unet import UNet2d
 from bioimage_cte.demozoo.archs.unet3d import UNet3d
-from bioimage_cte.errors import InvalidModelError
-from bioimage_cte.layers import find_perturbation_layer, trace_layers
+from bioimage_cte.predict.layers import find_perturbation_layer, trace_layers
 
 ZOO = Path(__file__).resolve().parents[1] / "resources" / "zoo"
 
@@ -89,18 +89,18 @@ def test_a_network_that_fails_on_the_probe_asks_for_layer() -> None:
         find_perturbation_layer(net)
 
 
-@pytest.mark.slow
 def _has_state_dict(package: Path) -> bool:
     with zipfile.ZipFile(package) as z:
         return "pytorch_state_dict" in z.read("rdf.yaml").decode()
 
 
 # the onnx, torchscript and keras variants have no torch module to trace (their graph layer: test_formats.py)
+@pytest.mark.slow
 @pytest.mark.parametrize("package", sorted(p.name for p in ZOO.glob("*.zip") if _has_state_dict(p)))
 def test_every_demo_zoo_network_gets_its_deepest_layer(package: str) -> None:
     from bioimageio.core.backends.pytorch_backend import load_torch_model
 
-    from bioimage_cte.predictors import load_model
+    from bioimage_cte.zoo.models import load_model
 
     descr = load_model(str(ZOO / package))
     arch = descr.weights.pytorch_state_dict.architecture

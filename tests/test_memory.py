@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from bioimage_cte.estimators import CTEDropout
-from bioimage_cte.options import RankOptions
-from bioimage_cte.scoring import rank_models
-from bioimage_cte.sources import find_models
+from bioimage_cte.cte.estimators import CTEDropout
+from bioimage_cte.run.options import RankOptions
+from bioimage_cte.run.scoring import rank_models
+from bioimage_cte.zoo.sources import find_models
 
 pytestmark = pytest.mark.slow
 

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from bioimage_cte.estimators import CTEDropout, CTEInput, MCDropoutAgreement, TTAAgreement
-from bioimage_cte.options import RankOptions
-from bioimage_cte.perturbations import DEFAULT_DROPOUT, DEFAULT_INPUT_STRENGTH
-from bioimage_cte.trust import DEFAULT_TRUSTED_LIBRARIES
+from bioimage_cte.cte.estimators import CTEDropout, CTEInput, MCDropoutAgreement, TTAAgreement
+from bioimage_cte.cte.perturbations import DEFAULT_DROPOUT, DEFAULT_INPUT_STRENGTH
+from bioimage_cte.run.options import RankOptions
+from bioimage_cte.zoo.trust import DEFAULT_TRUSTED_LIBRARIES
 
 
 def test_defaults():

@@ -7,18 +7,18 @@ import dataclasses
 import numpy as np
 import pytest
 
-from bioimage_cte.perturbations import (
+from bioimage_cte.cte.perturbations import (
     DEFAULT_DROPOUT,
     DEFAULT_INPUT_STRENGTH,
     INPUT_KINDS,
-    FeatureDropout,
     InputPerturbation,
     dihedral,
     dynamic_range,
     perturb_image,
     undo_dihedral,
 )
-from bioimage_cte.seeds import rng
+from bioimage_cte.cte.seeds import rng
+from bioimage_cte.predict.dropout import FeatureDropout
 
 
 def _ramp(dtype=np.float32, high: float = 100.0) -> np.ndarray:

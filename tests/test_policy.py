@@ -1,4 +1,4 @@
-"""Which package code may run (bioimage_cte.trust), on hand-built descriptions: no model is loaded and no torch is
+"""Which package code may run (bioimage_cte.zoo.trust), on hand-built descriptions: no model is loaded and no torch is
 imported (bioimageio.spec's description classes only). Loading real packages under the policy is in
 test_corpus.py (slow)."""
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bioimage_cte.errors import InvalidModelError, UntrustedCodeError
-from bioimage_cte.trust import (
+from bioimage_cte.base.errors import InvalidModelError, UntrustedCodeError
+from bioimage_cte.zoo.trust import (
     CODE_FREE_WEIGHT_FORMATS,
     DEFAULT_TRUSTED_LIBRARIES,
     CodePolicy,

@@ -7,15 +7,12 @@ import pytest
 import tifffile
 import torch
 
+from bioimage_cte.base.errors import InvalidImageError, InvalidModelError
 from bioimage_cte.demozoo.training import normalize
-from bioimage_cte.errors import InvalidImageError, InvalidModelError
-from bioimage_cte.layers import find_perturbation_layer
-from bioimage_cte.perturbations import FeatureDropout
-from bioimage_cte.predictors import (
-    BlackBoxPredictor,
-    GreyBoxPredictor,
-    load_model,
-)
+from bioimage_cte.predict.dropout import FeatureDropout
+from bioimage_cte.predict.factory import make_predictor
+from bioimage_cte.predict.layers import find_perturbation_layer
+from bioimage_cte.zoo.models import load_model
 
 pytestmark = pytest.mark.slow  # every test here loads a real package through bioimageio.core and torch
 
@@ -32,7 +29,7 @@ def image(dsb_images):
 
 @pytest.fixture(scope="module")
 def greybox(descr):
-    with GreyBoxPredictor(descr, name="small") as predictor:
+    with make_predictor(descr, greybox=True, weight_format="pytorch_state_dict", name="small") as predictor:
         yield predictor
 
 
@@ -40,7 +37,7 @@ def test_greybox_with_p0_is_bit_identical_to_clean_and_to_blackbox(descr, greybo
     clean = greybox.predict(image)
     with greybox.perturbed(FeatureDropout(0.0, seed=1)):
         p0 = greybox.predict(image)
-    with BlackBoxPredictor(descr, name="small", weight_format="pytorch_state_dict") as blackbox:
+    with make_predictor(descr, greybox=False, name="small", weight_format="pytorch_state_dict") as blackbox:
         black = blackbox.predict(image)
     assert np.array_equal(clean.foreground, p0.foreground)
     assert np.array_equal(clean.foreground, black.foreground)
@@ -111,7 +108,7 @@ def test_any_image_size_stack_and_tiling(greybox, image):
 
 def test_boundary_channel_is_exposed(instance_package, image):
     descr = load_model(str(instance_package))
-    with BlackBoxPredictor(descr, name="instance") as predictor:
+    with make_predictor(descr, greybox=False, name="instance") as predictor:
         prediction = predictor.predict(image[:128, :128])
     assert prediction.boundary is not None and prediction.boundary.shape == (128, 128)
 

@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bioimage_cte.budget import MIN_IMAGES, image_order, lead_is_settled, parse_budget, stop_reason
-from bioimage_cte.combined import CTECombined, combine, normalised_ranks, per_image_combined
-from bioimage_cte.estimators import CTEDihedral
-from bioimage_cte.options import RankOptions
-from bioimage_cte.perturbations import dihedral
-from bioimage_cte.scoring import ModelResult
-from bioimage_cte.segmentation import Prediction
-from bioimage_cte.sources import ModelSource
-from bioimage_cte.strength import choose_strength
+from bioimage_cte.cte.combined import CTECombined, combine, normalised_ranks, per_image_combined
+from bioimage_cte.cte.estimators import CTEDihedral
+from bioimage_cte.cte.outcomes import ModelResult
+from bioimage_cte.cte.perturbations import dihedral
+from bioimage_cte.predict.segmentation import Prediction
+from bioimage_cte.run.budget import MIN_IMAGES, image_order, lead_is_settled, stop_reason
+from bioimage_cte.run.options import RankOptions, parse_budget
+from bioimage_cte.run.strength import choose_strength
+from bioimage_cte.zoo.sources import ModelSource
 
 # --- dihedral ----------------------------------------------------------------------------------------------------
 
@@ -59,8 +59,9 @@ def test_dihedral_draw_is_reproducible_from_its_seed_and_never_the_identity():
 
 @pytest.mark.slow
 def test_dihedral_on_a_real_package_is_reproducible(package, dsb_images):
-    from bioimage_cte.images import load_target
-    from bioimage_cte.predictors import load_model, make_predictor
+    from bioimage_cte.predict.factory import make_predictor
+    from bioimage_cte.predict.images import load_target
+    from bioimage_cte.zoo.models import load_model
 
     image = load_target(dsb_images[0])[:128, :128]
     with make_predictor(load_model(str(package)), name=str(package), greybox=False) as predictor:
@@ -102,7 +103,7 @@ def test_cte_ranks_hand_made_results_and_records_families_black_box_without_drop
         _result("black-box-fair", {k("dihedral"): [0.85, 0.88], k("noise"): [0.7, 0.75]}),
         _result("poor", {k("dropout"): [0.6, 0.5], k("dihedral"): [0.6, 0.55], k("noise"): [0.4, 0.5]}),
     ]
-    from bioimage_cte.ranking import build_ranking
+    from bioimage_cte.run.ranking import build_ranking
 
     ranking = build_ranking(results, estimator)
     assert [s.name for s in ranking.scores] == ["good", "black-box-fair", "poor"]
@@ -174,7 +175,7 @@ def test_rank_with_budget_auto_stops_well_before_100_images_with_a_clear_winner(
     import tifffile
 
     from bioimage_cte.demozoo.synthetic import DOMAINS, render_many
-    from bioimage_cte.pipeline import rank
+    from bioimage_cte.run.pipeline import rank
 
     images, _ = render_many(DOMAINS["nuclei-small-bright"], 100, (64, 64), rng=3)
     folder = tmp_path / "images"
@@ -200,8 +201,8 @@ def test_rank_with_budget_auto_stops_well_before_100_images_with_a_clear_winner(
 
 @pytest.mark.slow
 def test_rank_with_automatic_strength_records_the_chosen_strength(zoo_packages, dsb_images):
-    from bioimage_cte.pipeline import rank
-    from bioimage_cte.strength import STRENGTH_GRIDS
+    from bioimage_cte.run.pipeline import rank
+    from bioimage_cte.run.strength import STRENGTH_GRIDS
 
     zoo = [str(p) for p in zoo_packages if p.stem in ("nuclei-small-bright", "weak-nuclei-undertrained")]
     run = rank(zoo, dsb_images[:3], RankOptions(estimator="cte", strength="auto"))

@@ -8,14 +8,14 @@ import math
 import numpy as np
 import pytest
 
-from bioimage_cte import __version__
-from bioimage_cte.consistency import bootstrap_intervals
-from bioimage_cte.estimators import ConsensusAgreement, CTEDropout, MeanConfidence, RandomScore
-from bioimage_cte.options import RankOptions
-from bioimage_cte.ranking import SATURATED_FOREGROUND, ModelScore, build_ranking, ranking_json
-from bioimage_cte.scoring import ModelFailure, ModelResult, Stage
-from bioimage_cte.seeds import rng, seed_sequence
-from bioimage_cte.sources import ModelSource
+from bioimage_cte.base.version import __version__
+from bioimage_cte.cte.consistency import bootstrap_intervals
+from bioimage_cte.cte.estimators import ConsensusAgreement, CTEDropout, MeanConfidence, RandomScore
+from bioimage_cte.cte.outcomes import ModelFailure, ModelResult, Stage
+from bioimage_cte.cte.seeds import rng, seed_sequence
+from bioimage_cte.run.options import RankOptions
+from bioimage_cte.run.ranking import SATURATED_FOREGROUND, ModelScore, build_ranking, ranking_json
+from bioimage_cte.zoo.sources import ModelSource
 
 
 def _source(name: str) -> ModelSource:
@@ -164,7 +164,7 @@ def test_ranking_json_records_every_setting():
 
 
 def test_options_come_back_from_a_ranking_json():
-    from bioimage_cte.pipeline import options_from_settings
+    from bioimage_cte.run.pipeline import options_from_settings
 
     options = RankOptions(estimator="cte-input", perturbation="gamma", strength=0.2, repeats=2, seed=5,
                           device="cuda", tag="nuclei", trust_code=True, trusted_libraries=("mylab",))

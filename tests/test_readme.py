@@ -22,6 +22,18 @@ MODELS = ("nuclei-small-bright", "nuclei-dim-blurry", "cells-brightfield")
 TARGETS = ("dsb2018", "nuclei-tiny-crowded")
 CROP = 96
 
+#: a zoo-rank block of the README -> its flow's final message (bioimage_cte_flows.operations.final_message) on the
+#: sandbox: the two nuclei models on both targets; with --match-task the cell model is paired but does not fit
+#: the nuclei targets. "{scored}"/"{cached}": how many pairs this block scores and finds in the results store.
+ZOO_RANK_MESSAGES = {
+    ".venv/bin/bioimage-cte zoo-rank resources/zoo resources/data/dsb2018 resources/data/nuclei-tiny-crowded "
+    "--tag nuclei": "all 4 model x target pairs ok; {scored} scored, {cached} from the store; ranked dsb2018: 2 "
+                    "models, nuclei-tiny-crowded: 2 models",
+    ".venv/bin/bioimage-cte zoo-rank resources/zoo resources/data/*/ --match-task --output-dir zoo-ranking-all":
+        "all 4 model x target pairs ok; {scored} scored, {cached} from the store; 2 pairs do not fit; ranked "
+        "dsb2018: 2 models, nuclei-tiny-crowded: 2 models",
+}
+
 #: first line of a block that is not run here -> why, and what covers it instead
 SKIPPED = {
     "bash scripts/demo.sh": "sets up and runs the whole demo and test suite (scripts/test.sh runs the suite itself)",
@@ -44,6 +56,12 @@ def test_every_readme_block_is_run_or_skipped_with_a_reason():
     skipped = [b for b in blocks if b not in _runnable()]
     assert len(skipped) == len(SKIPPED), "a SKIPPED entry no longer matches a README block"
     assert all(".venv/bin/bioimage-cte" in b for b in _runnable())  # never a bare command that is not on PATH
+    # every zoo-rank block is checked against its final message
+    assert sorted(b.strip() for b in _runnable() if "zoo-rank" in b) == sorted(ZOO_RANK_MESSAGES)
+
+
+#: indices of the zoo-rank blocks run so far in this session's sandbox
+_ZOO_RANK_RAN: list[int] = []
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +113,17 @@ def test_readme_block_runs_as_written(sandbox, index):
         # a later block finds the pairs an earlier one scored in the results store: a progress line either way
         assert re.search(r"\[0:\d\d:\d\d\] \d+/\d+ \S+ on \S+: (scored|from the store)", result.stderr), \
             result.stderr[-2000:]
-        assert "model x target pairs ok" in result.stderr or "failed;" in result.stderr
+        # the run's final message, exactly: every pair ok, each target ranked with its models
+        expected = re.escape(ZOO_RANK_MESSAGES[block.strip()]).replace(r"\{scored\}", r"(\d+)").replace(
+            r"\{cached\}", r"(\d+)")
+        found = re.search(rf"^\[\d+:\d\d:\d\d\] {expected}$", result.stderr, flags=re.M)
+        assert found, f"expected {ZOO_RANK_MESSAGES[block.strip()]!r} in:\n{result.stderr[-3000:]}"
+        scored, cached = map(int, found.groups())
+        assert scored + cached == 4
+        assert f"scored {scored} model x target pairs, {cached} taken from" in result.stdout
+        if _ZOO_RANK_RAN:  # an earlier zoo-rank block stored these four pairs in the sandbox's results store
+            assert (scored, cached) == (0, 4), found.group(0)
+        _ZOO_RANK_RAN.append(index)
     if "transfer-matrix" in block:  # written where the command ran, not into the shipped zoo
         assert (sandbox / "transfer_matrix.csv").is_file()
         assert not (sandbox / "resources" / "zoo" / "transfer_matrix.csv").exists()

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bioimage_cte.errors import BioimageCteError
-from bioimage_cte.reports import (
+from bioimage_cte.base.errors import BioimageCteError
+from bioimage_cte.outputs.reports import (
     merge_tool_reports,
     write_html_report,
     write_zoo_reports,
@@ -30,13 +30,13 @@ REPORT_KEYS = {"status", "score", "error", "details", "badge", "links"}
 @pytest.fixture(scope="module")
 def ranked(tmp_path_factory) -> dict:
     """A real CTE ranking and evaluation of three demo packages on two labelled DSB images."""
-    from bioimage_cte.estimators import CTEDropout, MeanConfidence
-    from bioimage_cte.evaluation import evaluate_rankings
-    from bioimage_cte.images import load_labels
-    from bioimage_cte.options import RankOptions
-    from bioimage_cte.ranking import build_ranking, ranking_json
-    from bioimage_cte.scoring import rank_models
-    from bioimage_cte.sources import find_models
+    from bioimage_cte.cte.estimators import CTEDropout, MeanConfidence
+    from bioimage_cte.predict.images import load_labels
+    from bioimage_cte.run.evaluation import evaluate_rankings
+    from bioimage_cte.run.options import RankOptions
+    from bioimage_cte.run.ranking import build_ranking, ranking_json
+    from bioimage_cte.run.scoring import rank_models
+    from bioimage_cte.zoo.sources import find_models
 
     images = sorted((DSB / "images").glob("*.tif"))[:2]
     labels = load_labels(images, str(DSB / "labels"))
@@ -141,7 +141,7 @@ def _chromium(*args: str, user_data: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_html_report_is_self_contained_and_renders(ranked):
-    from bioimage_cte.pipeline import report_overlays
+    from bioimage_cte.run.pipeline import report_overlays
 
     tmp = ranked["tmp"]
     ranking = ranked["ranking"]
@@ -191,8 +191,8 @@ def test_html_report_is_self_contained_and_renders(ranked):
 
 def test_html_report_renders_hand_made_overlays_without_a_model(tmp_path):
     """The report only renders: a ranking and overlays built by hand need no model."""
-    from bioimage_cte.consistency import disagreement_map
-    from bioimage_cte.segmentation import Prediction
+    from bioimage_cte.cte.consistency import disagreement_map
+    from bioimage_cte.predict.segmentation import Prediction
 
     images = sorted((DSB / "images").glob("*.tif"))[:2]
     ranking = {

@@ -1,4 +1,4 @@
-"""score_model, rank_models and the pipeline entry points with a stand-in for bioimage_cte.predictors: how the
+"""score_model, rank_models and the pipeline entry points with a stand-in for the predictor factory: how the
 scoring loop feeds the estimators, streams images, records failures with their Stage, and ranks (no model, no
 torch). The same paths on real packages are covered by the slow tests (test_estimators, test_memory, test_cli)."""
 
@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import types
 import zipfile
 from pathlib import Path
@@ -14,15 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bioimage_cte.errors import InvalidModelError, ModelRunError, UntrustedCodeError
-from bioimage_cte.estimators import CTEDropout, CTEInput, FewLabelOracle, MeanConfidence, make_estimator
-from bioimage_cte.options import RankOptions
-from bioimage_cte.perturbations import FeatureDropout
-from bioimage_cte.ranking import build_ranking
-from bioimage_cte.readout import Readout
-from bioimage_cte.scoring import Stage, rank_models, score_model
-from bioimage_cte.segmentation import Prediction
-from bioimage_cte.sources import ModelSource, file_sha256
+from bioimage_cte.base.errors import InvalidModelError, ModelRunError, UntrustedCodeError
+from bioimage_cte.cte.estimators import CTEDropout, CTEInput, FewLabelOracle, MeanConfidence
+from bioimage_cte.cte.outcomes import Stage
+from bioimage_cte.predict.dropout import FeatureDropout
+from bioimage_cte.predict.segmentation import Prediction
+from bioimage_cte.run.options import RankOptions
+from bioimage_cte.run.ranking import build_ranking
+from bioimage_cte.run.scoring import rank_models, score_model
+from bioimage_cte.zoo.readout import Readout
+from bioimage_cte.zoo.sources import ModelSource, file_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "resources" / "zoo"
@@ -73,9 +73,8 @@ class FakePredictor:
 
 @pytest.fixture()
 def predictors(monkeypatch):
-    """Replace bioimage_cte.predictors (torch, bioimageio.core) by a stand-in; returns its call log."""
+    """Replace the predictor factory and the package loader (torch, bioimageio.core) by stand-ins; returns the log."""
     log: list = []
-    module = types.ModuleType("bioimage_cte.predictors")
 
     def load_model(location: str, *, max_entry_bytes: int = 2 * 1024**3):
         stem = Path(location).stem
@@ -94,9 +93,8 @@ def predictors(monkeypatch):
             raise UntrustedCodeError(f"{name}: skipped: no torchscript or onnx weights")
         return FakePredictor(name, greybox=greybox, log=log)
 
-    module.load_model = load_model
-    module.make_predictor = make_predictor
-    monkeypatch.setitem(sys.modules, "bioimage_cte.predictors", module)
+    monkeypatch.setattr("bioimage_cte.zoo.models.load_model", load_model)
+    monkeypatch.setattr("bioimage_cte.predict.factory.make_predictor", make_predictor)
     return log
 
 
@@ -205,7 +203,7 @@ def test_model_crash_is_a_model_run_error(predictors, images, tmp_path):
 
 
 def test_rank_end_to_end_through_the_pipeline(predictors, images, tmp_path):
-    from bioimage_cte.pipeline import Progress, rank
+    from bioimage_cte.run.pipeline import Progress, rank
 
     for name in ("sharp", "dim", "broken"):
         _source(tmp_path, name)
@@ -228,7 +226,7 @@ def test_rank_end_to_end_through_the_pipeline(predictors, images, tmp_path):
 
 
 def test_evaluate_through_the_pipeline(predictors, images, tmp_path):
-    from bioimage_cte.pipeline import evaluate
+    from bioimage_cte.run.pipeline import evaluate
 
     for name in ("sharp", "dim", "sharp2"):
         _source(tmp_path, name)
@@ -249,14 +247,14 @@ def test_evaluate_through_the_pipeline(predictors, images, tmp_path):
 
 
 def test_overlay_predictions_show_the_scored_draw(predictors, images, tmp_path):
-    from bioimage_cte.scoring import overlay_predictions
+    from bioimage_cte.run.scoring import overlay_predictions
 
     source = _source(tmp_path, "sharp")
     options = RankOptions(estimator="cte-dropout", seed=4)
     [(image, clean, perturbed)] = overlay_predictions(source.location, images, [2], options)
     np.testing.assert_array_equal(image, np.load(images[2]))
     predictor = FakePredictor(source.location, greybox=True, log=[])
-    expected = make_estimator("cte-dropout", options).perturbed_prediction(predictor, image, seed=4, index=2)
+    expected = options.make_estimator("cte-dropout").perturbed_prediction(predictor, image, seed=4, index=2)
     np.testing.assert_array_equal(perturbed.foreground, expected.foreground)
     assert not np.array_equal(perturbed.foreground, clean.foreground)
     [(_, _, none)] = overlay_predictions(source.location, images, [0], RankOptions(estimator="confidence"))

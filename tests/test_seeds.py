@@ -1,14 +1,18 @@
-"""Every random draw of a run derives from its seed (bioimage_cte.seeds): reproducible, and independent across
-run seeds, families, images, repeats and models. Model-free; torch only to draw channel masks as the grey-box
-predictor draws them."""
+"""Every random draw of a run derives from its seed (bioimage_cte.cte.seeds): reproducible, and independent across
+run seeds, families, images, repeats and models. Model-free but for the last test, which runs a demo package
+grey-box and checks that the dropout hook zeroes exactly the channels of FeatureDropout.channel_mask."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bioimage_cte.seeds import draw_seed, rng, seed_sequence
+from bioimage_cte.cte.seeds import draw_seed, rng, seed_sequence
+from bioimage_cte.predict.dropout import FeatureDropout
 
+ROOT = Path(__file__).resolve().parents[1]
 IMAGES, REPEATS, CHANNELS, P = 20, 3, 64, 0.2
 
 
@@ -16,12 +20,9 @@ def _mask_seeds(run_seed: int, family: str = "feature-dropout") -> list[int]:
     return [draw_seed(run_seed, family, image=i, repeat=r) for i in range(IMAGES) for r in range(REPEATS)]
 
 
-def _channel_mask(seed: int, channels: int = CHANNELS, p: float = P):
-    """The channel mask bioimage_cte.predictors._DropoutAdapter._hook draws for FeatureDropout(p, seed)."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    return torch.rand(channels, generator=gen) >= p
+def _kept(seed: int, channels: int = CHANNELS, p: float = P) -> np.ndarray:
+    """The channels the grey-box predictors keep for this seed (FeatureDropout.channel_mask, the library's draw)."""
+    return FeatureDropout(p, seed).channel_mask(channels) > 0
 
 
 def test_draws_are_reproducible():
@@ -42,17 +43,17 @@ def test_two_run_seeds_share_no_dropout_masks():
     """With an offset derivation (seed + image) seed 1 on image 0 would reuse seed 0's mask of image 1."""
     zero, one = _mask_seeds(0), _mask_seeds(1)
     assert not set(zero) & set(one)
-    masks_zero = {tuple(_channel_mask(s).tolist()) for s in zero}
-    masks_one = {tuple(_channel_mask(s).tolist()) for s in one}
+    masks_zero = {tuple(_kept(s).tolist()) for s in zero}
+    masks_one = {tuple(_kept(s).tolist()) for s in one}
     assert len(masks_zero) == len(zero) and len(masks_one) == len(one)  # distinct within a run too
     assert not masks_zero & masks_one
     # pairwise, at the same image and repeat, the masks differ
     for a, b in zip(zero, one, strict=True):
-        assert not np.array_equal(_channel_mask(a).numpy(), _channel_mask(b).numpy())
+        assert not np.array_equal(_kept(a), _kept(b))
 
 
 def test_the_mask_drops_about_p_of_the_channels():
-    kept = np.mean([_channel_mask(s, channels=256).float().mean().item() for s in _mask_seeds(0)])
+    kept = np.mean([_kept(s, channels=256).mean() for s in _mask_seeds(0)])
     assert kept == pytest.approx(1 - P, abs=0.02)
 
 
@@ -93,3 +94,47 @@ def test_negative_parts_are_refused(bad):
     args = {"run_seed": 0, "image": 0, "repeat": 0, **bad}
     with pytest.raises(ValueError, match="non-negative"):
         seed_sequence(args.pop("run_seed"), "feature-dropout", **args)
+
+
+@pytest.mark.slow
+def test_the_greybox_hook_zeroes_the_channels_of_the_seeds_mask():
+    """A demo package grey-box: at the perturbed layer, the channels zeroed for a seed are those whose
+    FeatureDropout(p, seed).channel_mask is 0, and the others are the clean output scaled by 1/(1-p)."""
+    import tifffile
+    import torch
+
+    from bioimage_cte.predict.factory import make_predictor
+    from bioimage_cte.zoo.models import load_model
+
+    package = ROOT / "resources" / "zoo" / "nuclei-small-bright.zip"
+    image = tifffile.imread(sorted((ROOT / "resources" / "data" / "dsb2018" / "images").glob("*.tif"))[0])
+    image = image[:96, :96].astype(np.float32)
+    seeds = [draw_seed(0, "feature-dropout", image=0, repeat=r) for r in range(4)]
+    with make_predictor(load_model(str(package)), name=str(package), greybox=True) as predictor:
+        with predictor.perturbed(FeatureDropout(P, seeds[0])):
+            predictor.predict(image)  # the layer is traced and the dropout hook attached on first use
+        assert predictor.layer == "bottleneck"
+        layer = dict(predictor.adapter._net.named_modules())[predictor.layer]
+        seen: list[torch.Tensor] = []
+        # registered after the dropout hook, so it sees the layer's output as the network goes on with it
+        capture = layer.register_forward_hook(lambda module, args, output: seen.append(output.detach().clone()))
+        try:
+            predictor.predict(image)
+            (clean,) = seen
+            live = clean.abs().amax(dim=(0, *range(2, clean.ndim))) > 0  # channels not zero without dropout
+            masks = []
+            for seed in seeds:
+                seen.clear()
+                with predictor.perturbed(FeatureDropout(P, seed)):
+                    predictor.predict(image)
+                (perturbed,) = seen
+                mask = FeatureDropout(P, seed).channel_mask(clean.shape[1])
+                zeroed = perturbed.abs().amax(dim=(0, *range(2, perturbed.ndim))) == 0
+                assert torch.equal(zeroed[live], torch.from_numpy(mask == 0)[live]), seed
+                shape = (1, -1, *[1] * (clean.ndim - 2))
+                torch.testing.assert_close(perturbed, clean * torch.from_numpy(mask).view(shape))
+                masks.append(tuple(mask.tolist()))
+        finally:
+            capture.remove()
+    assert live.sum() >= 8 and len(set(masks)) == len(seeds)  # enough channels, and each seed its own mask
+    assert all(0 < m.count(0.0) < len(m) for m in masks)  # each seed drops some channels, not all

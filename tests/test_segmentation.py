@@ -1,12 +1,18 @@
-"""Known-answer tests of bioimage_cte.segmentation."""
+"""Known-answer tests of bioimage_cte.predict.segmentation."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bioimage_cte.errors import InvalidImageError
-from bioimage_cte.segmentation import Prediction, binarize, instances, label_foreground, watershed_from_boundaries
+from bioimage_cte.base.errors import InvalidImageError
+from bioimage_cte.predict.segmentation import (
+    Prediction,
+    binarize,
+    instances,
+    label_foreground,
+    watershed_from_boundaries,
+)
 
 
 def _two_touching_discs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:

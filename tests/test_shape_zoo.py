@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bioimage_cte.images import list_images, load_labels, read_image, target_task, to_yx
-from bioimage_cte.safe_yaml import load_untrusted_yaml
+from bioimage_cte.predict.images import list_images, load_labels, read_image, target_task, to_yx
+from bioimage_cte.zoo.safe_yaml import load_untrusted_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO, DATA = ROOT / "resources" / "zoo", ROOT / "resources" / "data"
@@ -98,8 +98,8 @@ def test_the_shape_builder_is_reproducible(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_rank_the_two_channel_target() -> None:
-    from bioimage_cte.options import RankOptions
-    from bioimage_cte.pipeline import rank
+    from bioimage_cte.run.options import RankOptions
+    from bioimage_cte.run.pipeline import rank
 
     images = list_images(DATA / "cells2ch-medium" / "images")[:1]
     models = [ZOO / f"{n}.zip" for n in ("cells2ch-unet", "cells2ch-encdec", "cells2ch-resnet", "cells2ch-instance")]
@@ -112,8 +112,8 @@ def test_rank_the_two_channel_target() -> None:
 
 @pytest.mark.slow
 def test_rank_the_3d_target_with_3d_models() -> None:
-    from bioimage_cte.options import RankOptions
-    from bioimage_cte.pipeline import rank
+    from bioimage_cte.run.options import RankOptions
+    from bioimage_cte.run.pipeline import rank
 
     images = list_images(DATA / "nuclei3d-medium-noisy" / "images")[:1]
     models = [ZOO / f"{n}.zip" for n in ("nuclei3d-small", "nuclei3d-large", "nuclei3d-dim",

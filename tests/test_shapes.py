@@ -15,14 +15,14 @@ import pytest
 import tifffile
 import torch
 
+from bioimage_cte.base.errors import InvalidImageError, InvalidModelError
 from bioimage_cte.demozoo.shapes import OutputSpec, build_shaped_package
-from bioimage_cte.errors import InvalidImageError, InvalidModelError
-from bioimage_cte.images import load_target, tiff_axes
-from bioimage_cte.models import load_model
-from bioimage_cte.options import RankOptions
-from bioimage_cte.perturbations import FeatureDropout
-from bioimage_cte.predictors import BlackBoxPredictor, GreyBoxPredictor
-from bioimage_cte.readout import choose_readout
+from bioimage_cte.predict.dropout import FeatureDropout
+from bioimage_cte.predict.factory import make_predictor
+from bioimage_cte.predict.images import load_target, tiff_axes
+from bioimage_cte.run.options import RankOptions
+from bioimage_cte.zoo.models import load_model
+from bioimage_cte.zoo.readout import choose_readout
 
 pytestmark = pytest.mark.slow  # builds and runs real packages through bioimageio.core and torch
 
@@ -66,7 +66,7 @@ def _torch_reference(descr, image: np.ndarray, pad: int) -> np.ndarray:
 def test_3d_model_runs_natively_on_a_stack_and_tiles_with_its_halo_exactly(packages):
     descr = _descr(packages, "3d")
     stack = np.random.default_rng(0).random((20, 50, 70), dtype=np.float32)
-    with BlackBoxPredictor(descr, name="3d") as predictor:
+    with make_predictor(descr, greybox=False, name="3d") as predictor:
         whole = predictor.predict(stack)
         predictor.max_tile = 40  # blocks of at most 1600 voxels: many tiles along every axis
         tiled = predictor.predict(stack)
@@ -80,7 +80,8 @@ def test_3d_model_runs_natively_on_a_stack_and_tiles_with_its_halo_exactly(packa
 
 def test_greybox_3d_model_finds_a_layer_and_drops_channels_in_3d(packages):
     stack = np.random.default_rng(1).random((16, 40, 40), dtype=np.float32)
-    with GreyBoxPredictor(_descr(packages, "3d"), name="3d") as predictor:
+    with make_predictor(_descr(packages, "3d"), greybox=True, weight_format="pytorch_state_dict",
+                        name="3d") as predictor:
         clean = predictor.predict(stack).foreground
         with predictor.perturbed(FeatureDropout(0.5, seed=3)):
             perturbed = predictor.predict(stack).foreground
@@ -90,7 +91,7 @@ def test_greybox_3d_model_finds_a_layer_and_drops_channels_in_3d(packages):
 
 def test_2d_model_runs_slice_by_slice_on_a_stack(packages):
     stack = np.random.default_rng(2).random((3, 40, 52), dtype=np.float32)
-    with BlackBoxPredictor(_descr(packages, "2d"), name="2d") as predictor:
+    with make_predictor(_descr(packages, "2d"), greybox=False, name="2d") as predictor:
         out = predictor.predict(stack).foreground
         slices = [predictor.predict(s).foreground for s in stack]
     assert out.shape == (3, 40, 52)
@@ -102,7 +103,7 @@ def test_fixed_64_input_runs_on_larger_and_smaller_images(packages):
     descr = _descr(packages, "fixed")
     assert {str(a.id): a.size for a in descr.inputs[0].axes if str(a.id) in "yx"} == {"y": 64, "x": 64}
     image = np.random.default_rng(3).random((100, 150), dtype=np.float32)
-    with BlackBoxPredictor(descr, name="fixed") as predictor:
+    with make_predictor(descr, greybox=False, name="fixed") as predictor:
         large = predictor.predict(image).foreground
         small = predictor.predict(image[:40, :30]).foreground
     assert large.shape == (100, 150) and small.shape == (40, 30)
@@ -116,7 +117,7 @@ def test_two_channel_model_gets_the_selected_channels_in_order(packages, tmp_pat
     rgb = (np.random.default_rng(4).random((48, 56, 3)) * 255).astype(np.uint8)
     path = tmp_path / "rgb.png"
     iio.imwrite(path, rgb)
-    with BlackBoxPredictor(descr, name="2ch") as predictor:
+    with make_predictor(descr, greybox=False, name="2ch") as predictor:
         assert predictor.in_channels == 2
         image = load_target(path, channels=(2, 0), n_channels=2, model="2ch")
         np.testing.assert_array_equal(image, np.moveaxis(rgb, -1, 0)[[2, 0]].astype(np.float32))
@@ -184,25 +185,25 @@ def test_output_choice_from_names(packages):
 
 def test_predictions_carry_the_chosen_maps(packages):
     image = np.random.default_rng(5).random((40, 48), dtype=np.float32)
-    with BlackBoxPredictor(_descr(packages, "softmax"), name="softmax") as predictor:
+    with make_predictor(_descr(packages, "softmax"), greybox=False, name="softmax") as predictor:
         multi = predictor.predict(image)
     assert multi.classes is not None and multi.classes.shape == (3, 40, 48)
     np.testing.assert_allclose(multi.classes.sum(axis=0), 1.0, atol=1e-5)
     np.testing.assert_array_equal(multi.foreground, multi.classes[1])
     np.testing.assert_array_equal(multi.boundary, multi.classes[2])
-    with BlackBoxPredictor(_descr(packages, "affinity"), name="affinity") as predictor:
+    with make_predictor(_descr(packages, "affinity"), greybox=False, name="affinity") as predictor:
         affinity = predictor.predict(image)
         raw = predictor._run(image)
     assert affinity.scored == "boundary" and affinity.boundary is None
     np.testing.assert_allclose(affinity.foreground, raw.mean(axis=0), atol=1e-6)
-    with BlackBoxPredictor(_descr(packages, "stardist"), name="stardist") as predictor:
+    with make_predictor(_descr(packages, "stardist"), greybox=False, name="stardist") as predictor:
         prob = predictor.predict(image)
     assert prob.foreground.shape == (40, 48) and prob.classes is None
 
 
 def test_rank_records_the_scored_output_and_ranks_3d_and_two_channel_targets(packages, tmp_path):
-    from bioimage_cte.pipeline import rank
-    from bioimage_cte.ranking import ranking_json
+    from bioimage_cte.run.pipeline import rank
+    from bioimage_cte.run.ranking import ranking_json
 
     rng = np.random.default_rng(6)
     stacks = tmp_path / "stacks"
@@ -233,7 +234,7 @@ def test_rank_records_the_scored_output_and_ranks_3d_and_two_channel_targets(pac
 def test_cli_channels_and_output_channel_reach_the_ranking(packages, tmp_path):
     from typer.testing import CliRunner
 
-    from bioimage_cte.cli import app
+    from bioimage_cte.cli.commands import app
 
     images = tmp_path / "two"
     images.mkdir()

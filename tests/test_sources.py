@@ -1,4 +1,4 @@
-"""Tests for bioimage_cte.sources on real bioimageio packages built offline in a temp folder."""
+"""Tests for bioimage_cte.zoo.sources on real bioimageio packages built offline in a temp folder."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bioimage_cte.errors import (
+from bioimage_cte.base.errors import (
     BioimageCteError,
     InvalidIndexError,
     InvalidModelError,
     UnsafeArchiveError,
 )
-from bioimage_cte.sources import (
+from bioimage_cte.zoo.sources import (
     ModelSource,
     check_zip,
     find_models,
@@ -350,7 +350,7 @@ def test_corrupt_zip(tmp_path: Path) -> None:
 
 
 def test_corrupt_zip_in_folder_of_packages_is_one_failure_at_load(packages: Path) -> None:
-    from bioimage_cte.predictors import load_model
+    from bioimage_cte.zoo.models import load_model
 
     (packages / "zz.zip").write_bytes(b"PK not really")
     sources = find_models([packages])

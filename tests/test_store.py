@@ -18,23 +18,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bioimage_cte import __version__
-from bioimage_cte.errors import BioimageCteError, InvalidImageError, UntrustedCodeError
-from bioimage_cte.jobs import (
+from bioimage_cte.base.errors import BioimageCteError, InvalidImageError, UntrustedCodeError
+from bioimage_cte.base.version import __version__
+from bioimage_cte.cte.outcomes import Stage
+from bioimage_cte.run.jobs import (
     ScoreJob,
     TargetSpec,
     collect_results,
     failed_record,
     plan_jobs,
+    plan_pairs,
     rank_target,
     read_target,
     record_failure,
     score_job,
 )
-from bioimage_cte.options import RankOptions
-from bioimage_cte.results import InvalidStoreError, ResultStore, ScoreRecord, package_fingerprint, result_key
-from bioimage_cte.scoring import Stage
-from bioimage_cte.sources import ModelSource, find_models
+from bioimage_cte.run.options import RankOptions
+from bioimage_cte.run.store import InvalidStoreError, ResultStore, ScoreRecord, package_fingerprint, result_key
+from bioimage_cte.zoo.sources import find_models
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +80,7 @@ def test_put_get_round_trip_keeps_nan_and_lists(store: ResultStore):
 
 
 def test_records_of_older_and_newer_versions_decode():
-    from bioimage_cte.results import _decode, _encode
+    from bioimage_cte.run.store import _decode, _encode
 
     payload = json.loads(_encode(_record()))
     older = {k: v for k, v in payload.items() if k != "foreground"}  # written before foreground was stored
@@ -135,7 +136,7 @@ def test_concurrent_puts_from_two_threads(tmp_path: Path):
 
 _WRITER = """
 import sys
-from bioimage_cte.results import ResultStore, ScoreRecord
+from bioimage_cte.run.store import ResultStore, ScoreRecord
 store = ResultStore(sys.argv[1])
 for i in range(100000):
     record = ScoreRecord(f"model-{i}", "d", "cte-dropout", {"strength": 0.2}, "0.1.0", "ok",
@@ -174,7 +175,7 @@ def _rewrite_zip(source: Path, dest: Path, change: dict[str, bytes]) -> None:
 
 
 def test_package_fingerprint_sees_weights_but_not_our_annotation(tmp_path: Path, package: Path):
-    from bioimage_cte.annotate import TransferabilityEntry, annotate_package
+    from bioimage_cte.outputs.annotate import TransferabilityEntry, annotate_package
 
     copy = tmp_path / package.name
     shutil.copy(package, copy)
@@ -269,24 +270,32 @@ def test_score_job_scores_once_and_records_failures(tmp_path: Path, small_target
     assert "not scored" in failures[0].reason
 
 
-def _hand_job(target: TargetSpec, name: str, options: RankOptions) -> ScoreJob:
-    """A job as plan_jobs makes it, for a package that need not exist (nothing is loaded)."""
-    settings = {**options.score_settings(), "labels": target.labels_fingerprint}
-    model = f"fingerprint-of-{name}"
-    source = ModelSource(name, f"{name}.zip", "zip", f"/zoo/{name}.zip")
-    return ScoreJob(result_key(model, target.fingerprint, options.estimator, settings), source, model, f"sha-{name}",
-                    target, options, settings)
+def _zoo_jobs(folder: Path, package: Path, target: TargetSpec, names: tuple[str, ...],
+              options: RankOptions) -> dict[str, ScoreJob]:
+    """name -> its job, planned by plan_pairs (the library's key code) over copies of ``package`` under the names.
+
+    Each copy holds one more file naming it, so each is another package (another fingerprint, another key).
+    Nothing is loaded or scored.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        with zipfile.ZipFile(package) as zin, zipfile.ZipFile(folder / f"{name}.zip", "w") as zout:
+            for info in zin.infolist():
+                zout.writestr(info, zin.read(info))
+            zout.writestr("copy-of.txt", name)
+    jobs, unfit = plan_pairs(find_models([folder]), [target], options)
+    assert unfit == []
+    return {job.source.name: job for job in jobs}
 
 
-def _hand_target() -> TargetSpec:
-    return TargetSpec("t", "/data/t", ("/data/t/images/a.tif", "/data/t/images/b.tif"), None, "fp", None, "nuclei")
-
-
-def test_rank_target_from_stored_records_without_a_model(store: ResultStore):
+def test_rank_target_from_stored_records_without_a_model(store: ResultStore, tmp_path: Path, small_target: Path,
+                                                        package: Path):
     options = RankOptions(estimator="cte-dropout", seed=2)
-    target = _hand_target()
-    good, fair, greybox, crashed, untrusted, missing = (
-        _hand_job(target, n, options) for n in ("good", "fair", "no-greybox", "crashed", "untrusted", "missing"))
+    target = read_target(small_target)
+    names = ("good", "fair", "no-greybox", "crashed", "untrusted", "missing")
+    jobs = _zoo_jobs(tmp_path / "zoo", package, target, names, options)
+    assert sorted(jobs) == sorted(names) and len({j.key for j in jobs.values()}) == len(names)
+    good, fair, greybox, crashed, untrusted, missing = (jobs[n] for n in names)
 
     def ok(job: ScoreJob, values: list[float], **changes) -> ScoreRecord:
         return ScoreRecord(job.model, target.fingerprint, "cte-dropout", job.settings, __version__, "ok",
@@ -307,7 +316,7 @@ def test_rank_target_from_stored_records_without_a_model(store: ResultStore):
 
     results, failures = collect_results([good, fair, greybox, crashed, untrusted, missing], store)
     assert [r.source.name for r in results] == ["good", "fair", "no-greybox"]
-    assert results[0].sha256 == "sha-good"  # the package's current sha256, not the stored one
+    assert results[0].sha256 == good.sha256  # the package's current sha256, not the stored one
     assert [(f.name, f.stage) for f in failures] == [("crashed", Stage.PREDICT), ("untrusted", Stage.SKIPPED),
                                                      ("missing", Stage.PREDICT)]
     assert "not scored" in failures[-1].reason
@@ -321,13 +330,19 @@ def test_rank_target_from_stored_records_without_a_model(store: ResultStore):
                       "missing": ("predict", stages["missing"][1]),
                       "no-greybox": ("estimator", "no pytorch_state_dict")}
     assert payload["settings"]["seed"] == 2 and payload["settings"]["n_images"] == 2
-    assert payload["settings"]["images"] == "/data/t/images" and payload["target"]["task"] == "nuclei"
+    assert payload["settings"]["images"] == str(small_target / "images") and payload["target"]["task"] == "nuclei"
     json.dumps(payload, allow_nan=False)
 
 
-def test_device_and_tag_do_not_change_the_key():
-    target = _hand_target()
-    key = _hand_job(target, "m", RankOptions(estimator="cte-dropout")).key
-    assert _hand_job(target, "m", RankOptions(estimator="cte-dropout", device="cuda:1", tag="nuclei")).key == key
-    assert _hand_job(target, "m", RankOptions(trust_code=True)).key != key
-    assert _hand_job(target, "m", RankOptions(estimator="cte-dropout", strength=0.3)).key != key
+def test_device_and_tag_do_not_change_the_key(small_target: Path, package: Path):
+    sources, target = find_models([package]), read_target(small_target)
+
+    def key(options: RankOptions) -> str:
+        (job,), _ = plan_pairs(sources, [target], options)
+        return job.key
+
+    dropout = key(RankOptions(estimator="cte-dropout"))
+    assert key(RankOptions(estimator="cte-dropout", device="cuda:1", tag="nuclei")) == dropout
+    assert key(RankOptions(estimator="cte-dropout", trust_code=True)) != dropout
+    assert key(RankOptions(trust_code=True)) != dropout  # the default estimator
+    assert key(RankOptions(estimator="cte-dropout", strength=0.3)) != dropout

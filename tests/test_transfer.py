@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bioimage_cte.errors import InvalidImageError
-from bioimage_cte.images import target_task
+from bioimage_cte.base.errors import InvalidImageError
+from bioimage_cte.predict.images import target_task
 from bioimage_cte.studies.transfer import (
     compute_transfer_matrix,
     find_targets,

@@ -67,7 +67,7 @@ def read_source_package(path: Path) -> dict:
     """What a demo package says about its network: state dict, kwargs, preprocessing, outputs, test image, card."""
     import torch
 
-    from bioimage_cte.safe_yaml import load_untrusted_yaml
+    from bioimage_cte.zoo.safe_yaml import load_untrusted_yaml
 
     with zipfile.ZipFile(path) as zf:
         rdf = load_untrusted_yaml(zf.read("rdf.yaml"), where=f"rdf.yaml of {path}")
@@ -130,7 +130,7 @@ def build_format_variants(zoo: Path) -> list[Path]:
 
 def is_format_variant(location: str | Path) -> bool:
     """Whether a package is a format variant of another (its card names ``config.bioimage_cte.exported_from``)."""
-    from bioimage_cte.safe_yaml import load_untrusted_yaml
+    from bioimage_cte.zoo.safe_yaml import load_untrusted_yaml
 
     path = Path(location)
     try:

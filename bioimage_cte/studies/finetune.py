@@ -11,7 +11,7 @@ only), so differences between models come from their initial weights.
 
 The package's own preprocessing (``zero_mean_unit_variance`` or ``scale_range``, from its rdf.yaml) is
 applied as bioimageio.core applies it (:func:`bioimage_cte.studies.networks.prepare_input`). The zero-shot scores
-to compare with come from :func:`zero_shot_cte`, which ranks with :mod:`bioimage_cte.scoring` as ``rank`` does.
+to compare with come from :func:`zero_shot_cte`, which ranks with :mod:`bioimage_cte.run.scoring` as ``rank`` does.
 
 This module imports torch and bioimageio.core when its functions run; import it lazily from the CLI.
 """
@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from bioimage_cte.base.errors import BioimageCteError, InvalidImageError, InvalidModelError
 from bioimage_cte.demozoo.training import fit, targets_from_labels
-from bioimage_cte.errors import BioimageCteError, InvalidImageError, InvalidModelError
 from bioimage_cte.studies.networks import (
     PackagedNetwork,
     load_packaged_network,
@@ -38,11 +38,11 @@ from bioimage_cte.studies.networks import (
     scratch_network,
     test_dice,
 )
-from bioimage_cte.trust import CodePolicy
+from bioimage_cte.zoo.trust import CodePolicy
 
 if TYPE_CHECKING:
-    from bioimage_cte.options import RankOptions
-    from bioimage_cte.sources import ModelSource
+    from bioimage_cte.run.options import RankOptions
+    from bioimage_cte.zoo.sources import ModelSource
 
 # the network helpers stay importable from here, where the fine-tuning study's callers found them
 __all__ = ["FinetuneBenchmark", "FinetuneConfig", "FinetuneRun", "KShotSplit", "KSummary", "PackagedNetwork",
@@ -341,7 +341,7 @@ def summarize_runs(runs: Sequence[FinetuneRun], *, zero_shot: dict[str, float] |
 
     ``zero_shot`` maps model names to a label-free score (higher = better), e.g. their CTE scores.
     """
-    from bioimage_cte.evaluation import rank_agreement
+    from bioimage_cte.run.evaluation import rank_agreement
 
     pretrained = [r for r in runs if r.init == "pretrained"]
     ks = list(dict.fromkeys(r.k for r in pretrained))
@@ -407,7 +407,7 @@ def zoo_similarity(models: Sequence[PackagedNetwork], images: Sequence[np.ndarra
     Every bottleneck map is average-pooled to ``grid`` per image so models of different depth compare the same
     image regions. Returns ``{"models": [...], "layers": [...], "cka": [[...]]}``.
     """
-    from bioimage_cte.layers import find_perturbation_layer
+    from bioimage_cte.predict.layers import find_perturbation_layer
     from bioimage_cte.studies.cka import cka_matrix, feature_maps
 
     feats, layers = [], []
@@ -506,8 +506,8 @@ def zero_shot_cte(sources: Sequence[ModelSource], image_paths: Sequence[Path], o
     """
     import math
 
-    from bioimage_cte.ranking import build_ranking
-    from bioimage_cte.scoring import rank_models
+    from bioimage_cte.run.ranking import build_ranking
+    from bioimage_cte.run.scoring import rank_models
 
     estimator = options.make_estimator("cte-dropout")
     results, failures = rank_models(sources, image_paths, [estimator], options, on_image=on_image)
@@ -536,8 +536,8 @@ def run_finetune_study(
     JSON of :class:`FinetuneBenchmark` with the image paths. ``on_image`` is called once per zero-shot image,
     ``on_run`` with one line per fine-tuning run as it ends.
     """
-    from bioimage_cte.images import list_images, load_labels, load_target
-    from bioimage_cte.sources import select_models
+    from bioimage_cte.predict.images import list_images, load_labels, load_target
+    from bioimage_cte.zoo.sources import select_models
 
     sources = select_models(models, tag=options.tag)
     paths = list_images(images)

@@ -3,9 +3,9 @@
 The fine-tuning study (:mod:`bioimage_cte.studies.finetune`) and the CKA maps (:mod:`bioimage_cte.studies.cka`)
 train and probe a package's network directly. :func:`load_packaged_network` loads its ``pytorch_state_dict``
 weights (``torch.load(..., weights_only=True)``, through bioimageio.core) under the same code policy as grey-box
-ranking (:mod:`bioimage_cte.trust`), with its preprocessing and input size rules; :func:`prepare_input` and
+ranking (:mod:`bioimage_cte.zoo.trust`), with its preprocessing and input size rules; :func:`prepare_input` and
 :func:`predict_foreground` then pad and normalise a raw image exactly as the packaged pipeline run by
-:mod:`bioimage_cte.predictors` does (:func:`bioimage_cte.demozoo.training.normalize` reproduces bioimageio.core's
+:mod:`bioimage_cte.predict.predictor` does (:func:`bioimage_cte.demozoo.training.normalize` reproduces bioimageio.core's
 normalisation).
 
 This module imports torch and bioimageio.core when its functions run.
@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from bioimage_cte.base.errors import InvalidModelError
+from bioimage_cte.cte.metrics import foreground_dice
 from bioimage_cte.demozoo.training import EPS, Outputs, Preprocessing, normalize
-from bioimage_cte.errors import InvalidModelError
-from bioimage_cte.metrics import foreground_dice
-from bioimage_cte.trust import CodePolicy, greybox_descr
+from bioimage_cte.zoo.trust import CodePolicy, greybox_descr
 
 __all__ = ["PackagedNetwork", "load_packaged_network", "normalize_input", "predict_foreground", "prepare_input",
            "scratch_network", "test_dice"]
@@ -73,7 +73,7 @@ def load_packaged_network(location: str | Path, *, name: str | None = None,
     """Load a package's ``pytorch_state_dict`` network, its preprocessing and its input size rules.
 
     The architecture is built only if ``code_policy`` (default: trusted installed libraries only, see
-    :mod:`bioimage_cte.trust`) allows it, exactly as for grey-box ranking.
+    :mod:`bioimage_cte.zoo.trust`) allows it, exactly as for grey-box ranking.
 
     Raises
     ------
@@ -86,9 +86,9 @@ def load_packaged_network(location: str | Path, *, name: str | None = None,
     from bioimageio.core.backends.pytorch_backend import load_torch_model
     from bioimageio.spec.model import v0_5
 
-    from bioimage_cte.models import load_model
-    from bioimage_cte.tiling import spatial_spec
-    from bioimage_cte.trust import available_weight_formats
+    from bioimage_cte.predict.tiling import spatial_spec
+    from bioimage_cte.zoo.models import load_model
+    from bioimage_cte.zoo.trust import available_weight_formats
 
     location = str(location)
     descr = load_model(location)
@@ -134,7 +134,7 @@ def scratch_network(model: PackagedNetwork, *, seed: int) -> PackagedNetwork:
 
 def _pad_to_valid(image: np.ndarray, model: PackagedNetwork) -> tuple[np.ndarray, tuple[int, int]]:
     # the predictors' padding: what the packaged pipeline is fed at prediction time
-    from bioimage_cte.tiling import SpatialSpec, pad_to_valid
+    from bioimage_cte.predict.tiling import SpatialSpec, pad_to_valid
 
     spec = SpatialSpec(model.min_size, model.step, model.halo)
     return pad_to_valid(image, (spec, spec), name=model.source)
@@ -143,7 +143,7 @@ def _pad_to_valid(image: np.ndarray, model: PackagedNetwork) -> tuple[np.ndarray
 def prepare_input(model: PackagedNetwork, image: np.ndarray) -> np.ndarray:
     """The network input for a raw (y, x) image: padded to a valid size, then the package's normalisation.
 
-    The order is that of the packaged pipeline run by :mod:`bioimage_cte.predictors`, which normalises the
+    The order is that of the packaged pipeline run by :mod:`bioimage_cte.predict.predictor`, which normalises the
     padded image.
     """
     return normalize_input(model, _pad_to_valid(image.astype(np.float32), model)[0])

@@ -17,14 +17,15 @@ from typing import Any
 
 import numpy as np
 
+from bioimage_cte.base.errors import InvalidImageError
+from bioimage_cte.cte.metrics import METRICS
+from bioimage_cte.cte.outcomes import ModelFailure
 from bioimage_cte.demozoo.formats import trained_only
-from bioimage_cte.errors import InvalidImageError
-from bioimage_cte.evaluation import true_performance
-from bioimage_cte.images import list_images, load_labels
-from bioimage_cte.metrics import METRICS
-from bioimage_cte.options import RankOptions
-from bioimage_cte.scoring import ModelFailure, rank_models
-from bioimage_cte.sources import find_models
+from bioimage_cte.predict.images import list_images, load_labels
+from bioimage_cte.run.evaluation import true_performance
+from bioimage_cte.run.options import RankOptions
+from bioimage_cte.run.scoring import rank_models
+from bioimage_cte.zoo.sources import find_models
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def compute_transfer_matrix(
 ) -> tuple[list[TransferRow], list[ModelFailure]]:
     """Evaluate every model in ``zoo`` on every labelled target in ``data`` (``options``: device, trust, axes).
 
-    ``on_model`` gets each :class:`~bioimage_cte.sources.ModelSource` as it starts on a target, ``on_image`` each
+    ``on_model`` gets each :class:`~bioimage_cte.zoo.sources.ModelSource` as it starts on a target, ``on_image`` each
     image done (progress).
     """
     options = options or RankOptions()
@@ -75,7 +76,7 @@ def compute_transfer_matrix(
 
 def write_transfer_matrix(rows: Sequence[TransferRow], path: Path) -> None:
     """Write rows as CSV (model, target, metric, value), atomically."""
-    from bioimage_cte.fileutils import write_atomic
+    from bioimage_cte.base.fileutils import write_atomic
 
     text = io.StringIO(newline="")
     writer = csv.writer(text)

@@ -3,7 +3,7 @@ feature-pyramid decoder (the shape of segmentation_models_pytorch networks with 
 
 This file ships inside demo-zoo packages as their ``pytorch_state_dict`` architecture, so it imports
 nothing but torch. No module is named ``bottleneck``: the layer to perturb is found from the traced
-network (:mod:`bioimage_cte.layers`).
+network (:mod:`bioimage_cte.predict.layers`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 This file ships inside each 3D demo-zoo package as its ``pytorch_state_dict`` architecture, so it
 imports nothing but torch. No module is named ``bottleneck``: the layer to perturb is found from
-the traced network (:mod:`bioimage_cte.layers`).
+the traced network (:mod:`bioimage_cte.predict.layers`).
 """
 
 from __future__ import annotations

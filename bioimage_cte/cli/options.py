@@ -1,0 +1,96 @@
+"""The options of the ``bioimage-cte`` commands, declared once with their help (rank, evaluate, zoo-rank)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from bioimage_cte.cte.registry import ESTIMATORS
+from bioimage_cte.run.options import RankOptions
+
+# the choices come from the estimators' registry; few-label needs labels and is evaluate's --few-label
+Estimator = StrEnum("Estimator", {n.replace("-", "_"): n for n in ESTIMATORS if not ESTIMATORS[n].needs_labels})
+#: the library's default estimator (RankOptions), the one place it is set
+DEFAULT_ESTIMATOR = Estimator(RankOptions().estimator)
+
+
+class Task(StrEnum):
+    semantic = "semantic"
+    instance = "instance"
+
+
+class Perturbation(StrEnum):
+    gaussian = "gaussian"
+    brightness = "brightness"
+    contrast = "contrast"
+    gamma = "gamma"
+
+
+ModelsArg = Annotated[
+    list[str],
+    typer.Argument(help="Models: rdf.yaml files, package folders or zips, folders of packages, a collection "
+                   "index JSON (path or URL), or RDF URLs.", show_default=False),
+]
+ImagesOpt = Annotated[str, typer.Option("--images", "-i", help="Folder, glob ('data/*.tif') or file of target "
+                                        "images (.tif, .tiff, .png, .npy).", show_default=False)]
+AxesOpt = Annotated[str | None, typer.Option(help="Axes of the image files when ambiguous, e.g. 'yx', 'cyx', "
+                                             "'zyx', 'yxc'.")]
+TaskOpt = Annotated[Task, typer.Option(help="semantic: foreground masks (soft consistency by default); instance: "
+                                       "instance labels, 1 - adapted Rand error.")]
+
+
+class ConsistencyKind(StrEnum):
+    soft = "soft"
+    hard = "hard"
+    instance = "instance"
+
+
+ConsistencyOpt = Annotated[ConsistencyKind | None, typer.Option(
+    help="Consistency score: soft (effective invariance, default for semantic), hard (1 - disagreement on the "
+         "union foreground), instance (default for --task instance).")]
+PerturbationOpt = Annotated[Perturbation, typer.Option(help="Input perturbation for cte-input (applied before "
+                                                       "the model's own preprocessing).")]
+StrengthOpt = Annotated[str | None, typer.Option(help="Perturbation strength: dropout rate p for cte-dropout "
+                                                 "(default 0.2), fraction of the image range for cte-input "
+                                                 "(default 0.1); 'auto' chooses it per family from the "
+                                                 "candidates' predictions on 3 images (cte, cte-dropout, "
+                                                 "cte-input).")]
+ChannelsOpt = Annotated[str | None, typer.Option(help="Image channels to feed, in this order, e.g. '0,2': models "
+                                                 "taking 2 channels get channels 0 and 2, single-channel models "
+                                                 "channel 0 (default: all channels; averaged for single-channel "
+                                                 "models).")]
+OutputChannelOpt = Annotated[str | None, typer.Option(help="Output to score: a channel name (e.g. nuclei), an output "
+                                                      "tensor id, TENSOR:CHANNEL or a channel index; default: "
+                                                      "chosen from the output's names.")]
+DeviceOpt = Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda:0.")]
+BudgetOpt = Annotated[str, typer.Option(help="Images to score, in a seeded random order: all; auto (stop once the "
+                                        "top model's lead over the runner-up is outside its bootstrap interval; "
+                                        "every model stays loaded); or a number N.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed for perturbations; the same seed reproduces scores exactly.")]
+LayerOpt = Annotated[str | None, typer.Option(help="Layer to perturb for grey-box estimators (module name); "
+                                              "default: the bottleneck, found automatically.")]
+WeightsOpt = Annotated[str | None, typer.Option("--weight-format", help="Weights format to run (e.g. "
+                                                "torchscript, onnx); default: grey-box estimators take the state "
+                                                "dict if its code may run, else onnx, then torchscript; black-box "
+                                                "ones bioimageio's priority order.")]
+RepeatsOpt = Annotated[int, typer.Option(help="Perturbed runs per image (their consistencies are averaged).")]
+TagOpt = Annotated[str | None, typer.Option("--tag", help="Rank only the models whose RDF has this tag, e.g. "
+                                            "'nuclei' (CTE compares models made for the same task).")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+ReportImagesOpt = Annotated[int, typer.Option("--report-images", min=0, help="Images shown with overlays in the "
+                                              "HTML report (0: none, no model is re-run).")]
+TrustCodeOpt = Annotated[bool, typer.Option("--trust-code", help="Run Python code shipped inside model packages "
+                                            "(architecture files, custom processing). Off by default: only "
+                                            "architectures from trusted installed libraries run, other models "
+                                            "use their torchscript/onnx weights or are skipped with the reason.")]
+TrustLibraryOpt = Annotated[list[str] | None, typer.Option("--trust-library", help="Also trust architectures "
+                                                           "imported from this installed library (import prefix, "
+                                                           "e.g. mylab_nets; repeat the option).")]
+MaxPixelsOpt = Annotated[int, typer.Option(help="Largest image read, in pixel values (all planes and channels), "
+                                           "checked from the file's header before decoding.", min=1)]
+MaxEntryOpt = Annotated[int, typer.Option(help="Largest unpacked file inside a package zip, in bytes; a package "
+                                          "with a larger one fails.", min=1)]
+SkipBadOpt = Annotated[bool, typer.Option("--skip-bad-images", help="Rank on the readable images and list the "
+                                          "unreadable ones (in the JSON too), instead of stopping.")]

@@ -1,0 +1,267 @@
+"""Scoring models on target images: each model runs once clean and once per perturbation.
+
+:func:`score_model` runs one model over every image, feeding every requested estimator from the same clean
+prediction. :func:`rank_models` scores models one at a time (images streamed from disk) and records a model that
+fails (cannot be loaded, is not a segmentation model, crashes, needs code the user did not allow) as a
+:class:`ModelFailure` with its :class:`Stage` and reason instead of stopping. :func:`overlay_predictions` re-runs
+one model on a few images with a ranking's settings, for the report's overlays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bioimage_cte.base.errors import BioimageCteError, ModelRunError, UntrustedCodeError
+from bioimage_cte.cte.estimators import Estimator, Perturbing
+from bioimage_cte.cte.metrics import foreground_dice, instance_f1, mean_average_precision
+from bioimage_cte.cte.outcomes import ModelFailure, ModelResult, Stage, failure_of
+from bioimage_cte.predict.images import load_target
+from bioimage_cte.predict.segmentation import Prediction, instances
+from bioimage_cte.run.options import RankOptions
+from bioimage_cte.zoo.sources import ModelSource, file_sha256
+
+__all__ = ["ModelRun", "overlay_predictions", "rank_models", "score_model"]
+
+
+def _true_metrics(clean: Prediction, labels: np.ndarray, out: dict[str, list[float]]) -> None:
+    out.setdefault("dice", []).append(foreground_dice(clean.foreground, labels))
+    if clean.foreground.ndim == 2 or clean.volumetric:  # a 3D model's objects are labelled in 3D
+        pred = instances(clean)
+        out.setdefault("f1", []).append(instance_f1(pred, labels))
+        out.setdefault("map", []).append(mean_average_precision(pred, labels))
+
+
+def _stage(e: BaseException) -> Stage:
+    return Stage.SKIPPED if isinstance(e, UntrustedCodeError) else Stage.ESTIMATOR
+
+
+class ModelRun:
+    """One model, loaded once, scoring images one at a time for every requested estimator.
+
+    Use as a context manager; :meth:`score` one image after another (in any order: ``index`` is the image's place in
+    the run, which names its random draws), then :meth:`result`. :func:`score_model` runs every image in turn; the
+    adaptive budget (:func:`bioimage_cte.run.budget.rank_adaptive`) keeps several runs open and interleaves them.
+
+    Grey-box estimators need ``pytorch_state_dict`` weights whose architecture may run (``options.code_policy()``,
+    see :mod:`bioimage_cte.zoo.trust`): a model without them still gets its black-box scores, and the grey-box
+    estimators
+    record why they could not run in ``failures``. An estimator that only *wants* grey-box access (``cte``: its
+    dropout family) is scored black-box then, without that family.
+
+    Raises
+    ------
+    BioimageCteError
+        When the model cannot be loaded or predicted at all (the caller records it as failed).
+    """
+
+    def __init__(self, source: ModelSource, estimators: Sequence[Estimator], options: RankOptions, *,
+                 with_labels: bool = False) -> None:
+        from bioimage_cte.predict.factory import make_predictor
+        from bioimage_cte.zoo.models import load_model
+
+        self.start = time.perf_counter()
+        self.source, self.options = source, options
+        descr = load_model(source.location, max_entry_bytes=options.max_entry_bytes)
+        self.failures: dict[str, tuple[Stage, str]] = {}
+        needs = any(e.needs_greybox for e in estimators)
+        wants = needs or any(getattr(e, "wants_greybox", False) for e in estimators)
+        # messages name the package file: a zoo run lists hundreds of them
+        keep_masks = any(e.cross_model for e in estimators)
+        common = dict(name=source.location, weight_format=options.weight_format, devices=[options.device],
+                      code_policy=options.code_policy(), output_channel=options.output_channel)
+        self.greybox, self.idle = wants, False
+        try:
+            self.predictor = make_predictor(descr, greybox=wants, layer=options.layer, **common)
+        except BioimageCteError as e:
+            if not wants:
+                raise
+            self.greybox = False
+            self.failures.update({est.name: (_stage(e), str(e)) for est in estimators if est.needs_greybox})
+            if (not with_labels and not keep_masks and needs
+                    and all(est.needs_greybox for est in estimators)):
+                self.idle = True  # nothing can run: the model is not run at all
+                return
+            self.predictor = make_predictor(descr, greybox=False, **common)
+        self.scored = [e for e in estimators if e.name not in self.failures and not e.cross_model
+                       and not e.needs_labels]
+        self.labelled = [e for e in estimators if e.needs_labels]
+        self.per_image: dict[str, list[float]] = {e.name: [] for e in self.scored + self.labelled
+                                                  if not hasattr(e, "family_values")}
+        self.true: dict[str, list[float]] = {}
+        self.masks: list[np.ndarray] | None = [] if keep_masks else None
+        self.foreground: list[float] = []
+        self.layer: str | None = None
+
+    def __enter__(self) -> ModelRun:
+        if not self.idle:
+            self.predictor.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.idle:
+            self.layer = getattr(self.predictor, "layer", None)
+            self.predictor.__exit__(*exc)
+
+    def score(self, index: int, path: Path, labels: np.ndarray | None = None) -> None:
+        """Predict one image clean and score it with every estimator (``index``: its place in the run)."""
+        image = _load(path, self.options, self.predictor, self.source.location)
+        seed = self.options.seed
+        with _model_errors(self.source, path):
+            clean = self.predictor.predict(image)
+            _check_prediction(clean, self.source, path)
+            mask = clean.foreground > 0.5
+            self.foreground.append(float(mask.mean()))
+            for estimator in self.scored:
+                if hasattr(estimator, "family_values"):
+                    for k, v in estimator.family_values(self.predictor, image, clean, seed=seed, index=index,
+                                                        greybox=self.greybox).items():
+                        self.per_image.setdefault(k, []).append(v)
+                else:
+                    self.per_image[estimator.name].append(
+                        estimator.score_image(self.predictor, image, clean, seed=seed, index=index))
+        if self.masks is not None:
+            self.masks.append(mask)
+        if labels is not None:
+            _true_metrics(clean, labels, self.true)
+            for estimator in self.labelled:
+                self.per_image[estimator.name].append(estimator.score_labelled(clean, labels, index))
+
+    def result(self) -> ModelResult:
+        """What the run has produced so far (the adaptive budget asks after every image)."""
+        if not hasattr(self, "_sha256"):
+            self._sha256 = file_sha256(self.source.location)
+        if self.idle:
+            return ModelResult(self.source, {}, {}, None, self.failures, None, time.perf_counter() - self.start,
+                               self._sha256)
+        return ModelResult(self.source, self.per_image, self.true, self.masks, self.failures, self.layer,
+                           time.perf_counter() - self.start, self._sha256, self.foreground,
+                           self.predictor.readout.to_json_dict(), _weights_json(self.predictor))
+
+
+def _weights_json(predictor: Any) -> dict[str, str] | None:
+    choice = getattr(predictor, "weights", None)
+    return None if choice is None else choice.to_json()
+
+
+def _load(path: Path, options: RankOptions, predictor: Any, name: str) -> np.ndarray:
+    """An image as this model is fed it: its channels selected for the model's input channel count."""
+    return load_target(path, axes=options.axes, channels=options.channels, n_channels=predictor.in_channels,
+                       model=name, max_pixels=options.max_pixels)
+
+
+def score_model(
+    source: ModelSource,
+    image_paths: Sequence[Path],
+    estimators: Sequence[Estimator],
+    options: RankOptions,
+    *,
+    labels: Sequence[np.ndarray] | None = None,
+    on_image: Callable[[], None] | None = None,
+) -> ModelResult:
+    """Run one model over the images and score it with every estimator (see :class:`ModelRun`).
+
+    The model is loaded once; each image is read from disk, predicted clean once, and handed with that prediction
+    to every estimator. When no estimator can run and nothing else needs predictions (labels, cross-model
+    estimators), the model is not run at all.
+
+    Raises
+    ------
+    BioimageCteError
+        When the model cannot be loaded or predicted at all (the caller records it as failed).
+    """
+    run = ModelRun(source, estimators, options, with_labels=labels is not None)
+    if run.idle:
+        return run.result()
+    with run:
+        for i, path in enumerate(image_paths):
+            run.score(i, path, None if labels is None else labels[i])
+            if on_image is not None:
+                on_image()
+    return run.result()
+
+
+@contextlib.contextmanager
+def _model_errors(source: ModelSource, path: Path) -> Iterator[None]:
+    """Turn a crash inside the model's forward pass into one line naming the package and the image."""
+    try:
+        yield
+    except BioimageCteError:
+        raise
+    except Exception as e:
+        if isinstance(e, MemoryError) or "out of memory" in str(e).lower():
+            raise  # not the package's fault, and worth a retry
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+        raise ModelRunError(f"{source.location}: the model crashed on {path} ({type(e).__name__}: {first}); the "
+                            "package's network does not run on this input, check it with 'bioimageio test'") from e
+
+
+def _check_prediction(clean: Prediction, source: ModelSource, path: Path) -> None:
+    if not np.isfinite(clean.foreground).all():
+        raise ModelRunError(f"{source.location}: the model returned NaN or inf on {path}; "
+                            "the model is broken for this input, check its weights and preprocessing")
+
+
+def rank_models(
+    sources: Sequence[ModelSource],
+    image_paths: Sequence[Path],
+    estimators: Sequence[Estimator],
+    options: RankOptions,
+    *,
+    labels: Sequence[np.ndarray] | None = None,
+    on_image: Callable[[], None] | None = None,
+    on_model: Callable[[ModelSource], None] | None = None,
+) -> tuple[list[ModelResult], list[ModelFailure]]:
+    """Score every model, one loaded at a time; a model that fails is recorded with its reason and the others go on.
+
+    A model skipped because it needs package code the policy does not allow is recorded with stage
+    :attr:`Stage.SKIPPED`.
+    """
+    results: list[ModelResult] = []
+    failures: list[ModelFailure] = []
+    for source in sources:
+        if on_model is not None:
+            on_model(source)
+        try:
+            results.append(score_model(source, image_paths, estimators, options, labels=labels, on_image=on_image))
+        except Exception as e:  # one broken zoo entry must never stop the run
+            failures.append(failure_of(source, e))
+    return results, failures
+
+
+def overlay_predictions(
+    location: str, image_paths: Sequence[Path], indices: Sequence[int], options: RankOptions, *,
+    on_image: Callable[[], None] | None = None,
+) -> list[tuple[np.ndarray, Prediction, Prediction | None]]:
+    """Re-run one model on a few images with a ranking's options: (image, clean, perturbed or None) per image.
+
+    The perturbed prediction is the first perturbed pass scoring made on that image (same draw), so a report
+    shows what was scored.
+    """
+    from bioimage_cte.predict.factory import make_predictor
+    from bioimage_cte.zoo.models import load_model
+
+    estimator: Any = options.make_estimator()
+    perturbing = isinstance(estimator, Perturbing)
+    descr = load_model(location, max_entry_bytes=options.max_entry_bytes)
+    predictor = make_predictor(descr, name=location, greybox=estimator.needs_greybox,
+                               layer=options.layer, devices=[options.device], code_policy=options.code_policy(),
+                               weight_format=None if estimator.needs_greybox else options.weight_format,
+                               output_channel=options.output_channel)
+    rows = []
+    with predictor:
+        for i in indices:
+            image = _load(Path(image_paths[i]), options, predictor, location)
+            clean = predictor.predict(image)
+            perturbed = (estimator.perturbed_prediction(predictor, image, seed=options.seed, index=i)
+                         if perturbing else None)
+            shown = image if predictor.in_channels == 1 else image.mean(axis=0)  # a report shows one grey image
+            rows.append((shown, clean, perturbed))
+            if on_image is not None:
+                on_image()
+    return rows
