@@ -144,7 +144,6 @@ PACKAGE_CASES = {
                         "RDF of type 'dataset', not a model"),
     "missing-weights": Case(lambda d: _rewrite(PACKAGE, d / "missing-weights.zip", drop=("weights.pt",)),
                             "weights.pt is listed in rdf.yaml (weights.pytorch_state_dict.source) but missing"),
-    "missing-path": Case(lambda d: d / "nowhere.zip", "does not exist", name="nowhere"),
     "unsupported-file": Case(lambda d: (d / "notes.txt").write_text("hi") and d / "notes.txt",
                              "unsupported file type", name="notes"),
     "empty-folder": Case(lambda d: (d / "empty").mkdir() or d / "empty", "no model packages found", name="empty"),
@@ -180,6 +179,36 @@ def test_a_bad_package_alone_is_one_failure_and_nothing_is_ranked(case, tmp_path
     (failure,) = payload["failures"]
     assert failure["name"] == name and reason in failure["reason"] and "\n" not in failure["reason"]
     assert payload["models"] == []
+
+
+def test_a_mistyped_model_path_is_one_error_before_anything_runs(tmp_path, images):
+    good = tmp_path / "good.zip"
+    good.write_bytes(PACKAGE.read_bytes())
+    result = _rank(tmp_path / "nowhere.zip", good, "--images", images, "-o", tmp_path / "r.json")
+    assert result.exit_code == ExitCode.ERROR, result.output
+    assert _one_error(result) == (f"error: model source {tmp_path}/nowhere.zip does not exist; check the path, or "
+                                  "pass an rdf.yaml/bioimageio.yaml file, a package folder or .zip, a folder of "
+                                  "packages, a collection index .json, or an http(s) URL")
+    assert "ranking of" not in result.stdout and not (tmp_path / "r.json").exists()
+
+
+def test_a_missing_tag_names_the_tags_the_models_have(images):
+    result = _rank(ROOT / "resources" / "zoo", "--tag", "nucleii", "--images", images)
+    assert result.exit_code == ExitCode.ERROR, result.output
+    line = _one_error(result)
+    assert "has the tag 'nucleii' (nor any of nucleii, nucleiis); its 31 models have the tags" in line
+    assert "nuclei (19), cells (8)" in line and line.endswith("pass one of them with --tag, or drop --tag")
+
+
+def test_a_target_folder_given_as_images_points_to_its_images_folder(tmp_path, images):
+    target = tmp_path / "target"
+    (target / "images").mkdir(parents=True)
+    for path in images.glob("*.tif"):
+        (target / "images" / path.name).write_bytes(path.read_bytes())
+    result = _rank(PACKAGE, "--images", target)
+    assert result.exit_code == ExitCode.ERROR, result.output
+    assert _one_error(result) == f"error: no images found in {target}, but its images/ folder holds some: pass " \
+                                 f"{target / 'images'}"
 
 
 def test_bad_packages_never_reach_torch(tmp_path, images):
@@ -475,3 +504,17 @@ def test_zoo_rank_lists_every_unusable_target_when_none_is_left(tmp_path):
     assert "is not a folder" in lines[1] and "no images found" in lines[2]
     assert "4 of 5 images cannot be read" in lines[3]
     assert "Traceback" not in result.output
+
+
+def test_label_masks_given_as_images_get_a_warning_and_micrographs_do_not():
+    from bioimage_cte.predict.images import check_images, list_images
+
+    data = ROOT / "resources" / "data"
+    labels = list_images(data / "dsb2018" / "labels")
+    (warning,) = check_images(labels).warnings
+    assert warning.startswith(f"4 of 4 images look like label images, not microscopy ({labels[0]}: integer values, "
+                              "35 distinct besides background 0 (80 % of the pixels), flat objects)")
+    assert "pass the raw images" in warning
+    for target in sorted(p for p in data.iterdir() if p.is_dir()):  # no shipped micrograph is taken for labels
+        assert check_images(list_images(target / "images")).warnings == (), target
+        assert check_images(list_images(target / "labels")[:1]).warnings, target

@@ -26,6 +26,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "ImageCheck",
     "check_images",
+    "label_like",
     "load_target",
     "target_task",
     "list_images",
@@ -86,6 +87,9 @@ def list_images(spec: str | Path) -> list[Path]:
     if path.is_dir():
         found = sorted(p for p in path.iterdir() if _is_image_file(p))
         if not found:
+            inner = path / "images"
+            if inner.is_dir() and any(_is_image_file(p) for p in inner.iterdir()):  # a target folder, not its images
+                raise InvalidImageError(f"no images found in {path}, but its images/ folder holds some: pass {inner}")
             raise InvalidImageError(f"no images found in {path}: {_ACCEPTED}")
         return found
     if path.is_file():
@@ -331,6 +335,7 @@ def check_images(
     """
     warnings: list[str] = []
     readable: list[Path] = []
+    labelled: list[tuple[Path, str]] = []
     errors: list[tuple[Path, InvalidImageError]] = []
     for path in paths:
         try:
@@ -346,6 +351,13 @@ def check_images(
         if data.min() == data.max():
             warnings.append(f"image {path} is constant: every pixel is {float(data.flat[0])}; it is scored, but "
                             "a blank image says little about a model's transferability, remove it from the targets")
+        elif (label := label_like(raw)) is not None:  # the stored dtype, before float conversion
+            labelled.append((path, label))
+    if labelled:
+        first, why = labelled[0]
+        warnings.append(f"{len(labelled)} of {len(paths)} images look like label images, not microscopy ({first}: "
+                        f"{why}); a ranking on label masks means nothing: pass the raw images (e.g. the images/ "
+                        "folder next to labels/)")
     if errors and not skip_bad:
         if len(errors) == 1:
             raise errors[0][1]
@@ -353,6 +365,44 @@ def check_images(
         raise InvalidImageError(f"{len(errors)} of {len(paths)} images cannot be read; fix or remove them (or skip "
                                 f"them with --skip-bad-images, skip_bad=True):\n{lines}") from errors[0][1]
     return ImageCheck(tuple(readable), tuple(warnings), tuple((p, str(e)) for p, e in errors))
+
+
+#: An image is taken for a label image when 0 covers at least this share of it ...
+LABEL_BACKGROUND = 0.2
+#: ... it holds at most this many distinct values per pixel ...
+LABEL_DISTINCT = 0.02
+#: ... and at least this share of horizontally adjacent foreground pixels hold the same value (flat objects).
+LABEL_FLAT = 0.9
+
+
+def label_like(data: np.ndarray) -> str | None:
+    """Why ``data`` looks like an integer label image (instance or binary masks) rather than a micrograph, or None.
+
+    Label images are integer-valued, mostly background 0, hold few distinct values, and each object is one flat
+    value; a micrograph, even a dark 8-bit one, has noise on its objects.
+
+    Examples
+    --------
+    >>> labels = np.zeros((64, 64), np.uint16); labels[10:20, 10:20] = 1; labels[30:50, 5:25] = 2
+    >>> label_like(labels)
+    'integer values, 2 distinct besides background 0 (88 % of the pixels), flat objects'
+    >>> label_like(np.random.default_rng(0).integers(0, 255, (64, 64)).astype(np.uint8)) is None
+    True
+    """
+    if data.dtype.kind not in "iub" or data.size == 0:
+        return None
+    background = float(np.count_nonzero(data == 0)) / data.size
+    if background < LABEL_BACKGROUND or background == 1.0:
+        return None
+    values = np.unique(data)
+    if values.size > max(2, LABEL_DISTINCT * data.size):
+        return None
+    left, right = data[..., :-1], data[..., 1:]
+    inside = (left != 0) & (right != 0)
+    if not inside.any() or float(np.mean(left[inside] == right[inside])) < LABEL_FLAT:
+        return None
+    return (f"integer values, {values.size - 1} distinct besides background 0 ({background * 100:.0f} % of the "
+            "pixels), flat objects")
 
 
 def _labels_by_stem(folder: Path) -> dict[str, list[Path]]:

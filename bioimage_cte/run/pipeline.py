@@ -39,7 +39,15 @@ from bioimage_cte.run.scoring import overlay_predictions, rank_models
 from bioimage_cte.run.setup_checks import check_device, layer_missing_everywhere
 from bioimage_cte.run.strength import with_automatic_strength
 from bioimage_cte.zoo.rdf_checks import precheck_package
-from bioimage_cte.zoo.sources import ModelSource, filter_by_tag, locate_models, mixed_tasks_warning, read_rdf
+from bioimage_cte.zoo.sources import (
+    ModelSource,
+    filter_by_tag,
+    locate_models,
+    missing_sources,
+    missing_tag_error,
+    mixed_tasks_warning,
+    read_rdf,
+)
 
 __all__ = ["EvaluationRun", "Progress", "RankingRun", "evaluate", "rank", "report_overlays"]
 
@@ -130,6 +138,9 @@ def _inputs(models: Sequence[str | Path], images: str | Path | Sequence[Path], o
     zip, YAML bomb, no model RDF) is that package's failure; the other packages go on.
     """
     check_device(options.device)
+    missing = missing_sources(models)
+    if missing is not None:  # a mistyped path is the run's error, told before anything runs, as for images
+        raise missing
     if progress.stage is not None:
         progress.stage("finding models")
     sources, problems = locate_models(models)
@@ -138,10 +149,10 @@ def _inputs(models: Sequence[str | Path], images: str | Path | Sequence[Path], o
     if not sources and not failures:
         raise InvalidModelError(f"no model found in {where}; pass rdf.yaml files, packages or folders of packages")
     if options.tag and sources:
-        sources = filter_by_tag(sources, options.tag)
-        if not sources and not failures:
-            raise InvalidModelError(f"no model in {where} has the tag {options.tag!r}; drop --tag or pick a tag from "
-                                    "the models' rdf.yaml")
+        tagged = filter_by_tag(sources, options.tag)
+        if not tagged and not failures:
+            raise missing_tag_error(sources, options.tag, where)
+        sources = tagged
     paths = list_images(images) if isinstance(images, str | Path) else [Path(p) for p in images]
     if not paths:
         raise InvalidImageError("no images given; pass a folder, a glob or image files")
