@@ -31,7 +31,8 @@ def _invoke(*args: str):
 
 
 def _lines(output: str, name: str) -> list[str]:
-    return [line for line in output.splitlines() if line.startswith(("failed ", "skipped ")) and f" {name} (" in line]
+    return [line for line in output.splitlines()
+            if line.startswith(("failed ", "skipped ")) and f" {name} (" in line or line.startswith(f"does not fit {name}:")]
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +61,14 @@ def test_bad_model_is_one_line_naming_the_package_and_the_reason(cli_ranking, co
     reason = failure["reason"]
     assert "\n" not in reason and str(corpus.package(name)) in reason
     assert MODELS[name][1] in reason
-    # untrusted package code, or images the model cannot see: skipped; weights the grey-box estimator refuses:
+    # untrusted package code: skipped; images the model cannot see: unfit; weights the grey-box estimator refuses:
     # estimator; anything else: predict
-    skipped = name in SKIPPED_BY_GREYBOX + NOT_FITTING
-    expected = "skipped" if skipped else "estimator" if name == "pickle-weights" else "predict"
+    skipped, unfit = name in SKIPPED_BY_GREYBOX, name in NOT_FITTING
+    expected = "skipped" if skipped else "unfit" if unfit else "estimator" if name == "pickle-weights" else "predict"
     assert failure["stage"] == expected
     (line,) = _lines(result.output, name)
     assert MODELS[name][1] in line
-    assert line.startswith("skipped" if skipped else "failed")
+    assert line.startswith("skipped" if skipped else "does not fit" if unfit else "failed")
 
 
 def test_no_package_code_and_no_pickle_ran(cli_ranking, corpus):

@@ -100,7 +100,7 @@ def test_failures_keep_their_stage_and_reason():
     failures = ranking.to_json_dict()["failures"]
     assert [f["stage"] for f in failures] == ["predict", "skipped", "estimator", "estimator"]
     assert failures[0] == {"name": "broken", "source": "broken.zip", "stage": "predict", "reason": "not a valid zip"}
-    assert {str(s) for s in Stage} == {"predict", "skipped", "estimator"}
+    assert {str(s) for s in Stage} == {"predict", "skipped", "estimator", "unfit"}
 
 
 def test_intervals_resample_each_models_images_from_the_run_seed():

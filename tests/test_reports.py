@@ -141,7 +141,7 @@ def _chromium(*args: str, user_data: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_html_report_is_self_contained_and_renders(ranked):
-    from bioimage_cte.run.pipeline import report_overlays
+    from bioimage_cte.run.overlays import report_overlays
 
     tmp = ranked["tmp"]
     ranking = ranked["ranking"]
@@ -208,7 +208,8 @@ def test_html_report_renders_hand_made_overlays_without_a_model(tmp_path):
     image = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
     clean = Prediction((image > 0.5).astype(np.float32))
     perturbed = Prediction((image > 0.6).astype(np.float32))
-    overlays = {"indices": [1], "perturbation": "dropout", "consistency": "soft",
+    overlays = {"indices": [1], "perturbation": "dropout", "consistency": "soft", "captions": {1: "with dropout"},
+                "summary": "cte-dropout zeroes whole feature maps with probability p = 0.2 at the bottleneck",
                 "models": {"best": [(image, clean, perturbed, disagreement_map(clean.foreground,
                                                                                  perturbed.foreground))]},
                 "errors": {"worst": "moved away"}}
@@ -218,7 +219,7 @@ def test_html_report_renders_hand_made_overlays_without_a_model(tmp_path):
     assert page.count("<img ") == 3  # chart, per-image scores, the best model's overlay
     assert "could not run worst again: moved away" in page
     assert "<td>best</td>" in page and "<td>worst</td>" in page and "not a &lt;zip&gt;" in page
-    assert "channel dropout (p = 0.2)" in page
+    assert "zeroes whole feature maps with probability p = 0.2" in page
     assert "1 - effective invariance" in page and "spread of the median over only 2 images" in page
     plain = write_html_report(ranking, tmp_path / "plain.html", image_paths=images).read_text()
     assert plain.count("<img ") == 2 and "Predictions of the best" not in plain  # no overlays given, none shown

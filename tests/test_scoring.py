@@ -247,15 +247,29 @@ def test_evaluate_through_the_pipeline(predictors, images, tmp_path):
 
 
 def test_overlay_predictions_show_the_scored_draw(predictors, images, tmp_path):
-    from bioimage_cte.run.scoring import overlay_predictions
+    from bioimage_cte.cte.perturbations import dihedral, undo_dihedral
+    from bioimage_cte.run.overlays import overlay_predictions
 
     source = _source(tmp_path, "sharp")
     options = RankOptions(estimator="cte-dropout", seed=4)
-    [(image, clean, perturbed)] = overlay_predictions(source.location, images, [2], options)
+    [(image, clean, perturbed, caption)] = overlay_predictions(source.location, images, [2], options)
+    assert caption == "with feature dropout"
     np.testing.assert_array_equal(image, np.load(images[2]))
     predictor = FakePredictor(source.location, greybox=True, log=[])
     expected = options.make_estimator("cte-dropout").perturbed_prediction(predictor, image, seed=4, index=2)
     np.testing.assert_array_equal(perturbed.foreground, expected.foreground)
     assert not np.array_equal(perturbed.foreground, clean.foreground)
-    [(_, _, none)] = overlay_predictions(source.location, images, [0], RankOptions(estimator="confidence"))
-    assert none is None
+    [(_, _, none, no_caption)] = overlay_predictions(source.location, images, [0],
+                                                     RankOptions(estimator="confidence"))
+    assert none is None and no_caption is None
+    # the default tta shows its first transform, rot90, mapped back onto the input's grid
+    [(image, clean, rotated, caption)] = overlay_predictions(source.location, images, [1], RankOptions())
+    assert caption == "rot90, mapped back"
+    expected = undo_dihedral(predictor.predict(np.ascontiguousarray(dihedral(image, 1))).foreground, 1)
+    np.testing.assert_array_equal(rotated.foreground, expected)
+    # cte draws its flip-or-rotation family, the element scoring drew for this image
+    from bioimage_cte.cte.estimators import CTEDihedral
+    from bioimage_cte.cte.views import DIHEDRAL_NAMES
+
+    [(_, _, _, caption)] = overlay_predictions(source.location, images, [1], RankOptions(estimator="cte", seed=4))
+    assert caption == f"{DIHEDRAL_NAMES[CTEDihedral.transform(4, 1)]}, mapped back"

@@ -28,9 +28,13 @@ from bioimage_cte.cli.output import (  # noqa: E402
     agreement_table,
     err_console,
     finetune_table,
+    new_folder,
     print_failures,
+    ranking_headline,
     ranking_table,
     say,
+    tell,
+    tell_written,
     write_evaluation,
 )
 
@@ -206,6 +210,7 @@ def rank(
     _quiet_libraries()
     to_stdout = output is not None and str(output) == STDOUT
     out = err_console if to_stdout else console  # with '-o -' standard output carries the JSON and nothing else
+    created = {path: new_folder(path) for path in (output, report) if path is not None}
     try:
         for path, option in ((output, "--output"), (report, "--report")):
             if path is not None:
@@ -217,18 +222,18 @@ def rank(
     except Exception as e:
         _fail(e, debug)
     ranking = run.ranking
-    out.print(ranking_table(ranking, f"{ranking.estimator} ranking of {len(ranking.scores) + len(ranking.failures)} "
-                                      f"models on {len(run.images)} images"))
+    out.print(ranking_table(ranking, ranking_headline(ranking, len(run.images)), width=out.width))
     if run.options.budget != "all":
         out.print(f"budget {run.options.budget}: scored {len(run.images)} of {run.n_images_found} images "
                   f"({run.stop_reason})")
     print_failures(ranking.failures)
     payload = run.to_json_dict(images=images)
     code = _rank_exit_code(ranking, bool(run.skipped_images), strict=strict)
-    if output is not None and not _put_json(output, payload, out):
+    if output is not None and not _put_json(output, payload, out, created=created.get(output)):
         code = code or ExitCode.ERROR
     if report is not None:
-        _write_report(payload, report, list(run.images), None, debug, n_images=report_images, out=out)
+        _write_report(payload, report, list(run.images), None, debug, n_images=report_images, out=out,
+                      created=created.get(report))
     raise typer.Exit(int(code))
 
 
@@ -254,7 +259,7 @@ def _rank_exit_code(ranking, skipped_images: bool, *, strict: bool) -> ExitCode:
     return ExitCode.OK
 
 
-def _put_json(output: Path, payload: dict[str, Any], out: Console) -> bool:
+def _put_json(output: Path, payload: dict[str, Any], out: Console, *, created: Path | None = None) -> bool:
     """Write the JSON to ``output`` ('-': standard output); if that fails, to a fallback file. False if it failed."""
     from bioimage_cte.outputs.destinations import STDOUT, write_or_fallback
 
@@ -265,7 +270,7 @@ def _put_json(output: Path, payload: dict[str, Any], out: Console) -> bool:
         return True
     written = write_or_fallback(output, text.encode())
     if written.problem is None:
-        out.print(f"ranking written to {output}", highlight=False, soft_wrap=True)
+        tell_written(out, "ranking", output, created)
         return True
     if written.path is not None:
         say("[bold red]error:[/]", f"{written.problem}; the ranking was written to {written.path} instead")
@@ -298,6 +303,7 @@ def evaluate(
 ) -> None:
     """Compare every estimator's ranking with the ranking by true performance on labelled images."""
     _quiet_libraries()
+    created = new_folder(output)
     try:
         from bioimage_cte.run.pipeline import evaluate as evaluate_models
 
@@ -308,15 +314,15 @@ def evaluate(
     except Exception as e:
         _fail(e, debug)
     evaluation = run.evaluation
-    console.print(agreement_table(evaluation, len(run.sources), len(run.images)))
+    console.print(agreement_table(evaluation, len(run.sources), len(run.images), width=console.width))
     print_failures(next(iter(evaluation.rankings.values())).failures if evaluation.rankings else run.failures)
     if output is not None:
         write_evaluation(evaluation, output)
-        console.print(f"evaluation written to {output}")
+        tell_written(console, "evaluation", output, created)
 
 
 def _write_report(ranking_json: dict, path: Path, paths: list, evaluation_json: dict | None, debug: bool,
-                  n_images: int = 3, out: Console = console) -> None:
+                  n_images: int = 3, out: Console = console, created: Path | None = None) -> None:
     try:
         from bioimage_cte.outputs.reports import write_html_report
         from bioimage_cte.run.pipeline import report_overlays
@@ -328,7 +334,7 @@ def _write_report(ranking_json: dict, path: Path, paths: list, evaluation_json: 
         write_html_report(ranking_json, path, image_paths=paths, evaluation_json=evaluation_json, overlays=overlays)
     except Exception as e:
         _fail(e, debug)
-    out.print(f"report written to {path}")
+    tell_written(out, "report", path, created)
 
 
 @app.command()
@@ -346,17 +352,18 @@ def annotate(
     debug: DebugOpt = False,
 ) -> None:
     """Write a target's ranking onto each model's card (config.bioimage_cte in its rdf.yaml)."""
+    created = None if output is None else new_folder(output / "x")
     try:
         from bioimage_cte.base.errors import AnnotationError
         from bioimage_cte.outputs.annotate import annotate_from_ranking
         from bioimage_cte.predict.images import list_images
 
         try:
-            written = annotate_from_ranking(ranking, target=target, images=list_images(images), output=output,
-                                            backup=not no_backup)
+            done = annotate_from_ranking(ranking, target=target, images=list_images(images), output=output,
+                                         backup=not no_backup)
         except AnnotationError as e:
             for path in e.written:
-                console.print(f"annotated {path}")
+                tell(console, f"annotated {path}")
             for source, reason in e.failures.items():
                 say("[yellow]not annotated[/]", f"{source}: {reason}")
             raise typer.Exit(1) from None
@@ -364,8 +371,10 @@ def annotate(
         raise
     except Exception as e:
         _fail(e, debug)
-    for path in written:
-        console.print(f"annotated {path}")
+    for path in done:
+        tell(console, f"annotated {path}")
+    if created is not None:
+        tell(console, f"created the folder {created} for --output")
 
 
 @app.command()
@@ -392,12 +401,16 @@ def report(
         payload = json.loads(ranking.read_text())
         evaluation_json = json.loads(evaluation.read_text()) if evaluation else None
         if zoo_reports is not None:
+            made = new_folder(zoo_reports / "x")
             for path in write_zoo_reports({target: payload}, zoo_reports, tool_version=__version__):
-                console.print(f"zoo report written to {path}")
+                tell_written(console, "zoo report", path)
+            if made is not None:
+                tell(console, f"created the folder {made} for --zoo-reports")
     except Exception as e:
         _fail(e, debug)
     output = output if output is not None else Path(ranking.stem + ".html")
-    _write_report(payload, output, list_images(images), evaluation_json, debug, n_images=report_images)
+    _write_report(payload, output, list_images(images), evaluation_json, debug, n_images=report_images,
+                  created=new_folder(output))
 
 
 @app.command("zoo-rank")

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from bioimage_cte.base.errors import BioimageCteError, InvalidImageError, InvalidModelError, one_line
-from bioimage_cte.cte.estimators import Estimator, FewLabelOracle, Perturbing
+from bioimage_cte.base.errors import BioimageCteError, InvalidImageError, InvalidModelError
+from bioimage_cte.cte.estimators import Estimator, FewLabelOracle
 from bioimage_cte.cte.metrics import METRICS
 from bioimage_cte.cte.outcomes import ModelFailure, ModelResult, Stage, failure_of
 from bioimage_cte.cte.registry import LABEL_FREE
@@ -34,8 +34,9 @@ from bioimage_cte.predict.images import check_images, list_images, load_labels
 from bioimage_cte.run.budget import rank_adaptive
 from bioimage_cte.run.evaluation import Evaluation, evaluate_rankings
 from bioimage_cte.run.options import RankOptions
+from bioimage_cte.run.overlays import options_from_settings, report_overlays
 from bioimage_cte.run.ranking import Ranking, build_ranking, ranking_json
-from bioimage_cte.run.scoring import overlay_predictions, rank_models
+from bioimage_cte.run.scoring import rank_models
 from bioimage_cte.run.setup_checks import check_device, layer_missing_everywhere
 from bioimage_cte.run.strength import with_automatic_strength
 from bioimage_cte.zoo.rdf_checks import precheck_package
@@ -49,7 +50,8 @@ from bioimage_cte.zoo.sources import (
     read_rdf,
 )
 
-__all__ = ["EvaluationRun", "Progress", "RankingRun", "evaluate", "rank", "report_overlays"]
+__all__ = ["EvaluationRun", "Progress", "RankingRun", "evaluate", "options_from_settings", "rank",
+           "report_overlays"]
 
 
 @dataclass
@@ -177,7 +179,7 @@ def _inputs(models: Sequence[str | Path], images: str | Path | Sequence[Path], o
         if reason is None:
             checked.append(source)
         else:
-            failures.append(ModelFailure(source.name, source.source, Stage.SKIPPED, reason))
+            failures.append(ModelFailure(source.name, source.source, Stage.UNFIT, reason))
     mixed = None if options.tag else mixed_tasks_warning(checked)
     dims = mixed_dimensions_warning(checked, fit)
     warnings = [w for w in (mixed, dims) if w] + list(check.warnings)
@@ -297,65 +299,3 @@ def evaluate(
     return EvaluationRun(evaluation=evaluation, sources=tuple(inputs.sources), images=tuple(inputs.paths),
                          options=options, warnings=tuple(inputs.warnings), failures=tuple(failures),
                          skipped_images=inputs.skipped)
-
-
-def report_overlays(ranking_json: dict[str, Any], image_paths: Sequence[Path], *, n_images: int = 3,
-                    n_models: int = 2, progress: Progress | None = None) -> dict[str, Any]:
-    """Clean and perturbed predictions of the top and bottom models on a few images, for the HTML report.
-
-    Each row also holds the per-pixel disagreement the score averages (:func:`~bioimage_cte.cte.consistency.
-    disagreement_map`), so the report shows what the score measures rather than thresholded masks.
-
-    Returns
-    -------
-    dict
-        ``{"indices": [...], "perturbation": "dropout" | "input" | None, "consistency": "soft" | ...,
-        "threshold": float, "models": {name: [(image, clean, perturbed or None, disagreement or None), ...]},
-        "errors": {name: text}}``; a model that cannot be re-run is named under ``errors`` instead of stopping
-        the report.
-    """
-    from bioimage_cte.cte.consistency import disagreement_map
-    from bioimage_cte.cte.seeds import rng
-    from bioimage_cte.zoo.packages import locate_package, rdf_location
-
-    settings = ranking_json.get("settings", {})
-    options = options_from_settings(settings)
-    models = [m for m in ranking_json.get("models", []) if m.get("score") is not None]
-    chosen = models[:n_models] + [m for m in models[-n_models:] if m not in models[:n_models]]
-    count = min(n_images, len(image_paths))
-    indices = sorted(int(i) for i in rng(options.seed, "report").choice(len(image_paths), count, replace=False))
-    estimator = options.make_estimator()
-    perturbation = None
-    if isinstance(estimator, Perturbing):  # what the perturbed panels show
-        perturbation = "dropout" if estimator.needs_greybox else "input"
-    threshold = float(getattr(estimator, "threshold", 0.5))
-    kind = options.consistency_kind
-    out: dict[str, Any] = {"indices": indices, "perturbation": perturbation, "consistency": kind,
-                           "threshold": threshold, "models": {}, "errors": {}}
-    progress = progress or Progress()
-    if progress.plan is not None:
-        progress.plan(len(chosen), count)
-    if progress.start is not None:
-        progress.start(len(chosen) * count)
-    for model in chosen:
-        try:
-            location = str(rdf_location(locate_package(model["source"])))
-            if progress.model is not None:
-                progress.model(ModelSource(model["name"], model["source"], kind="rdf", location=location))
-            rows = overlay_predictions(location, image_paths, indices, options, on_image=progress.image)
-            out["models"][model["name"]] = [
-                (image, clean, perturbed, None if perturbed is None else
-                 disagreement_map(clean.foreground, perturbed.foreground, kind=kind, threshold=threshold))
-                for image, clean, perturbed in rows]
-        except Exception as e:  # a report is a view on the ranking: one model that cannot re-run is named
-            out["errors"][model["name"]] = one_line(e)
-    return out
-
-
-def options_from_settings(settings: dict[str, Any]) -> RankOptions:
-    """The options a ranking JSON's settings record (unknown keys, e.g. the estimator's own, are ignored)."""
-    names = set(RankOptions.__dataclass_fields__)
-    known = {k: v for k, v in settings.items() if k in names and v is not None}
-    if settings.get("kind") is not None:
-        known["perturbation"] = settings["kind"]
-    return RankOptions(**known)
