@@ -138,7 +138,7 @@ def fit_names(rows: list[list[str]], headers: Sequence[str], names: Sequence[int
     Examples
     --------
     >>> fit_names([["1", "nuclei-dim-blurry-torchscript"]], ["rank", "model"], [1], 30)
-    [['1', 'nuclei-dim-b…orchscript']]
+    [['1', 'nuclei-di…rchscript']]
     """
     chrome = 3 * len(headers) + 1  # a border and one space either side per column, and the closing border
     natural = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
