@@ -68,7 +68,13 @@ from bioimage_cte.run.jobs import (
 )
 from bioimage_cte.run.options import RankOptions
 from bioimage_cte.run.store import ResultStore
-from bioimage_cte_flows.operations import check_dask_address, final_message, notify_webhook, run_name
+from bioimage_cte_flows.operations import (
+    check_dask_address,
+    final_message,
+    notify_webhook,
+    run_name,
+    summary_markdown,
+)
 
 __all__ = [
     "FailedJob",
@@ -125,6 +131,8 @@ class ZooRunSummary:
         What went wrong after scoring (write-back, reports), by target name or ``"reports"``.
     reports : str or None
         Folder of the zoo reports.
+    leaderboard : str or None
+        The leaderboard page of the run (every model on every target), beside ``targets/<target>.html``.
     store : str
         The results database used.
     message, ranked
@@ -139,6 +147,7 @@ class ZooRunSummary:
     annotated: dict[str, list[str]] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)
     reports: str | None = None
+    leaderboard: str | None = None
     store: str = ""
     #: the final state's message (what failed, what was ranked) and whether anything was ranked at all
     message: str = ""
@@ -255,6 +264,15 @@ def reports_task(rankings: dict[str, dict[str, Any]], out_dir: str) -> str:
     # it also (re)writes <out_dir>/rankings/<target>.json, the same files the flow wrote
     write_zoo_reports(rankings, Path(out_dir), tool_version=__version__)
     return str(Path(out_dir) / "reports")
+
+
+@task(name="leaderboard", cache_policy=NO_CACHE)
+def leaderboard_task(rankings: dict[str, dict[str, Any]], out_dir: str, images: dict[str, list[str]]) -> str:
+    """Write ``<out_dir>/leaderboard.html`` and each target's page (bioimage_cte.outputs.leaderboard)."""
+    from bioimage_cte.outputs.leaderboard import write_zoo_pages
+
+    paths = {target: [Path(p) for p in found] for target, found in images.items()}
+    return str(write_zoo_pages(rankings, Path(out_dir), images=paths))
 
 
 def make_task_runner(dask_address: str | None = None, workers: int | None = None) -> TaskRunner:
@@ -439,6 +457,15 @@ def zoo_ranking_flow(
             problems["reports"] = str(e)
             logger.warning("zoo reports: %s", e)
 
+    leaderboard = None
+    if payloads:
+        _say("writing the leaderboard")
+        try:
+            leaderboard = leaderboard_task(payloads, str(out), {s.name: list(s.images) for s in specs})
+        except BioimageCteError as e:
+            problems["leaderboard"] = str(e)
+            logger.warning("leaderboard: %s", e)
+
     failed = tuple(FailedJob(j.source.name, j.source.source, j.target.name, o.error or "failed", o.stage or "predict")
                    for j, o in zip(jobs, outcomes, strict=True) if o.status == "failed")
     scored, cached = sum(o.scored and o.status == "ok" for o in outcomes), sum(not o.scored for o in outcomes)
@@ -446,9 +473,10 @@ def zoo_ranking_flow(
     message = final_message(scored=scored, cached=cached, failed=len(failed), ranked=ranked, unfit=len(unfit))
     summary = ZooRunSummary(rankings, scored=scored, cached=cached, failed=failed, unfit=tuple(unfit),
                             annotated=annotated,
-                            problems=problems, reports=report_dir, store=str(store.path), message=message,
+                            problems=problems, reports=report_dir, leaderboard=leaderboard, store=str(store.path),
+                            message=message,
                             ranked=any(ranked.values()))
-    create_markdown_artifact(_summary_markdown(summary), key="zoo-ranking-summary",
+    create_markdown_artifact(summary_markdown(summary), key="zoo-ranking-summary",
                              description="What the last zoo ranking run scored, reused and could not score")
     for f in failed:
         logger.warning("failed: %s on %s: %s", f.model, f.target, f.reason)
@@ -469,20 +497,6 @@ def _webhook_payload(summary: ZooRunSummary) -> dict[str, Any]:
     return {"text": f"zoo-ranking run {flow_run.name or ''} {state}: {summary.message}", "state": state,
             "flow_run": flow_run.name, "flow_run_id": flow_run.id, "message": summary.message,
             "failed": [dataclasses.asdict(f) for f in summary.failed], "rankings": summary.rankings}
-
-
-def _summary_markdown(summary: ZooRunSummary) -> str:
-    lines = [f"**{summary.scored}** scored, **{summary.cached}** from the store ({summary.store}), "
-             f"**{len(summary.failed)}** failed, **{len(summary.unfit)}** do not fit.", ""]
-    lines += [f"- {target}: `{path}`" for target, path in summary.rankings.items()]
-    if summary.failed:
-        lines += ["", "| model | target | reason |", "|---|---|---|"]
-        lines += [f"| {f.model} | {f.target} | {f.reason.replace('|', '/')} |" for f in summary.failed]
-    if summary.unfit:
-        lines += ["", "Not fitting (left out before scoring):", "", "| model | target | reason |", "|---|---|---|"]
-        lines += [f"| {u.model} | {u.target} | {u.reason.replace('|', '/')} |" for u in summary.unfit]
-    lines += [f"\n{where}: {problem}" for where, problem in summary.problems.items()]
-    return "\n".join(lines)
 
 
 @contextlib.contextmanager

@@ -7,21 +7,18 @@ torch and bioimageio are imported inside the commands, so ``bioimage-cte --help`
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
-from enum import IntEnum, StrEnum
+from collections.abc import Iterator
+from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from bioimage_cte.cli.output import (  # noqa: E402
     ReadableHelp,
@@ -35,7 +32,9 @@ from bioimage_cte.cli.output import (  # noqa: E402
     say,
     tell,
     tell_written,
+    transfer_table,
     write_evaluation,
+    zoo_table,
 )
 
 app = typer.Typer(
@@ -56,32 +55,18 @@ if TYPE_CHECKING:
 
 from bioimage_cte.cli.options import (  # noqa: E402
     DEFAULT_ESTIMATOR,
-    AxesOpt,
-    BudgetOpt,
-    ChannelsOpt,
-    ConsistencyOpt,
     DebugOpt,
     DeviceOpt,
     Estimator,
     ImagesOpt,
-    LayerOpt,
-    MaxEntryOpt,
-    MaxPixelsOpt,
     ModelsArg,
-    OutputChannelOpt,
-    Perturbation,
-    PerturbationOpt,
-    RepeatsOpt,
     ReportImagesOpt,
     SeedOpt,
-    SkipBadOpt,
-    StrengthOpt,
     TagOpt,
-    Task,
-    TaskOpt,
     TrustCodeOpt,
     TrustLibraryOpt,
-    WeightsOpt,
+    rank_options,
+    with_rank_options,
 )
 
 
@@ -116,55 +101,6 @@ def _quiet_libraries() -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)
 
 
-def _options(**values: Any) -> RankOptions:
-    """The command line's values as the library's one options object (a bad value is a usage error).
-
-    Only the values given are set; every other option keeps :class:`RankOptions`' default.
-    """
-    if "trust_library" in values:
-        values["trusted_libraries"] = tuple(values.pop("trust_library") or ())
-    # typer hands choices over as enum members; the library takes their plain values
-    plain = {k: str(v) if isinstance(v, StrEnum) else v for k, v in values.items()}
-    try:
-        return RankOptions(**plain)
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from e
-
-
-# The options every ranking command shares, declared once: _with_rank_options adds them to a command's signature
-# (typer reads the signature) and hands the command one RankOptions.
-_RANK_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
-    ("task", TaskOpt, Task.semantic), ("consistency", ConsistencyOpt, None),
-    ("perturbation", PerturbationOpt, Perturbation.gaussian), ("strength", StrengthOpt, None),
-    ("repeats", RepeatsOpt, 1), ("axes", AxesOpt, None), ("channels", ChannelsOpt, None),
-    ("output_channel", OutputChannelOpt, None), ("device", DeviceOpt, "cpu"), ("seed", SeedOpt, 0),
-    ("layer", LayerOpt, None), ("weight_format", WeightsOpt, None), ("tag", TagOpt, None),
-    ("trust_code", TrustCodeOpt, False), ("trust_library", TrustLibraryOpt, None),
-    ("max_pixels", MaxPixelsOpt, RankOptions().max_pixels),
-    ("max_entry_bytes", MaxEntryOpt, RankOptions().max_entry_bytes), ("skip_bad_images", SkipBadOpt, False),
-    ("budget", BudgetOpt, "all"),
-)
-
-
-def _with_rank_options(command: Callable[..., None]) -> Callable[..., None]:
-    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
-              for name, annotation, default in _RANK_OPTIONS]
-    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "options"]
-
-    @functools.wraps(command)
-    def wrapper(**kwargs: Any) -> None:
-        chosen = {name: kwargs.pop(name) for name, _, _ in _RANK_OPTIONS}
-        if "estimator" in kwargs:  # evaluate compares several and has its own --estimator
-            chosen["estimator"] = kwargs["estimator"]
-        command(**kwargs, options=_options(**chosen))
-
-    # keyword-only parameters may not come before positional ones: the commands' own come first
-    wrapper.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + shared)
-    wrapper.__annotations__ = {p.name: p.annotation for p in own + shared}
-    return wrapper
-
-
 @contextlib.contextmanager
 def _progress(label: str = "scoring") -> Iterator[Progress]:
     """A rich bar on a terminal, plain periodic lines in a log (bioimage_cte.cli.progress)."""
@@ -181,7 +117,7 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 @app.command()
-@_with_rank_options
+@with_rank_options
 def rank(
     models: ModelsArg,
     images: ImagesOpt,
@@ -282,7 +218,7 @@ def _put_json(output: Path, payload: dict[str, Any], out: Console, *, created: P
 
 
 @app.command()
-@_with_rank_options
+@with_rank_options
 def evaluate(
     models: ModelsArg,
     images: ImagesOpt,
@@ -379,11 +315,15 @@ def annotate(
 
 @app.command()
 def report(
-    ranking: Annotated[Path, typer.Argument(help="Ranking JSON written by 'bioimage-cte rank --output'.",
+    ranking: Annotated[Path, typer.Argument(help="Ranking JSON written by 'bioimage-cte rank --output', or a "
+                                            "folder of them (a zoo run's rankings/): then a leaderboard page.",
                                             show_default=False)],
-    images: ImagesOpt,
+    images: Annotated[str | None, typer.Option("--images", "-i", help="The ranking's target images (folder, glob "
+                                               "or file); default: the folder the ranking records.",
+                                               show_default=False)] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="HTML file to write; default: the "
-                                                "ranking's name with .html, in the working folder.")] = None,
+                                                "ranking's name with .html (leaderboard.html for a folder), in "
+                                                "the working folder.")] = None,
     evaluation: Annotated[Path | None, typer.Option(help="Evaluation JSON from 'bioimage-cte evaluate --output' "
                                                     "(adds CTE vs true performance).")] = None,
     zoo_reports: Annotated[Path | None, typer.Option(help="Also write per-model zoo reports (the collection's "
@@ -392,13 +332,18 @@ def report(
     report_images: ReportImagesOpt = 3,
     debug: DebugOpt = False,
 ) -> None:
-    """Render a ranking as one self-contained HTML page, and optionally as zoo reports."""
+    """Render a ranking as one self-contained HTML page, and optionally as zoo reports; a folder of rankings as a
+    leaderboard (every model on every target) with a page per target beside it."""
+    if ranking.is_dir():
+        _write_leaderboard(ranking, output or Path("leaderboard.html"), debug)
+        return
     try:
         from bioimage_cte.base.version import __version__
         from bioimage_cte.outputs.reports import write_zoo_reports
         from bioimage_cte.predict.images import list_images
 
         payload = json.loads(ranking.read_text())
+        images = images or _recorded_images(payload, ranking)
         evaluation_json = json.loads(evaluation.read_text()) if evaluation else None
         if zoo_reports is not None:
             made = new_folder(zoo_reports / "x")
@@ -413,8 +358,31 @@ def report(
                   created=new_folder(output))
 
 
+def _recorded_images(payload: dict[str, Any], ranking: Path) -> str:
+    recorded = str((payload.get("settings") or {}).get("images") or "")
+    if not recorded or not Path(recorded).exists():
+        raise typer.BadParameter(f"{ranking} records no images folder that exists here ({recorded or 'none'}); "
+                                 "pass the target images with --images", param_hint="--images")
+    return recorded
+
+
+def _write_leaderboard(folder: Path, output: Path, debug: bool) -> None:
+    created = new_folder(output)
+    try:
+        from bioimage_cte.outputs.leaderboard import read_rankings, target_summaries, write_zoo_pages
+
+        rankings = read_rankings(folder)
+        write_zoo_pages(rankings, output.parent, name=output.name)
+    except Exception as e:
+        _fail(e, debug)
+    estimators = sorted({str((r.get("settings") or {}).get("estimator", "?")) for r in rankings.values()})
+    console.print(zoo_table(target_summaries(rankings), ", ".join(estimators), width=console.width))
+    tell_written(console, f"leaderboard of {len(rankings)} targets (pages per target in "
+                          f"{output.parent / 'targets'})", output, created)
+
+
 @app.command("zoo-rank")
-@_with_rank_options
+@with_rank_options
 def zoo_rank(
     zoo: Annotated[str, typer.Argument(help="Folder of model packages, or a collection index JSON (path or URL).",
                                        show_default=False)],
@@ -457,6 +425,7 @@ def zoo_rank(
     others are ranked. Exit codes: 0 done (failed models are listed); 1 the zoo or every target is unusable.
     """
     _quiet_libraries()
+    created = new_folder(output_dir / "rankings")
     try:
         from bioimage_cte_flows import use_project_prefect_settings
 
@@ -478,9 +447,18 @@ def zoo_rank(
         summary = run_zoo_ranking(zoo, targets, options, run, on_progress=lines.stage)
     except Exception as e:
         _fail(e, debug)
-    console.print(f"scored {summary.scored} model x target pairs, {summary.cached} taken from {summary.store}")
+    tell(console, f"scored {summary.scored} model x target pairs, {summary.cached} taken from {summary.store}")
     for target, path in summary.rankings.items():
-        console.print(f"ranking of {escape(target)} written to {escape(path)}")
+        tell(console, f"ranking of {target} written to {path}")
+    if summary.rankings:
+        from bioimage_cte.outputs.leaderboard import target_summaries
+
+        rankings = {t: json.loads(Path(p).read_text()) for t, p in summary.rankings.items()}
+        console.print(zoo_table(target_summaries(rankings), options.estimator, width=console.width))
+    if summary.leaderboard:
+        tell_written(console, "leaderboard (every model on every target)", summary.leaderboard)
+    if created is not None and created.exists():
+        tell(console, f"created the folder {created} for --output-dir")
     for failed in summary.failed:
         what = "skipped" if failed.stage == "skipped" else "failed"
         say(f"[yellow]{what}[/]", f"{failed.model} on {failed.target}: {failed.reason}")
@@ -504,24 +482,22 @@ def transfer_matrix(
     device: DeviceOpt = "cpu",
     debug: DebugOpt = False,
 ) -> None:
-    """Evaluate every zoo model on every labelled target: the ground truth rankings are judged against."""
-    _quiet_libraries()
-    try:
-        from bioimage_cte.studies.transfer import compute_transfer_matrix, summarize, write_transfer_matrix
+    """Evaluate every zoo model on every labelled target: the ground truth rankings are judged against.
 
-        with _progress("evaluating") as progress:
-            rows, failures = compute_transfer_matrix(zoo, data, options=_options(device=device),
-                                                     on_image=progress.image, on_model=progress.model)
-        write_transfer_matrix(rows, output)
+    Rows are written to the CSV as each model finishes a target, so a run that is stopped keeps them.
+    """
+    _quiet_libraries()
+    created = new_folder(output)
+    try:
+        from bioimage_cte.studies.transfer import TransferMatrixWriter, compute_transfer_matrix, summarize
+
+        with _progress("evaluating") as progress, TransferMatrixWriter(output) as write:
+            rows, failures = compute_transfer_matrix(zoo, data, options=rank_options(device=device), progress=progress,
+                                                     on_rows=write)
     except Exception as e:
         _fail(e, debug)
-    table = Table(title=f"Foreground Dice per target ({output})", title_justify="left")
-    for column in ("target", "best", "median", "worst", "spread"):
-        table.add_column(column, justify="left" if column == "target" else "right")
-    for target, s in summarize(rows, metric="dice").items():
-        table.add_row(target, f"{s['best']:.3f} ({s['best_model']})", f"{s['median']:.3f}",
-                      f"{s['worst']:.3f} ({s['worst_model']})", f"{s['best'] - s['worst']:.3f}")
-    console.print(table)
+    tell_written(console, f"transfer matrix ({len(rows)} rows)", output, created)
+    console.print(transfer_table(summarize(rows, metric="dice"), width=console.width))
     print_failures(failures)
 
 
@@ -558,7 +534,7 @@ def finetune_benchmark(
 ) -> None:
     """Fine-tune each model on k labelled images: does the zero-shot ranking predict the fine-tuned one?"""
     _quiet_libraries()
-    options = _options(seed=seed, tag=tag, trust_code=trust_code, trust_library=trust_library)
+    options = rank_options(seed=seed, tag=tag, trust_code=trust_code, trust_library=trust_library)
     try:
         k_values = [kv if kv == "all" else int(kv) for kv in (k or ["1", "5", "all"])]
     except ValueError as e:

@@ -146,7 +146,8 @@ def fit_names(rows: list[list[str]], headers: Sequence[str], names: Sequence[int
     need = sum(natural[i] for i in names)
     if need <= budget:
         return rows
-    limits = {i: max(MIN_NAME, len(headers[i]), budget * natural[i] // max(need, 1)) for i in names}
+    floor = max(6, min(MIN_NAME, budget // len(names)))  # several name columns share the room evenly at worst
+    limits = {i: max(floor, len(headers[i]), budget * natural[i] // max(need, 1)) for i in names}
     return [[abbreviate(c, limits[i]) if i in limits else c for i, c in enumerate(r)] for r in rows]
 
 
@@ -199,6 +200,45 @@ def ranking_table(ranking, title: str, *, width: int = 80) -> Group:
     for row in fit_names(rows, headers, [1], width):
         table.add_row(*row)
     return Group(table, *(Text(note) for note in notes))
+
+
+def zoo_table(summaries, estimator: str, *, top: int = 3, width: int = 80) -> Table:
+    """A zoo run per target: its best ``top`` models with score and flags, and how many were ranked, did not fit and
+    failed (under the target's name)."""
+    headers = ["target", "#", "model", "score", "flags"]
+    rows: list[list[str]] = []
+    ends: list[int] = []
+    for s in summaries:
+        under = [s.name, f"{s.n_ranked} ranked", f"{s.n_unfit} do not fit" if s.n_unfit else "",
+                 f"{s.n_failed} failed" if s.n_failed else "", *s.flags]
+        under = [u for u in under if u]
+        best = [[str(rank), name, "n/a" if score is None else f"{score:.3f}", " ".join(flags)]
+                for rank, name, score, flags in s.top] or [["", "(no model ranked)", "", ""]]
+        for i in range(max(len(best), len(under))):
+            rows.append([under[i] if i < len(under) else "", *(best[i] if i < len(best) else ["", "", "", ""])])
+        ends.append(len(rows))
+    table = Table(title=f"top {top} per target ({estimator})", title_justify="left",
+                  caption="~top: the images cannot tell it from the top model; fg: share of pixels marked "
+                          "foreground (90 % or more: the score says little, check its predictions)",
+                  caption_justify="left")
+    for column in headers:
+        table.add_column(column, justify="right" if column in ("#", "score") else "left", no_wrap=True)
+    for i, row in enumerate(fit_names(rows, headers, [0, 2], width), start=1):
+        table.add_row(*row, end_section=i in ends)
+    return table
+
+
+def transfer_table(summary: dict[str, dict[str, Any]], *, width: int = 80) -> Table:
+    """The transfer matrix per target: best and worst model with their foreground Dice, the median and the spread."""
+    headers = ["target", "best", "model", "median", "worst", "model", "spread"]
+    rows = [[target, f"{s['best']:.3f}", str(s["best_model"]), f"{s['median']:.3f}", f"{s['worst']:.3f}",
+             str(s["worst_model"]), f"{s['best'] - s['worst']:.3f}"] for target, s in summary.items()]
+    table = Table(title="Foreground Dice per target", title_justify="left")
+    for column in headers:
+        table.add_column(column, justify="left" if column in ("target", "model") else "right", no_wrap=True)
+    for row in fit_names(rows, headers, [0, 2, 5], width):
+        table.add_row(*row)
+    return table
 
 
 def print_failures(failures) -> None:

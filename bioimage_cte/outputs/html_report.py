@@ -263,7 +263,8 @@ def write_html_report(
     ci = np.array([[np.nan if v is None else v for v in (m.get("interval") or (None, None))] for m in models],
                   dtype=float).reshape(-1, 2)
 
-    body = [f"<h1>bioimage-cte ranking: {html.escape(estimator)} on {len(image_paths)} images</h1>",
+    n_images = len(image_paths) or int(settings.get("n_images") or 0)  # a zoo page may not have the images at hand
+    body = [f"<h1>bioimage-cte ranking: {html.escape(estimator)} on {n_images} images</h1>",
             f"<p class='note'>{len(models)} models ranked, {len(ranking_json.get('failures', []))} failed. "
             "Higher scores mean more consistent predictions under perturbation, which predicts better transfer "
             "to these images. Generated "

@@ -70,6 +70,10 @@ class Progress:
     model: Callable[[ModelSource], None] | None = None
     #: one image of one model is done
     image: Callable[[], None] | None = None
+    #: with a budget: image ``i`` of at most ``n`` starts, scored by every model in turn (models stay loaded)
+    round: Callable[[int, int], None] | None = None
+    #: a study over several targets: target ``j`` of ``m`` (its name) starts; models are counted per target
+    target: Callable[[str, int, int], None] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -238,12 +242,13 @@ def rank(
     sources, paths = inputs.sources, inputs.paths
     choice: dict[str, Any] = {}
     if options.strength == "auto":
-        estimator, choice = with_automatic_strength(sources, paths, estimator, options)
+        estimator, choice = with_automatic_strength(sources, paths, estimator, options, on_stage=progress.stage)
     n_found, reason = len(paths), "all images"
     if options.budget == "all":
         results, failures = _score(sources, paths, [estimator], options, progress)
     else:
-        run = rank_adaptive(sources, paths, estimator, options, on_image=progress.image, on_model=progress.model)
+        run = rank_adaptive(sources, paths, estimator, options, on_image=progress.image, on_model=progress.model,
+                            on_round=progress.round)
         results, failures, paths, reason = run.results, run.failures, run.images, run.stop_reason
     ranking = build_ranking(results, estimator, failures=inputs.failures + failures, seed=options.seed)
     _raise_if_layer_missing(options, ranking.failures[len(inputs.failures):], ranking)
