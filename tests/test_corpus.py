@@ -31,8 +31,8 @@ def _invoke(*args: str):
 
 
 def _lines(output: str, name: str) -> list[str]:
-    return [line for line in output.splitlines()
-            if line.startswith(("failed ", "skipped ")) and f" {name} (" in line or line.startswith(f"does not fit {name}:")]
+    return [line for line in output.splitlines() if line.startswith(("failed ", "skipped ")) and f" {name} (" in line
+            or line.startswith(f"does not fit {name}:")]
 
 
 @pytest.fixture(scope="module")
