@@ -156,3 +156,10 @@ def test_200_models_by_20_targets_render_without_horizontal_overflow(tmp_path):
     assert first[0] == 1.0 and first == sorted(first, reverse=True), seen
     # the tag filter keeps exactly the models with the tag
     assert seen["tag"] == "cells" and seen["filtered"] == sum("cells" in r.tags for r in rows) == 67
+
+
+def test_a_model_ranked_only_without_a_score_gets_a_card(tmp_path):
+    rankings = {"stacks": _ranking("stacks", {"a": 0.8, "empty-3d": None})}
+    page = write_leaderboard(rankings, tmp_path / "board.html").read_text()
+    card = page[page.index("id='card-empty-3d'"):]
+    assert "2/2</td><td>n/a" in card and "best: rank" not in card[:card.index("</article>")]

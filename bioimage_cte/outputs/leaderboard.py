@@ -237,9 +237,9 @@ table.board { table-layout: fixed; width: 100%; border-collapse: collapse; font-
 table.board col.model { width: 14em; } table.board col.mean { width: 3.6em; }
 table.board th, table.board td { border: 1px solid #e4e4e4; padding: 0.15em 0.25em; overflow: hidden; }
 table.board thead th { position: sticky; top: 0; background: #fafafa; cursor: pointer; z-index: 1; }
-th.target { height: 10em; vertical-align: bottom; }
+th.target { height: 13em; vertical-align: bottom; }
 th.target span { writing-mode: vertical-rl; transform: rotate(180deg); white-space: nowrap; display: inline-block;
-  max-height: 9.5em; overflow: hidden; text-overflow: ellipsis; }
+  max-height: 12.5em; overflow: hidden; text-overflow: ellipsis; }
 td.name { white-space: nowrap; text-overflow: ellipsis; }
 td.cell { text-align: center; white-space: nowrap; font-variant-numeric: tabular-nums; font-size: 0.85em; }
 td.cell.top { box-shadow: inset 0 0 0 2px #1a5d1a; font-weight: bold; }
@@ -343,9 +343,9 @@ def _heatmap(rows: Sequence[ModelRow], targets: Sequence[str], links: Mapping[st
     head = ["<th title='sort by name'>model</th>",
             "<th title='mean position over the targets it was ranked on: 100 = top everywhere'>mean</th>"]
     for t in targets:
-        mark = " ⚠" if flags.get(t) else ""
+        mark = "⚠ " if flags.get(t) else ""  # before the name: a long name is cut at its end, never the flag
         tip = f"{t}: click to sort by rank on it" + (f"; {'; '.join(flags[t])}" if flags.get(t) else "")
-        head.append(f"<th class='target' title='{_e(tip)}'><span>{_e(t)}{mark}</span></th>")
+        head.append(f"<th class='target' title='{_e(tip)}'><span>{mark}{_e(t)}</span></th>")
     body = []
     for row in rows:
         mean = row.mean_position
@@ -374,8 +374,9 @@ def _card(row: ModelRow, targets: Sequence[str], links: Mapping[str, str]) -> st
     lines = "".join(f"<li class='{'failed' if status != 'unfit' else ''}'>"
                     f"{'does not fit' if status == 'unfit' else status} on {_e(', '.join(ts))}: {_e(reason)}</li>"
                     for (status, reason), ts in other.items())
-    best = min(((c.rank or 0) / max(c.n_models, 1), c.rank, c.n_models, t)
-               for c, t in zip(row.cells, targets, strict=True) if c.status == "ranked") if ranked else None
+    scored = [((c.rank or 0) / max(c.n_models, 1), c.rank, c.n_models, t)
+              for c, t in zip(row.cells, targets, strict=True) if c.status == "ranked"]
+    best = min(scored) if scored else None
     badge = f"<p>best: rank {best[1]} of {best[2]} on {_e(best[3])}</p>" if best else ""
     table = ("<table><tr><th>target</th><th>rank</th><th>score</th><th>flags</th></tr>" + "".join(ranked)
              + "</table>") if ranked else "<p class='note'>ranked on no target</p>"
