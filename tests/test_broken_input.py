@@ -236,7 +236,7 @@ def test_good_zip_is_ranked_beside_a_traversal_zip_and_strict_says_so(tmp_path, 
     assert [m["name"] for m in payload["models"]] == ["nuclei-small-bright"]
     assert payload["models"][0]["score"] is not None
     assert [f["name"] for f in payload["failures"]] == ["traversal"]
-    assert "ranking of 2 models on 2 images" in result.stdout
+    assert "ranking of 1 model on 2 images; 1 failed" in result.stdout
     strict = _rank(PACKAGE, traversal, "--images", images, "--strict")
     assert strict.exit_code == ExitCode.SOME_FAILED, strict.output
     assert len(_failed_lines(strict, "traversal")) == 1
@@ -367,7 +367,7 @@ def test_json_to_stdout_is_the_only_thing_on_stdout(images):
     assert result.exit_code == ExitCode.OK, result.output
     payload = json.loads(result.stdout)
     assert payload["models"][0]["name"] == "nuclei-small-bright" and payload["skipped_images"] == []
-    assert "ranking of 1 models" in result.stderr
+    assert "ranking of 1 model on 2 images" in result.stderr
 
 
 def test_a_write_that_fails_at_the_end_goes_to_a_fallback_file(tmp_path, monkeypatch):

@@ -77,13 +77,20 @@ def _paths_are_whole(text: str, sandbox: Path) -> None:
 
 
 def _names_are_whole(text: str, names: list[str]) -> None:
-    """Every model name is printed whole, or abbreviated in the middle (``start…end``), never broken over lines."""
+    """In every table, each model name is in a cell whole or abbreviated in the middle (``start…end``, a start and an
+    end of the name), never cut at its end or broken over two lines; and the tables fit the width."""
+    rows = [line for line in text.splitlines() if line.startswith(("│", "┃", "┏", "┡", "└", "├"))]
+    assert rows, "no table printed"
+    assert all(len(line) <= WIDTH for line in rows), "\n".join(rows)
+    cells = [c.strip() for line in rows if line.startswith("│") for c in line.strip("│").split("│")]
     for name in names:
-        abbreviated = re.search(rf"{re.escape(name[:4])}[\w.-]*…[\w.-]*{re.escape(name[-4:])}", text)
-        assert name in text or abbreviated, f"{name} is not printed whole:\n{text[-3000:]}"
-    for line in text.splitlines():
-        if line.startswith(("│", "┃", "┏", "┡", "└")):  # table rows fit the width
-            assert len(line) <= WIDTH, line
+        whole = name in cells
+        shortened = [c for c in cells if "…" in c and c.count("…") == 1 and name.startswith(c.split("…")[0])
+                     and name.endswith(c.split("…")[1]) and min(map(len, c.split("…"))) >= 3]
+        assert whole or shortened, f"{name} is not in a table cell whole:\n" + "\n".join(rows)
+    headers = [c.strip() for line in rows if line.startswith("┃") for c in line.strip("┃").split("┃")]
+    for cell in cells + headers:  # no other cut: an ellipsis only ever stands inside a name
+        assert not cell.endswith("…"), "\n".join(rows)
 
 
 def test_rank_evaluate_report_annotate_keep_paths_and_names_whole(sandbox):

@@ -135,19 +135,27 @@ def fit_names(rows: list[list[str]], headers: Sequence[str], names: Sequence[int
     """Rows whose name columns are abbreviated in the middle, only as far as a boxed table of them needs to fit
     ``width`` columns (names are never wrapped: a name broken over two lines cannot be copied).
 
+    The widest name column gives way first, one character at a time, down to :data:`MIN_NAME` (or its header);
+    below that every name column shrinks in turn, to 6 characters at the least.
+
     Examples
     --------
     >>> fit_names([["1", "nuclei-dim-blurry-torchscript"]], ["rank", "model"], [1], 30)
     [['1', 'nuclei-di…rchscript']]
+    >>> fit_names([["confidence", "0.50", "nuclei-dim-blurry-torchscript"]], ["estimator", "rho", "picked"],
+    ...           [0, 2], 40)
+    [['confidence', '0.50', 'nuclei-d…hscript']]
     """
     chrome = 3 * len(headers) + 1  # a border and one space either side per column, and the closing border
     natural = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
     budget = width - chrome - sum(w for i, w in enumerate(natural) if i not in names)
-    need = sum(natural[i] for i in names)
-    if need <= budget:
-        return rows
-    floor = max(6, min(MIN_NAME, budget // len(names)))  # several name columns share the room evenly at worst
-    limits = {i: max(floor, len(headers[i]), budget * natural[i] // max(need, 1)) for i in names}
+    limits = {i: natural[i] for i in names}
+    for floor in (MIN_NAME, 6):
+        while sum(limits.values()) > budget:
+            widest = max(limits, key=lambda i: limits[i])
+            if limits[widest] <= max(floor, len(headers[widest]) if floor == MIN_NAME else floor):
+                break
+            limits[widest] -= 1
     return [[abbreviate(c, limits[i]) if i in limits else c for i, c in enumerate(r)] for r in rows]
 
 
@@ -287,10 +295,12 @@ def agreement_table(evaluation, n_models: int, n_images: int, *, width: int = 80
     # 80 columns: pearson and weighted tau are in --output (CSV/JSON), not on the terminal
     table = Table(title=f"Agreement with true {evaluation.metric} ({plural(n_models, 'model')}, "
                         f"{plural(n_images, 'image')})",
-                  title_justify="left", caption="spearman, kendall: rank correlation with the true ranking (1 = "
-                  "same order); top-1: picked the truly best model; regret: true score lost by taking the pick.",
+                  title_justify="left", caption="ρ (Spearman), τ (Kendall): rank correlation with the true ranking "
+                  "(1 = same order); top-1: picked the truly best model; regret: true score lost by taking the pick; "
+                  "picked: the top of the estimator's ranking (full names in --output).",
                   caption_justify="left")
-    headers = ["estimator", "spearman", "95% CI", "kendall", "top-1", "regret", "picked"]
+    # short headers for the numbers leave the room to the names
+    headers = ["estimator", "ρ", "ρ 95% CI", "τ", "top-1", "regret", "picked"]
     for column in headers:
         table.add_column(column, justify="left" if column in ("estimator", "picked") else "right", no_wrap=True)
     rows = []
