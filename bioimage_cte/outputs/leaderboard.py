@@ -303,6 +303,14 @@ _SCRIPT = """
 """
 
 
+def _package_name(source: str) -> str:
+    """The last part of a package's source: its file or folder name, or the URL's last path segments."""
+    if "://" in source:
+        return source.rstrip("/").rsplit("/", 2)[-2] if source.endswith(("rdf.yaml", "bioimageio.yaml")) else source
+    path = Path(source)
+    return path.parent.name if path.name in ("rdf.yaml", "bioimageio.yaml") else path.name
+
+
 def _colour(position: float) -> str:
     # red (last) through yellow to green (top): the rank within the target, so targets of any size compare
     return f"hsl({120 * position:.0f} 62% 78%)"
@@ -352,7 +360,7 @@ def _heatmap(rows: Sequence[ModelRow], targets: Sequence[str], links: Mapping[st
         cells = "".join(_cell_html(c, row.name, t) for c, t in zip(row.cells, targets, strict=True))
         mean_text = "" if mean is None else f"{100 * mean:.0f}"
         body.append(f"<tr class='model' data-name='{_e(row.name)}' data-tags='{_e(' '.join(row.tags))}'>"
-                    f"<td class='name' title='{_e(row.name)} ({_e(row.source)})'>"
+                    f"<td class='name' title='{_e(row.name)} ({_e(_package_name(row.source))})'>"
                     f"<a href='#card-{_e(_slug(row.name))}'>{_e(row.name)}</a></td>"
                     f"<td class='num' data-v='{'' if mean is None else f'{mean:.4f}'}'>{mean_text}</td>{cells}</tr>")
     links_row = "".join(f"<a href='{_e(links[t])}'>{_e(t)}</a> " for t in targets if t in links)
@@ -381,7 +389,9 @@ def _card(row: ModelRow, targets: Sequence[str], links: Mapping[str, str]) -> st
     table = ("<table><tr><th>target</th><th>rank</th><th>score</th><th>flags</th></tr>" + "".join(ranked)
              + "</table>") if ranked else "<p class='note'>ranked on no target</p>"
     return (f"<article class='card' id='card-{_e(_slug(row.name))}' data-name='{_e(row.name)}' "
-            f"data-tags='{_e(' '.join(row.tags))}'><h3>{_e(row.name)}</h3><div class='tags'>{_e(row.source)}"
+            f"data-tags='{_e(' '.join(row.tags))}'><h3>{_e(row.name)}</h3>"
+            # the package's file name: a published page should not show the folders of the machine that ranked
+            f"<div class='tags' title='{_e(row.source)}'>{_e(_package_name(row.source))}"
             + (f" · {_e(row.weights)}" if row.weights else "") + "</div>"
             + (f"<div class='tags'>tags: {_e(', '.join(row.tags))}</div>" if row.tags else "")
             + f"{badge}{table}" + (f"<ul>{lines}</ul>" if lines else "") + "</article>")
