@@ -237,9 +237,9 @@ table.board { table-layout: fixed; width: 100%; border-collapse: collapse; font-
 table.board col.model { width: 14em; } table.board col.mean { width: 3.6em; }
 table.board th, table.board td { border: 1px solid #e4e4e4; padding: 0.15em 0.25em; overflow: hidden; }
 table.board thead th { position: sticky; top: 0; background: #fafafa; cursor: pointer; z-index: 1; }
-th.target { height: 13em; vertical-align: bottom; }
+th.target { height: 14.5em; vertical-align: bottom; }
 th.target span { writing-mode: vertical-rl; transform: rotate(180deg); white-space: nowrap; display: inline-block;
-  max-height: 12.5em; overflow: hidden; text-overflow: ellipsis; }
+  max-height: 14em; overflow: hidden; text-overflow: ellipsis; }
 td.name { white-space: nowrap; text-overflow: ellipsis; }
 td.cell { text-align: center; white-space: nowrap; font-variant-numeric: tabular-nums; font-size: 0.85em; }
 td.cell.top { box-shadow: inset 0 0 0 2px #1a5d1a; font-weight: bold; }
