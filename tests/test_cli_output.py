@@ -139,3 +139,28 @@ def test_progress_counts_right_with_a_budget_and_across_targets():
     assert "[0:00:00] target 2/2 tiny" in study
     assert "[0:00:00] loading model 2/2 b on target 2/2 tiny (9/12 images done)" in study
     assert study[-1] == "[0:00:00] b: image 3/3, 12/12 done"
+
+
+def test_a_run_that_makes_fewer_predictions_than_planned_says_so_at_the_end():
+    from bioimage_cte.cli.progress import PlainProgress
+
+    lines: list[str] = []
+    progress = PlainProgress("scoring", lines.append, interval=3600.0)
+    progress.plan(2, 4)
+    progress.start(8)
+    progress.model("a")
+    for _ in range(4):
+        progress.image()
+    progress.model("keras")  # fails as it loads: none of its 4 images comes
+    progress.finish()
+    assert lines[-1] == ("[0:00:00] 4/8 done: the others were not made (a model failed, or a budget stopped early; "
+                         "see below)")
+    complete: list[str] = []
+    whole = PlainProgress("scoring", complete.append, interval=3600.0)
+    whole.plan(1, 2)
+    whole.start(2)
+    whole.model("a")
+    whole.image()
+    whole.image()
+    whole.finish()
+    assert complete[-1] == "[0:00:00] a: image 2/2, 2/2 done"  # complete: no closing line

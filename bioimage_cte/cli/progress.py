@@ -123,6 +123,15 @@ class PlainProgress:
         self._flush()
         self._round, self.model_name = (number, count), ""
 
+    def finish(self) -> None:
+        """A closing count when the run made fewer predictions than planned (a model failed, or a budget stopped
+        early), so a log never ends on a count short of its total without saying why."""
+        self._flush()
+        if self.total is None or self.done >= self.total:
+            return
+        self._line(f"{self.done}/{self.total} done: the others were not made (a model failed, or a budget stopped "
+                   "early; see below)")
+
     def image(self) -> None:
         self.done += 1
         self.model_done += 1
@@ -159,6 +168,7 @@ def progress_display(label: str, console: Console, *, warn: Callable[[str], None
         yield Progress(warning=warning, start=plain.start, plan=plain.plan, stage=plain.quiet_stage,
                        model=lambda source: plain.model(source.name), image=plain.image, round=plain.round,
                        target=plain.target)
+        plain.finish()
         return
 
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn

@@ -61,6 +61,12 @@ def _figure(width: float, height: float):
     return fig
 
 
+def _label(text: str, chars: int = 60) -> str:
+    """An axis label in lines of at most ``chars`` characters: long model names leave the axes narrow, and a label
+    wider than its figure is cut off at the edge."""
+    return "\n".join(textwrap.wrap(text, chars))
+
+
 def _ranking_chart(names: list[str], scores: list[float | None], ci: np.ndarray, estimator: str, n: int) -> str:
     # Points with whiskers rather than bars: CTE scores crowd near 1, where bars from 0 would all look equal.
     fig = _figure(7.5, 0.42 * len(names) + 1.2)
@@ -77,7 +83,7 @@ def _ranking_chart(names: list[str], scores: list[float | None], ci: np.ndarray,
     ax.set_yticks(y, [f"{i + 1}. {n}" for i, n in enumerate(names)])
     ax.set_ylim(len(names) - 0.5, -0.5)
     what = "95% bootstrap interval" if n >= FEW_IMAGES else f"spread over {n} images"
-    ax.set_xlabel(f"{estimator} score (median over images; higher is better); line: {what}")
+    ax.set_xlabel(_label(f"{estimator} score (median over images; higher is better); line: {what}"))
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
 
@@ -96,7 +102,7 @@ def _distribution_chart(names: list[str], per_image: list[list[float | None]], e
         ax.scatter(d, p + rng.uniform(-0.15, 0.15, d.size), s=14, color="#4c72b0", alpha=0.7, zorder=3)
     ax.set_yticks(positions, [f"{i + 1}. {n}" for i, n in enumerate(names)])
     ax.set_ylim(len(names) - 0.5, -0.5)
-    ax.set_xlabel(f"{estimator} score per image (one dot per image; box: quartiles, red: median)")
+    ax.set_xlabel(_label(f"{estimator} score per image (one dot per image; box: quartiles, red: median)"))
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
 
