@@ -192,6 +192,7 @@ def test_a_mistyped_model_path_is_one_error_before_anything_runs(tmp_path, image
     assert "ranking of" not in result.stdout and not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.slow  # reads the tags of the 31 demo packages twice: 2 s
 def test_a_missing_tag_names_the_tags_the_models_have(images):
     result = _rank(ROOT / "resources" / "zoo", "--tag", "nucleii", "--images", images)
     assert result.exit_code == ExitCode.ERROR, result.output
