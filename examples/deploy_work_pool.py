@@ -6,6 +6,7 @@
     python examples/deploy_work_pool.py                 # create the pool, deploy (with the schedule of the file)
     python examples/deploy_work_pool.py --run-now --zoo resources/zoo --target resources/data/dsb2018
                                         # ... and run it once now, executed by `prefect worker start --run-once`
+    python examples/deploy_work_pool.py --temporary-server --run-now ...   # all of it without a server of yours
 
 The file's parameters are the run's ``RankOptions`` (``options``) and ``ZooRunOptions`` (``run``); ``--check``
 builds both from it, so a typo in a key fails here, in seconds, rather than in the first scheduled run. Relative
@@ -17,11 +18,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import inspect
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +118,32 @@ def main(argv: Sequence[str] | None = None) -> Any:
     parser.add_argument("--zoo", help="with --run-now: the zoo to rank (default: the file's)")
     parser.add_argument("--target", action="append", help="with --run-now: a target (repeat; default: the file's)")
     parser.add_argument("--output-dir", help="with --run-now: where the run writes (and keeps its results store)")
+    parser.add_argument("--temporary-server", action="store_true", help="start a Prefect server for this script "
+                        "only (to try it out: the deployment and its schedule go with the server)")
     args = parser.parse_args(argv)
+    if args.temporary_server and not args.check:
+        with temporary_prefect_server():
+            return _deploy_and_run(args)
+    return _deploy_and_run(args)
 
+
+@contextlib.contextmanager
+def temporary_prefect_server() -> Iterator[str]:
+    """A Prefect server for this process and the prefect commands it runs (``PREFECT_API_URL`` in the environment);
+    it stops, with every deployment on it, when the block ends."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from bioimage_cte_flows.servers import temporary_server
+
+    with temporary_server() as api_url, temporary_settings(updates={PREFECT_API_URL: api_url}):
+        os.environ["PREFECT_API_URL"] = api_url
+        try:
+            yield api_url
+        finally:
+            del os.environ["PREFECT_API_URL"]
+
+
+def _deploy_and_run(args: argparse.Namespace) -> Any:
     deployments = check_deployments(args.prefect_file, args.root)
     print(f"{args.prefect_file}: {len(deployments)} deployment(s) valid: "
           + ", ".join(d["name"] for d in deployments))

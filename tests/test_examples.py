@@ -5,7 +5,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,18 +78,25 @@ def test_annotate_folder_writes_each_score_onto_its_package(small, tmp_path):
     assert len(list((packages / "bioimage-cte-backups").rglob("*.bak"))) == 2  # in place, with backups
 
 
+def _run(name: str, *args: object, timeout: float = 1200) -> str:
+    """``python examples/NAME.py ARGS`` as a user runs it, in its own process (Prefect keeps global state, so an
+    example that starts servers must not share the test session's); returns its output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(TQDM_DISABLE="1", DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    done = subprocess.run([sys.executable, str(EXAMPLES / f"{name}.py"), *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
 def test_zoo_on_an_existing_dask_cluster(small, tmp_path):
-    example = _example("zoo_on_dask")
-    env = {k: os.environ.pop(k) for k in list(os.environ) if k == "PREFECT_API_URL"}
-    try:
-        summary = example.main([str(small["zoo"]), str(small["target"]), "--workers", "2", "--output-dir",
-                                str(tmp_path / "out"), "--store", str(tmp_path / "results.sqlite")])
-    finally:
-        os.environ.update(env)
-    assert summary.ranked and (summary.scored, summary.cached, summary.failed) == (2, 0, ())
-    ranking = json.loads(Path(summary.rankings["dsb2018"]).read_text())
+    out = _run("zoo_on_dask", small["zoo"], small["target"], "--workers", "2", "--output-dir", tmp_path / "out",
+               "--store", tmp_path / "results.sqlite")
+    assert re.search(r"Dask scheduler at tcp://127\.0\.0\.1:\d+ with 2 workers", out), out
+    assert "all 2 model x target pairs ok; 2 scored, 0 from the store; ranked dsb2018: 2 models" in out
+    ranking = json.loads((tmp_path / "out" / "rankings" / "dsb2018.json").read_text())
     assert sorted(m["name"] for m in ranking["models"]) == sorted(MODELS)
-    assert summary.leaderboard and Path(summary.leaderboard).is_file()
+    assert (tmp_path / "out" / "leaderboard.html").is_file()
 
 
 def test_the_work_pool_deployment_is_valid_and_a_worker_runs_it(small, tmp_path):
@@ -97,21 +107,10 @@ def test_the_work_pool_deployment_is_valid_and_a_worker_runs_it(small, tmp_path)
     broken.write_text(example.PREFECT_FILE.read_text().replace("match_task: true", "match_tasks: true"))
     with pytest.raises(ValueError, match="unexpected keyword argument 'match_tasks'"):
         example.check_deployments(broken)
-
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from bioimage_cte_flows.servers import temporary_server
-
-    saved = os.environ.get("PREFECT_API_URL")
-    with temporary_server() as api_url, temporary_settings(updates={PREFECT_API_URL: api_url}):
-        os.environ["PREFECT_API_URL"] = api_url  # for the prefect commands the example runs
-        try:
-            flow_run = example.main(["--run-now", "--zoo", str(small["zoo"]), "--target", str(small["target"]),
-                                     "--output-dir", str(tmp_path / "run")])
-        finally:
-            os.environ.pop("PREFECT_API_URL")
-            if saved is not None:
-                os.environ["PREFECT_API_URL"] = saved
-    assert flow_run.state.is_completed(), flow_run.state
+    # deployed to a process work pool of a temporary server, run once by a worker in its own process
+    out = _run("deploy_work_pool", "--temporary-server", "--run-now", "--zoo", small["zoo"], "--target",
+               small["target"], "--output-dir", tmp_path / "run")
+    assert "1 deployment(s) valid: weekly-zoo-ranking" in out
+    assert "flow run zoo on dsb2018: Completed (all 2 model x target pairs ok; 2 scored" in out, out
     ranking = json.loads((tmp_path / "run" / "rankings" / "dsb2018.json").read_text())
     assert sorted(m["name"] for m in ranking["models"]) == sorted(MODELS)

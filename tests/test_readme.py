@@ -163,7 +163,8 @@ def test_the_counts_the_readme_states_are_what_the_code_finds():
     # the demo ranking (scripts/demo.sh): the nuclei packages, those that fit the 2D DSB2018 images, the 3D ones
     nuclei = select_models([str(zoo)], tag="nuclei")
     fit = ImageFit(sorted((data / "dsb2018" / "images").glob("*.tif"))[0])
-    unfit_2d = [s for s in nuclei if (layout := input_layout(read_rdf(s))) is not None and fit.reason(layout)]
+    unfit_2d = [s for s in nuclei
+                if (layout := input_layout(read_rdf(s))) is not None and fit.reason(layout, model=s.location)]
     assert f"the {len(nuclei)} nuclei packages of the demo zoo" in prose
     assert f"{len(unfit_2d)} of them are 3D models" in prose
     # without tensorflow the Keras package fails; the README's headline example is that run

@@ -550,12 +550,12 @@ def finetune_benchmark(
                                          on_run=lambda text: err_console.print(f"fine-tuned {text}", highlight=False))
         if output is not None:
             _write_json(output, payload)
-            console.print(f"results written to {output}")
+            tell_written(console, "results", output)
         if report is not None:
             from bioimage_cte.studies.finetune_report import write_finetune_report
 
             write_finetune_report({Path(images).name or "target": payload}, report)
-            console.print(f"report written to {report}")
+            tell_written(console, "report", report)
     except Exception as e:
         _fail(e, debug)
     console.print(finetune_table(payload))
