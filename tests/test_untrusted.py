@@ -262,8 +262,9 @@ def test_rank_refuses_a_package_with_a_second_rdf(tmp_path, image):
 # --- a hung model is stopped for real -----------------------------------------------------------------------------
 
 
-def _session_gone(pgid: int, seconds: float = 60) -> bool:
-    """Whether no process of the session is left (its forkserver exits once it sees its parent gone)."""
+def _session_gone(pgid: int, seconds: float = 5) -> bool:
+    """Whether no process of the session is left: the run stops and reaps its fork server and resource tracker
+    itself at exit (a few seconds only for the kernel to finish the reaping)."""
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         try:

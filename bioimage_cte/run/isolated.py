@@ -17,6 +17,7 @@ falls back to :func:`bioimage_cte.predict.deadline.run_with_deadline`, which sto
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import multiprocessing
 import pickle
@@ -45,7 +46,18 @@ def _context() -> multiprocessing.context.BaseContext:
     if _CONTEXT is None:
         _CONTEXT = multiprocessing.get_context("forkserver")
         _CONTEXT.set_forkserver_preload(_PRELOAD)
+        atexit.register(_stop_server)
     return _CONTEXT
+
+
+def _stop_server() -> None:
+    # the server, and multiprocessing's resource tracker, would end only after this process and linger until init
+    # reaps them: stop and reap both now, so nothing of the run outlives it
+    from multiprocessing import forkserver, resource_tracker
+
+    for stop in (forkserver._forkserver._stop, resource_tracker._resource_tracker._stop):
+        with contextlib.suppress(Exception):
+            stop()
 
 
 _MAIN_LOCK = threading.Lock()
