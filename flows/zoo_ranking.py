@@ -51,16 +51,14 @@ from prefect.futures import as_completed
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from bioimage_cte.base.errors import BioimageCteError, ModelTimeoutError
+from bioimage_cte.base.errors import BioimageCteError
 from bioimage_cte.base.fileutils import write_atomic
 from bioimage_cte.base.version import __version__
-from bioimage_cte.predict.deadline import run_with_deadline
 from bioimage_cte.run.jobs import (
     JobOutcome,
     ScoreJob,
     TargetSpec,
     UnfitPair,
-    failed_record,
     plan_zoo,
     rank_target,
     record_failure,
@@ -178,10 +176,6 @@ class ZooRunOptions:
     dask_address, workers, torch_threads
         Task runner (see :func:`make_task_runner`) and torch threads per task (default: the Dask worker's
         thread count on a Dask worker, so a 1-thread worker uses one core; torch's default otherwise).
-    task_timeout : float or None
-        Seconds one model may take on one target (loading and every image); a model still running then is
-        stopped, recorded as failed with the reason, counted in the run's final state and not retried. None:
-        no limit.
     failure_webhook : str, optional
         URL that gets a JSON POST (``text``, ``state``, ``failed``, ...) when a model failed or nothing was
         ranked, e.g. a Slack or Teams incoming webhook.
@@ -198,7 +192,6 @@ class ZooRunOptions:
     dask_address: str | None = None
     workers: int | None = None
     torch_threads: int | None = None
-    task_timeout: float | None = 3600.0
     failure_webhook: str | None = None
 
     def for_deployment(self) -> ZooRunOptions:
@@ -226,10 +219,11 @@ def _dask_worker_threads() -> int | None:
 @task(name="score-model", cache_policy=NO_CACHE, retry_condition_fn=_worth_retrying, retry_delay_seconds=2,
       task_run_name="score {job.source.name} on {job.target.name}")
 def score_model_task(job: ScoreJob, store_path: str, refresh: bool = False,
-                     torch_threads: int | None = None, timeout: float | None = None) -> JobOutcome:
+                     torch_threads: int | None = None) -> JobOutcome:
     """Score one model on one target unless the store has it (the store is the cache, not Prefect).
 
-    A model still running after ``timeout`` seconds is stopped and stored as failed (see bioimage_cte.predict.deadline).
+    A model still running after the options' ``time_limit`` is killed in its child process and stored as failed
+    (bioimage_cte.run.isolated); a timeout is not retried.
     """
     threads = torch_threads or _dask_worker_threads()
     if threads:
@@ -237,13 +231,7 @@ def score_model_task(job: ScoreJob, store_path: str, refresh: bool = False,
 
         # as many torch threads as the worker has: a 1-thread worker on a 64-core node must not use 64 cores
         torch.set_num_threads(threads)
-    store = ResultStore(store_path)
-    try:
-        return run_with_deadline(lambda: score_job(job, store, refresh=refresh), timeout,
-                                 what=f"{job.source.name} on {job.target.name}")
-    except ModelTimeoutError as e:
-        store.put(job.key, failed_record(job, e))
-        raise
+    return score_job(job, ResultStore(store_path), refresh=refresh)
 
 
 @task(name="annotate-packages", cache_policy=NO_CACHE, task_run_name="annotate packages for {target.name}")
@@ -258,8 +246,8 @@ def annotate_task(ranking_path: str, target: TargetSpec, output: str | None) -> 
 
 @task(name="zoo-reports", cache_policy=NO_CACHE)
 def reports_task(rankings: dict[str, dict[str, Any]], out_dir: str) -> str:
-    """Write the per-model zoo reports under ``<out_dir>/reports`` (bioimage_cte.outputs.reports.write_zoo_reports)."""
-    from bioimage_cte.outputs.reports import write_zoo_reports
+    """Write the per-model zoo reports under ``<out_dir>/reports`` (outputs.zoo_reports.write_zoo_reports)."""
+    from bioimage_cte.outputs.zoo_reports import write_zoo_reports
 
     # it also (re)writes <out_dir>/rankings/<target>.json, the same files the flow wrote
     write_zoo_reports(rankings, Path(out_dir), tool_version=__version__)
@@ -342,7 +330,7 @@ def _say(text: str) -> None:
 
 
 def _score_all(jobs: Sequence[ScoreJob], store: ResultStore, runner: TaskRunner, *, retries: int, refresh: bool,
-               torch_threads: int | None, timeout: float | None) -> list[JobOutcome]:
+               torch_threads: int | None) -> list[JobOutcome]:
     total = len(jobs)
     progress = create_progress_artifact(0.0, key="zoo-ranking-progress",
                                         description=f"0 of {total} model x target pairs done")
@@ -354,8 +342,7 @@ def _score_all(jobs: Sequence[ScoreJob], store: ResultStore, runner: TaskRunner,
     _say(f"scoring {total} model x target pairs")
     with runner:
         futures = runner.map(scorer, {"job": list(jobs), "store_path": unmapped(str(store.path)),
-                                      "refresh": unmapped(refresh), "torch_threads": unmapped(torch_threads),
-                                      "timeout": unmapped(timeout)})
+                                      "refresh": unmapped(refresh), "torch_threads": unmapped(torch_threads)})
         index = {future: i for i, future in enumerate(futures)}
         for done, future in enumerate(as_completed(list(futures)), start=1):
             i = index[future]
@@ -425,7 +412,7 @@ def zoo_ranking_flow(
     store = ResultStore(how.store_path)  # created here, before workers race to create it
     runner = make_task_runner(how.dask_address, how.workers)
     outcomes = _score_all(jobs, store, runner, retries=how.retries, refresh=how.refresh,
-                          torch_threads=how.torch_threads, timeout=how.task_timeout)
+                          torch_threads=how.torch_threads)
 
     out = Path(how.output_dir).expanduser().resolve()
     rankings: dict[str, str] = {}

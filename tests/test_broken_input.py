@@ -382,16 +382,17 @@ def test_a_write_that_fails_at_the_end_goes_to_a_fallback_file(tmp_path, monkeyp
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.access("/proc", os.W_OK), reason="needs a folder that looks writable but is not (/proc as "
-                                                            "root)")
+@pytest.mark.skipif(not Path("/dev/full").is_char_device(), reason="needs /dev/full, a device every write fills up")
 def test_rank_whose_output_fails_at_the_end_names_the_fallback(tmp_path, images, monkeypatch):
+    # a device is written to, not replaced, and passes the up-front check: the write itself fails (disk full)
     monkeypatch.chdir(tmp_path)
-    result = _rank(PACKAGE, "--images", images, "-o", "/proc/ranking.json")
+    result = _rank(PACKAGE, "--images", images, "-o", "/dev/full")
     assert result.exit_code == ExitCode.ERROR, result.output
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     fallback = Path(line.split("the ranking was written to ")[1].removesuffix(" instead"))
-    assert line.startswith("error: cannot write /proc/ranking.json") and fallback.parent == tmp_path
+    assert line.startswith("error: cannot write /dev/full") and fallback.parent == tmp_path
     assert json.loads(fallback.read_text())["models"][0]["name"] == "nuclei-small-bright"
+    assert Path("/dev/full").is_char_device()
 
 
 # --- models the estimator cannot judge ---------------------------------------------------------------------------

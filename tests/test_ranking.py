@@ -158,7 +158,7 @@ def test_ranking_json_records_every_setting():
         "task": "semantic", "axes": None, "device": "cuda", "layer": None, "weight_format": None, "tag": "nuclei",
         "trust_code": False, "trusted_libraries": ["mylab"], "channels": None, "output_channel": None,
         "budget": "all", "max_pixels": 2**30,
-        "max_entry_bytes": 2 * 1024**3, "skip_bad_images": False}
+        "max_entry_bytes": 2 * 1024**3, "skip_bad_images": False, "time_limit": 3600.0}
     assert payload["models"][0]["name"] == "a" and payload["failures"] == []
     json.dumps(payload, allow_nan=False)
 

@@ -12,12 +12,8 @@ import numpy as np
 import pytest
 
 from bioimage_cte.base.errors import BioimageCteError
-from bioimage_cte.outputs.reports import (
-    merge_tool_reports,
-    write_html_report,
-    write_zoo_reports,
-    zoo_tool_report,
-)
+from bioimage_cte.outputs.reports import write_html_report
+from bioimage_cte.outputs.zoo_reports import merge_tool_reports, publishable, write_zoo_reports, zoo_tool_report
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "resources" / "zoo"
@@ -123,7 +119,10 @@ def test_zoo_reports_layout(ranked, tmp_path):
     assert list(both["details"]) == ["dsb2018", "dsb-copy"] and both["status"] == "passed"
     broken = json.loads((out / "reports/broken/1/reports/bioimage-cte_0.1.0.json").read_text())
     assert broken["status"] == "failed" and broken["score"] == 0.0 and "not a valid zip" in broken["error"]
-    assert json.loads((out / "rankings/dsb2018.json").read_text()) == ranking
+    # the published copy: the same ranking, its packages named relative to the zoo, no local folder
+    published = json.loads((out / "rankings/dsb2018.json").read_text())
+    assert published == publishable(ranking, str(ZOO)) and str(ROOT) not in json.dumps(published)
+    assert [m["source"] for m in published["models"]] == [f"{m['name']}.zip" for m in ranking["models"]]
     assert not list(out.rglob("*.tmp"))
     with pytest.raises(BioimageCteError, match="'0.1_0' is not allowed"):
         write_zoo_reports({"dsb2018": ranking}, tmp_path / "x", tool_version="0.1_0")

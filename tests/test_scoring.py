@@ -73,7 +73,10 @@ class FakePredictor:
 
 @pytest.fixture()
 def predictors(monkeypatch):
-    """Replace the predictor factory and the package loader (torch, bioimageio.core) by stand-ins; returns the log."""
+    """Replace the predictor factory and the package loader (torch, bioimageio.core) by stand-ins; returns the log.
+
+    The stand-ins live in this process: rankings here use ``time_limit=0`` (no child process per model).
+    """
     log: list = []
 
     def load_model(location: str, *, max_entry_bytes: int = 2 * 1024**3):
@@ -177,7 +180,7 @@ def test_rank_models_records_each_failure_with_its_stage_and_goes_on(predictors,
     names = ["sharp", "broken", "crash", "nan", "untrusted-only", "oom", "dim"]
     sources = [_source(tmp_path, n) for n in names]
     started = []
-    results, failures = rank_models(sources, images, [CTEInput()], RankOptions(estimator="cte-input"),
+    results, failures = rank_models(sources, images, [CTEInput()], RankOptions(estimator="cte-input", time_limit=0),
                                     on_model=lambda s: started.append(s.name))
     assert started == names
     assert [r.source.name for r in results] == ["sharp", "dim"]
@@ -211,7 +214,7 @@ def test_rank_end_to_end_through_the_pipeline(predictors, images, tmp_path):
     events: dict[str, list] = {"warning": [], "start": [], "model": [], "image": []}
     progress = Progress(warning=events["warning"].append, start=events["start"].append,
                         model=lambda s: events["model"].append(s.name), image=lambda: events["image"].append(1))
-    options = RankOptions(estimator="cte-dropout", seed=1, strength=0.3)
+    options = RankOptions(estimator="cte-dropout", seed=1, strength=0.3, time_limit=0)
     run = rank([tmp_path / "zoo"], images[0].parent, options, progress=progress)
     assert [s.name for s in run.ranking.scores] == ["sharp", "dim"]
     assert [(f.name, f.stage) for f in run.ranking.failures] == [("broken", Stage.PREDICT)]
@@ -234,7 +237,7 @@ def test_evaluate_through_the_pipeline(predictors, images, tmp_path):
     labels.mkdir()
     for p in images:
         np.save(labels / p.name, (np.load(p) > 0.5).astype(np.int32))
-    run = evaluate([tmp_path / "zoo"], images[0].parent, labels, RankOptions(),
+    run = evaluate([tmp_path / "zoo"], images[0].parent, labels, RankOptions(time_limit=0),
                    estimators=["cte-input", "confidence", "random"], few_label=1)
     evaluation = run.evaluation
     assert set(evaluation.rankings) == {"cte-input", "confidence", "random", "few-label"}

@@ -62,6 +62,7 @@ from bioimage_cte.cli.options import (  # noqa: E402
     ModelsArg,
     ReportImagesOpt,
     SeedOpt,
+    StrictOpt,
     TagOpt,
     TrustCodeOpt,
     TrustLibraryOpt,
@@ -127,9 +128,7 @@ def rank(
     report: Annotated[Path | None, typer.Option("--report", help="Also write a self-contained HTML report "
                                                 "(charts, per-image scores, overlays of the top and bottom "
                                                 "models).")] = None,
-    strict: Annotated[bool, typer.Option("--strict", help="Exit with code 4 when some models could not be "
-                                         "ranked or some images were skipped (default: 0 if any model ranked).")
-                      ] = False,
+    strict: StrictOpt = False,
     report_images: ReportImagesOpt = 3,
     debug: DebugOpt = False,
     options: RankOptions | None = None,
@@ -139,12 +138,13 @@ def rank(
     Exit codes: 0 ranked (models that failed are listed, and recorded in the JSON); 1 bad input or setup, found
     before any model ran (images, device, --layer in no model, output path), or the ranking could not be written
     where asked (it is then in the fallback file the message names); 2 wrong usage; 3 no model could be ranked;
-    4 with --strict, some models failed or images were skipped. '-o -' writes the JSON to standard output.
+    4 with --strict, some models failed or images were skipped. '-o -' (or '-o /dev/stdout') writes the JSON
+    to standard output.
     """
-    from bioimage_cte.outputs.destinations import STDOUT, check_destination
+    from bioimage_cte.outputs.destinations import check_destination, is_stdout
 
     _quiet_libraries()
-    to_stdout = output is not None and str(output) == STDOUT
+    to_stdout = output is not None and is_stdout(output)
     out = err_console if to_stdout else console  # with '-o -' standard output carries the JSON and nothing else
     created = {path: new_folder(path) for path in (output, report) if path is not None}
     try:
@@ -197,10 +197,10 @@ def _rank_exit_code(ranking, skipped_images: bool, *, strict: bool) -> ExitCode:
 
 def _put_json(output: Path, payload: dict[str, Any], out: Console, *, created: Path | None = None) -> bool:
     """Write the JSON to ``output`` ('-': standard output); if that fails, to a fallback file. False if it failed."""
-    from bioimage_cte.outputs.destinations import STDOUT, write_or_fallback
+    from bioimage_cte.outputs.destinations import is_stdout, write_or_fallback
 
     text = json.dumps(payload, indent=2, allow_nan=False) + "\n"
-    if str(output) == STDOUT:
+    if is_stdout(output):
         sys.stdout.write(text)
         sys.stdout.flush()
         return True
@@ -339,10 +339,11 @@ def report(
         return
     try:
         from bioimage_cte.base.version import __version__
-        from bioimage_cte.outputs.reports import write_zoo_reports
+        from bioimage_cte.outputs.zoo_reports import write_zoo_reports
         from bioimage_cte.predict.images import list_images
+        from bioimage_cte.run.ranking import read_ranking
 
-        payload = json.loads(ranking.read_text())
+        payload = read_ranking(ranking)
         images = images or _recorded_images(payload, ranking)
         evaluation_json = json.loads(evaluation.read_text()) if evaluation else None
         if zoo_reports is not None:
@@ -408,9 +409,6 @@ def zoo_rank(
     timezone: Annotated[str | None, typer.Option(help="Time zone of --cron, e.g. Europe/Berlin.")] = None,
     global_limit: Annotated[int, typer.Option(min=0, help="Runs of the served deployment at once, enforced by "
                                               "the Prefect server (with --cron; 0: no limit).")] = 1,
-    task_timeout: Annotated[float, typer.Option(min=0, help="Seconds one model may take on one target; a model "
-                                                "still running is stopped and recorded as failed (0: no "
-                                                "limit).")] = 3600.0,
     failure_webhook: Annotated[str | None, typer.Option(help="URL to POST a JSON message to when a model failed "
                                                         "or nothing was ranked (e.g. a Slack or Teams incoming "
                                                         "webhook).")] = None,
@@ -435,7 +433,7 @@ def zoo_rank(
         run = ZooRunOptions(store_path=None if store is None else str(store), output_dir=str(output_dir),
                             annotate=annotate_cards, reports=reports, retries=retries, match_task=match_task,
                             refresh=refresh, dask_address=dask_address, workers=workers,
-                            task_timeout=task_timeout or None, failure_webhook=failure_webhook)
+                            failure_webhook=failure_webhook)
         if cron is not None:
             console.print(f"serving deployment {deployment!r} on {cron!r}; stop with Ctrl+C")
             serve_zoo_ranking(zoo, targets, options, run, cron=cron, timezone=timezone, name=deployment,
@@ -480,11 +478,14 @@ def transfer_matrix(
                                          "the shipped resources/zoo/transfer_matrix.csv is only rewritten when "
                                          "named here.")] = Path("transfer_matrix.csv"),
     device: DeviceOpt = "cpu",
+    strict: StrictOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Evaluate every zoo model on every labelled target: the ground truth rankings are judged against.
 
-    Rows are written to the CSV as each model finishes a target, so a run that is stopped keeps them.
+    Rows are written to the CSV as each model finishes a target, so a run that is stopped keeps them. Exit codes
+    as for rank: 0 written (failed models are listed); 1 bad input or the CSV could not be written; 3 no model
+    could be evaluated; 4 with --strict, some models failed.
     """
     _quiet_libraries()
     created = new_folder(output)
@@ -499,6 +500,11 @@ def transfer_matrix(
     tell_written(console, f"transfer matrix ({len(rows)} rows)", output, created)
     console.print(transfer_table(summarize(rows, metric="dice"), width=console.width))
     print_failures(failures)
+    if not rows:
+        err_console.print(f"[bold red]error:[/] none of the {len(failures)} models could be evaluated; see the "
+                          "reasons above", highlight=False, soft_wrap=True)
+        raise typer.Exit(int(ExitCode.NOTHING_RANKED))
+    raise typer.Exit(int(ExitCode.SOME_FAILED if strict and failures else ExitCode.OK))
 
 
 KOpt = Annotated[list[str] | None, typer.Option("--k", help="Labelled images to fine-tune on (repeat the option); "

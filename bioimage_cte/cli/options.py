@@ -98,6 +98,11 @@ MaxEntryOpt = Annotated[int, typer.Option(help="Largest unpacked file inside a p
                                           "with a larger one fails.", min=1)]
 SkipBadOpt = Annotated[bool, typer.Option("--skip-bad-images", help="Rank on the readable images and list the "
                                           "unreadable ones (in the JSON too), instead of stopping.")]
+TimeLimitOpt = Annotated[float, typer.Option("--time-limit", min=0, help="Seconds one model may take on one set of "
+                                             "images; a model still running then is stopped, recorded as failed "
+                                             "('timed out') and the others go on (0: no limit).")]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit with code 4 when some models could not be ranked "
+                                         "or some images were skipped (default: 0 if any model ranked).")]
 
 
 def rank_options(**values: Any) -> RankOptions:
@@ -126,7 +131,7 @@ RANK_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("trust_code", TrustCodeOpt, False), ("trust_library", TrustLibraryOpt, None),
     ("max_pixels", MaxPixelsOpt, RankOptions().max_pixels),
     ("max_entry_bytes", MaxEntryOpt, RankOptions().max_entry_bytes), ("skip_bad_images", SkipBadOpt, False),
-    ("budget", BudgetOpt, "all"),
+    ("budget", BudgetOpt, "all"), ("time_limit", TimeLimitOpt, RankOptions().time_limit),
 )
 
 

@@ -208,7 +208,7 @@ def write_zoo_pages(rankings: Mapping[str, Mapping[str, Any]], out_dir: Path, *,
     ``images[target]`` are the target's images; default: the images folder its ranking records, if it exists.
     Returns the leaderboard's path.
     """
-    from bioimage_cte.outputs.html_report import write_html_report
+    from bioimage_cte.outputs.reports import write_html_report
     from bioimage_cte.predict.images import list_images
 
     out_dir = Path(out_dir)

@@ -4,7 +4,7 @@
 :func:`overlay_predictions` re-runs one model on them with the ranking's own settings: the clean prediction, the
 perturbed prediction its estimator compared it with (the draw scoring made, geometric passes mapped back, see
 :mod:`bioimage_cte.cte.views`) and the per-pixel disagreement the score averages. The report only renders these
-(:mod:`bioimage_cte.outputs.html_report`).
+(:mod:`bioimage_cte.outputs.reports`).
 """
 
 from __future__ import annotations

@@ -218,16 +218,23 @@ def rank_models(
 ) -> tuple[list[ModelResult], list[ModelFailure]]:
     """Score every model, one loaded at a time; a model that fails is recorded with its reason and the others go on.
 
+    With ``options.time_limit`` each model runs in a child process that is killed when the limit is reached
+    (:mod:`bioimage_cte.run.isolated`); the model is then recorded as failed ("timed out").
+
     A model skipped because it needs package code the policy does not allow is recorded with stage
     :attr:`Stage.SKIPPED`.
     """
+    from bioimage_cte.run.isolated import run_isolated
+
     results: list[ModelResult] = []
     failures: list[ModelFailure] = []
     for source in sources:
         if on_model is not None:
             on_model(source)
         try:
-            results.append(score_model(source, image_paths, estimators, options, labels=labels, on_image=on_image))
+            results.append(run_isolated(score_model, source, image_paths, estimators, options, labels=labels,
+                                        seconds=options.time_limit, what=source.location, location=source.location,
+                                        on_image=on_image))
         except Exception as e:  # one broken zoo entry must never stop the run
             failures.append(failure_of(source, e))
     return results, failures

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from bioimage_cte.base.version import __version__
-from bioimage_cte.outputs.html_report import _figure, _fmt, _img, _png, write_page
+from bioimage_cte.outputs.reports import _figure, _fmt, _img, _png, write_page
 
 __all__ = ["finetune_markdown", "write_finetune_report"]
 
