@@ -35,7 +35,8 @@ class Perturbation(StrEnum):
 ModelsArg = Annotated[
     list[str],
     typer.Argument(help="Models: rdf.yaml files, package folders or zips, folders of packages, a collection "
-                   "index JSON (path or URL), or RDF URLs.", show_default=False),
+                   "index JSON (path or URL), RDF URLs, or zoo IDs and DOIs (affable-shark, affable-shark/1.2, "
+                   "10.5281/zenodo.5764892).", show_default=False),
 ]
 ImagesOpt = Annotated[str, typer.Option("--images", "-i", help="Folder, glob ('data/*.tif') or file of target "
                                         "images (.tif, .tiff, .png, .npy).", show_default=False)]

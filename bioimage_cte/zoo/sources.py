@@ -21,6 +21,7 @@ from urllib.parse import urljoin, urlparse
 
 from bioimage_cte.base.errors import BioimageCteError, InvalidIndexError, InvalidModelError, one_line
 from bioimage_cte.zoo.archives import RDF_NAMES, check_zip, is_rdf_name, safe_extract_zip
+from bioimage_cte.zoo.zoo_ids import is_zoo_id, resolve_zoo_id
 
 __all__ = [
     "RDF_NAMES",
@@ -45,7 +46,8 @@ __all__ = [
 
 _ACCEPTED = (
     "an rdf.yaml/bioimageio.yaml file, a package folder or .zip, a folder of packages, "
-    "a collection index .json, or an http(s) URL"
+    "a collection index .json, an http(s) URL, or a zoo ID or DOI (affable-shark, affable-shark/1.2, "
+    "10.5281/zenodo.5764892)"
 )
 _INDEX_TIMEOUT_S = 30.0
 MAX_INDEX_BYTES = 64 * 1024**2
@@ -63,8 +65,8 @@ class ModelSource:
         Short display name: the package folder name, the zip stem or the index id.
     source : str
         The spec as the user gave it; for index entries, the RDF source as the index lists it.
-    kind : {"rdf", "folder", "zip", "url", "index"}
-        How the model was found.
+    kind : {"rdf", "folder", "zip", "url", "index", "id"}
+        How the model was found (``"id"``: a zoo ID or DOI, see :mod:`bioimage_cte.zoo.zoo_ids`).
     location : str
         What to pass to ``bioimageio.spec.load_description`` or
         ``bioimageio.core.load_model_description``: a local path to an rdf.yaml or a .zip,
@@ -78,7 +80,7 @@ class ModelSource:
 
     name: str
     source: str
-    kind: Literal["rdf", "folder", "zip", "url", "index"]
+    kind: Literal["rdf", "folder", "zip", "url", "index", "id"]
     location: str
 
 
@@ -322,6 +324,9 @@ def _find_one(spec: str | Path, *, check: bool = True) -> list[ModelSource]:
         return [ModelSource(name=name, source=text, kind="url", location=text)]
 
     path = Path(spec).expanduser()
+    if not path.exists() and is_zoo_id(text):  # a local file or folder of that name wins
+        name, package = resolve_zoo_id(text)
+        return [ModelSource(name=name, source=text, kind="id", location=str(package))]
     if not path.exists():
         raise InvalidModelError(f"model source {text} does not exist; pass {_ACCEPTED}")
     if path.is_dir():
@@ -435,7 +440,8 @@ def missing_sources(specs: Sequence[str | Path]) -> InvalidModelError | None:
     >>> str(missing_sources(["no/such/zoo", "https://example.org/rdf.yaml"]))[:41]
     'model source no/such/zoo does not exist; '
     """
-    missing = [str(s) for s in specs if not (isinstance(s, str) and _is_url(s)) and not Path(s).expanduser().exists()]
+    missing = [str(s) for s in specs if not (isinstance(s, str) and (_is_url(s) or is_zoo_id(s)))
+               and not Path(s).expanduser().exists()]
     if not missing:
         return None
     what = f"model source {missing[0]} does not exist" if len(missing) == 1 else (
