@@ -37,6 +37,9 @@ ZOO_RANK_MESSAGES = {
 #: first line of a block that is not run here -> why, and what covers it instead
 SKIPPED = {
     "bash scripts/demo.sh": "sets up and runs the whole demo and test suite (scripts/test.sh runs the suite itself)",
+    ".venv/bin/bioimage-cte rank affable-shark": "downloads from bioimage.io, and tests reach no network; "
+                                                 "tests/test_zoo_ids.py ranks models by ID and by DOI from a "
+                                                 "loopback zoo, online and then from the cache",
     ".venv/bin/prefect server start": "starts a server and serves forever; tests/test_schedule.py serves the flow "
                                       "on a cron schedule against a real server and sees SCHEDULED runs",
 }
