@@ -2,7 +2,7 @@
 
     python examples/build_demo_zoo.py            # models + synthetic targets (about 15 minutes on 2 cores)
     python examples/build_demo_zoo.py --only data
-    python examples/build_demo_zoo.py --only formats   # onnx/torchscript/Keras variants of built models
+    python examples/build_demo_zoo.py --only formats   # onnx/torchscript/Keras/StarDist variants of built models
 
 Models are written to ``resources/zoo/<name>.zip`` (real bioimageio packages), synthetic targets
 to ``resources/data/<target>/{images,labels}/*.tif``. The real DSB2018 target is not rebuilt
@@ -159,10 +159,16 @@ def build_targets() -> None:
 
 
 def build_format_variants() -> None:
-    """The onnx-only, torchscript-only, own-architecture (+onnx) and, with tensorflow, Keras packages."""
-    from bioimage_cte.demozoo.formats import build_format_variants as build
+    """The onnx-only, torchscript-only, own-architecture (+onnx) and, with tensorflow, Keras and StarDist packages."""
+    import importlib.util
 
-    for path in build(ZOO):
+    from bioimage_cte.demozoo.formats import build_format_variants as build
+    from bioimage_cte.demozoo.stardist import build_stardist_package
+
+    paths = build(ZOO)
+    if importlib.util.find_spec("tensorflow") is not None:
+        paths.append(build_stardist_package(ZOO))
+    for path in paths:
         print(f"{path.name}: exported")
 
 

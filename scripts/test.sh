@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Set up, then run the whole test suite (unit, doctests, the demo zoo end to end) and the linter.
+# Set up (with the tensorflow extra, so the Keras tests run), then run the whole test suite (unit, doctests, the
+# demo zoo end to end) and the linter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --tensorflow
 # Headless Chromium renders the HTML report in one test; without it that test is skipped with its reason.
 # Run as root, this installs the system package chromium through apt, and says so first;
 # BIOIMAGE_CTE_NO_SYSTEM=1 skips every system install.

@@ -285,3 +285,30 @@ def test_rank_scores_every_format_package_grey_box_and_says_why_not(tmp_path):
     assert keras["name"] == "nuclei-small-bright-keras" and keras["stage"] == "estimator"
     assert "keras_hdf5 weights, which run black-box only" in keras["reason"]
     assert "nuclei-small-bright-keras" in result.output and "black-box only" in result.output
+
+
+@pytest.mark.slow
+def test_stardist_shaped_keras_package_is_ranked_on_its_probability_output(tmp_path):
+    """The StarDist-shaped TensorFlow package (prob + 32 ray distances) ranks beside the torch network its prob
+    head comes from: the prob output is scored, and gives that network's score again."""
+    pytest.importorskip("tensorflow", reason="keras_hdf5 weights need tensorflow: pip install '.[tensorflow]'")
+    from typer.testing import CliRunner
+
+    from bioimage_cte.cli.commands import app
+    from bioimage_cte.demozoo.stardist import STARDIST_NAME, STARDIST_SOURCE
+
+    out = tmp_path / "ranking.json"
+    result = CliRunner().invoke(app, ["rank", str(ZOO / f"{STARDIST_NAME}.zip"), str(ZOO / f"{STARDIST_SOURCE}.zip"),
+                                      "--images", str(DSB[0].parent / "dsb2018_0[01].tif"), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(out.read_text())
+    assert payload["failures"] == []
+    models = {m["name"]: m for m in payload["models"]}
+    stardist = models[STARDIST_NAME]
+    assert stardist["weights"]["format"] == "keras_hdf5" and stardist["weights"]["access"] == "black-box"
+    assert stardist["output"] == {"tensor": "prob", "channel": "prob", "index": 0, "scored": "foreground",
+                                  "how": "output prob of 2 (the probability one); channel named 'prob' as foreground"}
+    # the same probability network in Keras and in torch (outputs equal to 1e-3): the same consistency, up to the
+    # few pixels whose probability sits at the 0.5 threshold
+    assert 0.5 < stardist["score"] <= 1
+    assert abs(stardist["score"] - models[STARDIST_SOURCE]["score"]) < 0.01

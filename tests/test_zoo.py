@@ -41,9 +41,16 @@ def test_zoo_has_enough_varied_models():
 
 def test_format_variants_carry_the_weights_their_card_names():
     from bioimage_cte.demozoo.formats import FORMAT_VARIANTS, KERAS_VARIANT
+    from bioimage_cte.demozoo.stardist import N_RAYS, STARDIST_NAME, STARDIST_SOURCE
 
     variants = {p.stem: _rdf(p) for p in PACKAGES if p not in TRAINED}
-    assert sorted(variants) == sorted(v.name for v in (*FORMAT_VARIANTS, KERAS_VARIANT))
+    assert sorted(variants) == sorted([*(v.name for v in (*FORMAT_VARIANTS, KERAS_VARIANT)), STARDIST_NAME])
+    stardist = variants[STARDIST_NAME]  # StarDist's outputs: 1-channel probability + N_RAYS distances, Keras only
+    assert list(stardist["weights"]) == ["keras_hdf5"]
+    assert stardist["config"]["bioimage_cte"]["exported_from"] == STARDIST_SOURCE
+    assert [o["id"] for o in stardist["outputs"]] == ["prob", "dist"]
+    assert [len(next(a["channel_names"] for a in o["axes"] if a.get("type") == "channel"))
+            for o in stardist["outputs"]] == [1, N_RAYS]
     for variant in (*FORMAT_VARIANTS, KERAS_VARIANT):
         rdf = variants[variant.name]
         assert sorted(rdf["weights"]) == sorted(variant.formats), variant.name

@@ -9,7 +9,9 @@ outputs and test image), rebuilds the same network and writes it again with othe
   UNet (not byte-identical to :mod:`bioimage_cte.demozoo.archs.unet`, so it runs only with
   ``--trust-code``), plus onnx weights;
 - ``nuclei-small-bright-keras`` (only where tensorflow is installed): ``keras_hdf5`` weights of the
-  same network, see :mod:`bioimage_cte.demozoo.keras_export`.
+  same network, see :mod:`bioimage_cte.demozoo.keras_export`;
+- ``nuclei-stardist-keras`` (only where tensorflow is installed): ``nuclei-versatile``'s network as a
+  StarDist-shaped Keras model, ``prob`` + ``dist`` outputs, see :mod:`bioimage_cte.demozoo.stardist`.
 
 The networks are the trained ones, so a variant transfers exactly as its source does and rankings stay
 meaningful; nothing is trained here and no random number is drawn, so a rebuild gives the same
@@ -119,7 +121,10 @@ def build_variant(variant: FormatVariant, zoo: Path, output: Path | None = None)
 
 
 def build_format_variants(zoo: Path) -> list[Path]:
-    """Write every variant of :data:`FORMAT_VARIANTS` into ``zoo``, and the Keras one where tensorflow is installed."""
+    """Write every variant of :data:`FORMAT_VARIANTS` into ``zoo``, and the Keras one where tensorflow is installed.
+
+    The StarDist-shaped Keras package is written by :func:`bioimage_cte.demozoo.stardist.build_stardist_package`.
+    """
     import importlib.util
 
     written = [build_variant(v, zoo) for v in FORMAT_VARIANTS]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["keras_unet", "save_keras_h5"]
+__all__ = ["keras_unet", "keras_unet_features", "save_keras_h5"]
 
 #: largest |Keras logit - torch logit| accepted on the test image (float32 arithmetic in another order)
 TOLERANCE = 1e-3
@@ -39,6 +39,15 @@ def keras_unet(net):
     import keras
 
     inputs = keras.Input(shape=(None, None, net.encoders[0][0].in_channels), name="raw")
+    features = keras_unet_features(keras, net, inputs)
+    head = keras.layers.Conv2D(net.head.out_channels, 1, name="head")
+    out = head(features)
+    head.set_weights([net.head.weight.detach().numpy().transpose(2, 3, 1, 0), net.head.bias.detach().numpy()])
+    return keras.Model(inputs, out, name="unet2d")
+
+
+def keras_unet_features(keras, net, inputs):
+    """``net``'s last decoder features (before its 1x1 head) as Keras layers on ``inputs``, with its weights."""
     x, skips = inputs, []
     for i, encoder in enumerate(net.encoders):
         x = _block(keras, x, encoder, f"encoder{i}")
@@ -50,10 +59,7 @@ def keras_unet(net):
         y = layer(x)
         layer.set_weights([up.weight.detach().numpy().transpose(2, 3, 1, 0), up.bias.detach().numpy()])
         x = _block(keras, keras.layers.Concatenate(axis=-1, name=f"concat{i}")([y, skip]), decoder, f"decoder{i}")
-    head = keras.layers.Conv2D(net.head.out_channels, 1, name="head")
-    out = head(x)
-    head.set_weights([net.head.weight.detach().numpy().transpose(2, 3, 1, 0), net.head.bias.detach().numpy()])
-    return keras.Model(inputs, out, name="unet2d")
+    return x
 
 
 def save_keras_h5(net, x, path: Path) -> None:
