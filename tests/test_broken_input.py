@@ -188,7 +188,8 @@ def test_a_mistyped_model_path_is_one_error_before_anything_runs(tmp_path, image
     assert result.exit_code == ExitCode.ERROR, result.output
     assert _one_error(result) == (f"error: model source {tmp_path}/nowhere.zip does not exist; check the path, or "
                                   "pass an rdf.yaml/bioimageio.yaml file, a package folder or .zip, a folder of "
-                                  "packages, a collection index .json, or an http(s) URL")
+                                  "packages, a collection index .json, an http(s) URL, or a zoo ID or DOI "
+                                  "(affable-shark, affable-shark/1.2, 10.5281/zenodo.5764892)")
     assert "ranking of" not in result.stdout and not (tmp_path / "r.json").exists()
 
 
