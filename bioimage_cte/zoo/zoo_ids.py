@@ -117,12 +117,15 @@ def _package_path(text: str, sha256: str) -> Path:
 def _write_atomic(reader: Any, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".part-", suffix=".zip", dir=dest.parent)
-    with os.fdopen(fd, "wb") as out:
-        shutil.copyfileobj(reader, out)
-    os.replace(tmp, dest)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(reader, out)
+        os.replace(tmp, dest)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
-def _materialize(text: str, entry: Any, dest: Path) -> None:
+def _materialize(entry: Any, dest: Path) -> None:
     """The package ``entry`` names, as a zip at ``dest``: a zip as served, an rdf.yaml packed with its files."""
     from bioimageio.spec import save_bioimageio_package
 
@@ -137,7 +140,12 @@ def _materialize(text: str, entry: Any, dest: Path) -> None:
         return
     # an rdf.yaml (how the zoo lists its models): bioimageio.spec fetches and packs every file it names
     dest.parent.mkdir(parents=True, exist_ok=True)
-    save_bioimageio_package(str(entry.source), output_path=dest, allow_invalid=True)
+    part = dest.with_name(f".part-{os.getpid()}-{dest.name}")  # a run stopped half-way leaves no package behind
+    try:
+        save_bioimageio_package(str(entry.source), output_path=part, allow_invalid=True)
+        os.replace(part, dest)
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def resolve_zoo_id(text: str) -> tuple[str, Path]:
@@ -159,7 +167,7 @@ def resolve_zoo_id(text: str) -> tuple[str, Path]:
     entry = _entry(text, id_map, offline)
     dest = _package_path(text, str(entry.sha256))
     try:
-        _materialize(text, entry, dest)
+        _materialize(entry, dest)
     except Exception as e:
         why = f"offline: {offline}; " if offline else ""
         raise InvalidModelError(
