@@ -173,6 +173,12 @@ def test_a_package_served_as_rdf_yaml_is_packed_and_found_again_offline(zoo, tmp
     result = _in_new_process("-c", code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == repr([source])
+    # offline, an unknown ID is looked up in the cached map, and the message says the map is the cached one
+    code = ("from bioimage_cte.zoo.sources import find_models\n"
+            "try: find_models(['no-such-model'])\nexcept Exception as e: print(e)")
+    result = _in_new_process("-c", code)
+    assert result.stdout.startswith(f"zoo ID no-such-model is not in the ID map cached from {zoo.url}/id_map.json "
+                                    "(offline: "), result.stdout + result.stderr
 
 
 def test_an_unknown_id_is_one_line_naming_the_id_map(zoo):
