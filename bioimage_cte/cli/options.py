@@ -101,6 +101,9 @@ SkipBadOpt = Annotated[bool, typer.Option("--skip-bad-images", help="Rank on the
 TimeLimitOpt = Annotated[float, typer.Option("--time-limit", min=0, help="Seconds one model may take on one set of "
                                              "images; a model still running then is stopped, recorded as failed "
                                              "('timed out') and the others go on (0: no limit).")]
+CalibrationOpt = Annotated[str | None, typer.Option("--calibration", help="Calibration file for each model's "
+                                                    "predicted Dice (default: the shipped one; 'bioimage-cte "
+                                                    "calibrate' writes one).")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit with code 4 when some models could not be ranked "
                                          "or some images were skipped (default: 0 if any model ranked).")]
 
@@ -132,6 +135,7 @@ RANK_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("max_pixels", MaxPixelsOpt, RankOptions().max_pixels),
     ("max_entry_bytes", MaxEntryOpt, RankOptions().max_entry_bytes), ("skip_bad_images", SkipBadOpt, False),
     ("budget", BudgetOpt, "all"), ("time_limit", TimeLimitOpt, RankOptions().time_limit),
+    ("calibration", CalibrationOpt, None),
 )
 
 

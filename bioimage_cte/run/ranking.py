@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import numpy as np
 
 from bioimage_cte.base.errors import BioimageCteError
 from bioimage_cte.base.version import __version__
+from bioimage_cte.cte.calibration import DicePrediction
 from bioimage_cte.cte.combined import TIE_TOLERANCE
 from bioimage_cte.cte.consistency import bootstrap_intervals
 from bioimage_cte.cte.estimators import Estimator
@@ -56,6 +57,8 @@ class ModelScore:
     details: dict[str, Any] | None = None
     #: the top model, or a model the images cannot tell apart from it (paired bootstrap, see build_ranking)
     tied_with_top: bool = False
+    #: its predicted Dice with a 90 % interval, or why there is none (:mod:`bioimage_cte.run.calibrated`)
+    predicted: DicePrediction | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ def _json_score(s: ModelScore) -> dict[str, Any]:
             "foreground_fraction": finite(s.foreground_fraction),
             "interval": [finite(s.interval[0]), finite(s.interval[1])], "output": s.output,
             "weights": s.weights, "tied_with_top": s.tied_with_top,
+            **(s.predicted.to_json_dict() if s.predicted is not None else {}),
             **(s.details or {})}
 
 
@@ -159,12 +163,15 @@ def build_ranking(
     *,
     failures: Sequence[ModelFailure] = (),
     seed: int = 0,
+    predicted: Mapping[str, DicePrediction] | None = None,
 ) -> Ranking:
     """Rank models by one estimator, best first; models without a valid score go last with a note.
 
     A model whose clean prediction is constant (all foreground or all background on every image) gets no score:
     any perturbation leaves such a prediction unchanged, so its consistency would be perfect and meaningless.
+    ``predicted``: each model's predicted Dice by name (:func:`bioimage_cte.run.calibrated.predicted_dice`).
     """
+    predicted = predicted or {}
     failed = list(failures)
     rows = []
     for result, values in zip(results, per_image_scores(results, estimator), strict=True):
@@ -196,7 +203,7 @@ def build_ranking(
     scores = tuple(
         ModelScore(r.source.name, r.source.source, score, rank, agg.n_images, agg.n_valid, agg.n_empty, values, note,
                    r.sha256, fraction, interval, output=r.output, weights=r.weights, details=details,
-                   tied_with_top=tie)
+                   tied_with_top=tie, predicted=predicted.get(r.source.name))
         for rank, ((r, score, agg, values, note, fraction, interval, details), tie)
         in enumerate(zip(rows, ties, strict=True), start=1)
     )
