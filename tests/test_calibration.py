@@ -96,3 +96,40 @@ def test_fitting_needs_three_targets():
             for i in range(8)]
     with pytest.raises(ValueError, match="at least 3 targets"):
         fit_calibration(rows)
+
+
+@pytest.mark.slow
+def test_a_ranking_gives_every_model_its_predicted_dice_in_the_json_the_table_the_report_and_the_card(tmp_path):
+    from bioimage_cte.cli.output import dice_summary, ranking_table
+    from bioimage_cte.outputs.annotate import entries_from_ranking
+    from bioimage_cte.outputs.reports import write_html_report
+    from bioimage_cte.run.options import RankOptions
+    from bioimage_cte.run.pipeline import rank
+
+    zoo = ROOT / "resources" / "zoo"
+    images = sorted((ROOT / "resources" / "data" / "dsb2018" / "images").glob("*.tif"))
+    models = [zoo / f"{n}.zip" for n in ("nuclei-versatile", "nuclei-small-bright", "weak-nuclei-large-only")]
+    run = rank(models, images, RankOptions(tag="nuclei"))
+    payload = run.to_json_dict(images=str(images[0].parent))
+    by_name = {m["name"]: m for m in payload["models"]}
+    true = {"nuclei-versatile": 0.926, "nuclei-small-bright": 0.898, "weak-nuclei-large-only": 0.553}
+    for name, dice in true.items():
+        m = by_name[name]
+        lo, hi = m["predicted_dice_interval"]
+        assert lo <= m["predicted_dice"] <= hi and m["predicted_dice_signals"] == ["tta", "consensus"]
+        assert abs(m["predicted_dice"] - dice) < 0.2  # the transfer matrix's true Dice on these images
+    assert by_name["weak-nuclei-large-only"]["predicted_dice"] < by_name["nuclei-versatile"]["predicted_dice"] - 0.2
+    from rich.console import Console
+
+    console = Console(width=100, record=True)
+    console.print(ranking_table(run.ranking, "t", width=100))
+    assert "Dice (90 %)" in console.export_text()
+    summary = dice_summary(run.ranking, good_enough=0.7)
+    assert summary.startswith(f"{run.ranking.scores[0].name} is expected to reach Dice")
+    assert "fine-tune" in dice_summary(run.ranking, good_enough=0.999)
+    report = tmp_path / "r.html"
+    write_html_report(payload, report, image_paths=images)
+    assert "predicted Dice (90 % interval)" in report.read_text()
+    entries = entries_from_ranking(payload, target="dsb2018", fingerprint="f")
+    card = next(iter(entries.values()))[0].to_dict()
+    assert 0 < card["predicted_dice"] <= 1 and len(card["predicted_dice_interval"]) == 2

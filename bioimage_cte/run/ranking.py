@@ -26,12 +26,28 @@ from bioimage_cte.cte.outcomes import ModelFailure, ModelResult, Stage
 from bioimage_cte.cte.seeds import seed_sequence
 from bioimage_cte.run.options import RankOptions
 
-__all__ = ["SATURATED_FOREGROUND", "ModelScore", "Ranking", "build_ranking", "interval_label", "ranking_json",
+__all__ = ["NEAR_EMPTY_FOREGROUND", "SATURATED_FOREGROUND", "ModelScore", "near_constant", "Ranking", "build_ranking", "interval_label", "ranking_json",
            "read_ranking"]
 
 #: A model whose clean masks cover at least this fraction of the pixels (median over the images) gets a note:
 #: consistency cannot judge it, since it stays consistent under any perturbation by marking everything.
 SATURATED_FOREGROUND = 0.9
+#: A model whose clean masks cover at most this fraction (median) is near-constant the other way (almost empty).
+NEAR_EMPTY_FOREGROUND = 0.01
+
+
+def near_constant(fraction: float) -> bool:
+    """Whether a median foreground fraction is near-constant: such a model is never ranked first (issue #25).
+
+    Consistency cannot judge a mask that is (almost) everything or (almost) nothing, and no best model on any of the
+    40 development targets had a median foreground outside 0.16-0.48.
+
+    Examples
+    --------
+    >>> near_constant(0.98), near_constant(0.3), near_constant(0.005), near_constant(float("nan"))
+    (True, False, True, False)
+    """
+    return math.isfinite(fraction) and (fraction >= SATURATED_FOREGROUND or fraction <= NEAR_EMPTY_FOREGROUND)
 
 
 @dataclass(frozen=True)
@@ -184,7 +200,11 @@ def build_ranking(
         fraction = float(np.median(result.foreground)) if result.foreground else math.nan
         note = "" if math.isfinite(score) else f"no foreground predicted on any of the {agg.n_images} images"
         if fraction >= SATURATED_FOREGROUND:
-            note = f"marks {fraction:.0%} of the pixels as foreground: its score says little, check its predictions"
+            note = (f"marks {fraction:.0%} of the pixels as foreground: its score says little, check its predictions; "
+                    "ranked after the models that are not near-constant")
+        elif math.isfinite(score) and near_constant(fraction):
+            note = (f"marks only {fraction:.1%} of the pixels as foreground: its score says little, check its "
+                    "predictions; ranked after the models that are not near-constant")
         constant = _constant_prediction(result.foreground)
         if constant is not None:  # perfectly consistent and uninformative: it must not win
             score, note = math.nan, constant
@@ -194,7 +214,9 @@ def build_ranking(
             interval = (float(lo), float(hi))
         details = estimator.model_details(result) if hasattr(estimator, "model_details") else None
         rows.append((result, score, agg, tuple(values), note, fraction, interval, details))
-    rows.sort(key=lambda r: (not math.isfinite(r[1]), -r[1] if math.isfinite(r[1]) else 0.0))
+    # a near-constant model goes after every other scored model: perfectly consistent by marking (almost) everything
+    # or nothing, it must never win
+    rows.sort(key=lambda r: (not math.isfinite(r[1]), near_constant(r[5]), -r[1] if math.isfinite(r[1]) else 0.0))
     ties = [False] * len(rows)
     if rows and math.isfinite(rows[0][1]) and not estimator.random:
         ties[0] = True
