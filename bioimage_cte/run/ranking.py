@@ -26,8 +26,8 @@ from bioimage_cte.cte.outcomes import ModelFailure, ModelResult, Stage
 from bioimage_cte.cte.seeds import seed_sequence
 from bioimage_cte.run.options import RankOptions
 
-__all__ = ["NEAR_EMPTY_FOREGROUND", "SATURATED_FOREGROUND", "ModelScore", "near_constant", "Ranking", "build_ranking", "interval_label", "ranking_json",
-           "read_ranking"]
+__all__ = ["NEAR_EMPTY_FOREGROUND", "SATURATED_FOREGROUND", "ModelScore", "Ranking", "build_ranking", "interval_label",
+           "near_constant", "ranking_json", "read_ranking"]
 
 #: A model whose clean masks cover at least this fraction of the pixels (median over the images) gets a note:
 #: consistency cannot judge it, since it stays consistent under any perturbation by marking everything.
