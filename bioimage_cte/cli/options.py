@@ -15,7 +15,8 @@ from bioimage_cte.cte.registry import ESTIMATORS
 from bioimage_cte.run.options import RankOptions
 
 # the choices come from the estimators' registry; few-label needs labels and is evaluate's --few-label
-Estimator = StrEnum("Estimator", {n.replace("-", "_"): n for n in ESTIMATORS if not ESTIMATORS[n].needs_labels})
+Estimator = StrEnum("Estimator", {n.replace("-", "_").replace("+", "_"): n for n in ESTIMATORS
+                                  if not ESTIMATORS[n].needs_labels})
 #: the library's default estimator (RankOptions), the one place it is set
 DEFAULT_ESTIMATOR = Estimator(RankOptions().estimator)
 

@@ -33,7 +33,9 @@ def model_signals(results: Sequence[ModelResult], *, min_models: int = 3) -> lis
     if len(with_masks) >= min_models and len({len(results[i].masks) for i in with_masks}) == 1:
         per_model = ConsensusAgreement().score_models([results[i].masks for i in with_masks])
         consensus = {i: _median(v) for i, v in zip(with_masks, per_model, strict=True)}
-    return [{"tta": _median(r.per_image.get("tta")), "consensus": consensus.get(i, math.nan),
+    # tta+consensus stores its tta half under its own name
+    return [{"tta": _median(r.per_image.get("tta", r.per_image.get("tta+consensus"))),
+             "consensus": consensus.get(i, math.nan),
              "foreground": _median(r.foreground)} for i, r in enumerate(results)]
 
 

@@ -73,7 +73,7 @@ class ModelRun:
         # messages name the package file: a zoo run lists hundreds of them
         # the clean masks also give each model's consensus signal for its predicted Dice (bool masks, one per image)
         cross_model = any(e.cross_model for e in estimators)
-        keep_masks = cross_model or options.predict_dice
+        keep_masks = cross_model or options.predict_dice or any(getattr(e, "keeps_masks", False) for e in estimators)
         common = dict(name=source.location, weight_format=options.weight_format, devices=[options.device],
                       code_policy=options.code_policy(), output_channel=options.output_channel)
         self.greybox, self.idle = wants, False
