@@ -64,6 +64,43 @@ def write_held_out_matrix(truth, path: Path, shipped: set[str]) -> None:
                 f.write(f"{model},{target},dice,{dice:.6f}\n")
 
 
+BROAD = {"shipped nuclei": "quality_values_shipped_nuclei_broad.json",
+         "held-out nuclei": "quality_values_held-out_nuclei_broad.json",
+         "fresh held-out nuclei": "quality_values_fresh-held-out_nuclei_broad.json"}
+
+
+def external_check() -> list[str]:
+    """The shipped calibration, unchanged, on pools with unet2d_nuclei_broad (a model of another recipe, never in
+    the fit; on the fresh held-out set also targets never in the fit)."""
+    from bioimage_cte.cte.calibration import load_calibration
+
+    cal = load_calibration()
+    lines = ["", "## The shipped calibration on candidate pools with unet2d_nuclei_broad (not refitted)", "",
+             "| set | pairs | MAE all | coverage all | nuclei_broad: true / predicted (interval) per target |",
+             "|---|---|---|---|---|"]
+    for group, file in BROAD.items():
+        path = RESULTS / file
+        if not path.exists():
+            lines.append(f"| {group} | not measured | | | |")
+            continue
+        values = json.loads(path.read_text())
+        errors, covered, broad = [], [], []
+        for target, t in values["targets"].items():
+            for model in t["pools"]["task"]:
+                m = t["models"][model]
+                signals = {"tta": _median(m["tta"]), "consensus": _median(t["consensus"]["task"][model]),
+                           "foreground": _median(m["foreground"])}
+                p = cal.predict(signals, task=t["task"])
+                true = float(np.mean(m["true"]))
+                errors.append(abs(p.estimate - true))
+                covered.append(p.interval[0] <= true <= p.interval[1])
+                if model == "unet2d-nuclei-broad":
+                    broad.append(f"{target}: {true:.2f} / {p.estimate:.2f} ({p.interval[0]:.2f}-{p.interval[1]:.2f})")
+        lines.append(f"| {group} | {len(errors)} | {np.mean(errors):.3f} | {np.mean(covered):.1%} | "
+                     f"{'; '.join(broad)} |")
+    return lines
+
+
 def plot(check: dict, path: Path, title: str) -> None:
     import matplotlib
 
@@ -115,6 +152,7 @@ def main() -> None:
     lines += ["", f"Bars: MAE top <= 0.08, all <= 0.12, coverage >= 85 %. Primary signals "
               f"{'+'.join(DEFAULT_FEATURE_SETS[0])}: top {best['mae_top']:.3f}, all {best['mae']:.3f}, coverage "
               f"{best['coverage']:.1%}."]
+    lines += external_check()
     text = "\n".join(lines) + "\n"
     print(text)
     args.output.write_text(text)
