@@ -300,6 +300,13 @@ def targets_of(which: str, root: Path, n_images: int | None) -> dict[str, tuple[
     return write_held_out_targets(len(NEW_HELD_OUT_STYLES), root, new=True, n_images=n_images)
 
 
+def _is_3d(folder: Path) -> bool:
+    import yaml
+
+    spec = folder / "target.yaml"
+    return spec.is_file() and "z" in str((yaml.safe_load(spec.read_text()) or {}).get("axes", ""))
+
+
 def merge(parts: list[Path], output: Path) -> None:
     """One values file from the files of processes that measured parts of the targets (``--targets``)."""
     reports = [json.loads(p.read_text()) for p in parts]
@@ -346,8 +353,8 @@ def main() -> None:
         targets = targets_of(args.set, Path(tmp) / "targets", args.images)
         n_images = args.images or 8
         chosen = list(targets.items())
-        if args.task:
-            chosen = [(t, ft) for t, ft in chosen if ft[1] == args.task]
+        if args.task:  # 2D targets of that task (a z-stack would be predicted slice by slice, for minutes)
+            chosen = [(t, ft) for t, ft in chosen if ft[1] == args.task and not _is_3d(ft[0])]
         if args.targets:
             chosen = chosen[args.targets[0]:args.targets[1]]
         extra = tuple(find_models(args.extra_model)) if args.extra_model else ()

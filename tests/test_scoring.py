@@ -266,7 +266,7 @@ def test_overlay_predictions_show_the_scored_draw(predictors, images, tmp_path):
     [(_, _, none, no_caption)] = overlay_predictions(source.location, images, [0],
                                                      RankOptions(estimator="confidence"))
     assert none is None and no_caption is None
-    # the default tta shows its first transform, rot90, mapped back onto the input's grid
+    # the default (tta+consensus) shows tta's first transform, rot90, mapped back onto the input's grid
     [(image, clean, rotated, caption)] = overlay_predictions(source.location, images, [1], RankOptions())
     assert caption == "rot90, mapped back"
     expected = undo_dihedral(predictor.predict(np.ascontiguousarray(dihedral(image, 1))).foreground, 1)

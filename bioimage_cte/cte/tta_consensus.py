@@ -10,7 +10,8 @@ the two ranks are averaged, and a model's score is the mean over images: the com
 
 The consensus needs every candidate's clean masks at once, so it is a second stage after all models ran
 (:meth:`TTAConsensus.score_results`). With fewer than :data:`MIN_CONSENSUS_MODELS` candidates holding masks (or
-results rebuilt from a store without masks, as zoo jobs are) the score is ``tta``'s ranks alone.
+results rebuilt from a store without masks, as zoo jobs are) the score is ``tta``'s own consistency, averaged over
+the images.
 """
 
 from __future__ import annotations
@@ -72,10 +73,11 @@ class TTAConsensus:
         n_images = max((len(v) for v in tta if v is not None), default=0)
         if n_images == 0:
             return [None for _ in results]
-        signals = {"tta": [v if v is not None else [np.nan] * n_images for v in tta]}
         consensus = self.consensus(results)
-        if any(c is not None for c in consensus):
-            signals["consensus"] = [c if c is not None else [np.nan] * n_images for c in consensus]
+        if all(c is None for c in consensus):  # one stage only: tta's own values (its score, mean over images)
+            return [None if v is None else [float(x) for x in v] for v in tta]
+        signals = {"tta": [v if v is not None else [np.nan] * n_images for v in tta],
+                   "consensus": [c if c is not None else [np.nan] * n_images for c in consensus]}
         combined = per_image_combined(signals)
         return [None if v is None else [float(x) for x in row] for v, row in zip(tta, combined, strict=True)]
 

@@ -104,7 +104,7 @@ class RankOptions:
         Calibration file for the predicted Dice (default: the shipped ``resources/calibration/predicted_dice.json``).
     """
 
-    estimator: str = "tta"
+    estimator: str = "tta+consensus"
     task: Task = "semantic"
     consistency: Consistency | None = None
     perturbation: InputKind = "gaussian"
