@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from bioimage_cte.cte.outcomes import ModelResult
 from bioimage_cte.cte.registry import make_estimator
@@ -53,3 +54,26 @@ def test_without_masks_or_with_two_models_it_is_tta_alone():
 def test_it_is_registered_with_its_settings():
     est = make_estimator("tta+consensus")
     assert isinstance(est, TTAConsensus) and est.settings()["signals"] == ["tta", "consensus"]
+
+
+@pytest.mark.slow
+def test_the_default_on_nuclei_tiny_crowded_ranks_no_near_constant_model_first():
+    """Issue #25: tta ranked nuclei-large-sparse (98 % foreground) first here; the default must not."""
+    from pathlib import Path
+
+    from bioimage_cte.run.options import RankOptions
+    from bioimage_cte.run.pipeline import rank
+    from bioimage_cte.run.ranking import near_constant
+
+    root = Path(__file__).resolve().parents[1]
+    zoo = root / "resources" / "zoo"
+    names = ("nuclei-large-sparse", "nuclei-small-bright", "nuclei-versatile", "weak-nuclei-tiny", "nuclei-dim-blurry")
+    images = sorted((root / "resources" / "data" / "nuclei-tiny-crowded" / "images").glob("*.tif"))[:2]
+    run = rank([zoo / f"{n}.zip" for n in names], images, RankOptions(tag="nuclei"))
+    assert run.ranking.estimator == "tta+consensus"
+    by_name = {s.name: s for s in run.ranking.scores}
+    assert near_constant(by_name["nuclei-large-sparse"].foreground_fraction)
+    top = run.ranking.scores[0]
+    assert not near_constant(top.foreground_fraction) and top.name != "nuclei-large-sparse"
+    # its predicted Dice says it is poor here (true Dice 0.33 in the transfer matrix)
+    assert by_name["nuclei-large-sparse"].predicted.estimate < top.predicted.estimate - 0.2
