@@ -114,7 +114,7 @@ class Calibration:
         >>> rows = [CalibrationRow(f"t{i % 4}", f"m{i}", "nuclei", {"tta": 0.5 + i / 40, "foreground": 0.2},
         ...                        0.4 + i / 40) for i in range(16)]
         >>> cal = fit_calibration(rows, feature_sets=(("tta",),))
-        >>> cal.predict({"tta": 0.7, "foreground": 0.2}, task="nuclei").estimate
+        >>> round(cal.predict({"tta": 0.7, "foreground": 0.2}, task="nuclei").estimate, 2)
         0.6
         >>> cal.predict({"tta": 0.7}, task="nuclei", volumetric=True).estimate is None
         True
