@@ -170,5 +170,5 @@ def test_the_counts_the_readme_states_are_what_the_code_finds():
     # without tensorflow the Keras package fails; the README's headline example is that run
     ranked = len(nuclei) - len(unfit_2d) - (importlib.util.find_spec("tensorflow") is None)
     if importlib.util.find_spec("tensorflow") is None:
-        assert (f"tta+consensus ranking of {ranked} models on 4 images; {len(unfit_2d)} do not fit these images, 1 failed"
-                in prose)
+        assert (f"tta+consensus ranking of {ranked} models on 4 images; {len(unfit_2d)} do not fit these images, "
+                "1 failed" in prose)

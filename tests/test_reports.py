@@ -237,8 +237,8 @@ def test_report_failures_are_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_the_default_report_draws_the_perturbed_pass_and_a_disagreement_that_differs(tmp_path):
-    """The default estimator (tta+consensus) perturbs: its report shows the rotated prediction mapped back and the per-pixel
-    disagreement, non-empty for the best and the worst model of a demo ranking, and different between them."""
+    """The default estimator (tta+consensus) perturbs: its report shows the rotated prediction mapped back and the
+    per-pixel disagreement, non-empty for the best and the worst model of a demo ranking, and different between them."""
     from bioimage_cte.run.overlays import report_overlays
     from bioimage_cte.run.pipeline import rank
 

@@ -79,7 +79,12 @@ class TTAConsensus:
         signals = {"tta": [v if v is not None else [np.nan] * n_images for v in tta],
                    "consensus": [c if c is not None else [np.nan] * n_images for c in consensus]}
         combined = per_image_combined(signals)
-        return [None if v is None else [float(x) for x in row] for v, row in zip(tta, combined, strict=True)]
+        # an image tta could not score (no foreground, clean or flipped) stays empty: counted as such, not ranked
+        out: list[list[float] | None] = []
+        for v, row in zip(tta, combined, strict=True):
+            out.append(None if v is None else [float(x) if np.isfinite(t) else float("nan")
+                                               for x, t in zip(row, v, strict=True)])
+        return out
 
     def model_details(self, result: ModelResult) -> dict[str, object]:
         """The model's median ``tta`` consistency (the consensus is in its predicted Dice's signals)."""
