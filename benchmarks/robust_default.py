@@ -60,7 +60,7 @@ def _guard(t, names, scores):
 def _tta_consensus_per_image(t, names):
     per = {"tta": np.array([t["models"][n]["tta"] for n in names], float),
            "consensus": np.array([t["consensus"][POOL][n] for n in names], float)}
-    values = per_image_combined(per)
+    values = np.where(np.isfinite(per["tta"]), per_image_combined(per), np.nan)  # as the library: tta-empty stays
     return np.array([np.nanmean(r) if np.isfinite(r).any() else np.nan for r in values])
 
 
