@@ -44,6 +44,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
+from bioimage_cte.base.errors import BioimageCteError  # noqa: E402
 from bioimage_cte.cte.consistency import hard_consistency, soft_consistency  # noqa: E402
 from bioimage_cte.cte.estimators import (  # noqa: E402
     ConsensusAgreement,
@@ -73,6 +74,8 @@ TWINS: dict[str, tuple[tuple[str, float], ...]] = {
     "mitochondria": (("em-vesicles", 4.0), ("em-organelles", 0.25)),
 }
 DEFAULTS = {"dropout": 0.2, "noise": 0.1}
+#: families left out of a run (``--skip-families``): their values are nan
+SKIP_FAMILIES: set[str] = set()
 
 
 def twin_name(name: str, factor: float) -> str:
@@ -110,8 +113,14 @@ class _Record:
             # hard agreement does not change with the logit scale
             row["tta"].append(float(np.mean([hard_consistency(p, b) for b in tta_backs])) if tta_backs else np.nan)
 
-    def perturbed(self, seed: int, name: str, image: int, clean: np.ndarray, perturbed: np.ndarray) -> None:
+    def perturbed(self, seed: int, name: str, image: int, clean: np.ndarray, perturbed: np.ndarray | None) -> None:
+        """``perturbed`` None: this pass cannot run on the model (dropout on a black-box package), nan."""
         for f in self.factors:
+            if perturbed is None:
+                cell = self.rows[f]["seeds"].setdefault(str(seed), {}).setdefault(name, {})
+                for what in ("soft", "hard", "keep"):
+                    cell.setdefault(what, {})[image] = float("nan")
+                continue
             c, q = (clean, perturbed) if f == 1.0 else (scaled(clean, f), scaled(perturbed, f))
             n_clean = int((c > 0.5).sum())
             cell = self.rows[f]["seeds"].setdefault(str(seed), {}).setdefault(name, {})
@@ -126,8 +135,14 @@ def measure_model(source, paths, labels, seeds: list[int], factors: tuple[float,
     from bioimage_cte.predict.factory import make_predictor
     from bioimage_cte.zoo.models import load_model
 
-    predictor = make_predictor(load_model(source.location), name=source.location, greybox=True, layer=None,
-                               devices=["cpu"], weight_format=None)
+    try:
+        predictor = make_predictor(load_model(source.location), name=source.location, greybox=True, layer=None,
+                                   devices=["cpu"], weight_format=None)
+        greybox = True
+    except BioimageCteError:  # a black-box package (e.g. torchscript/onnx only): no dropout family, nan there
+        predictor = make_predictor(load_model(source.location), name=source.location, greybox=False, layer=None,
+                                   devices=["cpu"], weight_format=None)
+        greybox = False
     record, masks = _Record(factors), []
     images = [load_target(p) for p in paths]
     cleans = []
@@ -147,6 +162,9 @@ def measure_model(source, paths, labels, seeds: list[int], factors: tuple[float,
                     flips[k] = CTEDihedral().perturbed_prediction(predictor, image, seed=seed, index=i).foreground
                 record.perturbed(seed, "dihedral", i, clean, flips[k])
                 for family, strength in DEFAULTS.items():
+                    if (family == "dropout" and not greybox) or family in SKIP_FAMILIES:
+                        record.perturbed(seed, key(family, strength), i, clean, None)
+                        continue
                     est = CTEDropout(strength=strength) if family == "dropout" else CTEInput(strength=strength)
                     out = est.perturbed_prediction(predictor, image, seed=seed, index=i).foreground
                     record.perturbed(seed, key(family, strength), i, clean, out)
@@ -230,9 +248,12 @@ def candidates(sources: list) -> list:
 
 
 def measure_target(sources, folder: Path, task: str, n_images: int, seeds: list[int], *, grid: bool,
-                   families_only: bool = False, clean_only: bool = False) -> dict:
-    """Every task model (and its calibration twins) on one target; consensus per candidate pool."""
-    zoo = filter_by_tag(candidates(sources), task)
+                   families_only: bool = False, clean_only: bool = False, extra: tuple = ()) -> dict:
+    """Every task model (and its calibration twins) on one target; consensus per candidate pool.
+
+    ``extra``: more candidate sources (e.g. a published zoo model), kept when they have the task's tag.
+    """
+    zoo = filter_by_tag(candidates(sources) + list(extra), task)
     twins = dict(TWINS.get(task, ()))
     paths = list_images(folder / "images")[:n_images]
     labels = load_labels(paths, folder / "labels")
@@ -268,13 +289,22 @@ def measure_target(sources, folder: Path, task: str, n_images: int, seeds: list[
 
 
 def targets_of(which: str, root: Path, n_images: int | None) -> dict[str, tuple[Path, str]]:
-    from ranking_quality import NEW_HELD_OUT_STYLES, write_held_out_targets
+    from ranking_quality import FRESH_STYLES, NEW_HELD_OUT_STYLES, write_held_out_targets
 
     if which == "shipped":
         return {t: (f, target_task(f)) for t, f in find_targets(ROOT / "resources" / "data").items()}
+    if which == "fresh-held-out":
+        return write_held_out_targets(len(FRESH_STYLES), root, fresh=True, n_images=n_images)
     if which == "held-out":
         return write_held_out_targets(14, root, n_images=n_images)
     return write_held_out_targets(len(NEW_HELD_OUT_STYLES), root, new=True, n_images=n_images)
+
+
+def _is_3d(folder: Path) -> bool:
+    import yaml
+
+    spec = folder / "target.yaml"
+    return spec.is_file() and "z" in str((yaml.safe_load(spec.read_text()) or {}).get("axes", ""))
 
 
 def merge(parts: list[Path], output: Path) -> None:
@@ -292,7 +322,7 @@ def main() -> None:
         merge([Path(p) for p in sys.argv[3:]], Path(sys.argv[2]))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", choices=("shipped", "held-out", "new-held-out"), required=True)
+    parser.add_argument("--set", choices=("shipped", "held-out", "new-held-out", "fresh-held-out"), required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--images", type=int, default=None,
                         help="images per target (default: 8 shipped, 6 held-out, 8 new held-out; more renders "
@@ -304,8 +334,15 @@ def main() -> None:
                         help="only the CTE families (no tta): the budget benchmark's 48-image runs")
     parser.add_argument("--clean-only", action="store_true",
                         help="only what the clean and tta passes give (no CTE family): tta's 48-image budget runs")
+    parser.add_argument("--extra-model", type=Path, nargs="+", default=[],
+                        help="more candidate packages (e.g. unet2d_nuclei_broad), in every pool of their task")
+    parser.add_argument("--skip-families", nargs="+", default=[], choices=list(DEFAULTS),
+                        help="leave these seeded families out (nan): quicker runs that compare tta, dihedral, "
+                             "consensus and the clean-only signals")
+    parser.add_argument("--task", default=None, help="only the targets of this task (e.g. nuclei)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
+    SKIP_FAMILIES.update(args.skip_families)
     suffix = "" if args.images is None else f"_{args.images}"
     output = args.output or ROOT / "benchmarks" / "results" / f"quality_values_{args.set}{suffix}.json"
     start = time.perf_counter()
@@ -316,11 +353,15 @@ def main() -> None:
         targets = targets_of(args.set, Path(tmp) / "targets", args.images)
         n_images = args.images or 8
         chosen = list(targets.items())
+        if args.task:  # 2D targets of that task (a z-stack would be predicted slice by slice, for minutes)
+            chosen = [(t, ft) for t, ft in chosen if ft[1] == args.task and not _is_3d(ft[0])]
         if args.targets:
             chosen = chosen[args.targets[0]:args.targets[1]]
+        extra = tuple(find_models(args.extra_model)) if args.extra_model else ()
         for t, (folder, task) in chosen:
             report["targets"][t] = measure_target(sources, folder, task, n_images, args.seeds, grid=args.grid,
-                                                  families_only=args.families_only, clean_only=args.clean_only)
+                                                  families_only=args.families_only, clean_only=args.clean_only,
+                                                  extra=extra)
             print(f"{t}: {len(report['targets'][t]['models'])} models, {time.perf_counter() - start:.0f} s",
                   flush=True)
     report["seconds"] = time.perf_counter() - start

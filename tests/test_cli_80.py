@@ -140,7 +140,7 @@ def test_zoo_rank_ends_with_a_table_and_a_leaderboard_a_browser_renders(sandbox,
     names = sorted({m["name"] for r in rankings.values() for m in r["models"]})
     assert names == sorted(MODELS)
     # the compact table: each target's top 3 with their scores
-    assert "top 3 per target (tta)" in text
+    assert "top 3 per target (tta+consensus)" in text
     for target, ranking in rankings.items():
         assert f"│ {target}" in text and f"{len(ranking['models'])} ranked" in text
         assert f"{ranking['models'][0]['score']:.3f}" in text

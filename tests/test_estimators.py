@@ -253,5 +253,6 @@ def test_a_model_that_marks_nearly_everything_gets_a_note():
     assert saturated.foreground_fraction >= SATURATED_FOREGROUND and saturated.score > 0.9
     assert "of the pixels as foreground" in saturated.note
     assert 0.05 < fine.foreground_fraction < 0.5 and fine.note == ""
+    assert ranking.scores[0].name == "nuclei-small-bright"  # issue #25: a near-constant model is never first
     models_json = {m["name"]: m for m in ranking.to_json_dict()["models"]}
     assert models_json["nuclei-large-sparse"]["foreground_fraction"] == pytest.approx(saturated.foreground_fraction)

@@ -268,7 +268,7 @@ def test_rank_scores_every_format_package_grey_box_and_says_why_not(tmp_path):
     for path in DSB[:2]:
         shutil.copy(path, images)
     out = tmp_path / "ranking.json"
-    # the grey-box estimator: the default (tta) runs every model black-box
+    # the grey-box estimator: the default (tta+consensus) runs every model black-box
     result = CliRunner().invoke(app, ["rank", str(zoo), "--tag", "nuclei", "--images", str(images),
                                       "--estimator", "cte-dropout", "--output", str(out)])
     assert result.exit_code == 0, result.output

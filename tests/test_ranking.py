@@ -71,10 +71,19 @@ def test_a_saturated_model_gets_a_note():
     by_name = {s.name: s for s in ranking.scores}
     assert by_name["all"].foreground_fraction == pytest.approx(0.93)
     assert by_name["all"].note == ("marks 93% of the pixels as foreground: its score says little, check its "
-                                   "predictions")
+                                   "predictions; ranked after the models that are not near-constant")
     assert "of the pixels as foreground" in by_name["edge"].note
     assert by_name["fine"].note == ""
-    assert ranking.scores[0].name == "all"  # a note, not a penalty: the ranking is the estimator's
+    # issue #25: a near-constant model never wins; among themselves the estimator's order holds
+    assert [s.name for s in ranking.scores] == ["fine", "all", "edge"]
+    assert [s.rank for s in ranking.scores] == [1, 2, 3]
+
+
+def test_an_almost_empty_model_is_not_ranked_first():
+    ranking = build_ranking([_result("empty", [0.99, 0.98], foreground=(0.004, 0.006)),
+                             _result("fine", [0.7, 0.8], foreground=(0.2, 0.3))], CTEDropout())
+    assert [s.name for s in ranking.scores] == ["fine", "empty"]
+    assert "marks only 0.5% of the pixels" in ranking.scores[1].note
     no_fraction = build_ranking([_result("m", [0.5], foreground=())], CTEDropout()).scores[0]
     assert math.isnan(no_fraction.foreground_fraction) and no_fraction.note == ""
     assert build_ranking([_result("m", [0.5], foreground=())], CTEDropout()).to_json_dict()["models"][0][

@@ -172,6 +172,6 @@ def test_the_counts_the_readme_states_are_what_the_code_finds():
     # the demo installs no tensorflow, so its Keras packages fail; the README's headline example is that run
     keras = [s for s in nuclei if "keras_hdf5" in ((read_rdf(s) or {}).get("weights") or {})]
     ranked = len(nuclei) - len(unfit_2d) - len(keras)
-    assert (f"tta ranking of {ranked} models on 4 images; {len(unfit_2d)} do not fit these images, {len(keras)} "
-            "failed") in prose
+    assert (f"tta+consensus ranking of {ranked} models on 4 images; {len(unfit_2d)} do not fit these images, "
+            f"{len(keras)} failed") in prose
     assert f"the {len(keras)} Keras packages fail without the tensorflow extra" in prose

@@ -237,8 +237,8 @@ def test_report_failures_are_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_the_default_report_draws_the_perturbed_pass_and_a_disagreement_that_differs(tmp_path):
-    """The default estimator (tta) perturbs: its report shows the rotated prediction mapped back and the per-pixel
-    disagreement, non-empty for the best and the worst model of a demo ranking, and different between them."""
+    """The default estimator (tta+consensus) perturbs: its report shows the rotated prediction mapped back and the
+    per-pixel disagreement, non-empty for the best and the worst model of a demo ranking, and different between them."""
     from bioimage_cte.run.overlays import report_overlays
     from bioimage_cte.run.pipeline import rank
 
@@ -246,7 +246,7 @@ def test_the_default_report_draws_the_perturbed_pass_and_a_disagreement_that_dif
     run = rank([ZOO / f"{name}.zip" for name in ("nuclei-versatile", "weak-nuclei-tiny", "nuclei-boundaries")],
                images)
     ranking = run.to_json_dict()
-    assert ranking["settings"]["estimator"] == "tta"
+    assert ranking["settings"]["estimator"] == "tta+consensus"
     overlays = report_overlays(ranking, images, n_images=2, n_models=1)
     assert overlays["perturbation"] == "dihedral" and overlays["consistency"] == "hard" and not overlays["errors"]
     assert set(overlays["captions"].values()) == {"rot90, mapped back"}
@@ -258,5 +258,6 @@ def test_the_default_report_draws_the_perturbed_pass_and_a_disagreement_that_dif
     assert not np.array_equal(maps[best], maps[worst])
     page = write_html_report(ranking, tmp_path / "r.html", image_paths=images, overlays=overlays).read_text()
     assert "uses no perturbation" not in page and "compares no perturbed prediction" not in page
-    assert "tta predicts each image flipped and rotated (rot90, rot180, left-right flip)" in page
+    assert "tta+consensus ranks the candidates per image by tta (each image flipped and rotated: rot90, rot180, " \
+           "left-right flip" in page
     assert page.count("<img ") == 4  # chart, per-image scores, the best and the worst model

@@ -138,7 +138,8 @@ def test_one_clean_prediction_per_image_feeds_every_estimator(predictors, images
     assert [e for e in predictors if e[0] == "make"] == [("make", "sharp", True)]
     assert predictors[-1] == ("exit", "sharp", True)  # the predictor is closed when scoring ends
     assert result.failures == {} and result.layer == "bottleneck" and result.true == {}
-    assert result.sha256 == file_sha256(source.location) and result.masks is None
+    # the clean masks are kept for the consensus signal of the predicted Dice (RankOptions.predict_dice)
+    assert result.sha256 == file_sha256(source.location) and len(result.masks) == 3
     assert len(result.foreground) == 3 and all(0.1 < f < 0.2 for f in result.foreground)
     # the per-image draws are those the estimator makes on its own (image index i, the run's seed)
     predictor = FakePredictor(source.location, greybox=True, log=[])
@@ -265,7 +266,7 @@ def test_overlay_predictions_show_the_scored_draw(predictors, images, tmp_path):
     [(_, _, none, no_caption)] = overlay_predictions(source.location, images, [0],
                                                      RankOptions(estimator="confidence"))
     assert none is None and no_caption is None
-    # the default tta shows its first transform, rot90, mapped back onto the input's grid
+    # the default (tta+consensus) shows tta's first transform, rot90, mapped back onto the input's grid
     [(image, clean, rotated, caption)] = overlay_predictions(source.location, images, [1], RankOptions())
     assert caption == "rot90, mapped back"
     expected = undo_dihedral(predictor.predict(np.ascontiguousarray(dihedral(image, 1))).foreground, 1)

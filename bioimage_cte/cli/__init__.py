@@ -4,6 +4,7 @@
 ``progress`` the progress display.
 """
 
+from bioimage_cte.cli import calibrate as _calibrate  # noqa: F401  (registers the command on app)
 from bioimage_cte.cli.commands import app, main
 
 __all__ = ["app", "main"]

@@ -23,6 +23,7 @@ from rich.markup import escape
 from bioimage_cte.cli.output import (  # noqa: E402
     ReadableHelp,
     agreement_table,
+    dice_summary,
     err_console,
     finetune_table,
     new_folder,
@@ -130,6 +131,9 @@ def rank(
                                                 "models).")] = None,
     strict: StrictOpt = False,
     report_images: ReportImagesOpt = 3,
+    good_enough: Annotated[float, typer.Option("--good-enough", min=0, max=1, help="Predicted Dice that is good "
+                                               "enough: below it, even at the interval's upper bound, the summary "
+                                               "advises labelling a few images and fine-tuning.")] = 0.7,
     debug: DebugOpt = False,
     options: RankOptions | None = None,
 ) -> None:
@@ -163,6 +167,8 @@ def rank(
         out.print(f"budget {run.options.budget}: scored {len(run.images)} of {run.n_images_found} images "
                   f"({run.stop_reason})")
     print_failures(ranking.failures)
+    if (summary := dice_summary(ranking, good_enough=good_enough)) is not None:
+        out.print(summary, highlight=False, soft_wrap=True)
     payload = run.to_json_dict(images=images)
     code = _rank_exit_code(ranking, bool(run.skipped_images), strict=strict)
     if output is not None and not _put_json(output, payload, out, created=created.get(output)):

@@ -15,7 +15,8 @@ from bioimage_cte.cte.registry import ESTIMATORS
 from bioimage_cte.run.options import RankOptions
 
 # the choices come from the estimators' registry; few-label needs labels and is evaluate's --few-label
-Estimator = StrEnum("Estimator", {n.replace("-", "_"): n for n in ESTIMATORS if not ESTIMATORS[n].needs_labels})
+Estimator = StrEnum("Estimator", {n.replace("-", "_").replace("+", "_"): n for n in ESTIMATORS
+                                  if not ESTIMATORS[n].needs_labels})
 #: the library's default estimator (RankOptions), the one place it is set
 DEFAULT_ESTIMATOR = Estimator(RankOptions().estimator)
 
@@ -102,6 +103,9 @@ SkipBadOpt = Annotated[bool, typer.Option("--skip-bad-images", help="Rank on the
 TimeLimitOpt = Annotated[float, typer.Option("--time-limit", min=0, help="Seconds one model may take on one set of "
                                              "images; a model still running then is stopped, recorded as failed "
                                              "('timed out') and the others go on (0: no limit).")]
+CalibrationOpt = Annotated[str | None, typer.Option("--calibration", help="Calibration file for each model's "
+                                                    "predicted Dice (default: the shipped one; 'bioimage-cte "
+                                                    "calibrate' writes one).")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit with code 4 when some models could not be ranked "
                                          "or some images were skipped (default: 0 if any model ranked).")]
 
@@ -133,6 +137,7 @@ RANK_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("max_pixels", MaxPixelsOpt, RankOptions().max_pixels),
     ("max_entry_bytes", MaxEntryOpt, RankOptions().max_entry_bytes), ("skip_bad_images", SkipBadOpt, False),
     ("budget", BudgetOpt, "all"), ("time_limit", TimeLimitOpt, RankOptions().time_limit),
+    ("calibration", CalibrationOpt, None),
 )
 
 

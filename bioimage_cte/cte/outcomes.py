@@ -61,6 +61,8 @@ class ModelResult:
     output: dict[str, Any] | None = None
     #: the weights the model ran with: format, grey-box or black-box access, and why (bioimage_cte.zoo.weights)
     weights: dict[str, str] | None = None
+    #: the model predicted volumes (a 3D model on z-stacks): the Dice calibration saw 2D only
+    volumetric: bool = False
 
 
 def failure_of(source: ModelSource, e: BaseException) -> ModelFailure:

@@ -22,6 +22,7 @@ from bioimage_cte.cte.estimators import (
     RandomScore,
     TTAAgreement,
 )
+from bioimage_cte.cte.tta_consensus import TTAConsensus
 
 __all__ = ["AUTO_STRENGTH", "ESTIMATORS", "LABEL_FREE", "EstimatorConfig", "make_estimator"]
 
@@ -29,7 +30,7 @@ __all__ = ["AUTO_STRENGTH", "ESTIMATORS", "LABEL_FREE", "EstimatorConfig", "make
 ESTIMATORS: dict[str, type] = {
     cls.name: cls
     for cls in (CTECombined, CTEDropout, CTEInput, CTEDihedral, MeanConfidence, NegativeEntropy, TTAAgreement,
-                MCDropoutAgreement, ConsensusAgreement, RandomScore, FewLabelOracle)
+                TTAConsensus, MCDropoutAgreement, ConsensusAgreement, RandomScore, FewLabelOracle)
 }
 
 #: Label-free estimators compared side by side by ``bioimage-cte evaluate``.

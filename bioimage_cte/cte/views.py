@@ -74,6 +74,13 @@ def view_of(estimator: Any, *, layer: str | None = None) -> PerturbationView | N
         return PerturbationView("dihedral", "hard", f"tta predicts each image flipped and rotated ({names}), maps "
                                 "each prediction back and scores how many foreground pixels agree with the clean "
                                 f"prediction (hard); drawn: the first, {first}")
+    if name == "tta+consensus":
+        names = ", ".join(DIHEDRAL_NAMES[k] for k in estimator.transforms)
+        first = DIHEDRAL_NAMES[estimator.transforms[0]]
+        return PerturbationView("dihedral", "hard", f"tta+consensus ranks the candidates per image by tta (each "
+                                f"image flipped and rotated: {names}; predictions mapped back, foreground pixels "
+                                "that agree with the clean prediction) and by agreement with every candidate's "
+                                f"majority vote, and averages the two ranks; drawn: tta's first, {first}")
     if name == "cte-dihedral":
         return PerturbationView("dihedral", estimator.consistency, "cte-dihedral predicts each image under one "
                                 "seeded flip or rotation, maps the prediction back and scores its "
@@ -104,7 +111,7 @@ def perturbed_view(estimator: Any, predictor, image: np.ndarray, *, seed: int,
     name = getattr(estimator, "name", "")
     if view_of(estimator) is None:
         return None
-    if name == "tta":
+    if name in ("tta", "tta+consensus"):
         k = estimator.transforms[0]
         return _dihedral_pass(predictor, image, k), f"{DIHEDRAL_NAMES[k]}, mapped back"
     if name in ("cte-dihedral", "cte"):

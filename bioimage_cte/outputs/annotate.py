@@ -103,6 +103,11 @@ class TransferabilityEntry:
         When the entry was made, ISO 8601 in UTC.
     bioimage_cte_version : str
         Version of bioimage-cte that computed the score.
+    predicted_dice : float or None
+        The model's predicted Dice on the target (no labels; :mod:`bioimage_cte.cte.calibration`), when the
+        ranking has one.
+    predicted_dice_interval : list of float or None
+        Its 90 % interval.
     """
 
     target: str
@@ -115,10 +120,16 @@ class TransferabilityEntry:
     n_images: int
     date: str
     bioimage_cte_version: str
+    predicted_dice: float | None = None
+    predicted_dice_interval: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain YAML/JSON-ready values, in field order."""
-        return asdict(self)
+        """Plain YAML/JSON-ready values, in field order (the predicted Dice only when there is one)."""
+        out = asdict(self)
+        if self.predicted_dice is None:
+            out.pop("predicted_dice")
+            out.pop("predicted_dice_interval")
+        return out
 
 
 def score_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -197,9 +208,21 @@ def entries_from_ranking(
             n_images=int(model.get("n_images", 0)),
             date=when,
             bioimage_cte_version=version,
+            predicted_dice=_number_or_none(model.get("predicted_dice")),
+            predicted_dice_interval=_interval_or_none(model.get("predicted_dice_interval")),
         )
         entries[str(model["source"])] = (entry, model.get("sha256"))
     return entries
+
+
+def _number_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _interval_or_none(value: Any) -> list[float] | None:
+    if isinstance(value, list | tuple) and len(value) == 2 and all(_number_or_none(v) is not None for v in value):
+        return [float(v) for v in value]
+    return None
 
 
 def _check_model(data: Mapping[str, Any], where: str) -> None:

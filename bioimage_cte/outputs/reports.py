@@ -50,6 +50,14 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return html.escape(str(value))
 
 
+def _predicted_cell(model: dict[str, Any]) -> str:
+    """The predicted Dice and its interval as a table cell, its note as the tooltip."""
+    estimate, interval = model.get("predicted_dice"), model.get("predicted_dice_interval") or (None, None)
+    note = html.escape(str(model.get("predicted_dice_note") or ""), quote=True)
+    text = "n/a" if estimate is None else f"{_fmt(estimate, 2)} ({_interval(interval[0], interval[1], 2)})"
+    return f"<td class='num' title='{note}'>{text}{' ~' if note and estimate is not None else ''}</td>"
+
+
 def _interval(lo: Any, hi: Any, digits: int = 3) -> str:
     if lo is None or not math.isfinite(float(lo)):
         return "n/a"
@@ -284,13 +292,17 @@ def write_html_report(
         f"<td class='num'>{_fmt(m.get('score'))}</td>"
         f"<td class='num'>{_interval(lo, hi)}</td>"
         f"<td class='num'>{m.get('n_valid', '')}/{m.get('n_images', '')}</td><td class='num'>{m.get('n_empty', '')}"
-        f"</td><td>{'yes' if m.get('tied_with_top') else ''}</td><td>{html.escape(str(m.get('note') or ''))}</td></tr>"
+        f"</td><td>{'yes' if m.get('tied_with_top') else ''}</td>{_predicted_cell(m)}"
+        f"<td>{html.escape(str(m.get('note') or ''))}</td></tr>"
         for m, (lo, hi) in zip(models, ci, strict=True))
     n = max([int(m.get("n_valid") or 0) for m in models], default=0)
     body.append("<table id='ranking'><tr><th>rank</th><th>model</th><th>score</th><th>interval</th>"
-                "<th>valid/images</th><th>empty</th><th>~top</th><th>note</th></tr>" + rows + "</table>"
+                "<th>valid/images</th><th>empty</th><th>~top</th><th>predicted Dice (90 % interval)</th><th>note</th>"
+                "</tr>" + rows + "</table>"
                 f"<p class='note'>interval: {html.escape(interval_label(n))}. ~top: these images cannot tell the "
-                "model from the top one (paired bootstrap of the difference of medians).</p>")
+                "model from the top one (paired bootstrap of the difference of medians). Predicted Dice: from the "
+                "label-free signals by the calibration fitted on the demo zoo's transfer matrix (split-conformal "
+                "90 % interval; n/a where withheld).</p>")
     failures = ranking_json.get("failures", [])
     if failures:
         body.append("<table id='failures'><tr><th>failed model</th><th>stage</th><th>reason</th></tr>" + "".join(

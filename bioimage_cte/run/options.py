@@ -97,9 +97,14 @@ class RankOptions:
         Seconds one model may take on one set of images (loading included); a model still running then is killed
         (it runs in a child process, :mod:`bioimage_cte.run.isolated`) and recorded as failed, and the others go
         on. 0: no limit, and models run in this process.
+    predict_dice : bool
+        Give each ranked model a predicted Dice with a 90 % interval (:mod:`bioimage_cte.cte.calibration`); keeps
+        every model's clean masks for the consensus signal.
+    calibration : str, optional
+        Calibration file for the predicted Dice (default: the shipped ``resources/calibration/predicted_dice.json``).
     """
 
-    estimator: str = "tta"
+    estimator: str = "tta+consensus"
     task: Task = "semantic"
     consistency: Consistency | None = None
     perturbation: InputKind = "gaussian"
@@ -120,6 +125,8 @@ class RankOptions:
     max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES
     skip_bad_images: bool = False
     time_limit: float = DEFAULT_TIME_LIMIT
+    predict_dice: bool = True
+    calibration: str | None = None
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import numpy as np
 
 from bioimage_cte.base.errors import BioimageCteError
 from bioimage_cte.base.version import __version__
+from bioimage_cte.cte.calibration import DicePrediction
 from bioimage_cte.cte.combined import TIE_TOLERANCE
 from bioimage_cte.cte.consistency import bootstrap_intervals
 from bioimage_cte.cte.estimators import Estimator
@@ -25,12 +26,28 @@ from bioimage_cte.cte.outcomes import ModelFailure, ModelResult, Stage
 from bioimage_cte.cte.seeds import seed_sequence
 from bioimage_cte.run.options import RankOptions
 
-__all__ = ["SATURATED_FOREGROUND", "ModelScore", "Ranking", "build_ranking", "interval_label", "ranking_json",
-           "read_ranking"]
+__all__ = ["NEAR_EMPTY_FOREGROUND", "SATURATED_FOREGROUND", "ModelScore", "Ranking", "build_ranking", "interval_label",
+           "near_constant", "ranking_json", "read_ranking"]
 
 #: A model whose clean masks cover at least this fraction of the pixels (median over the images) gets a note:
 #: consistency cannot judge it, since it stays consistent under any perturbation by marking everything.
 SATURATED_FOREGROUND = 0.9
+#: A model whose clean masks cover at most this fraction (median) is near-constant the other way (almost empty).
+NEAR_EMPTY_FOREGROUND = 0.01
+
+
+def near_constant(fraction: float) -> bool:
+    """Whether a median foreground fraction is near-constant: such a model is never ranked first (issue #25).
+
+    Consistency cannot judge a mask that is (almost) everything or (almost) nothing, and no best model on any of the
+    40 development targets had a median foreground outside 0.16-0.48.
+
+    Examples
+    --------
+    >>> near_constant(0.98), near_constant(0.3), near_constant(0.005), near_constant(float("nan"))
+    (True, False, True, False)
+    """
+    return math.isfinite(fraction) and (fraction >= SATURATED_FOREGROUND or fraction <= NEAR_EMPTY_FOREGROUND)
 
 
 @dataclass(frozen=True)
@@ -56,6 +73,8 @@ class ModelScore:
     details: dict[str, Any] | None = None
     #: the top model, or a model the images cannot tell apart from it (paired bootstrap, see build_ranking)
     tied_with_top: bool = False
+    #: its predicted Dice with a 90 % interval, or why there is none (:mod:`bioimage_cte.run.calibrated`)
+    predicted: DicePrediction | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +106,7 @@ def _json_score(s: ModelScore) -> dict[str, Any]:
             "foreground_fraction": finite(s.foreground_fraction),
             "interval": [finite(s.interval[0]), finite(s.interval[1])], "output": s.output,
             "weights": s.weights, "tied_with_top": s.tied_with_top,
+            **(s.predicted.to_json_dict() if s.predicted is not None else {}),
             **(s.details or {})}
 
 
@@ -159,12 +179,15 @@ def build_ranking(
     *,
     failures: Sequence[ModelFailure] = (),
     seed: int = 0,
+    predicted: Mapping[str, DicePrediction] | None = None,
 ) -> Ranking:
     """Rank models by one estimator, best first; models without a valid score go last with a note.
 
     A model whose clean prediction is constant (all foreground or all background on every image) gets no score:
     any perturbation leaves such a prediction unchanged, so its consistency would be perfect and meaningless.
+    ``predicted``: each model's predicted Dice by name (:func:`bioimage_cte.run.calibrated.predicted_dice`).
     """
+    predicted = predicted or {}
     failed = list(failures)
     rows = []
     for result, values in zip(results, per_image_scores(results, estimator), strict=True):
@@ -177,7 +200,11 @@ def build_ranking(
         fraction = float(np.median(result.foreground)) if result.foreground else math.nan
         note = "" if math.isfinite(score) else f"no foreground predicted on any of the {agg.n_images} images"
         if fraction >= SATURATED_FOREGROUND:
-            note = f"marks {fraction:.0%} of the pixels as foreground: its score says little, check its predictions"
+            note = (f"marks {fraction:.0%} of the pixels as foreground: its score says little, check its predictions; "
+                    "ranked after the models that are not near-constant")
+        elif math.isfinite(score) and near_constant(fraction):
+            note = (f"marks only {fraction:.1%} of the pixels as foreground: its score says little, check its "
+                    "predictions; ranked after the models that are not near-constant")
         constant = _constant_prediction(result.foreground)
         if constant is not None:  # perfectly consistent and uninformative: it must not win
             score, note = math.nan, constant
@@ -187,7 +214,9 @@ def build_ranking(
             interval = (float(lo), float(hi))
         details = estimator.model_details(result) if hasattr(estimator, "model_details") else None
         rows.append((result, score, agg, tuple(values), note, fraction, interval, details))
-    rows.sort(key=lambda r: (not math.isfinite(r[1]), -r[1] if math.isfinite(r[1]) else 0.0))
+    # a near-constant model goes after every other scored model: perfectly consistent by marking (almost) everything
+    # or nothing, it must never win
+    rows.sort(key=lambda r: (not math.isfinite(r[1]), near_constant(r[5]), -r[1] if math.isfinite(r[1]) else 0.0))
     ties = [False] * len(rows)
     if rows and math.isfinite(rows[0][1]) and not estimator.random:
         ties[0] = True
@@ -196,7 +225,7 @@ def build_ranking(
     scores = tuple(
         ModelScore(r.source.name, r.source.source, score, rank, agg.n_images, agg.n_valid, agg.n_empty, values, note,
                    r.sha256, fraction, interval, output=r.output, weights=r.weights, details=details,
-                   tied_with_top=tie)
+                   tied_with_top=tie, predicted=predicted.get(r.source.name))
         for rank, ((r, score, agg, values, note, fraction, interval, details), tie)
         in enumerate(zip(rows, ties, strict=True), start=1)
     )

@@ -71,7 +71,9 @@ class ModelRun:
         needs = any(e.needs_greybox for e in estimators)
         wants = needs or any(getattr(e, "wants_greybox", False) for e in estimators)
         # messages name the package file: a zoo run lists hundreds of them
-        keep_masks = any(e.cross_model for e in estimators)
+        # the clean masks also give each model's consensus signal for its predicted Dice (bool masks, one per image)
+        cross_model = any(e.cross_model for e in estimators)
+        keep_masks = cross_model or options.predict_dice or any(getattr(e, "keeps_masks", False) for e in estimators)
         common = dict(name=source.location, weight_format=options.weight_format, devices=[options.device],
                       code_policy=options.code_policy(), output_channel=options.output_channel)
         self.greybox, self.idle = wants, False
@@ -82,7 +84,7 @@ class ModelRun:
                 raise
             self.greybox = False
             self.failures.update({est.name: (_stage(e), str(e)) for est in estimators if est.needs_greybox})
-            if (not with_labels and not keep_masks and needs
+            if (not with_labels and not cross_model and needs
                     and all(est.needs_greybox for est in estimators)):
                 self.idle = True  # nothing can run: the model is not run at all
                 return
@@ -95,6 +97,7 @@ class ModelRun:
         self.true: dict[str, list[float]] = {}
         self.masks: list[np.ndarray] | None = [] if keep_masks else None
         self.foreground: list[float] = []
+        self.volumetric = False
         self.layer: str | None = None
 
     def __enter__(self) -> ModelRun:
@@ -116,6 +119,7 @@ class ModelRun:
             _check_prediction(clean, self.source, path)
             mask = clean.foreground > 0.5
             self.foreground.append(float(mask.mean()))
+            self.volumetric = self.volumetric or bool(clean.volumetric)
             for estimator in self.scored:
                 if hasattr(estimator, "family_values"):
                     for k, v in estimator.family_values(self.predictor, image, clean, seed=seed, index=index,
@@ -140,7 +144,8 @@ class ModelRun:
                                self._sha256)
         return ModelResult(self.source, self.per_image, self.true, self.masks, self.failures, self.layer,
                            time.perf_counter() - self.start, self._sha256, self.foreground,
-                           self.predictor.readout.to_json_dict(), _weights_json(self.predictor))
+                           self.predictor.readout.to_json_dict(), _weights_json(self.predictor),
+                           volumetric=self.volumetric)
 
 
 def _weights_json(predictor: Any) -> dict[str, str] | None:

@@ -1,0 +1,183 @@
+"""Issue #25: a default robust to the training recipe, with unet2d_nuclei_broad among the candidates.
+
+    python benchmarks/quality_values.py --set shipped --task nuclei --skip-families dropout noise \\
+        --extra-model DIR/unet2d-nuclei-broad.zip --output benchmarks/results/quality_values_shipped_nuclei_broad.json
+    (same for --set held-out and, once the choice was frozen, --set fresh-held-out)
+    python benchmarks/robust_default.py [--fresh] [--output benchmarks/results/robust_default.md]
+
+The candidates and the rule that picks one are declared in benchmarks/results/robust_default_protocol.md, written
+before any of them was computed with nuclei_broad. Every figure: pool "task" (the target's task's demo models, plus
+nuclei_broad in the *_nuclei_broad files), mean over seeds 0-4 (range where a draw is involved), per target
+Spearman, Kendall and the regret of the top-1 (true Dice), then the mean (and the minimum Spearman) over targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ranking_quality import _median_rows, agreement, family_score  # noqa: E402
+
+from bioimage_cte.cte.calibration import load_calibration  # noqa: E402
+from bioimage_cte.cte.combined import combine, per_image_combined  # noqa: E402
+from bioimage_cte.cte.seeds import rng  # noqa: E402
+from bioimage_cte.run.ranking import near_constant  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+DEV = {"shipped": "quality_values_shipped.json", "held-out": "quality_values_held-out.json",
+       "new-held-out": "quality_values_new-held-out.json",
+       "shipped nuclei + broad": "quality_values_shipped_nuclei_broad.json",
+       "held-out nuclei + broad": "quality_values_held-out_nuclei_broad.json"}
+FRESH = {"fresh held-out nuclei + broad": "quality_values_fresh-held-out_nuclei_broad.json"}
+POOL = "task"
+
+
+def _clean(t, names, what):
+    return _median_rows([t["models"][n][what] for n in names])
+
+
+def _consensus(t, names):
+    return _median_rows([t["consensus"][POOL][n] for n in names])
+
+
+def _guard(t, names, scores):
+    """Near-constant models after every other (the library's rule, bioimage_cte.run.ranking.near_constant)."""
+    fg = _clean(t, names, "foreground")
+    out = np.asarray(scores, dtype=float).copy()
+    flagged = np.array([near_constant(f) for f in fg])
+    out[flagged] -= 10.0
+    return out
+
+
+def _tta_consensus_per_image(t, names):
+    per = {"tta": np.array([t["models"][n]["tta"] for n in names], float),
+           "consensus": np.array([t["consensus"][POOL][n] for n in names], float)}
+    values = np.where(np.isfinite(per["tta"]), per_image_combined(per), np.nan)  # as the library: tta-empty stays
+    return np.array([np.nanmean(r) if np.isfinite(r).any() else np.nan for r in values])
+
+
+def _predicted(t, names):
+    fit = load_calibration().fits[0]
+    assert fit.features == ("tta", "consensus")
+    return np.array([fit.estimate({"tta": a, "consensus": b}) for a, b in
+                     zip(_clean(t, names, "tta"), _consensus(t, names), strict=True)])
+
+
+SINGLE = {
+    "tta (current default)": lambda t, n, s: _clean(t, n, "tta"),
+    "consensus": lambda t, n, s: _consensus(t, n),
+    "cte-dihedral (hard)": lambda t, n, s: family_score(t, n, s, "dihedral", "hard"),
+    "cte-dihedral (soft)": lambda t, n, s: family_score(t, n, s, "dihedral", "soft"),
+    "confidence": lambda t, n, s: _clean(t, n, "confidence"),
+    "entropy": lambda t, n, s: _clean(t, n, "entropy"),
+    "random": lambda t, n, s: np.array([rng(s, "random", model=m).random() for m in n]),
+}
+CANDIDATES = {
+    "A tta + guard": lambda t, n, s: _guard(t, n, _clean(t, n, "tta")),
+    "B consensus + guard": lambda t, n, s: _guard(t, n, _consensus(t, n)),
+    "C rank mean {tta, consensus} per image + guard": lambda t, n, s: _guard(t, n, _tta_consensus_per_image(t, n)),
+    "D predicted Dice + guard": lambda t, n, s: _guard(t, n, _predicted(t, n)),
+    "E rank mean of medians {tta, consensus} + guard": lambda t, n, s: _guard(
+        t, n, combine({"tta": _clean(t, n, "tta"), "consensus": _consensus(t, n)})),
+}
+
+
+def evaluate(values: dict, estimators: dict) -> dict:
+    """``out[estimator][seed][target] = (spearman, kendall, regret, top model, its median foreground)``."""
+    out: dict = {e: {} for e in estimators}
+    for seed in values["seeds"]:
+        for name, t in values["targets"].items():
+            names = t["pools"][POOL]
+            true = np.array([np.nanmean(t["models"][m]["true"]) for m in names])
+            fg = _clean(t, names, "foreground")
+            for e, fn in estimators.items():
+                scores = np.asarray(fn(t, names, seed), float)
+                rho, tau, regret = agreement(scores, true)
+                top = int(np.argmax(np.where(np.isfinite(scores), scores, -np.inf)))
+                out[e].setdefault(seed, {})[name] = (rho, tau, regret, names[top], float(fg[top]))
+    return out
+
+
+def summary(result: dict) -> dict:
+    """Per estimator: (mean, min, max over seeds) of mean Spearman, min Spearman, mean Kendall, mean regret."""
+    out = {}
+    for e, by_seed in result.items():
+        rows = []
+        for per_target in by_seed.values():
+            a = np.array([v[:3] for v in per_target.values()], float)
+            rows.append((np.nanmean(a[:, 0]), np.nanmin(a[:, 0]), np.nanmean(a[:, 1]), np.nanmean(a[:, 2])))
+        r = np.array(rows)
+        out[e] = (r.mean(0), r.min(0), r.max(0))
+    return out
+
+
+def table(title: str, stats: dict) -> str:
+    lines = [f"### {title}", "", "| estimator | mean Spearman | min Spearman | mean Kendall | mean regret |",
+             "|---|---|---|---|---|"]
+    for e, (m, lo, hi) in stats.items():
+        cells = []
+        for k in range(4):
+            f = ".3f"
+            cells.append(f"{m[k]:{f}}" if hi[k] - lo[k] < 0.0005 else f"{m[k]:{f}} ({lo[k]:{f}}-{hi[k]:{f}})")
+        lines.append(f"| {e} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def per_target(title: str, result: dict, names: list[str]) -> str:
+    first = next(iter(result[names[0]].values()))
+    lines = [f"#### {title}: per target (seed 0): Spearman / regret / the model ranked first", "",
+             "| target | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for target in first:
+        cells = []
+        for e in names:
+            rho, _tau, regret, top, fg = next(iter(result[e].values()))[target]
+            cells.append(f"{rho:.2f} / {regret:.3f} / {top} ({fg:.0%} fg)")
+        lines.append(f"| {target} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fresh", action="store_true", help="also the fresh held-out set (after the choice)")
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args()
+    groups = {**DEV, **(FRESH if args.fresh else {})}
+    parts, means = [], {}
+    for group, file in groups.items():
+        path = RESULTS / file
+        if not path.exists():
+            parts.append(f"### {group}: not measured ({file} missing)\n")
+            continue
+        values = json.loads(path.read_text())
+        result = evaluate(values, {**SINGLE, **CANDIDATES})
+        stats = summary(result)
+        means[group] = {e: s[0] for e, s in stats.items()}
+        parts.append(table(f"{group} ({len(values['targets'])} targets, seeds "
+                           f"{', '.join(map(str, values['seeds']))})", stats))
+        if "broad" in group:
+            parts.append(per_target(group, result, ["tta (current default)", "consensus", "cte-dihedral (hard)",
+                                                    *CANDIDATES]))
+    dev = [g for g in DEV if g in means]
+    lines = ["### the frozen rule on the development groups", "",
+             "| candidate | mean Spearman over dev groups | mean regret, broad dev groups |", "|---|---|---|"]
+    for c in CANDIDATES:
+        rho = np.mean([means[g][c][0] for g in dev])
+        broad = [means[g][c][3] for g in dev if "broad" in g]
+        lines.append(f"| {c} | {rho:.3f} | {np.mean(broad) if broad else float('nan'):.3f} |")
+    parts.append("\n".join(lines) + "\n")
+    text = "\n".join(parts)
+    print(text)
+    if args.output:
+        args.output.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

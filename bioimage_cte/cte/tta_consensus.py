@@ -1,0 +1,95 @@
+"""``tta+consensus``: within-model consistency and cross-model agreement, combined by ranks across the candidates.
+
+``tta`` (hard agreement of three fixed flips/rotations, mapped back, with the clean prediction) cannot see a model
+that is consistently wrong, and a model trained longer or by another recipe is more equivariant whether or not it
+fits the target (issue #25: the specification's ``unet2d_nuclei_broad`` scored 0.97-0.99 on every target). Agreement
+with the majority vote of every candidate's clean masks (``consensus``) sees exactly that, and misses what ``tta``
+sees (a lone right model). Per image, each signal is ranked across the candidates (scaled to [0, 1], ties share),
+the two ranks are averaged, and a model's score is the mean over images: the combination of ``cte``
+(:func:`bioimage_cte.cte.combined.per_image_combined`), with no weight fitted.
+
+The consensus needs every candidate's clean masks at once, so it is a second stage after all models ran
+(:meth:`TTAConsensus.score_results`). With fewer than :data:`MIN_CONSENSUS_MODELS` candidates holding masks (or
+results rebuilt from a store without masks, as zoo jobs are) the score is ``tta``'s own consistency, averaged over
+the images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from bioimage_cte.cte.combined import per_image_combined
+from bioimage_cte.cte.consistency import Aggregate, aggregate
+from bioimage_cte.cte.estimators import ConsensusAgreement, EstimatorConfig, TTAAgreement
+from bioimage_cte.cte.outcomes import ModelResult
+from bioimage_cte.predict.segmentation import Prediction
+
+__all__ = ["MIN_CONSENSUS_MODELS", "TTAConsensus"]
+
+#: Fewest candidates with masks for the consensus half (a majority of two is their intersection).
+MIN_CONSENSUS_MODELS = 3
+
+
+@dataclass(frozen=True)
+class TTAConsensus:
+    """Per image, the mean of a model's ranks among the candidates under ``tta`` and under ``consensus``."""
+
+    transforms: tuple[int, ...] = (1, 2, 4)
+    name: ClassVar[str] = "tta+consensus"
+    needs_greybox: ClassVar[bool] = False
+    needs_labels: ClassVar[bool] = False
+    cross_model: ClassVar[bool] = False
+    random: ClassVar[bool] = False
+    #: the run keeps every model's clean masks for the second stage
+    keeps_masks: ClassVar[bool] = True
+
+    @classmethod
+    def from_config(cls, config: EstimatorConfig) -> TTAConsensus:
+        return cls()
+
+    def settings(self) -> dict[str, object]:
+        return {"transforms": list(self.transforms), "signals": ["tta", "consensus"],
+                "combination": "mean of per-signal ranks across the candidates, per image"}
+
+    def score_image(self, predictor, image: np.ndarray, clean: Prediction, *, seed: int, index: int) -> float:
+        """The ``tta`` half on one image (the consensus half needs every model: :meth:`score_results`)."""
+        return TTAAgreement(self.transforms).score_image(predictor, image, clean, seed=seed, index=index)
+
+    def consensus(self, results: Sequence[ModelResult]) -> list[list[float] | None]:
+        """Per model, its Dice with the candidates' majority vote per image (None: no masks, or too few models)."""
+        usable = [i for i, r in enumerate(results) if r.masks and r.per_image.get(self.name) is not None]
+        if len(usable) < MIN_CONSENSUS_MODELS or len({len(results[i].masks) for i in usable}) != 1:
+            return [None for _ in results]
+        values = iter(ConsensusAgreement().score_models([results[i].masks for i in usable]))
+        return [next(values) if i in usable else None for i in range(len(results))]
+
+    def score_results(self, results: Sequence[ModelResult]) -> list[list[float] | None]:
+        """Per model, its combined value per image (None for a model ``tta`` did not score)."""
+        tta = [r.per_image.get(self.name) for r in results]
+        n_images = max((len(v) for v in tta if v is not None), default=0)
+        if n_images == 0:
+            return [None for _ in results]
+        consensus = self.consensus(results)
+        if all(c is None for c in consensus):  # one stage only: tta's own values (its score, mean over images)
+            return [None if v is None else [float(x) for x in v] for v in tta]
+        signals = {"tta": [v if v is not None else [np.nan] * n_images for v in tta],
+                   "consensus": [c if c is not None else [np.nan] * n_images for c in consensus]}
+        combined = per_image_combined(signals)
+        # an image tta could not score (no foreground, clean or flipped) stays empty: counted as such, not ranked
+        out: list[list[float] | None] = []
+        for v, row in zip(tta, combined, strict=True):
+            out.append(None if v is None else [float(x) if np.isfinite(t) else float("nan")
+                                               for x, t in zip(row, v, strict=True)])
+        return out
+
+    def model_details(self, result: ModelResult) -> dict[str, object]:
+        """The model's median ``tta`` consistency (the consensus is in its predicted Dice's signals)."""
+        v = np.asarray(result.per_image.get(self.name) or [], dtype=float)
+        return {"tta": float(np.nanmedian(v)) if np.isfinite(v).any() else None}
+
+    def aggregate(self, values: Sequence[float], *, model: str = "", seed: int = 0) -> Aggregate:
+        return aggregate(values, how="mean")
