@@ -11,7 +11,7 @@ import pytest
 from bioimage_cte.base.version import __version__
 from bioimage_cte.cte.consistency import bootstrap_intervals
 from bioimage_cte.cte.estimators import ConsensusAgreement, CTEDropout, MeanConfidence, RandomScore
-from bioimage_cte.cte.outcomes import ModelFailure, ModelResult, Stage
+from bioimage_cte.cte.outcomes import FailureKind, ModelFailure, ModelResult, Stage
 from bioimage_cte.cte.seeds import rng, seed_sequence
 from bioimage_cte.run.options import RankOptions
 from bioimage_cte.run.ranking import SATURATED_FOREGROUND, ModelScore, build_ranking, ranking_json
@@ -82,8 +82,9 @@ def test_a_saturated_model_gets_a_note():
 
 
 def test_failures_keep_their_stage_and_reason():
-    given = [ModelFailure("broken", "broken.zip", Stage.PREDICT, "not a valid zip"),
-             ModelFailure("untrusted", "untrusted.zip", Stage.SKIPPED, "needs --trust-code")]
+    given = [ModelFailure("broken", "broken.zip", Stage.PREDICT, "not a valid zip", FailureKind.INVALID_PACKAGE),
+             ModelFailure("untrusted", "untrusted.zip", Stage.SKIPPED, "needs --trust-code",
+                          FailureKind.UNTRUSTED_CODE)]
     results = [
         _result("good", [0.8]),
         _result("no-greybox", None, failures={"cte-dropout": (Stage.ESTIMATOR, "no pytorch_state_dict weights")}),
@@ -99,7 +100,9 @@ def test_failures_keep_their_stage_and_reason():
     ]
     failures = ranking.to_json_dict()["failures"]
     assert [f["stage"] for f in failures] == ["predict", "skipped", "estimator", "estimator"]
-    assert failures[0] == {"name": "broken", "source": "broken.zip", "stage": "predict", "reason": "not a valid zip"}
+    assert failures[0] == {"name": "broken", "source": "broken.zip", "stage": "predict", "reason": "not a valid zip",
+                           "kind": "invalid-package"}
+    assert [f["kind"] for f in failures] == ["invalid-package", "untrusted-code", "estimator", "estimator"]
     assert {str(s) for s in Stage} == {"predict", "skipped", "estimator", "unfit"}
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from bioimage_cte.base.errors import BioimageCteError, InvalidImageError, InvalidModelError
 from bioimage_cte.cte.estimators import Estimator, FewLabelOracle
 from bioimage_cte.cte.metrics import METRICS
-from bioimage_cte.cte.outcomes import ModelFailure, ModelResult, Stage, failure_of
+from bioimage_cte.cte.outcomes import FailureKind, ModelFailure, ModelResult, Stage, failure_of
 from bioimage_cte.cte.registry import LABEL_FREE
 from bioimage_cte.predict.fit import ImageFit, input_layout, mixed_dimensions_warning
 from bioimage_cte.predict.images import check_images, list_images, load_labels
@@ -150,7 +150,7 @@ def _inputs(models: Sequence[str | Path], images: str | Path | Sequence[Path], o
     if progress.stage is not None:
         progress.stage("finding models")
     sources, problems = locate_models(models)
-    failures = [ModelFailure(p.name, p.source, Stage.PREDICT, p.reason) for p in problems]
+    failures = [ModelFailure(p.name, p.source, Stage.PREDICT, p.reason, FailureKind.INVALID_PACKAGE) for p in problems]
     where = " ".join(str(m) for m in models)
     if not sources and not failures:
         raise InvalidModelError(f"no model found in {where}; pass rdf.yaml files, packages or folders of packages")
@@ -183,7 +183,7 @@ def _inputs(models: Sequence[str | Path], images: str | Path | Sequence[Path], o
         if reason is None:
             checked.append(source)
         else:
-            failures.append(ModelFailure(source.name, source.source, Stage.UNFIT, reason))
+            failures.append(ModelFailure(source.name, source.source, Stage.UNFIT, reason, FailureKind.UNFIT))
     mixed = None if options.tag else mixed_tasks_warning(checked)
     dims = mixed_dimensions_warning(checked, fit)
     warnings = [w for w in (mixed, dims) if w] + list(check.warnings)

@@ -62,11 +62,12 @@ class ModelRun:
     def __init__(self, source: ModelSource, estimators: Sequence[Estimator], options: RankOptions, *,
                  with_labels: bool = False) -> None:
         from bioimage_cte.predict.factory import make_predictor
-        from bioimage_cte.zoo.models import load_model
+        from bioimage_cte.zoo.models import load_model_and_format
 
         self.start = time.perf_counter()
         self.source, self.options = source, options
-        descr = load_model(source.location, max_entry_bytes=options.max_entry_bytes)
+        descr, rdf_format = load_model_and_format(source.location, max_entry_bytes=options.max_entry_bytes)
+        self.rdf_format = rdf_format.to_json_dict()
         self.failures: dict[str, tuple[Stage, str]] = {}
         needs = any(e.needs_greybox for e in estimators)
         wants = needs or any(getattr(e, "wants_greybox", False) for e in estimators)
@@ -137,10 +138,10 @@ class ModelRun:
             self._sha256 = file_sha256(self.source.location)
         if self.idle:
             return ModelResult(self.source, {}, {}, None, self.failures, None, time.perf_counter() - self.start,
-                               self._sha256)
+                               self._sha256, rdf_format=self.rdf_format)
         return ModelResult(self.source, self.per_image, self.true, self.masks, self.failures, self.layer,
                            time.perf_counter() - self.start, self._sha256, self.foreground,
-                           self.predictor.readout.to_json_dict(), _weights_json(self.predictor))
+                           self.predictor.readout.to_json_dict(), _weights_json(self.predictor), self.rdf_format)
 
 
 def _weights_json(predictor: Any) -> dict[str, str] | None:
