@@ -31,7 +31,7 @@ from bioimageio.spec.model import v0_5
 from bioimage_cte.base.errors import InvalidImageError
 from bioimage_cte.predict.dropout import FeatureDropout
 from bioimage_cte.predict.segmentation import Prediction, read_out
-from bioimage_cte.predict.tiling import crop, pad_centred, plan, spatial_axes, spatial_spec
+from bioimage_cte.predict.tiling import crop_output, output_geometry, pad_centred, plan, spatial_axes, spatial_spec
 from bioimage_cte.zoo.models import input_channels
 from bioimage_cte.zoo.readout import Readout, choose_readout
 from bioimage_cte.zoo.weights import WeightChoice
@@ -57,6 +57,8 @@ class Predictor:
         self._input_id = MemberId(str(descr.inputs[0].id))
         self._output_id = MemberId(self.readout.tensor)
         self._specs = [spatial_spec(descr, a, output_id=self.readout.tensor) for a in self.spatial]
+        #: input pixels per output pixel, per spatial axis (2.0: the scored output has half the input's resolution)
+        self.scale, self._offset = output_geometry(descr, self.readout.tensor)
         self._in_axes = [str(a.id) for a in descr.inputs[0].axes]
         self._channel_id = next((str(a.id) for a in descr.inputs[0].axes if isinstance(a, v0_5.ChannelAxis)), None)
         if pipeline is not None and descr.inputs[0].pad is None:
@@ -118,7 +120,8 @@ class Predictor:
         else:
             out = self._pipeline.predict_sample_without_blocking(sample, skip_input_padding=True,
                                                                  skip_output_cropping=True)
-        return crop(self._as_array(out), todo.pad)
+        return crop_output(self._as_array(out), todo.pad, image.shape[-len(self.spatial):], self.scale,
+                           self._offset)
 
     def _sample(self, image: np.ndarray) -> Sample:
         dims = ((self._channel_id,) if self.in_channels > 1 else ()) + tuple(self.spatial)

@@ -18,7 +18,7 @@ import numpy as np
 from bioimage_cte.base.errors import one_line
 from bioimage_cte.cte.views import perturbed_view, view_of
 from bioimage_cte.predict.images import load_target
-from bioimage_cte.predict.segmentation import Prediction
+from bioimage_cte.predict.segmentation import Prediction, on_grid
 from bioimage_cte.run.options import RankOptions
 from bioimage_cte.zoo.sources import ModelSource
 
@@ -63,6 +63,10 @@ def overlay_predictions(
             view = perturbed_view(estimator, predictor, image, seed=options.seed, index=i)
             perturbed, caption = (None, None) if view is None else view
             shown = image if predictor.in_channels == 1 else image.mean(axis=0)  # a report shows one grey image
+            # an output of another resolution is drawn on the image's grid
+            grid = shown.shape[shown.ndim - clean.foreground.ndim:]
+            clean = on_grid(clean, grid)
+            perturbed = None if perturbed is None else on_grid(perturbed, grid)
             rows.append((shown, clean, perturbed, caption))
             if on_image is not None:
                 on_image()

@@ -21,7 +21,7 @@ from bioimage_cte.cte.estimators import Estimator
 from bioimage_cte.cte.metrics import foreground_dice, instance_f1, mean_average_precision
 from bioimage_cte.cte.outcomes import ModelFailure, ModelResult, Stage, failure_of
 from bioimage_cte.predict.images import load_target
-from bioimage_cte.predict.segmentation import Prediction, instances
+from bioimage_cte.predict.segmentation import Prediction, instances, on_grid
 from bioimage_cte.run.options import RankOptions
 from bioimage_cte.zoo.sources import ModelSource, file_sha256
 
@@ -115,7 +115,7 @@ class ModelRun:
         with _model_errors(self.source, path):
             clean = self.predictor.predict(image)
             _check_prediction(clean, self.source, path)
-            mask = clean.foreground > 0.5
+            mask = clean.foreground > 0.5  # on the output's own grid: what the estimators score
             self.foreground.append(float(mask.mean()))
             for estimator in self.scored:
                 if hasattr(estimator, "family_values"):
@@ -125,12 +125,16 @@ class ModelRun:
                 else:
                     self.per_image[estimator.name].append(
                         estimator.score_image(self.predictor, image, clean, seed=seed, index=index))
+        # masks compared across models, and true metrics, are on the image's (labels') grid whatever the output's
+        grid = clean.foreground.shape if labels is None else labels.shape
         if self.masks is not None:
-            self.masks.append(mask)
+            shape = image.shape[image.ndim - clean.foreground.ndim:] if labels is None else grid
+            self.masks.append(on_grid(clean, shape).foreground > 0.5)
         if labels is not None:
-            _true_metrics(clean, labels, self.true)
+            truth = on_grid(clean, grid)
+            _true_metrics(truth, labels, self.true)
             for estimator in self.labelled:
-                self.per_image[estimator.name].append(estimator.score_labelled(clean, labels, index))
+                self.per_image[estimator.name].append(estimator.score_labelled(truth, labels, index))
 
     def result(self) -> ModelResult:
         """What the run has produced so far (the adaptive budget asks after every image)."""

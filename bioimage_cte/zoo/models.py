@@ -306,26 +306,24 @@ def _object_arrays(location: str) -> list[str]:
 
 
 def check_segmentation_model(descr: v0_5.ModelDescr, *, location: str) -> None:
-    """Raise unless the model maps one image to a same-sized probability map (a segmentation model).
+    """Raise unless the model maps an image to a probability map of it (a segmentation model; the map may have
+    another resolution).
 
     The output checked is the one that would be scored (:func:`bioimage_cte.zoo.readout.choose_readout`).
     """
     if len(descr.inputs) != 1:
         raise UnsupportedModelError(f"{location}: model has {len(descr.inputs)} inputs; bioimage-cte ranks "
-                                "single-input segmentation models")
+                                    "single-input segmentation models")
     out = next(o for o in descr.outputs if str(o.id) == choose_readout(descr, name=location).tensor)
     in_axes = {str(a.id) for a in descr.inputs[0].axes}
     out_axes = {str(a.id) for a in out.axes}
     if not {"y", "x"} <= in_axes or not {"y", "x"} <= out_axes:
-        raise NotSegmentationModelError(f"{location}: input axes {sorted(in_axes)} / output axes {sorted(out_axes)} "
-                                "have no y and x; not an image segmentation model")
+        raise NotSegmentationModelError(f"{location}: input axes {sorted(in_axes)} / output axes "
+                                        f"{sorted(out_axes)} have no y and x; not an image segmentation model")
     if ("z" in in_axes) != ("z" in out_axes):
         raise UnsupportedModelError(f"{location}: input axes {sorted(in_axes)} but output {out.id!r} has axes "
-                                f"{sorted(out_axes)}; bioimage-cte scores outputs with the input's spatial axes")
-    for axis in out.axes:
-        if str(axis.id) in ("z", "y", "x") and getattr(axis, "scale", 1.0) not in (1, 1.0):
-            raise UnsupportedModelError(f"{location}: output {out.id!r} axis {axis.id} is rescaled (scale "
-                                    f"{axis.scale}); bioimage-cte scores full-resolution probability maps only")
+                                    f"{sorted(out_axes)}; bioimage-cte scores outputs with the input's spatial axes")
+    # an output at another resolution (an axis with a scale, or an offset size) is scored on its own grid
     ops = {type(p).__name__ for p in out.postprocessing}
     tags = {t.lower() for t in descr.tags}
     if not ({"SigmoidDescr", "SoftmaxDescr", "BinarizeDescr"} & ops or any("segmentation" in t for t in tags)):
