@@ -221,7 +221,7 @@ def plan_pairs(
         settings = _settings(options, target)
         task = (target.task or "").lower()
         fit = ImageFit(Path(target.images[0]), axes=options.axes, channels=options.channels,
-                       max_pixels=options.max_pixels) if target.images else None
+                       max_pixels=options.max_pixels, inputs=options.inputs) if target.images else None
         for source in sources:
             tags = rdfs[source.location].get("tags", [])
             reason = task_reason([str(t) for t in tags] if isinstance(tags, list) else [], task) if match_task \

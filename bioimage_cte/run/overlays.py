@@ -53,11 +53,14 @@ def overlay_predictions(
     predictor = make_predictor(descr, name=location, greybox=greybox, layer=options.layer,
                                devices=[options.device], code_policy=options.code_policy(),
                                weight_format=None if greybox else options.weight_format,
-                               output_channel=options.output_channel)
+                               output_channel=options.output_channel,
+                               **({} if options.inputs is None else {"inputs": options.inputs}))
     rows = []
     with predictor:
         for i in indices:
-            image = load_target(Path(image_paths[i]), axes=options.axes, channels=options.channels,
+            feed = getattr(predictor, "feed", None)
+            image = load_target(Path(image_paths[i]), axes=options.axes,
+                                channels=options.channels if feed is None else feed,
                                 n_channels=predictor.in_channels, model=location, max_pixels=options.max_pixels)
             clean = predictor.predict(image)
             view = perturbed_view(estimator, predictor, image, seed=options.seed, index=i)

@@ -170,7 +170,8 @@ def _inputs(models: Sequence[str | Path], images: str | Path | Sequence[Path], o
         raise InvalidImageError(f"none of the {len(paths)} images can be read, so there is nothing to rank on:\n"
                                 + "\n".join(f"  {reason}" for _, reason in check.skipped))
     checked: list[ModelSource] = []
-    fit = ImageFit(check.paths[0], axes=options.axes, channels=options.channels, max_pixels=options.max_pixels)
+    fit = ImageFit(check.paths[0], axes=options.axes, channels=options.channels, max_pixels=options.max_pixels,
+                   inputs=options.inputs)
     for source in sources:
         try:
             precheck_package(source.location, max_entry_bytes=options.max_entry_bytes)

@@ -75,6 +75,8 @@ class ModelRun:
         keep_masks = any(e.cross_model for e in estimators)
         common = dict(name=source.location, weight_format=options.weight_format, devices=[options.device],
                       code_policy=options.code_policy(), output_channel=options.output_channel)
+        if options.inputs is not None:
+            common["inputs"] = options.inputs
         self.greybox, self.idle = wants, False
         try:
             self.predictor = make_predictor(descr, greybox=wants, layer=options.layer, **common)
@@ -154,9 +156,11 @@ def _weights_json(predictor: Any) -> dict[str, str] | None:
 
 
 def _load(path: Path, options: RankOptions, predictor: Any, name: str) -> np.ndarray:
-    """An image as this model is fed it: its channels selected for the model's input channel count."""
-    return load_target(path, axes=options.axes, channels=options.channels, n_channels=predictor.in_channels,
-                       model=name, max_pixels=options.max_pixels)
+    """An image as this model is fed it: its channels selected for the model's input channel count (a multi-input
+    model's ``feed``: the channels of its inputs in order)."""
+    feed = getattr(predictor, "feed", None)
+    return load_target(path, axes=options.axes, channels=options.channels if feed is None else feed,
+                       n_channels=predictor.in_channels, model=name, max_pixels=options.max_pixels)
 
 
 def score_model(

@@ -311,9 +311,7 @@ def check_segmentation_model(descr: v0_5.ModelDescr, *, location: str) -> None:
 
     The output checked is the one that would be scored (:func:`bioimage_cte.zoo.readout.choose_readout`).
     """
-    if len(descr.inputs) != 1:
-        raise UnsupportedModelError(f"{location}: model has {len(descr.inputs)} inputs; bioimage-cte ranks "
-                                    "single-input segmentation models")
+    # several inputs are fed from the image's channels (bioimage_cte.zoo.inputs): checked when the predictor is made
     out = next(o for o in descr.outputs if str(o.id) == choose_readout(descr, name=location).tensor)
     in_axes = {str(a.id) for a in descr.inputs[0].axes}
     out_axes = {str(a.id) for a in out.axes}
@@ -333,26 +331,35 @@ def check_segmentation_model(descr: v0_5.ModelDescr, *, location: str) -> None:
 
 
 def input_channels(descr: v0_5.ModelDescr) -> int:
-    """How many channels the model's input takes (1 without a channel axis)."""
-    return next((len(a.channel_names) for a in descr.inputs[0].axes if isinstance(a, v0_5.ChannelAxis)), 1)
+    """How many image channels the model takes: over all its inputs (1 for an input without a channel axis)."""
+    return sum(next((len(a.channel_names) for a in t.axes if isinstance(a, v0_5.ChannelAxis)), 1)
+               for t in descr.inputs)
 
 
 def check_inputs(descr: v0_5.ModelDescr, name: str) -> None:
-    """Raise unless the model's input is an image bioimage-cte can feed (checked before the model is loaded).
+    """Raise unless the model's inputs are images bioimage-cte can feed (checked before the model is loaded).
 
     2D (``yx``) and 3D (``zyx``) inputs with any number of channels are fed; other axes (time, an
-    index) are not.
+    index) are not. Several inputs must share their spatial axes (each is fed channels of the same image).
     """
-    others = [str(a.id) for a in descr.inputs[0].axes
-              if not isinstance(a, v0_5.BatchAxis | v0_5.ChannelAxis) and str(a.id) not in ("z", "y", "x")]
-    if others:
-        axes = [str(a.id) for a in descr.inputs[0].axes]
-        raise UnsupportedModelError(f"{name}: input axes {axes} include {', '.join(others)}; bioimage-cte feeds 2D "
-                                "(yx) and 3D (zyx) images with channels, not time series or other axes")
-    for axis in descr.inputs[0].axes:
-        if str(axis.id) in ("z", "y", "x") and not isinstance(axis.size, int | v0_5.ParameterizedSize):
-            raise UnsupportedModelError(f"{name}: input axis {axis.id} takes a size of type "
-                                        f"{type(axis.size).__name__}; bioimage-cte needs a fixed or parameterized size")
+    spatial = None
+    for tensor in descr.inputs:
+        others = [str(a.id) for a in tensor.axes
+                  if not isinstance(a, v0_5.BatchAxis | v0_5.ChannelAxis) and str(a.id) not in ("z", "y", "x")]
+        if others:
+            axes = [str(a.id) for a in tensor.axes]
+            raise UnsupportedModelError(f"{name}: input axes {axes} include {', '.join(others)}; bioimage-cte feeds "
+                                        "2D (yx) and 3D (zyx) images with channels, not time series or other axes")
+        for axis in tensor.axes:
+            if str(axis.id) in ("z", "y", "x") and not isinstance(axis.size, int | v0_5.ParameterizedSize):
+                raise UnsupportedModelError(f"{name}: input axis {axis.id} takes a size of type "
+                                            f"{type(axis.size).__name__}; bioimage-cte needs a fixed or parameterized "
+                                            "size")
+        mine = {str(a.id): a.size for a in tensor.axes if str(a.id) in ("z", "y", "x")}
+        if spatial is not None and mine != spatial:
+            raise UnsupportedModelError(f"{name}: its inputs take different spatial sizes ({spatial} and {mine}); "
+                                        "bioimage-cte feeds every input from the channels of one image")
+        spatial = mine
 
 
 # what torch and zipfile say about a weights file that was cut short or damaged (rather than refused)
