@@ -68,9 +68,9 @@ def load_model_and_format(location: str, *, perform_io_checks: bool = True,
 
     A format 0.4 RDF is converted to the latest format, as bioimageio.core does; where that conversion has a
     known gap (:func:`repair_v04`: a halo on an output of fixed size) the gap is bridged in the RDF's content
-    first, instead of refusing a model bioimageio.core runs. Authors' ``github_user`` names are not looked up on
-    GitHub (metadata bioimage-cte does not use, and a lookup that needs the network); every file's sha256 is
-    still checked.
+    first, instead of refusing a model bioimageio.core runs. Nothing is fetched to load a local package: authors'
+    ``github_user`` names are not looked up on GitHub (metadata bioimage-cte does not use), and weights a package
+    keeps on a server are not downloaded until they run; every local file's sha256 is still checked.
     """
     from bioimageio.spec import InvalidDescr
     from bioimageio.spec.model import v0_4
@@ -83,12 +83,14 @@ def load_model_and_format(location: str, *, perform_io_checks: bool = True,
     repair = None
     try:
         with _LOAD_LOCK, _github_users_unchecked(content):
-            io_checks = perform_io_checks and not _remote_only_offline(location, content)
-            descr = _build(location, io_checks, None)
+            io_checks = perform_io_checks and not _checked_without_downloads(location, content)
+            # the links of a local package (git_repo, cite urls) are not requested: metadata, and no network needed
+            links = {u: None for u in _urls(content)} if io_checks and not _is_url(location) else None
+            descr = _build(location, io_checks, None, links)
             if isinstance(descr, InvalidDescr) and written.startswith("0.4."):
                 fixed, repair = repair_v04(content)
                 if repair is not None:
-                    descr = _build(location, io_checks, fixed)
+                    descr = _build(location, io_checks, fixed, links)
     except Exception as e:  # unreadable YAML, broken zip, missing file: bioimageio raises many kinds
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise InvalidModelError(f"{location}: cannot be read as a bioimageio package ({type(e).__name__}: "
@@ -106,14 +108,15 @@ def load_model_and_format(location: str, *, perform_io_checks: bool = True,
     return descr, FormatUse(written, used, written.split(".")[:2] != used.split(".")[:2], repair)
 
 
-def _remote_only_offline(location: str, content: dict) -> bool:
-    """Whether a local package names some files by URL, the network is unreachable, and every local file checks out.
+def _checked_without_downloads(location: str, content: dict) -> bool:
+    """Whether a local package names some files by URL; then its local files are checked against their sha256 here.
 
     bioimageio.spec downloads every remote file of a description to hash it when io checks are on: a local
     package that keeps one weights format on a server (the spec's ``unet2d_nuclei_broad`` keeps its state dict
-    there, its onnx and torchscript weights in the package) could not be read offline. Then its local files are
-    checked against their sha256 here, and bioimageio.spec reads it without io checks; a remote file is
-    downloaded only if its weights are chosen to run.
+    there, its onnx and torchscript weights in the package) could not be read offline, and every load would
+    download weights that may never run. Such a package's local files are hashed here instead, and bioimageio.spec
+    reads it without io checks; a remote file is downloaded (and checked against its sha256 by bioimageio) only if
+    its weights are chosen to run.
 
     Raises
     ------
@@ -121,20 +124,12 @@ def _remote_only_offline(location: str, content: dict) -> bool:
         A local file does not match its sha256.
     """
     import hashlib
-    import socket
 
     if location.startswith(("http://", "https://")):
         return False
     pairs = list(_sourced_hashes(content))
-    remote = [s for s, _ in pairs if s.startswith(("http://", "https://"))]
-    if not remote:
+    if not any(s.startswith(("http://", "https://")) for s, _ in pairs):
         return False
-    host = remote[0].split("/")[2].split(":")[0]
-    try:
-        socket.getaddrinfo(host, 443)
-        return False  # reachable: bioimageio.spec checks everything itself
-    except OSError:
-        pass
     for source, sha in pairs:
         if sha is None or source.startswith(("http://", "https://")):
             continue
@@ -172,19 +167,40 @@ def _package_file(location: str, source: str) -> bytes | None:
     return file.read_bytes() if file.is_file() else None
 
 
-def _build(location: str, perform_io_checks: bool, content: dict | None) -> Any:
-    """The description at ``location``, converted to the latest format; from ``content`` instead of its RDF if given."""
+def _is_url(location: str) -> bool:
+    return location.startswith(("http://", "https://"))
+
+
+def _urls(node: Any) -> Iterator[str]:
+    """Every http(s) URL among the RDF's values."""
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _urls(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _urls(item)
+    elif isinstance(node, str) and _is_url(node):
+        yield node
+
+
+def _build(location: str, perform_io_checks: bool, content: dict | None, links: dict[str, None] | None) -> Any:
+    """The description at ``location``, converted to the latest format; from ``content`` instead of its RDF if given.
+
+    ``links`` are URLs bioimageio.spec takes as known (``known_files``): not requested.
+    """
     from bioimageio.spec import build_description, get_validation_context, load_description
 
     if content is None:
-        return load_description(location, perform_io_checks=perform_io_checks, format_version="latest")
+        return load_description(location, perform_io_checks=perform_io_checks, format_version="latest",
+                                known_files=links or None)
     # the repaired content is validated against the package's own files, as load_description validates the RDF
     from bioimageio.spec._internal.io_utils import open_bioimageio_yaml
 
     opened = open_bioimageio_yaml(location)
     context = get_validation_context().replace(root=opened.original_root, file_name=opened.original_file_name,
                                                original_source_name=opened.original_source_name,
-                                               perform_io_checks=perform_io_checks)
+                                               perform_io_checks=perform_io_checks,
+                                               known_files=links or {})
     return build_description(content, context=context, format_version="latest")
 
 
