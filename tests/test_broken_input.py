@@ -192,13 +192,13 @@ def test_a_mistyped_model_path_is_one_error_before_anything_runs(tmp_path, image
     assert "ranking of" not in result.stdout and not (tmp_path / "r.json").exists()
 
 
-@pytest.mark.slow  # reads the tags of the 31 demo packages twice: 2 s
+@pytest.mark.slow  # reads the tags of the 32 demo packages twice: 2 s
 def test_a_missing_tag_names_the_tags_the_models_have(images):
     result = _rank(ROOT / "resources" / "zoo", "--tag", "nucleii", "--images", images)
     assert result.exit_code == ExitCode.ERROR, result.output
     line = _one_error(result)
-    assert "has the tag 'nucleii' (nor any of nucleii, nucleiis); its 31 models have the tags" in line
-    assert "nuclei (19), cells (8)" in line and line.endswith("pass one of them with --tag, or drop --tag")
+    assert "has the tag 'nucleii' (nor any of nucleii, nucleiis); its 32 models have the tags" in line
+    assert "nuclei (20), cells (8)" in line and line.endswith("pass one of them with --tag, or drop --tag")
 
 
 def test_a_target_folder_given_as_images_points_to_its_images_folder(tmp_path, images):
