@@ -159,7 +159,7 @@ def test_ranking_json_records_every_setting():
         "estimator": "cte-dropout", "strength": 0.3, "consistency": "soft", "repeats": 1, "threshold": 0.5,
         "bioimage_cte_version": __version__, "images": "/data/t/images", "n_images": 2, "seed": 2,
         "task": "semantic", "axes": None, "device": "cuda", "layer": None, "weight_format": None, "tag": "nuclei",
-        "trust_code": False, "trusted_libraries": ["mylab"], "channels": None, "output_channel": None,
+        "trust_code": False, "trusted_libraries": ["mylab"], "channels": None, "output_channel": None, "inputs": None,
         "budget": "all", "max_pixels": 2**30,
         "max_entry_bytes": 2 * 1024**3, "skip_bad_images": False, "time_limit": 3600.0}
     assert payload["models"][0]["name"] == "a" and payload["failures"] == []
