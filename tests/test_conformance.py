@@ -272,3 +272,17 @@ def test_multi_input_model_without_a_mapping_its_names_give_is_refused_with_its_
     run, payload = _rank([rdf], DATA / "cells2ch-medium" / "images", inputs="raw=1,guide=0")
     assert len(run.ranking.scores) == 1 and not run.ranking.failures
     assert payload["settings"]["inputs"] == "raw=1,guide=0"
+
+
+def test_cli_inputs_option_is_checked_before_anything_runs(tmp_path):
+    from typer.testing import CliRunner
+
+    from bioimage_cte.cli.commands import ExitCode, app
+
+    images = DATA / "cells2ch-medium" / "images"
+    result = CliRunner().invoke(app, ["rank", str(RDF["unet2d_multi_tensor"]), "--images", str(images),
+                                      "--inputs", "input0", "-o", str(tmp_path / "r.json")])
+    assert result.exit_code == ExitCode.USAGE, result.output
+    text = " ".join(result.output.replace("│", " ").split())  # the error box wraps the line
+    assert "use INPUT=CHANNEL pairs separated by commas, e.g. input0=0,input1=1" in text
+    assert not (tmp_path / "r.json").exists()
