@@ -3,6 +3,7 @@
     python examples/build_demo_zoo.py            # models + synthetic targets (about 15 minutes on 2 cores)
     python examples/build_demo_zoo.py --only data
     python examples/build_demo_zoo.py --only formats   # onnx/torchscript/Keras/StarDist variants of built models
+    python examples/build_demo_zoo.py --only spec-example   # unet2d-nuclei-broad.zip from resources/spec-examples
 
 Models are written to ``resources/zoo/<name>.zip`` (real bioimageio packages), synthetic targets
 to ``resources/data/<target>/{images,labels}/*.tif``. The real DSB2018 target is not rebuilt
@@ -172,6 +173,15 @@ def build_format_variants() -> None:
         print(f"{path.name}: exported")
 
 
+def build_spec_example() -> None:
+    """The spec's unet2d_nuclei_broad (trained by others) as unet2d-nuclei-broad.zip: nothing is trained."""
+    from bioimage_cte.demozoo.spec_example import SPEC_EXAMPLE_NAME
+    from bioimage_cte.demozoo.spec_example import build_spec_example as build
+
+    path = build(ZOO.parent / "spec-examples", ZOO / f"{SPEC_EXAMPLE_NAME}.zip")
+    print(f"{path.name}: packaged from the specification's example")
+
+
 def _set_zoo(zoo: Path) -> None:
     global ZOO
     ZOO = zoo  # worker processes do not see main()'s arguments
@@ -180,8 +190,9 @@ def _set_zoo(zoo: Path) -> None:
 def main() -> None:
     global ZOO, DATA
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["models", "data", "formats"],
-                        help="build only the models, the data, or the format variants (from the built models)")
+    parser.add_argument("--only", choices=["models", "data", "formats", "spec-example"],
+                        help="build only the models, the data, the format variants (from the built models), or the "
+                             "package of the specification's unet2d_nuclei_broad")
     parser.add_argument("--models", nargs="*", help="names of the models to rebuild (default: all)")
     parser.add_argument("--workers", type=int, default=2, help="parallel training processes")
     parser.add_argument("--zoo-dir", type=Path, default=ZOO, help="where the model packages go")
@@ -189,6 +200,9 @@ def main() -> None:
     args = parser.parse_args()
     ZOO, DATA = args.zoo_dir, args.data_dir
     start = time.perf_counter()
+    if args.only == "spec-example":
+        build_spec_example()
+        return
     if args.only not in ("models", "formats"):
         build_targets()
         print(f"targets built in {time.perf_counter() - start:.1f} s")
@@ -199,6 +213,7 @@ def main() -> None:
                 print(f"{name}: {seconds:.1f} s")
     if args.only != "data":
         build_format_variants()
+        build_spec_example()
     print(f"total {time.perf_counter() - start:.1f} s")
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild docs/leaderboard.png: the leaderboard of the whole demo zoo on every shipped target (zoo-rank with
-# --match-task, 32 packages x 8 targets), rendered by headless Chromium. Scores come from the results store
-# (--store, default ~/.cache/bioimage-cte/results.sqlite): a first run scores the 100 pairs that fit (minutes on 2
+# --match-task, 33 packages x 8 targets), rendered by headless Chromium. Scores come from the results store
+# (--store, default ~/.cache/bioimage-cte/results.sqlite): a first run scores the 105 pairs that fit (minutes on 2
 # cores), a re-run only renders. Needs /usr/bin/chromium (apt-get install chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."

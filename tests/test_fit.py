@@ -47,7 +47,7 @@ def test_shape_and_task_decide_which_pairs_are_scored():
     assert reasons[("em-organelles", "dsb2018")] == "tagged for mitochondria, not for the target task nuclei"
     assert {("nuclei-boundaries", "dsb2018"), ("nuclei-3class", "dsb2018")} <= pairs  # tagged nuclei
     nuclei_2d = {m for m, t in pairs if t == "dsb2018"}
-    assert len(nuclei_2d) == 16 and not any(m.startswith(("cells", "em-", "nuclei3d")) for m in nuclei_2d)
+    assert len(nuclei_2d) == 17 and not any(m.startswith(("cells", "em-", "nuclei3d")) for m in nuclei_2d)
     assert {m for m, t in pairs if t == "em-organelles-noisy"} == {"em-clean-large", "em-organelles-dense",
                                                                    "em-organelles", "em-vesicles"}
 

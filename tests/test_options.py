@@ -106,10 +106,22 @@ def test_run_settings_record_every_run_option():
     options = RankOptions(seed=5, task="instance", device="cuda", tag="cells", trusted_libraries=["mylab"])
     assert options.trusted_libraries == ("mylab",)  # a list becomes a tuple: the options stay hashable
     assert options.run_settings() == {"seed": 5, "task": "instance", "axes": None, "device": "cuda", "layer": None,
-                                      "channels": None, "output_channel": None,
+                                      "channels": None, "output_channel": None, "inputs": None,
                                       "weight_format": None, "tag": "cells", "trust_code": False,
                                       "trusted_libraries": ["mylab"], "budget": "all", "max_pixels": 2**30,
                                       "max_entry_bytes": 2 * 1024**3, "skip_bad_images": False, "time_limit": 3600.0}
+
+
+def test_inputs_are_parsed_checked_and_recorded():
+    options = RankOptions(inputs="input0=1, input1=0+2")
+    assert options.inputs == (("input0", (1,)), ("input1", (0, 2)))
+    assert options.run_settings()["inputs"] == "input0=1,input1=0+2"
+    assert options.score_settings()["inputs"] == "input0=1,input1=0+2"
+    assert "inputs" not in RankOptions().score_settings()  # stored results keep their key when it is not given
+    assert RankOptions(**{"inputs": options.run_settings()["inputs"]}).inputs == options.inputs  # JSON round trip
+    for bad in ("input0", "input0=a", "input0=-1", "a=0,a=1", ""):
+        with pytest.raises(ValueError, match="inputs="):
+            RankOptions(inputs=bad)
 
 
 def test_channels_are_parsed_and_checked_and_change_the_score_key_only_when_set():

@@ -11,7 +11,7 @@ import pytest
 from bioimage_cte.base.version import __version__
 from bioimage_cte.cte.consistency import bootstrap_intervals
 from bioimage_cte.cte.estimators import ConsensusAgreement, CTEDropout, MeanConfidence, RandomScore
-from bioimage_cte.cte.outcomes import ModelFailure, ModelResult, Stage
+from bioimage_cte.cte.outcomes import FailureKind, ModelFailure, ModelResult, Stage
 from bioimage_cte.cte.seeds import rng, seed_sequence
 from bioimage_cte.run.options import RankOptions
 from bioimage_cte.run.ranking import SATURATED_FOREGROUND, ModelScore, build_ranking, ranking_json
@@ -91,8 +91,9 @@ def test_an_almost_empty_model_is_not_ranked_first():
 
 
 def test_failures_keep_their_stage_and_reason():
-    given = [ModelFailure("broken", "broken.zip", Stage.PREDICT, "not a valid zip"),
-             ModelFailure("untrusted", "untrusted.zip", Stage.SKIPPED, "needs --trust-code")]
+    given = [ModelFailure("broken", "broken.zip", Stage.PREDICT, "not a valid zip", FailureKind.INVALID_PACKAGE),
+             ModelFailure("untrusted", "untrusted.zip", Stage.SKIPPED, "needs --trust-code",
+                          FailureKind.UNTRUSTED_CODE)]
     results = [
         _result("good", [0.8]),
         _result("no-greybox", None, failures={"cte-dropout": (Stage.ESTIMATOR, "no pytorch_state_dict weights")}),
@@ -108,7 +109,9 @@ def test_failures_keep_their_stage_and_reason():
     ]
     failures = ranking.to_json_dict()["failures"]
     assert [f["stage"] for f in failures] == ["predict", "skipped", "estimator", "estimator"]
-    assert failures[0] == {"name": "broken", "source": "broken.zip", "stage": "predict", "reason": "not a valid zip"}
+    assert failures[0] == {"name": "broken", "source": "broken.zip", "stage": "predict", "reason": "not a valid zip",
+                           "kind": "invalid-package"}
+    assert [f["kind"] for f in failures] == ["invalid-package", "untrusted-code", "estimator", "estimator"]
     assert {str(s) for s in Stage} == {"predict", "skipped", "estimator", "unfit"}
 
 
@@ -165,7 +168,7 @@ def test_ranking_json_records_every_setting():
         "estimator": "cte-dropout", "strength": 0.3, "consistency": "soft", "repeats": 1, "threshold": 0.5,
         "bioimage_cte_version": __version__, "images": "/data/t/images", "n_images": 2, "seed": 2,
         "task": "semantic", "axes": None, "device": "cuda", "layer": None, "weight_format": None, "tag": "nuclei",
-        "trust_code": False, "trusted_libraries": ["mylab"], "channels": None, "output_channel": None,
+        "trust_code": False, "trusted_libraries": ["mylab"], "channels": None, "output_channel": None, "inputs": None,
         "budget": "all", "max_pixels": 2**30,
         "max_entry_bytes": 2 * 1024**3, "skip_bad_images": False, "time_limit": 3600.0}
     assert payload["models"][0]["name"] == "a" and payload["failures"] == []

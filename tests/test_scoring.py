@@ -21,6 +21,7 @@ from bioimage_cte.predict.segmentation import Prediction
 from bioimage_cte.run.options import RankOptions
 from bioimage_cte.run.ranking import build_ranking
 from bioimage_cte.run.scoring import rank_models, score_model
+from bioimage_cte.zoo.models import FormatUse
 from bioimage_cte.zoo.readout import Readout
 from bioimage_cte.zoo.sources import ModelSource, file_sha256
 
@@ -96,7 +97,11 @@ def predictors(monkeypatch):
             raise UntrustedCodeError(f"{name}: skipped: no torchscript or onnx weights")
         return FakePredictor(name, greybox=greybox, log=log)
 
+    def load_model_and_format(location: str, *, max_entry_bytes: int = 2 * 1024**3):
+        return load_model(location, max_entry_bytes=max_entry_bytes), FormatUse("0.5.4", "0.5.4", False)
+
     monkeypatch.setattr("bioimage_cte.zoo.models.load_model", load_model)
+    monkeypatch.setattr("bioimage_cte.zoo.models.load_model_and_format", load_model_and_format)
     monkeypatch.setattr("bioimage_cte.predict.factory.make_predictor", make_predictor)
     return log
 

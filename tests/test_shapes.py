@@ -219,7 +219,7 @@ def test_rank_records_the_scored_output_and_ranks_3d_and_two_channel_targets(pac
     payload = ranking_json(run.ranking, RankOptions(estimator="cte-input"), images=str(stacks), n_images=2)
     outputs = {m["name"]: m["output"] for m in payload["models"]}
     assert outputs["3d"] == {"tensor": "prob", "channel": "foreground", "index": 0, "scored": "foreground",
-                             "how": "channel named 'foreground' as foreground"}
+                             "how": "channel named 'foreground' as foreground", "scale": {"z": 1.0, "y": 1.0, "x": 1.0}}
     json.dumps(payload, allow_nan=False)
 
     two = tmp_path / "two"

@@ -21,8 +21,10 @@ def _rdf(package: Path) -> dict:
     return yaml.safe_load(zipfile.ZipFile(package).read("rdf.yaml"))
 
 
-#: the trained models; the others are format variants exported from them (bioimage_cte.demozoo.formats)
-TRAINED = [p for p in PACKAGES if "exported_from" not in _rdf(p)["config"]["bioimage_cte"]]
+#: the models trained by others: the specification's unet2d_nuclei_broad (bioimage_cte.demozoo.spec_example)
+BY_OTHERS = [p for p in PACKAGES if _rdf(p)["config"]["bioimage_cte"].get("trained_by_others")]
+#: the models this project trained; the others are format variants exported from them (bioimage_cte.demozoo.formats)
+TRAINED = [p for p in PACKAGES if "exported_from" not in _rdf(p)["config"]["bioimage_cte"] and p not in BY_OTHERS]
 
 
 def test_zoo_has_enough_varied_models():
@@ -43,7 +45,7 @@ def test_format_variants_carry_the_weights_their_card_names():
     from bioimage_cte.demozoo.formats import FORMAT_VARIANTS, KERAS_VARIANT
     from bioimage_cte.demozoo.stardist import N_RAYS, STARDIST_NAME, STARDIST_SOURCE
 
-    variants = {p.stem: _rdf(p) for p in PACKAGES if p not in TRAINED}
+    variants = {p.stem: _rdf(p) for p in PACKAGES if p not in TRAINED + BY_OTHERS}
     assert sorted(variants) == sorted([*(v.name for v in (*FORMAT_VARIANTS, KERAS_VARIANT)), STARDIST_NAME])
     stardist = variants[STARDIST_NAME]  # StarDist's outputs: 1-channel probability + N_RAYS distances, Keras only
     assert list(stardist["weights"]) == ["keras_hdf5"]
@@ -74,6 +76,26 @@ def test_package_loads_offline_and_passes_test_model(package):
     assert summary.status == "passed", failed
 
 
+def test_the_model_trained_by_others_is_the_spec_example_with_its_provenance():
+    import hashlib
+    import json
+
+    (package,) = BY_OTHERS
+    assert package.stem == "unet2d-nuclei-broad"
+    rdf = _rdf(package)
+    provenance = rdf["config"]["bioimage_cte"]["provenance"]
+    listed = json.loads((ROOT / "resources" / "spec-examples" / "provenance.json").read_text())
+    example = ROOT / "resources" / "spec-examples" / "unet2d_nuclei_broad"
+    assert provenance["commit"] == listed["commit"] and provenance["repository"] == listed["repository"]
+    assert provenance["sha256"] == hashlib.sha256((example / "bioimageio.yaml").read_bytes()).hexdigest()
+    assert "nuclei" in rdf["tags"] and "maintainers" not in rdf
+    assert all("github_user" not in a for a in rdf["authors"])
+    assert sorted(rdf["weights"]) == ["onnx", "torchscript"] and len(provenance["changes"]) == 4
+    with zipfile.ZipFile(package) as zf:  # the network, test tensors and weights are the example's, byte for byte
+        for name in ("weights.onnx", "weights.pt", "test_input.npy", "test_output.npy"):
+            assert zf.read(name) == (example / name).read_bytes(), name
+
+
 def test_targets_are_not_training_domains():
     assert not set(TARGET_DOMAINS.values()) & set(DOMAINS.values())
     targets = [p for p in (ROOT / "resources" / "data").iterdir() if (p / "labels").is_dir()]
@@ -101,7 +123,7 @@ def test_transfer_matrix_spreads_on_every_target():
     for target, scores in table.items():
         # every package whose input fits the target's images: 3D models run on z-stacks only, 2-channel models on
         # 2-channel images only (the pairs that do not fit fail with a one-line reason)
-        assert set(scores) == {p.stem for p in TRAINED if _fits(p, target)}, target
+        assert set(scores) == {p.stem for p in TRAINED + BY_OTHERS if _fits(p, target)}, target
         assert max(scores.values()) - min(scores.values()) >= 0.3, target
         names = sorted(scores)
         for i, a in enumerate(names):

@@ -15,6 +15,14 @@ class InvalidModelError(BioimageCteError, ValueError):
     """A model package cannot be used (not found, not valid, not a segmentation model)."""
 
 
+class NotSegmentationModelError(InvalidModelError):
+    """A valid model package, but no segmentation model: its output is no foreground-like map of the image."""
+
+
+class UnsupportedModelError(InvalidModelError):
+    """A valid segmentation model whose inputs or outputs bioimage-cte cannot feed or score (e.g. a time axis)."""
+
+
 class InvalidImageError(BioimageCteError, ValueError):
     """Target images cannot be read or do not fit the model."""
 

@@ -67,6 +67,9 @@ ChannelsOpt = Annotated[str | None, typer.Option(help="Image channels to feed, i
                                                  "taking 2 channels get channels 0 and 2, single-channel models "
                                                  "channel 0 (default: all channels; averaged for single-channel "
                                                  "models).")]
+InputsOpt = Annotated[str | None, typer.Option(help="Models with several inputs: the image channel feeding each, "
+                                               "e.g. 'input0=0,input1=1' (default: by the inputs' numbered names, "
+                                               "when they say it).")]
 OutputChannelOpt = Annotated[str | None, typer.Option(help="Output to score: a channel name (e.g. nuclei), an output "
                                                       "tensor id, TENSOR:CHANNEL or a channel index; default: "
                                                       "chosen from the output's names.")]
@@ -131,6 +134,7 @@ RANK_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("task", TaskOpt, Task.semantic), ("consistency", ConsistencyOpt, None),
     ("perturbation", PerturbationOpt, Perturbation.gaussian), ("strength", StrengthOpt, None),
     ("repeats", RepeatsOpt, 1), ("axes", AxesOpt, None), ("channels", ChannelsOpt, None),
+    ("inputs", InputsOpt, None),
     ("output_channel", OutputChannelOpt, None), ("device", DeviceOpt, "cpu"), ("seed", SeedOpt, 0),
     ("layer", LayerOpt, None), ("weight_format", WeightsOpt, None), ("tag", TagOpt, None),
     ("trust_code", TrustCodeOpt, False), ("trust_library", TrustLibraryOpt, None),

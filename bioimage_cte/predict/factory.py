@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from bioimage_cte.zoo.inputs import describe_inputs, input_feed
 from bioimage_cte.zoo.models import check_inputs
 from bioimage_cte.zoo.trust import CodePolicy
 from bioimage_cte.zoo.weights import choose_weights
@@ -34,7 +35,8 @@ __all__ = ["make_predictor"]
 
 def make_predictor(descr: v0_5.ModelDescr, *, name: str, greybox: bool, weight_format: str | None = None,
                    layer: str | None = None, devices: Sequence[str] = ("cpu",), max_tile: int = 1024,
-                   code_policy: CodePolicy | None = None, output_channel: str | None = None) -> Predictor:
+                   code_policy: CodePolicy | None = None, output_channel: str | None = None,
+                   inputs: Sequence[tuple[str, Sequence[int]]] | None = None) -> Predictor:
     """A ready predictor for one model: the weights chosen once, then the one adapter for them.
 
     Parameters
@@ -57,6 +59,9 @@ def make_predictor(descr: v0_5.ModelDescr, *, name: str, greybox: bool, weight_f
         Which package code may run (default: trusted libraries only, see :mod:`bioimage_cte.zoo.trust`).
     output_channel : str, optional
         The output to score (see :func:`bioimage_cte.zoo.readout.choose_readout`).
+    inputs : sequence of (input id, channels), optional
+        A model with several inputs: the image channels feeding each (``--inputs``; default: by their numbered
+        names, see :mod:`bioimage_cte.zoo.inputs`).
 
     Raises
     ------
@@ -74,6 +79,16 @@ def make_predictor(descr: v0_5.ModelDescr, *, name: str, greybox: bool, weight_f
     'black-box'
     """
     check_inputs(descr, name)  # before any package code or weights are loaded
+    feed = input_feed(describe_inputs(descr), inputs, name=name)
+    predictor = _build(descr, name=name, greybox=greybox, weight_format=weight_format, layer=layer, devices=devices,
+                       max_tile=max_tile, code_policy=code_policy, output_channel=output_channel)
+    predictor.feed = feed
+    return predictor
+
+
+def _build(descr: v0_5.ModelDescr, *, name: str, greybox: bool, weight_format: str | None, layer: str | None,
+           devices: Sequence[str], max_tile: int, code_policy: CodePolicy | None,
+           output_channel: str | None) -> Predictor:
     choice = choose_weights(descr, code_policy or CodePolicy(), name=name, greybox=greybox,
                             weight_format=weight_format)
     # each adapter is imported only when chosen: torch, onnxruntime or TensorFlow load only when needed

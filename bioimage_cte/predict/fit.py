@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bioimage_cte.base.errors import InvalidImageError, one_line
+from bioimage_cte.base.errors import BioimageCteError, InvalidImageError, one_line
+from bioimage_cte.zoo.inputs import InputSlot, input_feed, rdf_inputs
 from bioimage_cte.zoo.tags import matches_tag, task_groups
 
 if TYPE_CHECKING:
@@ -30,10 +31,13 @@ __all__ = ["ImageFit", "InputLayout", "input_layout", "mixed_dimensions_warning"
 
 @dataclass(frozen=True)
 class InputLayout:
-    """What a model's first input takes: its spatial axes (``"yx"`` or ``"zyx"``) and its channel count."""
+    """What a model's inputs take: their spatial axes (``"yx"`` or ``"zyx"``) and their channel count (over all
+    inputs); ``inputs`` lists the inputs of a model with several (fed from the image's channels, see
+    :mod:`bioimage_cte.zoo.inputs`)."""
 
     spatial: str
     channels: int
+    inputs: tuple[InputSlot, ...] = ()
 
 
 def _layout_v05(axes: list[Any]) -> InputLayout | None:
@@ -41,7 +45,9 @@ def _layout_v05(axes: list[Any]) -> InputLayout | None:
     for axis in axes:
         if not isinstance(axis, Mapping):
             return None
-        kind, name = str(axis.get("type", "")), str(axis.get("id", axis.get("type", "")))
+        kind = str(axis.get("type", ""))
+        # format 0.5's default id of a space axis is "x"
+        name = str(axis.get("id", "x" if kind == "space" else kind))
         if kind == "channel":
             names = axis.get("channel_names")
             channels = len(names) if isinstance(names, list) else int(axis.get("size", 1) or 1)
@@ -68,15 +74,18 @@ def _layout_v04(axes: str, shape: Any) -> InputLayout | None:
 
 
 def input_layout(rdf: Any) -> InputLayout | None:
-    """The first input's layout from a raw RDF (format 0.4 or 0.5); None when the RDF does not say it plainly.
+    """The inputs' layout from a raw RDF (format 0.4 or 0.5); None when the RDF does not say it plainly.
 
     Examples
     --------
     >>> input_layout({"inputs": [{"axes": "bczyx", "shape": [1, 1, 32, 64, 64]}]})
-    InputLayout(spatial='zyx', channels=1)
+    InputLayout(spatial='zyx', channels=1, inputs=())
     >>> input_layout({"inputs": [{"axes": [{"type": "batch"}, {"type": "channel", "channel_names": ["a", "b"]},
-    ...                                    {"type": "space", "id": "y"}, {"type": "space", "id": "x"}]}]})
-    InputLayout(spatial='yx', channels=2)
+    ...                                    {"type": "space", "id": "y"}, {"type": "space"}]}]})
+    InputLayout(spatial='yx', channels=2, inputs=())
+    >>> [s.id for s in input_layout({"inputs": [{"name": f"in{i}", "axes": "bcyx", "shape": [1, 1, 64, 64]}
+    ...                                         for i in range(2)]}).inputs]
+    ['in0', 'in1']
     """
     try:
         first = rdf["inputs"][0]
@@ -84,7 +93,14 @@ def input_layout(rdf: Any) -> InputLayout | None:
         layout = _layout_v04(axes, first.get("shape")) if isinstance(axes, str) else _layout_v05(list(axes))
     except (KeyError, IndexError, TypeError, ValueError):
         return None
-    return layout if layout is not None and layout.spatial in ("yx", "zyx") and layout.channels >= 1 else None
+    if layout is None or layout.spatial not in ("yx", "zyx") or layout.channels < 1:
+        return None
+    if len(rdf["inputs"]) > 1:
+        slots = rdf_inputs(rdf)
+        if slots is None:
+            return None
+        layout = InputLayout(layout.spatial, sum(s.channels for s in slots), slots)
+    return layout
 
 
 def task_reason(tags: list[str], task: str) -> str | None:
@@ -112,8 +128,9 @@ class ImageFit:
     """
 
     def __init__(self, image: Path, *, axes: str | None = None, channels: tuple[int, ...] | None = None,
-                 max_pixels: int | None = None) -> None:
+                 max_pixels: int | None = None, inputs: Any = None) -> None:
         self.image, self.channels, self.max_pixels = Path(image), channels, max_pixels
+        self.inputs = inputs  # a multi-input model's --inputs mapping
         self._axes = axes
 
     @functools.cached_property
@@ -137,9 +154,20 @@ class ImageFit:
 
     def reason(self, layout: InputLayout, *, model: str) -> str | None:
         """Why a model with ``layout`` cannot run on the image as the scoring would feed it (None when it can)."""
+        channels = self.channels
+        if layout.inputs:
+            try:
+                channels = input_feed(layout.inputs, self.inputs, name=model)
+            except BioimageCteError:  # no mapping: the model fails with that reason when it is loaded
+                return None
         try:
-            data = self._fed(layout.channels, model, self.channels)
+            data = self._fed(layout.channels, model, channels)
         except InvalidImageError as e:
+            if layout.inputs:
+                names = ", ".join(f"{s.id}={c}" for s, c in zip(layout.inputs, channels or (), strict=False))
+                return (f"{model}: its {len(layout.inputs)} inputs are fed from image channels ({names}), which the "
+                        f"image {self.image.name} does not have; rank it on images with those channels, or pass "
+                        "--inputs")
             return one_line(e)
         if layout.spatial == "zyx" and data.ndim - (layout.channels > 1) == 2:
             # the predictor's own words for the same refusal

@@ -31,7 +31,7 @@ from bioimageio.spec.model import v0_5
 from bioimage_cte.base.errors import InvalidImageError
 from bioimage_cte.predict.dropout import FeatureDropout
 from bioimage_cte.predict.segmentation import Prediction, read_out
-from bioimage_cte.predict.tiling import crop, pad_centred, plan, spatial_axes, spatial_spec
+from bioimage_cte.predict.tiling import crop_output, output_geometry, pad_centred, plan, spatial_axes, spatial_spec
 from bioimage_cte.zoo.models import input_channels
 from bioimage_cte.zoo.readout import Readout, choose_readout
 from bioimage_cte.zoo.weights import WeightChoice
@@ -54,15 +54,23 @@ class Predictor:
         self.readout: Readout = choose_readout(descr, output_channel=output_channel, name=name)
         self.spatial = spatial_axes(descr)
         self.in_channels = input_channels(descr)
-        self._input_id = MemberId(str(descr.inputs[0].id))
+        #: a model with several inputs: the image channels fed to them, in input order (set by make_predictor)
+        self.feed: tuple[int, ...] | None = None
+        # (member id, channels, axes, channel axis id) per input: a multi-input model gets consecutive channels each
+        self._inputs = [(MemberId(str(t.id)),
+                         next((len(a.channel_names) for a in t.axes if isinstance(a, v0_5.ChannelAxis)), 1),
+                         [str(a.id) for a in t.axes],
+                         next((str(a.id) for a in t.axes if isinstance(a, v0_5.ChannelAxis)), None))
+                        for t in descr.inputs]
         self._output_id = MemberId(self.readout.tensor)
         self._specs = [spatial_spec(descr, a, output_id=self.readout.tensor) for a in self.spatial]
-        self._in_axes = [str(a.id) for a in descr.inputs[0].axes]
-        self._channel_id = next((str(a.id) for a in descr.inputs[0].axes if isinstance(a, v0_5.ChannelAxis)), None)
-        if pipeline is not None and descr.inputs[0].pad is None:
+        #: input pixels per output pixel, per spatial axis (2.0: the scored output has half the input's resolution)
+        self.scale, self._offset = output_geometry(descr, self.readout.tensor)
+        if pipeline is not None:
             # tiles reflect the image border, as the single padded pass does (bioimageio.core's default is
             # symmetric): then tiled and untiled predictions agree
-            pipeline.pad_mode = {**pipeline.pad_mode, self._input_id: "reflect"}
+            pipeline.pad_mode = {**pipeline.pad_mode, **{MemberId(str(t.id)): "reflect" for t in descr.inputs
+                                                         if getattr(t, "pad", None) is None}}
 
     @property
     def has_boundary(self) -> bool:
@@ -114,16 +122,24 @@ class Predictor:
         sample = self._sample(pad_centred(image.astype(np.float32, copy=False), todo.pad))
         if todo.blocked:
             block = {AxisId(a): n for a, n in zip(self.spatial, todo.sizes, strict=True)}
-            out = self._pipeline.predict_sample_with_fixed_blocking(sample, {self._input_id: block})
+            out = self._pipeline.predict_sample_with_fixed_blocking(sample, {m: block for m, *_ in self._inputs})
         else:
             out = self._pipeline.predict_sample_without_blocking(sample, skip_input_padding=True,
                                                                  skip_output_cropping=True)
-        return crop(self._as_array(out), todo.pad)
+        return crop_output(self._as_array(out), todo.pad, image.shape[-len(self.spatial):], self.scale,
+                           self._offset)
 
     def _sample(self, image: np.ndarray) -> Sample:
-        dims = ((self._channel_id,) if self.in_channels > 1 else ()) + tuple(self.spatial)
-        tensor = Tensor(image, dims=dims).transpose(self._in_axes, missing_dims="expand")
-        return Sample(members={self._input_id: tensor}, stat={}, id="image")
+        members, start = {}, 0
+        for member, channels, axes, channel_id in self._inputs:
+            # a multi-input model's inputs take consecutive channels of the fed image (its --inputs order)
+            part = image if len(self._inputs) == 1 else image[start:start + channels]
+            if len(self._inputs) > 1 and channels == 1:
+                part = part[0]
+            start += channels
+            dims = ((channel_id or "channel",) if channels > 1 else ()) + tuple(self.spatial)
+            members[member] = Tensor(part, dims=dims).transpose(axes, missing_dims="expand")
+        return Sample(members=members, stat={}, id="image")
 
     def _as_array(self, sample: Sample) -> np.ndarray:
         data = sample.members[self._output_id].data

@@ -23,7 +23,8 @@ from bioimage_cte.zoo.readout import Readout
 ndimage = lazy_module("scipy.ndimage")  # on first use: not needed to refuse bad input
 skimage_segmentation = lazy_module("skimage.segmentation")
 
-__all__ = ["Prediction", "binarize", "instances", "label_foreground", "read_out", "watershed_from_boundaries"]
+__all__ = ["Prediction", "binarize", "instances", "label_foreground", "on_grid", "read_out",
+           "watershed_from_boundaries"]
 
 
 @dataclass(frozen=True)
@@ -257,3 +258,34 @@ def read_out(readout: Readout, out: np.ndarray) -> Prediction:
     if boundary is None:
         raise ValueError(f"readout of {readout.tensor!r} names no channel to score")
     return Prediction(boundary, None, scored="boundary")
+
+
+def on_grid(prediction: Prediction, shape: tuple[int, ...]) -> Prediction:
+    """The prediction resampled (linearly, pixel centres aligned) to the spatial ``shape`` of the labels or image.
+
+    A model whose output has another resolution than its input (an output axis with a ``scale``) is scored for
+    consistency on its own grid, but compared with labels, and drawn over the image, on theirs. A prediction
+    already of that shape is returned as it is.
+
+    Examples
+    --------
+    >>> half = Prediction(np.array([[0.0, 1.0], [1.0, 0.0]], np.float32))
+    >>> on_grid(half, (4, 4)).foreground.shape
+    (4, 4)
+    >>> on_grid(half, (2, 2)) is half
+    True
+    """
+    shape = tuple(int(n) for n in shape)
+    if prediction.foreground.shape == shape:
+        return prediction
+
+    def resample(field: np.ndarray | None, lead: int = 0) -> np.ndarray | None:
+        if field is None:
+            return None
+        spatial = field.shape[lead:]
+        zoom = (1.0,) * lead + tuple(n / m for n, m in zip(shape, spatial, strict=True))
+        out = ndimage.zoom(field.astype(np.float32, copy=False), zoom, order=1, mode="nearest", grid_mode=True)
+        return out.astype(np.float32, copy=False)
+
+    return Prediction(resample(prediction.foreground), resample(prediction.boundary),
+                      resample(prediction.classes, lead=1), prediction.scored, prediction.volumetric)

@@ -24,7 +24,8 @@ from bioimageio.spec.model import v0_5
 
 from bioimage_cte.base.errors import InvalidImageError, InvalidModelError
 
-__all__ = ["Plan", "SpatialSpec", "pad_to_valid", "plan", "spatial_axes", "spatial_spec", "valid_size"]
+__all__ = ["Plan", "SpatialSpec", "crop_output", "output_geometry", "pad_to_valid", "plan", "spatial_axes",
+           "spatial_spec", "valid_size"]
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,9 @@ def spatial_spec(descr: v0_5.ModelDescr, axis_id: str, *, output_id: str | None 
     """
     axis = next(a for a in descr.inputs[0].axes if str(a.id) == axis_id)
     outputs = [o for o in descr.outputs if output_id is None or str(o.id) == output_id]
-    halo = max((getattr(a, "halo", 0) for o in outputs for a in o.axes if str(a.id) == axis_id), default=0)
+    # a halo counts output pixels: in input pixels it is the output's scale times larger
+    halo = max((math.ceil(getattr(a, "halo", 0) * _relative_scale(a, axis))
+                for o in outputs for a in o.axes if str(a.id) == axis_id), default=0)
     size = axis.size
     if isinstance(size, v0_5.ParameterizedSize):
         return SpatialSpec(size.min, size.step, halo)
@@ -72,6 +75,55 @@ def spatial_spec(descr: v0_5.ModelDescr, axis_id: str, *, output_id: str | None 
         return SpatialSpec(size, 0, halo)
     raise InvalidModelError(f"input axis {axis_id} has a size of type {type(size).__name__}; "
                             "bioimage-cte needs a fixed or parameterized size")
+
+
+def _relative_scale(out_axis, in_axis) -> float:
+    """How many input pixels one output pixel spans along an axis (2.0: the output has half the resolution)."""
+    return float(getattr(out_axis, "scale", 1.0) or 1.0) / float(getattr(in_axis, "scale", 1.0) or 1.0)
+
+
+def output_geometry(descr: v0_5.ModelDescr, output_id: str) -> tuple[tuple[float, ...], tuple[int, ...]]:
+    """(scale, offset) of output ``output_id`` per spatial input axis, relative to the model's input.
+
+    ``scale`` is how many input pixels one output pixel spans (2.0: half resolution; 0.25: four times the input's
+    resolution); ``offset`` is the output's extra size in output pixels (``SizeReference.offset``), split evenly
+    between both borders. An output of the input's grid has scale 1 and offset 0 on every axis.
+    """
+    from bioimage_cte.zoo.readout import output_scale
+
+    tensor = next(o for o in descr.outputs if str(o.id) == output_id)
+    by_id = {str(a.id): a for a in tensor.axes}
+    known = dict(output_scale(descr, tensor))
+    scales, offsets = [], []
+    for a in spatial_axes(descr):
+        out = by_id.get(a)
+        scales.append(known.get(a, 1.0))
+        size = getattr(out, "size", None)
+        offsets.append(int(getattr(size, "offset", 0) or 0) if isinstance(size, v0_5.SizeReference) else 0)
+    return tuple(scales), tuple(offsets)
+
+
+def crop_output(array: np.ndarray, pad: Sequence[tuple[int, int]], shape: Sequence[int],
+                scale: Sequence[float], offset: Sequence[int]) -> np.ndarray:
+    """The part of an output over the image of spatial ``shape`` that was padded by ``pad`` (:func:`crop` on the
+    output's own grid: the padding and the image's extent divided by the output's ``scale``, shifted by half its
+    ``offset``).
+
+    Examples
+    --------
+    >>> out = np.arange(64.0).reshape(8, 8)  # half the resolution of a 16 x 16 input padded from 12 x 12
+    >>> crop_output(out, ((2, 2), (2, 2)), (12, 12), (2.0, 2.0), (0, 0)).shape
+    (6, 6)
+    >>> full = np.zeros((16, 16))  # the same input's output on its own grid: as crop does
+    >>> crop_output(full, ((2, 2), (2, 2)), (12, 12), (1.0, 1.0), (0, 0)).shape
+    (12, 12)
+    """
+    index = []
+    for i, ((before, _), n, s, o) in enumerate(zip(pad, shape, scale, offset, strict=True)):
+        m = array.shape[array.ndim - len(pad) + i]
+        start = max(0, int(round(before / s + o / 2)))
+        index.append(slice(start, min(m, start + max(1, int(round(n / s))))))
+    return array[(Ellipsis, *index)]
 
 
 def valid_size(n: int, spec: SpatialSpec) -> int:

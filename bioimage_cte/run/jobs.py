@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from bioimage_cte.base.errors import BioimageCteError, InvalidImageError, one_line
 from bioimage_cte.base.version import __version__
-from bioimage_cte.cte.outcomes import ModelFailure, ModelResult, Stage, failure_of
+from bioimage_cte.cte.outcomes import FailureKind, ModelFailure, ModelResult, Stage, failure_of
 from bioimage_cte.run.options import RankOptions
 from bioimage_cte.run.store import ResultStore, ScoreRecord, now, package_fingerprint, result_key
 from bioimage_cte.zoo.sources import ModelSource, select_models
@@ -221,7 +221,7 @@ def plan_pairs(
         settings = _settings(options, target)
         task = (target.task or "").lower()
         fit = ImageFit(Path(target.images[0]), axes=options.axes, channels=options.channels,
-                       max_pixels=options.max_pixels) if target.images else None
+                       max_pixels=options.max_pixels, inputs=options.inputs) if target.images else None
         for source in sources:
             tags = rdfs[source.location].get("tags", [])
             reason = task_reason([str(t) for t in tags] if isinstance(tags, list) else [], task) if match_task \
@@ -240,14 +240,14 @@ def plan_pairs(
 
 def failed_record(job: ScoreJob, error: BaseException | str) -> ScoreRecord:
     """The record of a job that could not be scored, with the error as one line."""
-    stage = Stage.PREDICT
+    stage, kind = Stage.PREDICT, FailureKind.ERROR
     if isinstance(error, BaseException):  # classified and worded as rank's failures are
         failure = failure_of(job.source, error)
-        stage, error = failure.stage, failure.reason
+        stage, error, kind = failure.stage, failure.reason, failure.kind
     return ScoreRecord(job.model, job.target.fingerprint, job.options.estimator, job.settings, __version__, "failed",
                        name=job.source.name, source=job.source.source, sha256=job.sha256,
                        images=tuple(Path(p).name for p in job.target.images), error=error, stage=stage,
-                       created=now())
+                       created=now(), kind=str(kind))
 
 
 def score_job(job: ScoreJob, store: ResultStore, *, refresh: bool = False) -> JobOutcome:
@@ -294,7 +294,7 @@ def score_job(job: ScoreJob, store: ResultStore, *, refresh: bool = False) -> Jo
                          name=job.source.name, source=job.source.source, sha256=result.sha256,
                          images=tuple(p.name for p in paths), per_image=result.per_image, true=result.true,
                          failures=result.failures, layer=result.layer, seconds=result.seconds, created=now(),
-                         foreground=result.foreground, weights=result.weights)
+                         foreground=result.foreground, weights=result.weights, rdf_format=result.rdf_format)
     store.put(job.key, record)
     return JobOutcome(job.key, "ok", scored=True)
 
@@ -315,14 +315,16 @@ def collect_results(jobs: Sequence[ScoreJob], store: ResultStore) -> tuple[list[
         record = store.get(job.key)
         if record is None:
             failures.append(ModelFailure(job.source.name, job.source.source, Stage.PREDICT,
-                                         "not scored: the run stopped before this model finished; run it again"))
+                                         "not scored: the run stopped before this model finished; run it again",
+                                         FailureKind.NOT_SCORED))
         elif record.status == "failed":
             failures.append(ModelFailure(job.source.name, job.source.source, Stage(record.stage or Stage.PREDICT),
-                                         record.error or "failed"))
+                                         record.error or "failed", FailureKind(record.kind or FailureKind.ERROR)))
         else:
             # the current sha256, not the stored one: a package annotated since has the same scores and a new file
             results.append(ModelResult(job.source, record.per_image, record.true, None, record.failures, record.layer,
-                                       record.seconds, job.sha256, record.foreground, weights=record.weights))
+                                       record.seconds, job.sha256, record.foreground, weights=record.weights,
+                                       rdf_format=record.rdf_format))
     return results, failures
 
 

@@ -69,6 +69,9 @@ class RankOptions:
     channels : tuple of int, optional
         Image channels to feed, in this order (``"0,2"`` is accepted): a model taking that many channels
         gets them, a single-channel model the first; default: every channel (averaged for single-channel models).
+    inputs : str, optional
+        Models with several inputs: the image channel(s) feeding each, ``"input0=0,input1=1"`` (see
+        :mod:`bioimage_cte.zoo.inputs`); default: by the inputs' numbered names, when they say it.
     output_channel : str, optional
         The output to score: channel name, output tensor id, ``TENSOR:CHANNEL`` or channel index; default: chosen
         from the output's names (see :mod:`bioimage_cte.zoo.readout`).
@@ -113,6 +116,7 @@ class RankOptions:
     seed: int = 0
     axes: str | None = None
     channels: tuple[int, ...] | None = None
+    inputs: tuple[tuple[str, tuple[int, ...]], ...] | None = None
     output_channel: str | None = None
     layer: str | None = None
     weight_format: str | None = None
@@ -157,8 +161,19 @@ class RankOptions:
         object.__setattr__(self, "trusted_libraries", tuple(self.trusted_libraries))
         if self.channels is not None:
             object.__setattr__(self, "channels", _channel_list(self.channels))
+        if self.inputs is not None:
+            from bioimage_cte.zoo.inputs import parse_inputs
+
+            object.__setattr__(self, "inputs", parse_inputs(self.inputs))
         object.__setattr__(self, "budget", parse_budget(self.budget))  # "8" from a command line becomes 8
         self.make_estimator()  # validates the strength for this estimator
+
+    @property
+    def inputs_text(self) -> str | None:
+        """``inputs`` as the command line writes it (``"input0=0,input1=1"``), None when not given."""
+        if self.inputs is None:
+            return None
+        return ",".join(f"{name}={'+'.join(map(str, channels))}" for name, channels in self.inputs)
 
     @property
     def fixed_strength(self) -> float | None:
@@ -209,6 +224,8 @@ class RankOptions:
             settings["channels"] = list(self.channels)
         if self.output_channel is not None:
             settings["output_channel"] = self.output_channel
+        if self.inputs is not None:
+            settings["inputs"] = self.inputs_text
         if self.trust_code:
             settings["trust_code"] = True
         if self.trusted_libraries:
@@ -219,7 +236,7 @@ class RankOptions:
         """Each option as a ranking JSON's ``settings`` records it (read by :mod:`bioimage_cte.outputs.annotate`)."""
         return {"seed": self.seed, "task": self.task, "axes": self.axes, "device": self.device, "layer": self.layer,
                 "channels": None if self.channels is None else list(self.channels),
-                "output_channel": self.output_channel,
+                "output_channel": self.output_channel, "inputs": self.inputs_text,
                 "weight_format": self.weight_format, "tag": self.tag, "trust_code": self.trust_code,
                 "trusted_libraries": list(self.trusted_libraries), "budget": self.budget,
                 "max_pixels": self.max_pixels, "max_entry_bytes": self.max_entry_bytes,

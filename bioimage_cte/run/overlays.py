@@ -18,7 +18,7 @@ import numpy as np
 from bioimage_cte.base.errors import one_line
 from bioimage_cte.cte.views import perturbed_view, view_of
 from bioimage_cte.predict.images import load_target
-from bioimage_cte.predict.segmentation import Prediction
+from bioimage_cte.predict.segmentation import Prediction, on_grid
 from bioimage_cte.run.options import RankOptions
 from bioimage_cte.zoo.sources import ModelSource
 
@@ -53,16 +53,23 @@ def overlay_predictions(
     predictor = make_predictor(descr, name=location, greybox=greybox, layer=options.layer,
                                devices=[options.device], code_policy=options.code_policy(),
                                weight_format=None if greybox else options.weight_format,
-                               output_channel=options.output_channel)
+                               output_channel=options.output_channel,
+                               **({} if options.inputs is None else {"inputs": options.inputs}))
     rows = []
     with predictor:
         for i in indices:
-            image = load_target(Path(image_paths[i]), axes=options.axes, channels=options.channels,
+            feed = getattr(predictor, "feed", None)
+            image = load_target(Path(image_paths[i]), axes=options.axes,
+                                channels=options.channels if feed is None else feed,
                                 n_channels=predictor.in_channels, model=location, max_pixels=options.max_pixels)
             clean = predictor.predict(image)
             view = perturbed_view(estimator, predictor, image, seed=options.seed, index=i)
             perturbed, caption = (None, None) if view is None else view
             shown = image if predictor.in_channels == 1 else image.mean(axis=0)  # a report shows one grey image
+            # an output of another resolution is drawn on the image's grid
+            grid = shown.shape[shown.ndim - clean.foreground.ndim:]
+            clean = on_grid(clean, grid)
+            perturbed = None if perturbed is None else on_grid(perturbed, grid)
             rows.append((shown, clean, perturbed, caption))
             if on_image is not None:
                 on_image()

@@ -28,7 +28,7 @@ from bioimage_cte.base.errors import BioimageCteError, InvalidImageError, Invali
 from bioimage_cte.cte.calibration import load_calibration
 from bioimage_cte.cte.estimators import Estimator, FewLabelOracle
 from bioimage_cte.cte.metrics import METRICS
-from bioimage_cte.cte.outcomes import ModelFailure, ModelResult, Stage, failure_of
+from bioimage_cte.cte.outcomes import FailureKind, ModelFailure, ModelResult, Stage, failure_of
 from bioimage_cte.cte.registry import LABEL_FREE
 from bioimage_cte.predict.fit import ImageFit, input_layout, mixed_dimensions_warning
 from bioimage_cte.predict.images import check_images, list_images, load_labels
@@ -152,7 +152,7 @@ def _inputs(models: Sequence[str | Path], images: str | Path | Sequence[Path], o
     if progress.stage is not None:
         progress.stage("finding models")
     sources, problems = locate_models(models)
-    failures = [ModelFailure(p.name, p.source, Stage.PREDICT, p.reason) for p in problems]
+    failures = [ModelFailure(p.name, p.source, Stage.PREDICT, p.reason, FailureKind.INVALID_PACKAGE) for p in problems]
     where = " ".join(str(m) for m in models)
     if not sources and not failures:
         raise InvalidModelError(f"no model found in {where}; pass rdf.yaml files, packages or folders of packages")
@@ -172,7 +172,8 @@ def _inputs(models: Sequence[str | Path], images: str | Path | Sequence[Path], o
         raise InvalidImageError(f"none of the {len(paths)} images can be read, so there is nothing to rank on:\n"
                                 + "\n".join(f"  {reason}" for _, reason in check.skipped))
     checked: list[ModelSource] = []
-    fit = ImageFit(check.paths[0], axes=options.axes, channels=options.channels, max_pixels=options.max_pixels)
+    fit = ImageFit(check.paths[0], axes=options.axes, channels=options.channels, max_pixels=options.max_pixels,
+                   inputs=options.inputs)
     for source in sources:
         try:
             precheck_package(source.location, max_entry_bytes=options.max_entry_bytes)
@@ -185,7 +186,7 @@ def _inputs(models: Sequence[str | Path], images: str | Path | Sequence[Path], o
         if reason is None:
             checked.append(source)
         else:
-            failures.append(ModelFailure(source.name, source.source, Stage.UNFIT, reason))
+            failures.append(ModelFailure(source.name, source.source, Stage.UNFIT, reason, FailureKind.UNFIT))
     mixed = None if options.tag else mixed_tasks_warning(checked)
     dims = mixed_dimensions_warning(checked, fit)
     warnings = [w for w in (mixed, dims) if w] + list(check.warnings)

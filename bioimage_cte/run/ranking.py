@@ -22,7 +22,7 @@ from bioimage_cte.cte.calibration import DicePrediction
 from bioimage_cte.cte.combined import TIE_TOLERANCE
 from bioimage_cte.cte.consistency import bootstrap_intervals
 from bioimage_cte.cte.estimators import Estimator
-from bioimage_cte.cte.outcomes import ModelFailure, ModelResult, Stage
+from bioimage_cte.cte.outcomes import FailureKind, ModelFailure, ModelResult, Stage
 from bioimage_cte.cte.seeds import seed_sequence
 from bioimage_cte.run.options import RankOptions
 
@@ -69,6 +69,8 @@ class ModelScore:
     weights: dict[str, str] | None = None
     #: the output tensor and channel scored, and how they were chosen (see :mod:`bioimage_cte.zoo.readout`)
     output: dict[str, Any] | None = None
+    #: which format version of the description ran, converted or not (:class:`bioimage_cte.zoo.models.FormatUse`)
+    rdf_format: dict[str, Any] | None = None
     #: estimator-specific detail, e.g. ``cte``'s families and per-family values
     details: dict[str, Any] | None = None
     #: the top model, or a model the images cannot tell apart from it (paired bootstrap, see build_ranking)
@@ -89,7 +91,7 @@ class Ranking:
     def to_json_dict(self) -> dict[str, Any]:
         return {
             "models": [_json_score(s) for s in self.scores],
-            "failures": [{**vars(f), "stage": str(f.stage)} for f in self.failures],
+            "failures": [{**vars(f), "stage": str(f.stage), "kind": str(f.kind)} for f in self.failures],
             "settings": {"estimator": self.estimator, **self.settings, "bioimage_cte_version": __version__},
         }
 
@@ -105,7 +107,7 @@ def _json_score(s: ModelScore) -> dict[str, Any]:
             "per_image": [finite(v) for v in s.per_image], "note": s.note, "sha256": s.sha256,
             "foreground_fraction": finite(s.foreground_fraction),
             "interval": [finite(s.interval[0]), finite(s.interval[1])], "output": s.output,
-            "weights": s.weights, "tied_with_top": s.tied_with_top,
+            "weights": s.weights, "format": s.rdf_format, "tied_with_top": s.tied_with_top,
             **(s.predicted.to_json_dict() if s.predicted is not None else {}),
             **(s.details or {})}
 
@@ -193,7 +195,8 @@ def build_ranking(
     for result, values in zip(results, per_image_scores(results, estimator), strict=True):
         if values is None:
             stage, reason = result.failures.get(estimator.name, (Stage.ESTIMATOR, "estimator did not run"))
-            failed.append(ModelFailure(result.source.name, result.source.source, stage, reason))
+            kind = FailureKind.UNTRUSTED_CODE if stage == Stage.SKIPPED else FailureKind.ESTIMATOR
+            failed.append(ModelFailure(result.source.name, result.source.source, stage, reason, kind))
             continue
         agg = estimator.aggregate(values, model=result.source.name, seed=seed)
         score = agg.score
@@ -224,8 +227,8 @@ def build_ranking(
             ties[i] = math.isfinite(row[1]) and _tied_with_top(rows[0][3], row[3], seed=seed, model=row[0].source.name)
     scores = tuple(
         ModelScore(r.source.name, r.source.source, score, rank, agg.n_images, agg.n_valid, agg.n_empty, values, note,
-                   r.sha256, fraction, interval, output=r.output, weights=r.weights, details=details,
-                   tied_with_top=tie, predicted=predicted.get(r.source.name))
+                   r.sha256, fraction, interval, output=r.output, weights=r.weights, rdf_format=r.rdf_format,
+                   details=details, tied_with_top=tie, predicted=predicted.get(r.source.name))
         for rank, ((r, score, agg, values, note, fraction, interval, details), tie)
         in enumerate(zip(rows, ties, strict=True), start=1)
     )

@@ -21,7 +21,7 @@ from bioimage_cte.cte.estimators import Estimator
 from bioimage_cte.cte.metrics import foreground_dice, instance_f1, mean_average_precision
 from bioimage_cte.cte.outcomes import ModelFailure, ModelResult, Stage, failure_of
 from bioimage_cte.predict.images import load_target
-from bioimage_cte.predict.segmentation import Prediction, instances
+from bioimage_cte.predict.segmentation import Prediction, instances, on_grid
 from bioimage_cte.run.options import RankOptions
 from bioimage_cte.zoo.sources import ModelSource, file_sha256
 
@@ -62,11 +62,12 @@ class ModelRun:
     def __init__(self, source: ModelSource, estimators: Sequence[Estimator], options: RankOptions, *,
                  with_labels: bool = False) -> None:
         from bioimage_cte.predict.factory import make_predictor
-        from bioimage_cte.zoo.models import load_model
+        from bioimage_cte.zoo.models import load_model_and_format
 
         self.start = time.perf_counter()
         self.source, self.options = source, options
-        descr = load_model(source.location, max_entry_bytes=options.max_entry_bytes)
+        descr, rdf_format = load_model_and_format(source.location, max_entry_bytes=options.max_entry_bytes)
+        self.rdf_format = rdf_format.to_json_dict()
         self.failures: dict[str, tuple[Stage, str]] = {}
         needs = any(e.needs_greybox for e in estimators)
         wants = needs or any(getattr(e, "wants_greybox", False) for e in estimators)
@@ -76,6 +77,8 @@ class ModelRun:
         keep_masks = cross_model or options.predict_dice or any(getattr(e, "keeps_masks", False) for e in estimators)
         common = dict(name=source.location, weight_format=options.weight_format, devices=[options.device],
                       code_policy=options.code_policy(), output_channel=options.output_channel)
+        if options.inputs is not None:
+            common["inputs"] = options.inputs
         self.greybox, self.idle = wants, False
         try:
             self.predictor = make_predictor(descr, greybox=wants, layer=options.layer, **common)
@@ -117,7 +120,7 @@ class ModelRun:
         with _model_errors(self.source, path):
             clean = self.predictor.predict(image)
             _check_prediction(clean, self.source, path)
-            mask = clean.foreground > 0.5
+            mask = clean.foreground > 0.5  # on the output's own grid: what the estimators score
             self.foreground.append(float(mask.mean()))
             self.volumetric = self.volumetric or bool(clean.volumetric)
             for estimator in self.scored:
@@ -128,12 +131,16 @@ class ModelRun:
                 else:
                     self.per_image[estimator.name].append(
                         estimator.score_image(self.predictor, image, clean, seed=seed, index=index))
+        # masks compared across models, and true metrics, are on the image's (labels') grid whatever the output's
+        grid = clean.foreground.shape if labels is None else labels.shape
         if self.masks is not None:
-            self.masks.append(mask)
+            shape = image.shape[image.ndim - clean.foreground.ndim:] if labels is None else grid
+            self.masks.append(on_grid(clean, shape).foreground > 0.5)
         if labels is not None:
-            _true_metrics(clean, labels, self.true)
+            truth = on_grid(clean, grid)
+            _true_metrics(truth, labels, self.true)
             for estimator in self.labelled:
-                self.per_image[estimator.name].append(estimator.score_labelled(clean, labels, index))
+                self.per_image[estimator.name].append(estimator.score_labelled(truth, labels, index))
 
     def result(self) -> ModelResult:
         """What the run has produced so far (the adaptive budget asks after every image)."""
@@ -141,11 +148,11 @@ class ModelRun:
             self._sha256 = file_sha256(self.source.location)
         if self.idle:
             return ModelResult(self.source, {}, {}, None, self.failures, None, time.perf_counter() - self.start,
-                               self._sha256)
+                               self._sha256, rdf_format=self.rdf_format)
         return ModelResult(self.source, self.per_image, self.true, self.masks, self.failures, self.layer,
                            time.perf_counter() - self.start, self._sha256, self.foreground,
                            self.predictor.readout.to_json_dict(), _weights_json(self.predictor),
-                           volumetric=self.volumetric)
+                           volumetric=self.volumetric, rdf_format=self.rdf_format)
 
 
 def _weights_json(predictor: Any) -> dict[str, str] | None:
@@ -154,9 +161,11 @@ def _weights_json(predictor: Any) -> dict[str, str] | None:
 
 
 def _load(path: Path, options: RankOptions, predictor: Any, name: str) -> np.ndarray:
-    """An image as this model is fed it: its channels selected for the model's input channel count."""
-    return load_target(path, axes=options.axes, channels=options.channels, n_channels=predictor.in_channels,
-                       model=name, max_pixels=options.max_pixels)
+    """An image as this model is fed it: its channels selected for the model's input channel count (a multi-input
+    model's ``feed``: the channels of its inputs in order)."""
+    feed = getattr(predictor, "feed", None)
+    return load_target(path, axes=options.axes, channels=options.channels if feed is None else feed,
+                       n_channels=predictor.in_channels, model=name, max_pixels=options.max_pixels)
 
 
 def score_model(

@@ -153,6 +153,10 @@ class ScoreRecord:
         Where a failed model dropped out (:class:`bioimage_cte.cte.outcomes.Stage`), when ``status == "failed"``.
     weights : dict or None
         The weights the model ran with (format, access, reason; :class:`bioimage_cte.zoo.weights.WeightChoice`).
+    kind : str or None
+        The :class:`bioimage_cte.cte.outcomes.FailureKind` of a failed model, when ``status == "failed"``.
+    rdf_format : dict or None
+        Which format version of the description ran (:class:`bioimage_cte.zoo.models.FormatUse`).
     seconds : float
         Scoring time.
     created : str
@@ -179,6 +183,8 @@ class ScoreRecord:
     foreground: list[float] = field(default_factory=list)
     stage: str | None = None
     weights: dict[str, str] | None = None
+    kind: str | None = None
+    rdf_format: dict[str, Any] | None = None
 
     @property
     def key(self) -> str:

@@ -24,8 +24,11 @@ __all__ = ["precheck_package", "precheck_rdf", "rdf_sources"]
 _URL_TIMEOUT_S = 30.0
 
 
-def precheck_package(location: str, *, max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES) -> None:
+def precheck_package(location: str, *, max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES) -> dict | None:
     """Refuse a package that is unsafe or no model package at all, before bioimageio reads it.
+
+    Returns the RDF as the safe loader parsed it (None when it could not be read here: bioimageio's own error
+    follows).
 
     Parameters
     ----------
@@ -45,7 +48,7 @@ def precheck_package(location: str, *, max_entry_bytes: int = DEFAULT_MAX_ENTRY_
     """
     if location.lower().endswith(".zip") and Path(location).is_file():
         check_zip(Path(location), max_entry_bytes=max_entry_bytes)
-    precheck_rdf(location)
+    return precheck_rdf(location)
 
 
 def _read_local_rdf(location: str) -> tuple[str, bytes] | None:
@@ -88,7 +91,7 @@ def _fetch_rdf(url: str) -> tuple[str, bytes] | None:
     return url.rsplit("/", 1)[-1] or "rdf.yaml", bytes(body)
 
 
-def precheck_rdf(location: str) -> None:
+def precheck_rdf(location: str) -> dict | None:
     """Name the first problem of an RDF that is no model RDF at all, in words a user can act on.
 
     bioimageio.spec reports broken YAML and RDFs of other types as long validation reports; this
@@ -102,9 +105,9 @@ def precheck_rdf(location: str) -> None:
     except InvalidModelError:
         raise
     except Exception:  # a damaged zip: bioimageio's own error follows
-        return
+        return None
     if found is None:
-        return
+        return None
     name, raw = found
     try:
         content = load_untrusted_yaml(raw, where=f"{name} of {location}")
@@ -131,6 +134,7 @@ def precheck_rdf(location: str) -> None:
         field, file_name = missing
         raise InvalidModelError(f"{location}: {file_name} is listed in {name} ({field}) but missing from the "
                                 "package; get the complete package again")
+    return content
 
 
 def _missing_files(location: str, content: dict) -> tuple[str, str] | None:

@@ -35,7 +35,7 @@ from bioimage_cte.base.errors import InvalidModelError
 if TYPE_CHECKING:  # bioimageio.spec is imported only where an RDF is read: Readout itself is plain data
     from bioimageio.spec.model import v0_5
 
-__all__ = ["BOUNDARY_NAMES", "FOREGROUND_NAMES", "Readout", "choose_readout"]
+__all__ = ["BOUNDARY_NAMES", "FOREGROUND_NAMES", "Readout", "choose_readout", "output_scale"]
 
 FOREGROUND_NAMES = ("foreground", "fg", "mask", "prob", "probability", "probabilities", "semantic", "nuclei",
                     "nucleus", "cells", "cell", "objects", "object", "binary")
@@ -62,6 +62,10 @@ class Readout:
     affinities: tuple[int, ...] = ()
     multiclass: bool = False
     how: str = ""
+    #: input pixels per output pixel on each spatial axis of the scored tensor, e.g. ``{"y": 2.0, "x": 2.0}`` for an
+    #: output at half the input's resolution (consistency is computed on the output's grid, true metrics and
+    #: overlays on the labels' grid)
+    scale: tuple[tuple[str, float], ...] = ()
 
     @property
     def scored(self) -> str:
@@ -72,7 +76,8 @@ class Readout:
         """What the ranking JSON records: tensor, scored channel (name and index, None for derived maps), how."""
         index = self.foreground if self.foreground is not None else self.boundary
         name = self.channel_names[index] if index is not None and index < len(self.channel_names) else None
-        return {"tensor": self.tensor, "channel": name, "index": index, "scored": self.scored, "how": self.how}
+        return {"tensor": self.tensor, "channel": name, "index": index, "scored": self.scored, "how": self.how,
+                "scale": dict(self.scale)}
 
 
 def _channel_names(tensor: v0_5.OutputTensorDescr) -> list[str]:
@@ -80,6 +85,17 @@ def _channel_names(tensor: v0_5.OutputTensorDescr) -> list[str]:
 
     axis = next((a for a in tensor.axes if isinstance(a, v0_5.ChannelAxis)), None)
     return [str(c) for c in axis.channel_names] if axis is not None else []
+
+
+def output_scale(descr: v0_5.ModelDescr, tensor: v0_5.OutputTensorDescr) -> tuple[tuple[str, float], ...]:
+    """(axis, input pixels per output pixel) for each spatial axis of ``tensor`` that the first input has too."""
+    inputs = {str(a.id): a for a in descr.inputs[0].axes}
+    pairs = []
+    for a in tensor.axes:
+        if str(a.id) in ("z", "y", "x") and str(a.id) in inputs:
+            out_scale = float(getattr(a, "scale", 1.0) or 1.0)
+            pairs.append((str(a.id), out_scale / float(getattr(inputs[str(a.id)], "scale", 1.0) or 1.0)))
+    return tuple(pairs)
 
 
 def _ops(tensor: v0_5.OutputTensorDescr) -> set[str]:
@@ -149,6 +165,14 @@ def choose_readout(descr: v0_5.ModelDescr, *, output_channel: str | None = None,
     InvalidModelError
         ``output_channel`` matches nothing in the model's outputs.
     """
+    import dataclasses
+
+    readout = _choose(descr, output_channel=output_channel, name=name)
+    tensor = next(o for o in descr.outputs if str(o.id) == readout.tensor)
+    return dataclasses.replace(readout, scale=output_scale(descr, tensor))
+
+
+def _choose(descr: v0_5.ModelDescr, *, output_channel: str | None = None, name: str = "model") -> Readout:
     why = ""
     if output_channel:
         tensor, index = _forced(descr, output_channel, name)

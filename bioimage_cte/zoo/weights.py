@@ -200,6 +200,12 @@ def choose_weights(descr, policy: CodePolicy, *, name: str, greybox: bool,
         return greybox_weights(descr, policy, name=name, weight_format=weight_format)
     check_blackbox_runtime(descr, weight_format, name=name)
     built, chosen = blackbox_weights(descr, weight_format, policy, name=name)
+    packaged = None if weight_format or chosen else _packaged_instead_of_remote(descr)
+    if packaged is not None:
+        chosen = packaged
+        why = (f"its pytorch_state_dict weights are on a server, not in the package; {packaged} is in the package "
+               "(no download)")
+        return WeightChoice(chosen, "black-box", why, built)  # type: ignore[arg-type]
     if weight_format:
         why = _ASKED
     elif chosen is not None:  # the state dict's architecture may not run: a code-free format instead
@@ -207,6 +213,19 @@ def choose_weights(descr, policy: CodePolicy, *, name: str, greybox: bool,
     else:
         why = _PRIORITY
     return WeightChoice(chosen, "black-box", why, built)  # type: ignore[arg-type]
+
+
+def _packaged_instead_of_remote(descr) -> str | None:
+    """A code-free format kept in the package when the state dict (first in bioimageio.core's order) is a URL."""
+    state = descr.weights.pytorch_state_dict
+    if state is None or not str(state.source).startswith(("http://", "https://")):
+        return None
+    for fmt in ("torchscript", "onnx"):
+        entry = getattr(descr.weights, fmt, None)
+        if entry is not None and not str(entry.source).startswith(("http://", "https://")) and \
+                missing_runtime(fmt) is None:
+            return fmt
+    return None
 
 
 def blackbox_ran_as(choice: WeightChoice, used: str) -> WeightChoice:
