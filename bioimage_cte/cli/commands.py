@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import textwrap
 from collections.abc import Iterator
 from enum import IntEnum
 from pathlib import Path
@@ -168,7 +169,9 @@ def rank(
                   f"({run.stop_reason})")
     print_failures(ranking.failures)
     if (summary := dice_summary(ranking, good_enough=good_enough)) is not None:
-        out.print(summary, highlight=False, soft_wrap=True)
+        # prose wrapped at the console's width (a log's 80 columns), never inside a word: names stay whole
+        out.print(textwrap.fill(summary, width=out.width, break_long_words=False, break_on_hyphens=False),
+                  highlight=False, soft_wrap=True)
     payload = run.to_json_dict(images=images)
     code = _rank_exit_code(ranking, bool(run.skipped_images), strict=strict)
     if output is not None and not _put_json(output, payload, out, created=created.get(output)):
