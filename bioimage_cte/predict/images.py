@@ -24,6 +24,7 @@ __all__ = [
     "dataset_fingerprint",
     "DEFAULT_MAX_PIXELS",
     "IMAGE_SUFFIXES",
+    "ImageCache",
     "ImageCheck",
     "check_images",
     "load_target",
@@ -42,6 +43,9 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".png", ".npy")
 DEFAULT_MAX_PIXELS: int = 2**30
 """Most pixel values (all planes and channels) of an image read by default, checked from its header before any
 pixel is decoded: 2**30, e.g. 32768 x 32768 px, 2 GiB as uint16 (``--max-pixels``)."""
+
+DEFAULT_CACHE_BYTES: int = 512 * 2**20
+"""Decoded pixels an :class:`ImageCache` holds for one ranking: 512 MiB (the demo targets take 0.5-2 MiB)."""
 
 _GLOB_CHARS = "*?["
 _ACCEPTED = "expected .tif, .tiff, .png or .npy files; pass a folder, a glob such as 'data/*.tif', or a file"
@@ -284,6 +288,7 @@ def check_images(
     skip_bad: bool = False,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     channels: Sequence[int] | None = None,
+    cache: ImageCache | None = None,
 ) -> ImageCheck:
     """Read every target image once, before any model runs; report the unreadable ones all together.
 
@@ -304,6 +309,8 @@ def check_images(
         As :func:`read_image`.
     channels : sequence of int, optional
         Channels selected with ``--channels``: each image must have them.
+    cache : ImageCache, optional
+        Keeps the decoded images for the models that score them.
 
     Returns
     -------
@@ -332,12 +339,13 @@ def check_images(
     warnings: list[str] = []
     readable: list[Path] = []
     errors: list[tuple[Path, InvalidImageError]] = []
+    reader = cache or ImageCache(0)
     for path in paths:
         try:
-            raw = read_image(path, max_pixels=max_pixels)
-            data = to_yx(raw, axes=axes or tiff_axes(path), path=path)
+            raw = reader.read(path, max_pixels=max_pixels)
+            data = to_yx(raw, axes=axes or reader.axes(path), path=path)
             if channels is not None:
-                to_model_input(raw, axes=axes or tiff_axes(path), channels=channels, n_channels=len(channels),
+                to_model_input(raw, axes=axes or reader.axes(path), channels=channels, n_channels=len(channels),
                                path=path)
         except InvalidImageError as e:  # every bad image is collected, so one run shows the user all of them
             errors.append((path, e))
@@ -444,14 +452,51 @@ def load_labels(
 
 def load_target(path: Path, *, axes: str | None = None, channels: Sequence[int] | None = None,
                 n_channels: int = 1, model: str = "the model",
-                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+                max_pixels: int | None = DEFAULT_MAX_PIXELS, cache: ImageCache | None = None) -> np.ndarray:
     """Read one target image as a model taking ``n_channels`` channels is fed it (see :func:`to_model_input`).
 
     A TIFF whose metadata names its axes (ImageJ hyperstack, OME) is read with those axes unless
-    ``axes`` is given.
+    ``axes`` is given. With a ``cache``, the file is decoded once for every model of the run.
     """
-    return to_model_input(read_image(path, max_pixels=max_pixels), axes=axes or tiff_axes(path), channels=channels,
-                          n_channels=n_channels, path=path, model=model)
+    reader = cache or ImageCache(0)
+    return to_model_input(reader.read(path, max_pixels=max_pixels), axes=axes or reader.axes(path),
+                          channels=channels, n_channels=n_channels, path=path, model=model)
+
+
+class ImageCache:
+    """The target images of one ranking, decoded once and shared by every model (as read-only arrays).
+
+    Images are kept in the order they are first read until ``max_bytes`` of decoded pixels are held; an image
+    beyond that is decoded again each time it is needed, as without a cache, so memory stays bounded whatever the
+    target's size. Every model reads the images in the same order, so keeping the first ones is what lets the next
+    model reuse them: a least-recently-used cache smaller than the target would drop each image just before the next
+    model asks for it. ``max_bytes=0`` keeps nothing.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self._pixels: dict[tuple[str, int | None], np.ndarray] = {}
+        self._axes: dict[str, str | None] = {}
+
+    def read(self, path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+        """:func:`read_image`, decoded once while the cache has room."""
+        key = (str(path), max_pixels)
+        data = self._pixels.get(key)
+        if data is None:
+            data = read_image(path, max_pixels=max_pixels)
+            if self.nbytes + data.nbytes <= self.max_bytes:
+                data.flags.writeable = False  # shared by every model: nobody may change it for the others
+                self._pixels[key] = data
+                self.nbytes += data.nbytes
+        return data
+
+    def axes(self, path: Path) -> str | None:
+        """:func:`tiff_axes`, read once per file (it opens the TIFF)."""
+        key = str(path)
+        if key not in self._axes:
+            self._axes[key] = tiff_axes(path)
+        return self._axes[key]
 
 
 def target_task(folder: Path) -> str | None:

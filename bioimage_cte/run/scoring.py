@@ -21,7 +21,7 @@ from bioimage_cte.base.errors import BioimageCteError, ModelRunError, UntrustedC
 from bioimage_cte.cte.estimators import Estimator, Perturbing
 from bioimage_cte.cte.metrics import foreground_dice, instance_f1, mean_average_precision
 from bioimage_cte.cte.outcomes import ModelFailure, ModelResult, Stage, failure_of
-from bioimage_cte.predict.images import load_target
+from bioimage_cte.predict.images import ImageCache, load_target
 from bioimage_cte.predict.segmentation import Prediction, instances
 from bioimage_cte.run.options import RankOptions
 from bioimage_cte.zoo.sources import ModelSource, file_sha256
@@ -61,12 +61,12 @@ class ModelRun:
     """
 
     def __init__(self, source: ModelSource, estimators: Sequence[Estimator], options: RankOptions, *,
-                 with_labels: bool = False) -> None:
+                 with_labels: bool = False, images: ImageCache | None = None) -> None:
         from bioimage_cte.predict.factory import make_predictor
         from bioimage_cte.zoo.models import load_model
 
         self.start = time.perf_counter()
-        self.source, self.options = source, options
+        self.source, self.options, self.images = source, options, images
         descr = load_model(source.location, max_entry_bytes=options.max_entry_bytes)
         self.failures: dict[str, tuple[Stage, str]] = {}
         needs = any(e.needs_greybox for e in estimators)
@@ -110,7 +110,7 @@ class ModelRun:
 
     def score(self, index: int, path: Path, labels: np.ndarray | None = None) -> None:
         """Predict one image clean and score it with every estimator (``index``: its place in the run)."""
-        image = _load(path, self.options, self.predictor, self.source.location)
+        image = _load(path, self.options, self.predictor, self.source.location, self.images)
         seed = self.options.seed
         with _model_errors(self.source, path):
             clean = self.predictor.predict(image)
@@ -149,10 +149,10 @@ def _weights_json(predictor: Any) -> dict[str, str] | None:
     return None if choice is None else choice.to_json()
 
 
-def _load(path: Path, options: RankOptions, predictor: Any, name: str) -> np.ndarray:
+def _load(path: Path, options: RankOptions, predictor: Any, name: str, images: ImageCache | None = None) -> np.ndarray:
     """An image as this model is fed it: its channels selected for the model's input channel count."""
     return load_target(path, axes=options.axes, channels=options.channels, n_channels=predictor.in_channels,
-                       model=name, max_pixels=options.max_pixels)
+                       model=name, max_pixels=options.max_pixels, cache=images)
 
 
 def score_model(
@@ -163,19 +163,20 @@ def score_model(
     *,
     labels: Sequence[np.ndarray] | None = None,
     on_image: Callable[[], None] | None = None,
+    images: ImageCache | None = None,
 ) -> ModelResult:
     """Run one model over the images and score it with every estimator (see :class:`ModelRun`).
 
-    The model is loaded once; each image is read from disk, predicted clean once, and handed with that prediction
-    to every estimator. When no estimator can run and nothing else needs predictions (labels, cross-model
-    estimators), the model is not run at all.
+    The model is loaded once; each image is read from disk (or from ``images``, decoded once for every model of a
+    ranking), predicted clean once, and handed with that prediction to every estimator. When no estimator can run
+    and nothing else needs predictions (labels, cross-model estimators), the model is not run at all.
 
     Raises
     ------
     BioimageCteError
         When the model cannot be loaded or predicted at all (the caller records it as failed).
     """
-    run = ModelRun(source, estimators, options, with_labels=labels is not None)
+    run = ModelRun(source, estimators, options, with_labels=labels is not None, images=images)
     if run.idle:
         return run.result()
     with run:
@@ -216,19 +217,23 @@ def rank_models(
     labels: Sequence[np.ndarray] | None = None,
     on_image: Callable[[], None] | None = None,
     on_model: Callable[[ModelSource], None] | None = None,
+    images: ImageCache | None = None,
 ) -> tuple[list[ModelResult], list[ModelFailure]]:
     """Score every model, one loaded at a time; a model that fails is recorded with its reason and the others go on.
 
     A model skipped because it needs package code the policy does not allow is recorded with stage
-    :attr:`Stage.SKIPPED`.
+    :attr:`Stage.SKIPPED`. The images are decoded once for all models (``images``, by default a new
+    :class:`~bioimage_cte.predict.images.ImageCache`: its first 512 MiB of pixels are kept for the run).
     """
+    images = ImageCache() if images is None else images
     results: list[ModelResult] = []
     failures: list[ModelFailure] = []
     for source in sources:
         if on_model is not None:
             on_model(source)
         try:
-            results.append(score_model(source, image_paths, estimators, options, labels=labels, on_image=on_image))
+            results.append(score_model(source, image_paths, estimators, options, labels=labels, on_image=on_image,
+                                       images=images))
         except Exception as e:  # one broken zoo entry must never stop the run
             failures.append(failure_of(source, e))
     return results, failures
