@@ -32,7 +32,16 @@ from bioimage_cte.base.errors import InvalidImageError
 from bioimage_cte.predict.dropout import FeatureDropout
 from bioimage_cte.predict.segmentation import Prediction, read_out
 from bioimage_cte.predict.tiling import SpatialSpec, crop, pad_centred, plan, spatial_axes, spatial_spec
-from bioimage_cte.predict.views import ViewPlan, dihedral, map_back, plan_views, sigmoids, view_pad
+from bioimage_cte.predict.views import (
+    ViewPlan,
+    dihedral,
+    map_back,
+    plan_views,
+    sigmoids,
+    view_pad,
+    view_statistics,
+    zero_mean_unit_variance,
+)
 from bioimage_cte.zoo.models import input_channels
 from bioimage_cte.zoo.readout import Readout, choose_readout
 from bioimage_cte.zoo.weights import WeightChoice
@@ -52,12 +61,16 @@ class _Prepared:
     pad: tuple[tuple[int, int], ...]
     #: the spatial shape before padding
     shape: tuple[int, ...]
+    #: the padded input before preprocessing (float32, the model's axes), for views that recompute its statistics
+    raw: np.ndarray | None = None
+    #: whether the views are bioimageio.core's preprocessed views bit for bit (False: through the pipeline)
+    exact: bool = True
 
 
-def _flip(tensor: Tensor, k: int) -> np.ndarray:
-    """View ``k`` of a tensor in the model's axes (a numpy view: flips and turns of its ``y`` and ``x`` axes)."""
-    dims = [str(d) for d in tensor.dims]
-    return dihedral(tensor.data.values, k, axes=(dims.index("y"), dims.index("x")))
+def _flip(array: np.ndarray, dims: Sequence[Any], k: int) -> np.ndarray:
+    """View ``k`` of an array in the model's axes ``dims`` (a numpy view: flips and turns of ``y`` and ``x``)."""
+    names = [str(d) for d in dims]
+    return dihedral(array, k, axes=(names.index("y"), names.index("x")))
 
 
 def _channels_first(array: np.ndarray, dims: Sequence[Any]) -> np.ndarray:
@@ -69,7 +82,10 @@ def _channels_first(array: np.ndarray, dims: Sequence[Any]) -> np.ndarray:
 
 def _shares(prepared: _Prepared, k: int, specs: Sequence[SpatialSpec], max_tile: int) -> bool:
     """Whether view ``k`` of the padded input is the padded view: it is padded as the clean image turned by ``k``
-    (centred padding that a quarter turn or a flip maps onto itself) and not tiled."""
+    (centred padding that a quarter turn or a flip maps onto itself) and not tiled, and its preprocessing is
+    bioimageio.core's bit for bit."""
+    if k and not prepared.exact:
+        return False
     shape = prepared.shape
     view = (*shape[:-2], shape[-1], shape[-2]) if k % 2 else shape
     todo = plan(view, specs, budget=max_tile ** 2)
@@ -100,6 +116,7 @@ class Predictor:
         self.views: ViewPlan = plan_views(descr, devices=self.devices, has_adapter=self._adapter is not None)
         self._recent: list[tuple[np.ndarray, list[_Prepared] | None]] = []
         self._sigmoids = sigmoids(descr, self.readout.tensor)
+        self._statistics = view_statistics(descr)
         if pipeline is not None and descr.inputs[0].pad is None:
             # tiles reflect the image border, as the single padded pass does (bioimageio.core's default is
             # symmetric): then tiled and untiled predictions agree
@@ -142,8 +159,9 @@ class Predictor:
 
         When the model's preprocessing commutes with the views (:attr:`views`) and the image is not tiled, the
         image is padded and preprocessed once (shared with :meth:`predict` of the same image object) and each view
-        is the flipped preprocessed input, run through the model's adapter and its own postprocessing; otherwise
-        each view is predicted as an image of its own.
+        is taken from it (flipped; a zero-mean-unit-variance view normalised by its own mean and std), bit for bit
+        what bioimageio.core's pipeline would feed the model, then run through the model's adapter and its own
+        postprocessing. Otherwise each view is predicted as an image of its own.
         """
         inputs, stacked = self._model_inputs(image)
         prepared = self._prepared(image, inputs)
@@ -210,21 +228,40 @@ class Predictor:
         if todo.blocked:
             return None
         sample = self._sample(pad_centred(image.astype(np.float32, copy=False), todo.pad))
+        raw = sample.members[self._input_id]
         self._pipeline.apply_preprocessing(sample)
-        return _Prepared(sample.members[self._input_id], sample.stat, todo.pad, image.shape[-len(self.spatial):])
+        tensor = sample.members[self._input_id]
+        prepared = _Prepared(tensor, sample.stat, todo.pad, image.shape[-len(self.spatial):])
+        if self._statistics is None:
+            return prepared
+        # each view recomputes its mean and std (sums, which depend on the order of the pixels); numpy's operations
+        # must be bioimageio.core's: checked on the clean image, else the views go through the pipeline
+        values = np.ascontiguousarray(raw.data.values, dtype=np.float32)
+        exact = raw.dims == tensor.dims and np.array_equal(self._normalise(values, tensor.dims), tensor.data.values)
+        return dataclasses.replace(prepared, raw=values, exact=exact)
+
+    def _normalise(self, values: np.ndarray, dims: Sequence[Any]) -> np.ndarray:
+        names, eps = self._statistics or ((), 0.0)
+        return zero_mean_unit_variance(values, [[str(d) for d in dims].index(a) for a in names], eps)
+
+    def _view_input(self, prepared: _Prepared, k: int) -> np.ndarray:
+        """The preprocessed input of view ``k``: a view of the preprocessed image, or the view normalised by its
+        own statistics."""
+        dims = prepared.tensor.dims
+        if prepared.raw is None:
+            return np.ascontiguousarray(_flip(prepared.tensor.data.values, dims, k))
+        return self._normalise(np.ascontiguousarray(_flip(prepared.raw, dims, k)), dims)
 
     def _forward(self, prepared: _Prepared, k: int) -> np.ndarray:
         """View ``k`` of a prepared input through the model and its postprocessing, cropped (in the view's frame)."""
-        tensor = prepared.tensor
-        if k:
-            tensor = Tensor(np.ascontiguousarray(_flip(tensor, k)), dims=tensor.dims)
+        tensor = prepared.tensor if k == 0 else Tensor(self._view_input(prepared, k), dims=prepared.tensor.dims)
         return self._postprocess(self._adapter.forward({self._input_id: tensor}), prepared, k)
 
     def _forward_views(self, prepared: _Prepared, transforms: Sequence[int]) -> list[np.ndarray]:
         """:meth:`_forward` for each view; as one batch per input shape when :attr:`views` says so."""
         if not self.views.batched:
             return [self._forward(prepared, k) for k in transforms]
-        arrays = [np.ascontiguousarray(_flip(prepared.tensor, k)) for k in transforms]
+        arrays = [self._view_input(prepared, k) for k in transforms]
         dims = prepared.tensor.dims
         batch = [str(d) for d in dims].index("batch")
         outs: dict[int, np.ndarray] = {}
@@ -240,7 +277,7 @@ class Predictor:
     def _postprocess(self, members: dict, prepared: _Prepared, k: int) -> np.ndarray:
         """The scored output after the model's postprocessing, channels first, cropped (in view ``k``'s frame)."""
         scored = members[self._output_id]
-        if self._sigmoids is not None and scored.dtype == np.float32:
+        if self._sigmoids is not None and scored.data.dtype == np.float32:
             out = scored.data.values
             for _ in range(self._sigmoids):  # bioimageio.core's Sigmoid, operation for operation
                 out = 1.0 / (1.0 + np.exp(-out))
