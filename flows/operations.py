@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-__all__ = ["check_dask_address", "final_message", "notify_webhook", "run_name"]
+__all__ = ["check_dask_address", "final_message", "notify_webhook", "run_name", "summary_markdown"]
 
 
 def check_dask_address(address: str, *, timeout: float = 5.0) -> None:
@@ -97,3 +97,20 @@ def notify_webhook(url: str, payload: dict[str, Any], *, timeout: float = 10.0) 
     except (urllib.error.URLError, OSError, ValueError) as e:
         return f"could not notify {url}: {e}"
     return None
+
+
+def summary_markdown(summary: Any) -> str:
+    """The run's summary artifact (a ``ZooRunSummary``): counts, ranking paths, failed and not fitting pairs."""
+    lines = [f"**{summary.scored}** scored, **{summary.cached}** from the store ({summary.store}), "
+             f"**{len(summary.failed)}** failed, **{len(summary.unfit)}** do not fit.", ""]
+    lines += [f"- {target}: `{path}`" for target, path in summary.rankings.items()]
+    if summary.failed:
+        lines += ["", "| model | target | reason |", "|---|---|---|"]
+        lines += [f"| {f.model} | {f.target} | {f.reason.replace('|', '/')} |" for f in summary.failed]
+    if summary.unfit:
+        lines += ["", "Not fitting (left out before scoring):", "", "| model | target | reason |", "|---|---|---|"]
+        lines += [f"| {u.model} | {u.target} | {u.reason.replace('|', '/')} |" for u in summary.unfit]
+    if getattr(summary, "leaderboard", None):
+        lines += ["", f"Leaderboard (every model on every target): `{summary.leaderboard}`"]
+    lines += [f"\n{where}: {problem}" for where, problem in summary.problems.items()]
+    return "\n".join(lines)

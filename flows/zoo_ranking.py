@@ -51,16 +51,14 @@ from prefect.futures import as_completed
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from bioimage_cte.base.errors import BioimageCteError, ModelTimeoutError
+from bioimage_cte.base.errors import BioimageCteError
 from bioimage_cte.base.fileutils import write_atomic
 from bioimage_cte.base.version import __version__
-from bioimage_cte.predict.deadline import run_with_deadline
 from bioimage_cte.run.jobs import (
     JobOutcome,
     ScoreJob,
     TargetSpec,
     UnfitPair,
-    failed_record,
     plan_zoo,
     rank_target,
     record_failure,
@@ -68,7 +66,13 @@ from bioimage_cte.run.jobs import (
 )
 from bioimage_cte.run.options import RankOptions
 from bioimage_cte.run.store import ResultStore
-from bioimage_cte_flows.operations import check_dask_address, final_message, notify_webhook, run_name
+from bioimage_cte_flows.operations import (
+    check_dask_address,
+    final_message,
+    notify_webhook,
+    run_name,
+    summary_markdown,
+)
 
 __all__ = [
     "FailedJob",
@@ -125,6 +129,8 @@ class ZooRunSummary:
         What went wrong after scoring (write-back, reports), by target name or ``"reports"``.
     reports : str or None
         Folder of the zoo reports.
+    leaderboard : str or None
+        The leaderboard page of the run (every model on every target), beside ``targets/<target>.html``.
     store : str
         The results database used.
     message, ranked
@@ -139,6 +145,7 @@ class ZooRunSummary:
     annotated: dict[str, list[str]] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)
     reports: str | None = None
+    leaderboard: str | None = None
     store: str = ""
     #: the final state's message (what failed, what was ranked) and whether anything was ranked at all
     message: str = ""
@@ -169,10 +176,6 @@ class ZooRunOptions:
     dask_address, workers, torch_threads
         Task runner (see :func:`make_task_runner`) and torch threads per task (default: the Dask worker's
         thread count on a Dask worker, so a 1-thread worker uses one core; torch's default otherwise).
-    task_timeout : float or None
-        Seconds one model may take on one target (loading and every image); a model still running then is
-        stopped, recorded as failed with the reason, counted in the run's final state and not retried. None:
-        no limit.
     failure_webhook : str, optional
         URL that gets a JSON POST (``text``, ``state``, ``failed``, ...) when a model failed or nothing was
         ranked, e.g. a Slack or Teams incoming webhook.
@@ -189,7 +192,6 @@ class ZooRunOptions:
     dask_address: str | None = None
     workers: int | None = None
     torch_threads: int | None = None
-    task_timeout: float | None = 3600.0
     failure_webhook: str | None = None
 
     def for_deployment(self) -> ZooRunOptions:
@@ -217,10 +219,11 @@ def _dask_worker_threads() -> int | None:
 @task(name="score-model", cache_policy=NO_CACHE, retry_condition_fn=_worth_retrying, retry_delay_seconds=2,
       task_run_name="score {job.source.name} on {job.target.name}")
 def score_model_task(job: ScoreJob, store_path: str, refresh: bool = False,
-                     torch_threads: int | None = None, timeout: float | None = None) -> JobOutcome:
+                     torch_threads: int | None = None) -> JobOutcome:
     """Score one model on one target unless the store has it (the store is the cache, not Prefect).
 
-    A model still running after ``timeout`` seconds is stopped and stored as failed (see bioimage_cte.predict.deadline).
+    A model still running after the options' ``time_limit`` is killed in its child process and stored as failed
+    (bioimage_cte.run.isolated); a timeout is not retried.
     """
     threads = torch_threads or _dask_worker_threads()
     if threads:
@@ -228,13 +231,7 @@ def score_model_task(job: ScoreJob, store_path: str, refresh: bool = False,
 
         # as many torch threads as the worker has: a 1-thread worker on a 64-core node must not use 64 cores
         torch.set_num_threads(threads)
-    store = ResultStore(store_path)
-    try:
-        return run_with_deadline(lambda: score_job(job, store, refresh=refresh), timeout,
-                                 what=f"{job.source.name} on {job.target.name}")
-    except ModelTimeoutError as e:
-        store.put(job.key, failed_record(job, e))
-        raise
+    return score_job(job, ResultStore(store_path), refresh=refresh)
 
 
 @task(name="annotate-packages", cache_policy=NO_CACHE, task_run_name="annotate packages for {target.name}")
@@ -249,12 +246,21 @@ def annotate_task(ranking_path: str, target: TargetSpec, output: str | None) -> 
 
 @task(name="zoo-reports", cache_policy=NO_CACHE)
 def reports_task(rankings: dict[str, dict[str, Any]], out_dir: str) -> str:
-    """Write the per-model zoo reports under ``<out_dir>/reports`` (bioimage_cte.outputs.reports.write_zoo_reports)."""
-    from bioimage_cte.outputs.reports import write_zoo_reports
+    """Write the per-model zoo reports under ``<out_dir>/reports`` (outputs.zoo_reports.write_zoo_reports)."""
+    from bioimage_cte.outputs.zoo_reports import write_zoo_reports
 
     # it also (re)writes <out_dir>/rankings/<target>.json, the same files the flow wrote
     write_zoo_reports(rankings, Path(out_dir), tool_version=__version__)
     return str(Path(out_dir) / "reports")
+
+
+@task(name="leaderboard", cache_policy=NO_CACHE)
+def leaderboard_task(rankings: dict[str, dict[str, Any]], out_dir: str, images: dict[str, list[str]]) -> str:
+    """Write ``<out_dir>/leaderboard.html`` and each target's page (bioimage_cte.outputs.leaderboard)."""
+    from bioimage_cte.outputs.leaderboard import write_zoo_pages
+
+    paths = {target: [Path(p) for p in found] for target, found in images.items()}
+    return str(write_zoo_pages(rankings, Path(out_dir), images=paths))
 
 
 def make_task_runner(dask_address: str | None = None, workers: int | None = None) -> TaskRunner:
@@ -324,7 +330,7 @@ def _say(text: str) -> None:
 
 
 def _score_all(jobs: Sequence[ScoreJob], store: ResultStore, runner: TaskRunner, *, retries: int, refresh: bool,
-               torch_threads: int | None, timeout: float | None) -> list[JobOutcome]:
+               torch_threads: int | None) -> list[JobOutcome]:
     total = len(jobs)
     progress = create_progress_artifact(0.0, key="zoo-ranking-progress",
                                         description=f"0 of {total} model x target pairs done")
@@ -336,8 +342,7 @@ def _score_all(jobs: Sequence[ScoreJob], store: ResultStore, runner: TaskRunner,
     _say(f"scoring {total} model x target pairs")
     with runner:
         futures = runner.map(scorer, {"job": list(jobs), "store_path": unmapped(str(store.path)),
-                                      "refresh": unmapped(refresh), "torch_threads": unmapped(torch_threads),
-                                      "timeout": unmapped(timeout)})
+                                      "refresh": unmapped(refresh), "torch_threads": unmapped(torch_threads)})
         index = {future: i for i, future in enumerate(futures)}
         for done, future in enumerate(as_completed(list(futures)), start=1):
             i = index[future]
@@ -407,7 +412,7 @@ def zoo_ranking_flow(
     store = ResultStore(how.store_path)  # created here, before workers race to create it
     runner = make_task_runner(how.dask_address, how.workers)
     outcomes = _score_all(jobs, store, runner, retries=how.retries, refresh=how.refresh,
-                          torch_threads=how.torch_threads, timeout=how.task_timeout)
+                          torch_threads=how.torch_threads)
 
     out = Path(how.output_dir).expanduser().resolve()
     rankings: dict[str, str] = {}
@@ -439,6 +444,15 @@ def zoo_ranking_flow(
             problems["reports"] = str(e)
             logger.warning("zoo reports: %s", e)
 
+    leaderboard = None
+    if payloads:
+        _say("writing the leaderboard")
+        try:
+            leaderboard = leaderboard_task(payloads, str(out), {s.name: list(s.images) for s in specs})
+        except Exception as e:  # a view on the rankings, like the reports: it never fails the run
+            problems["leaderboard"] = str(e)
+            logger.warning("leaderboard: %s", e)
+
     failed = tuple(FailedJob(j.source.name, j.source.source, j.target.name, o.error or "failed", o.stage or "predict")
                    for j, o in zip(jobs, outcomes, strict=True) if o.status == "failed")
     scored, cached = sum(o.scored and o.status == "ok" for o in outcomes), sum(not o.scored for o in outcomes)
@@ -446,9 +460,10 @@ def zoo_ranking_flow(
     message = final_message(scored=scored, cached=cached, failed=len(failed), ranked=ranked, unfit=len(unfit))
     summary = ZooRunSummary(rankings, scored=scored, cached=cached, failed=failed, unfit=tuple(unfit),
                             annotated=annotated,
-                            problems=problems, reports=report_dir, store=str(store.path), message=message,
+                            problems=problems, reports=report_dir, leaderboard=leaderboard, store=str(store.path),
+                            message=message,
                             ranked=any(ranked.values()))
-    create_markdown_artifact(_summary_markdown(summary), key="zoo-ranking-summary",
+    create_markdown_artifact(summary_markdown(summary), key="zoo-ranking-summary",
                              description="What the last zoo ranking run scored, reused and could not score")
     for f in failed:
         logger.warning("failed: %s on %s: %s", f.model, f.target, f.reason)
@@ -469,20 +484,6 @@ def _webhook_payload(summary: ZooRunSummary) -> dict[str, Any]:
     return {"text": f"zoo-ranking run {flow_run.name or ''} {state}: {summary.message}", "state": state,
             "flow_run": flow_run.name, "flow_run_id": flow_run.id, "message": summary.message,
             "failed": [dataclasses.asdict(f) for f in summary.failed], "rankings": summary.rankings}
-
-
-def _summary_markdown(summary: ZooRunSummary) -> str:
-    lines = [f"**{summary.scored}** scored, **{summary.cached}** from the store ({summary.store}), "
-             f"**{len(summary.failed)}** failed, **{len(summary.unfit)}** do not fit.", ""]
-    lines += [f"- {target}: `{path}`" for target, path in summary.rankings.items()]
-    if summary.failed:
-        lines += ["", "| model | target | reason |", "|---|---|---|"]
-        lines += [f"| {f.model} | {f.target} | {f.reason.replace('|', '/')} |" for f in summary.failed]
-    if summary.unfit:
-        lines += ["", "Not fitting (left out before scoring):", "", "| model | target | reason |", "|---|---|---|"]
-        lines += [f"| {u.model} | {u.target} | {u.reason.replace('|', '/')} |" for u in summary.unfit]
-    lines += [f"\n{where}: {problem}" for where, problem in summary.problems.items()]
-    return "\n".join(lines)
 
 
 @contextlib.contextmanager

@@ -10,5 +10,5 @@ export TQDM_DISABLE=1
   --output "$out/ranking.json" --report "$out/report.html" --report-images 3
 chromium --headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking \
   --disable-component-update --disable-sync --user-data-dir="$out/chromium" --hide-scrollbars \
-  --window-size=1400,3400 --screenshot=docs/report.png "file://$out/report.html"
+  --window-size=1400,4600 --screenshot=docs/report.png "file://$out/report.html"
 echo "docs/report.png written"

@@ -10,29 +10,39 @@ import pytest
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
+ZOO = ROOT / "resources" / "zoo"
+DATA = ROOT / "resources" / "data"
 #: whether the test being set up or run is in the fast lane (not marked slow)
 _FAST_LANE = {"now": False}
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """The fast lane loads no model: building any bioimageio.core model adapter there fails the test."""
+    """The fast lane loads no model: building a bioimageio.core model adapter, or starting a model's child process
+    (where no guard of this process reaches), fails the test there."""
     from bioimageio.core._model_adapter import ModelAdapter
 
-    build = ModelAdapter.__init__
+    from bioimage_cte.run import isolated
+
+    build, context = ModelAdapter.__init__, isolated._context
 
     def guarded(self, *args, **kwargs):
         if _FAST_LANE["now"]:
             raise AssertionError("this test loads a model package: mark it @pytest.mark.slow")
         build(self, *args, **kwargs)
 
+    def guarded_context():
+        if _FAST_LANE["now"]:
+            raise AssertionError("this test scores a model in a child process: mark it @pytest.mark.slow, or rank "
+                                 "with time_limit=0 when it needs no model")
+        return context()
+
     ModelAdapter.__init__ = guarded
+    isolated._context = guarded_context
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     # set before the item's fixtures, so a model loaded by a shared fixture counts against the test that needs it
     _FAST_LANE["now"] = item.get_closest_marker("slow") is None
-ZOO = ROOT / "resources" / "zoo"
-DATA = ROOT / "resources" / "data"
 
 
 @pytest.fixture(scope="session")

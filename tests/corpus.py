@@ -47,7 +47,8 @@ MODELS = {
     "zip-absolute": ("a zip entry /tmp/evil.txt", "has an entry with an absolute path '/tmp/evil.txt'"),
     "zip-oversized": ("a zip entry that claims 3 GiB", "entry 'huge.bin' unpacks to 3221225472 bytes, above the limit"),
     "pickle-weights": ("weights.pt is a pickle that runs code when unpickled, not a state dict",
-                       "weights.pt is not a plain state dict (torch.load with weights_only=True refused it"),
+                       "weights file weights.pt is an unsafe pickle (loading it would run code it carries): torch.load "
+                       "with weights_only=True refused it, nothing in it ran"),
     "forward-raises": ("the network wants 2 channels, the RDF declares 1: forward raises",
                        "the model crashed on"),
     "nan-output": ("the network returns NaN", "the model returned NaN or inf on"),
@@ -285,3 +286,22 @@ def build_corpus(root: Path) -> Corpus:
     _build_images(corpus.images, corpus.good_images)
     shutil.rmtree(work)
     return corpus
+
+
+class _NeverReturns(torch.nn.Module):
+    """A TorchScript forward pass that loops forever inside the TorchScript interpreter (native code: no Python
+    step in which a thread could be interrupted)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        while bool(y.sum() > -1.0e30):
+            y = y * 1.0
+        return y
+
+
+def hanging_torchscript(dst: Path) -> Path:
+    """A real demo package (torchscript weights only, so it runs without --trust-code) whose forward never returns."""
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(_NeverReturns()), buffer)
+    src = Path(__file__).resolve().parents[1] / "resources" / "zoo" / "nuclei-dim-blurry-torchscript.zip"
+    return _rewrite(src, dst, files={"weights_torchscript.pt": buffer.getvalue()})

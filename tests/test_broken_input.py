@@ -144,7 +144,6 @@ PACKAGE_CASES = {
                         "RDF of type 'dataset', not a model"),
     "missing-weights": Case(lambda d: _rewrite(PACKAGE, d / "missing-weights.zip", drop=("weights.pt",)),
                             "weights.pt is listed in rdf.yaml (weights.pytorch_state_dict.source) but missing"),
-    "missing-path": Case(lambda d: d / "nowhere.zip", "does not exist", name="nowhere"),
     "unsupported-file": Case(lambda d: (d / "notes.txt").write_text("hi") and d / "notes.txt",
                              "unsupported file type", name="notes"),
     "empty-folder": Case(lambda d: (d / "empty").mkdir() or d / "empty", "no model packages found", name="empty"),
@@ -182,6 +181,37 @@ def test_a_bad_package_alone_is_one_failure_and_nothing_is_ranked(case, tmp_path
     assert payload["models"] == []
 
 
+def test_a_mistyped_model_path_is_one_error_before_anything_runs(tmp_path, images):
+    good = tmp_path / "good.zip"
+    good.write_bytes(PACKAGE.read_bytes())
+    result = _rank(tmp_path / "nowhere.zip", good, "--images", images, "-o", tmp_path / "r.json")
+    assert result.exit_code == ExitCode.ERROR, result.output
+    assert _one_error(result) == (f"error: model source {tmp_path}/nowhere.zip does not exist; check the path, or "
+                                  "pass an rdf.yaml/bioimageio.yaml file, a package folder or .zip, a folder of "
+                                  "packages, a collection index .json, or an http(s) URL")
+    assert "ranking of" not in result.stdout and not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.slow  # reads the tags of the 31 demo packages twice: 2 s
+def test_a_missing_tag_names_the_tags_the_models_have(images):
+    result = _rank(ROOT / "resources" / "zoo", "--tag", "nucleii", "--images", images)
+    assert result.exit_code == ExitCode.ERROR, result.output
+    line = _one_error(result)
+    assert "has the tag 'nucleii' (nor any of nucleii, nucleiis); its 31 models have the tags" in line
+    assert "nuclei (19), cells (8)" in line and line.endswith("pass one of them with --tag, or drop --tag")
+
+
+def test_a_target_folder_given_as_images_points_to_its_images_folder(tmp_path, images):
+    target = tmp_path / "target"
+    (target / "images").mkdir(parents=True)
+    for path in images.glob("*.tif"):
+        (target / "images" / path.name).write_bytes(path.read_bytes())
+    result = _rank(PACKAGE, "--images", target)
+    assert result.exit_code == ExitCode.ERROR, result.output
+    assert _one_error(result) == f"error: no images found in {target}, but its images/ folder holds some: pass " \
+                                 f"{target / 'images'}"
+
+
 def test_bad_packages_never_reach_torch(tmp_path, images):
     """The cheap checks run before torch is imported: a run of broken packages only costs start-up."""
     import subprocess
@@ -207,7 +237,7 @@ def test_good_zip_is_ranked_beside_a_traversal_zip_and_strict_says_so(tmp_path, 
     assert [m["name"] for m in payload["models"]] == ["nuclei-small-bright"]
     assert payload["models"][0]["score"] is not None
     assert [f["name"] for f in payload["failures"]] == ["traversal"]
-    assert "ranking of 2 models on 2 images" in result.stdout
+    assert "ranking of 1 model on 2 images; 1 failed" in result.stdout
     strict = _rank(PACKAGE, traversal, "--images", images, "--strict")
     assert strict.exit_code == ExitCode.SOME_FAILED, strict.output
     assert len(_failed_lines(strict, "traversal")) == 1
@@ -338,7 +368,7 @@ def test_json_to_stdout_is_the_only_thing_on_stdout(images):
     assert result.exit_code == ExitCode.OK, result.output
     payload = json.loads(result.stdout)
     assert payload["models"][0]["name"] == "nuclei-small-bright" and payload["skipped_images"] == []
-    assert "ranking of 1 models" in result.stderr
+    assert "ranking of 1 model on 2 images" in result.stderr
 
 
 def test_a_write_that_fails_at_the_end_goes_to_a_fallback_file(tmp_path, monkeypatch):
@@ -352,16 +382,17 @@ def test_a_write_that_fails_at_the_end_goes_to_a_fallback_file(tmp_path, monkeyp
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.access("/proc", os.W_OK), reason="needs a folder that looks writable but is not (/proc as "
-                                                            "root)")
+@pytest.mark.skipif(not Path("/dev/full").is_char_device(), reason="needs /dev/full, a device every write fills up")
 def test_rank_whose_output_fails_at_the_end_names_the_fallback(tmp_path, images, monkeypatch):
+    # a device is written to, not replaced, and passes the up-front check: the write itself fails (disk full)
     monkeypatch.chdir(tmp_path)
-    result = _rank(PACKAGE, "--images", images, "-o", "/proc/ranking.json")
+    result = _rank(PACKAGE, "--images", images, "-o", "/dev/full")
     assert result.exit_code == ExitCode.ERROR, result.output
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     fallback = Path(line.split("the ranking was written to ")[1].removesuffix(" instead"))
-    assert line.startswith("error: cannot write /proc/ranking.json") and fallback.parent == tmp_path
+    assert line.startswith("error: cannot write /dev/full") and fallback.parent == tmp_path
     assert json.loads(fallback.read_text())["models"][0]["name"] == "nuclei-small-bright"
+    assert Path("/dev/full").is_char_device()
 
 
 # --- models the estimator cannot judge ---------------------------------------------------------------------------
@@ -475,3 +506,17 @@ def test_zoo_rank_lists_every_unusable_target_when_none_is_left(tmp_path):
     assert "is not a folder" in lines[1] and "no images found" in lines[2]
     assert "4 of 5 images cannot be read" in lines[3]
     assert "Traceback" not in result.output
+
+
+def test_label_masks_given_as_images_get_a_warning_and_micrographs_do_not():
+    from bioimage_cte.predict.images import check_images, list_images
+
+    data = ROOT / "resources" / "data"
+    labels = list_images(data / "dsb2018" / "labels")
+    (warning,) = check_images(labels).warnings
+    assert warning.startswith(f"4 of 4 images look like label images, not microscopy ({labels[0]}: integer values, "
+                              "35 distinct besides background 0 (80 % of the pixels), flat objects)")
+    assert "pass the raw images" in warning
+    for target in sorted(p for p in data.iterdir() if p.is_dir()):  # no shipped micrograph is taken for labels
+        assert check_images(list_images(target / "images")).warnings == (), target
+        assert check_images(list_images(target / "labels")[:1]).warnings, target

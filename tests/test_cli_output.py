@@ -107,3 +107,60 @@ def test_tag_matches_the_zoos_spellings_and_mixed_tasks_are_named(tmp_path):
     warning = mixed_tasks_warning(select_models([published, cells, ours]))
     assert warning and "cells (1), nuclei (2)" in warning and "--tag nuclei" in warning
     assert mixed_tasks_warning(select_models([published, ours])) is None
+
+
+def test_progress_counts_right_with_a_budget_and_across_targets():
+    from bioimage_cte.cli.progress import PlainProgress
+
+    # a budget keeps every model loaded and scores each image with all of them in turn
+    lines: list[str] = []
+    budget = PlainProgress("scoring", lines.append, interval=0.0)
+    budget.plan(3, 4)
+    budget.start(12)
+    for name in "abc":
+        budget.model(name)
+    for image in (1, 2):
+        budget.round(image, 4)
+        for _ in range(3):
+            budget.image()
+    assert lines[3] == "[0:00:00] loading model 3/3 c (0/12 images done)"
+    assert lines[-1] == "[0:00:00] image 2/4 for each of 3 models, 6/12 done"
+    # a study over targets (transfer-matrix) counts models per target, images against the whole run
+    study: list[str] = []
+    matrix = PlainProgress("evaluating", study.append, interval=0.0)
+    matrix.start(2 * 2 * 3)
+    for number, target in enumerate(("dsb2018", "tiny"), start=1):
+        matrix.plan(2, 3)
+        matrix.target(target, number, 2)
+        for name in "ab":
+            matrix.model(name)
+            for _ in range(3):
+                matrix.image()
+    assert "[0:00:00] target 2/2 tiny" in study
+    assert "[0:00:00] loading model 2/2 b on target 2/2 tiny (9/12 images done)" in study
+    assert study[-1] == "[0:00:00] b: image 3/3, 12/12 done"
+
+
+def test_a_run_that_makes_fewer_predictions_than_planned_says_so_at_the_end():
+    from bioimage_cte.cli.progress import PlainProgress
+
+    lines: list[str] = []
+    progress = PlainProgress("scoring", lines.append, interval=3600.0)
+    progress.plan(2, 4)
+    progress.start(8)
+    progress.model("a")
+    for _ in range(4):
+        progress.image()
+    progress.model("keras")  # fails as it loads: none of its 4 images comes
+    progress.finish()
+    assert lines[-1] == ("[0:00:00] 4/8 done: the others were not made (a model failed, or a budget stopped early; "
+                         "see below)")
+    complete: list[str] = []
+    whole = PlainProgress("scoring", complete.append, interval=3600.0)
+    whole.plan(1, 2)
+    whole.start(2)
+    whole.model("a")
+    whole.image()
+    whole.image()
+    whole.finish()
+    assert complete[-1] == "[0:00:00] a: image 2/2, 2/2 done"  # complete: no closing line

@@ -31,7 +31,8 @@ def _invoke(*args: str):
 
 
 def _lines(output: str, name: str) -> list[str]:
-    return [line for line in output.splitlines() if line.startswith(("failed ", "skipped ")) and f" {name} (" in line]
+    return [line for line in output.splitlines() if line.startswith(("failed ", "skipped ")) and f" {name} (" in line
+            or line.startswith(f"does not fit {name}:")]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,12 @@ def cli_ranking(corpus, tmp_path_factory):
 def test_good_models_are_ranked_despite_every_bad_one(cli_ranking):
     result, payload = cli_ranking
     assert result.exit_code == 0, result.output
-    assert f"ranking of {len(MODELS) + 3} models on 2 images" in result.output
+    # the headline counts the ranked, the models these images do not fit, those skipped and those that failed apart
+    stages = [f["stage"] for f in payload["failures"]]
+    failed = len(stages) - stages.count("unfit") - stages.count("skipped")
+    assert (f"ranking of 3 models on 2 images; {stages.count('unfit')} do not fit these images, "
+            f"{stages.count('skipped')} skipped (package code not allowed), {failed} failed"
+            ) in " ".join(result.output.split())
     assert sorted(m["name"] for m in payload["models"]) == sorted(["good-file-arch", "good-library-arch",
                                                                    RANKED_WITHOUT_ITS_CODE])
     (ranked,) = [m for m in payload["models"] if m["name"] == RANKED_WITHOUT_ITS_CODE]
@@ -60,14 +66,14 @@ def test_bad_model_is_one_line_naming_the_package_and_the_reason(cli_ranking, co
     reason = failure["reason"]
     assert "\n" not in reason and str(corpus.package(name)) in reason
     assert MODELS[name][1] in reason
-    # untrusted package code, or images the model cannot see: skipped; weights the grey-box estimator refuses:
+    # untrusted package code: skipped; images the model cannot see: unfit; weights the grey-box estimator refuses:
     # estimator; anything else: predict
-    skipped = name in SKIPPED_BY_GREYBOX + NOT_FITTING
-    expected = "skipped" if skipped else "estimator" if name == "pickle-weights" else "predict"
+    skipped, unfit = name in SKIPPED_BY_GREYBOX, name in NOT_FITTING
+    expected = "skipped" if skipped else "unfit" if unfit else "estimator" if name == "pickle-weights" else "predict"
     assert failure["stage"] == expected
     (line,) = _lines(result.output, name)
     assert MODELS[name][1] in line
-    assert line.startswith("skipped" if skipped else "failed")
+    assert line.startswith("skipped" if skipped else "does not fit" if unfit else "failed")
 
 
 def test_no_package_code_and_no_pickle_ran(cli_ranking, corpus):

@@ -301,8 +301,8 @@ def test_hung_model_is_stopped_recorded_and_counted(prefect_harness, target, han
     # returns reaches it. A timeout is not retried, so this run lasts about one limit.
     limit = 60
     run = ZooRunOptions(store_path=str(store), output_dir=str(tmp_path / "out"), reports=False, retries=1,
-                        task_timeout=limit, failure_webhook=url)
-    options = RankOptions(trust_code=True).to_json_dict()
+                        failure_webhook=url)
+    options = RankOptions(trust_code=True, time_limit=limit).to_json_dict()
     state = zoo_ranking_flow(str(zoo), [str(target)], options, dataclasses.asdict(run), return_state=True)
 
     assert state.is_completed()
@@ -323,8 +323,8 @@ def test_hung_model_is_stopped_recorded_and_counted(prefect_harness, target, han
     # nothing left to rank: the run ends Failed, with the same count (no good model here: a short limit will do)
     alone = _zoo(tmp_path / "alone", models=())
     shutil.copy(hanging_package, alone)
-    short = dataclasses.replace(run, task_timeout=3)
-    state = zoo_ranking_flow(str(alone), [str(target)], options, dataclasses.asdict(short), return_state=True)
+    short = RankOptions(trust_code=True, time_limit=3).to_json_dict()
+    state = zoo_ranking_flow(str(alone), [str(target)], short, dataclasses.asdict(run), return_state=True)
     assert state.is_failed() and state.message.startswith("nothing ranked: 1 of 1 model x target pairs failed")
     assert len(received) == 2 and received[1]["state"] == "Failed"
 

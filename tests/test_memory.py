@@ -42,7 +42,9 @@ def test_rank_models_holds_one_model_at_a_time_without_the_garbage_collector(zoo
     baseline = len(_networks())
     gc.disable()  # what is not freed by reference counting stays visible: no lucky collection hides a leak
     try:
-        results, failures = rank_models(sources, dsb_images[:2], [CTEDropout()], RankOptions(),
+        # in this process, where the networks can be counted (with a time limit each model runs in a child process,
+        # whose memory ends with it)
+        results, failures = rank_models(sources, dsb_images[:2], [CTEDropout()], RankOptions(time_limit=0),
                                         on_model=lambda s: seen.append((s.name, len(_networks()), _open_zips())),
                                         on_image=lambda: during.append(len(_networks())))
     finally:
@@ -66,7 +68,8 @@ def test_images_are_read_one_at_a_time(tmp_path: Path, package: Path, dsb_images
             shutil.copy(dsb_images[1], second)
             created.append(True)
 
-    results, failures = rank_models(find_models([package]), [first, second], [CTEDropout()], RankOptions(),
+    # in this process: the second image appears on the first image's tick, before this process reads it
+    results, failures = rank_models(find_models([package]), [first, second], [CTEDropout()], RankOptions(time_limit=0),
                                     on_image=on_image)
     assert failures == [], failures
     assert created == [True] and len(results[0].per_image["cte-dropout"]) == 2

@@ -42,6 +42,8 @@ def test_construction_is_keyword_only_and_frozen():
     ({"consistency": "dice"}, "unknown consistency 'dice'"),
     ({"repeats": 0}, "repeats=0"),
     ({"seed": -1}, "seed=-1"),
+    ({"time_limit": -1}, "time_limit=-1"),
+    ({"time_limit": float("nan")}, "time_limit=nan"),
     ({"estimator": "cte-dropout", "strength": 1.0}, "0 <= p < 1"),  # a dropout rate of 1 drops every channel
     ({"estimator": "cte-dropout", "strength": -0.1}, "0 <= p < 1"),
     ({"estimator": "cte-input", "strength": -0.1}, "gaussian strength -0.1 is invalid"),
@@ -106,7 +108,7 @@ def test_run_settings_record_every_run_option():
                                       "channels": None, "output_channel": None,
                                       "weight_format": None, "tag": "cells", "trust_code": False,
                                       "trusted_libraries": ["mylab"], "budget": "all", "max_pixels": 2**30,
-                                      "max_entry_bytes": 2 * 1024**3, "skip_bad_images": False}
+                                      "max_entry_bytes": 2 * 1024**3, "skip_bad_images": False, "time_limit": 3600.0}
 
 
 def test_channels_are_parsed_and_checked_and_change_the_score_key_only_when_set():

@@ -100,7 +100,7 @@ def test_failures_keep_their_stage_and_reason():
     failures = ranking.to_json_dict()["failures"]
     assert [f["stage"] for f in failures] == ["predict", "skipped", "estimator", "estimator"]
     assert failures[0] == {"name": "broken", "source": "broken.zip", "stage": "predict", "reason": "not a valid zip"}
-    assert {str(s) for s in Stage} == {"predict", "skipped", "estimator"}
+    assert {str(s) for s in Stage} == {"predict", "skipped", "estimator", "unfit"}
 
 
 def test_intervals_resample_each_models_images_from_the_run_seed():
@@ -158,7 +158,7 @@ def test_ranking_json_records_every_setting():
         "task": "semantic", "axes": None, "device": "cuda", "layer": None, "weight_format": None, "tag": "nuclei",
         "trust_code": False, "trusted_libraries": ["mylab"], "channels": None, "output_channel": None,
         "budget": "all", "max_pixels": 2**30,
-        "max_entry_bytes": 2 * 1024**3, "skip_bad_images": False, "views_batched": True,
+        "max_entry_bytes": 2 * 1024**3, "skip_bad_images": False, "time_limit": 3600.0, "views_batched": True,
         "views_batched_reason": "GPU: the views of an image run as one batch where the model's batch axis allows it"}
     assert payload["models"][0]["name"] == "a" and payload["failures"] == []
     on_cpu = ranking_json(ranking, RankOptions(), images="x", n_images=2)["settings"]

@@ -103,8 +103,9 @@ def test_readme_block_runs_as_written(sandbox, index):
                             text=True, timeout=1500, check=False)
     assert result.returncode == 0, f"{block}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
     assert "Traceback" not in result.stderr
-    for line in result.stdout.splitlines():  # tables and messages fit an 80-column terminal
-        assert len(line) <= 80, f"wider than 80 columns: {line!r}"
+    for line in result.stdout.splitlines():  # tables and messages fit 80 columns, except a path never broken
+        paths = [t.strip("(),:") for t in line.split() if "/" in t and (sandbox / t.strip("(),:")).exists()]
+        assert len(line) - sum(len(p) for p in paths) <= 80, f"wider than 80 columns: {line!r}"
     # not a terminal (captured, as in `... > log 2>&1`): plain progress lines while the commands run
     if "bioimage-cte rank" in block:
         assert re.search(r"\[0:\d\d:\d\d\] loading model 1/\d+ ", result.stderr), result.stderr[-2000:]
@@ -129,3 +130,45 @@ def test_readme_block_runs_as_written(sandbox, index):
         assert not (sandbox / "resources" / "zoo" / "transfer_matrix.csv").exists()
     if "evaluate" in block:
         assert (sandbox / "evaluation.csv").read_text().startswith("estimator,pearson,spearman")
+
+
+def _prose() -> str:
+    """The README with its line breaks and Markdown code marks taken out, as one line of words."""
+    return " ".join(README.read_text().replace("`", "").split())
+
+
+@pytest.mark.slow
+def test_the_counts_the_readme_states_are_what_the_code_finds():
+    """The demo zoo's counts in the README, from the packages and targets themselves (no model runs: the plan of a
+    zoo run and the fit of every package to the images are read from the rdf.yaml files and the first image)."""
+    import importlib.util
+    from collections import Counter
+
+    from bioimage_cte.predict.fit import ImageFit, input_layout
+    from bioimage_cte.run.jobs import plan_zoo
+    from bioimage_cte.run.options import RankOptions
+    from bioimage_cte.zoo.sources import read_rdf, select_models
+    from bioimage_cte_flows.operations import final_message
+
+    prose = _prose()
+    zoo, data = ROOT / "resources" / "zoo", ROOT / "resources" / "data"
+    packages, targets = sorted(zoo.glob("*.zip")), sorted(p for p in data.iterdir() if p.is_dir())
+    assert f"({len(packages)} packages x {len(targets)} targets = {len(packages) * len(targets)} pairs" in prose
+    # the whole demo zoo on every target, with --match-task: what is scored, what does not fit, and per target
+    _, jobs, unfit = plan_zoo(str(zoo), [str(t) for t in targets], RankOptions(), match_task=True)
+    per_target = Counter(j.target.name for j in jobs)
+    message = final_message(scored=len(jobs), cached=0, failed=0, ranked=dict(sorted(per_target.items())),
+                            unfit=len(unfit))
+    assert f"with the tensorflow extra installed, {message}" in prose, message
+    # the demo ranking (scripts/demo.sh): the nuclei packages, those that fit the 2D DSB2018 images, the 3D ones
+    nuclei = select_models([str(zoo)], tag="nuclei")
+    fit = ImageFit(sorted((data / "dsb2018" / "images").glob("*.tif"))[0])
+    unfit_2d = [s for s in nuclei
+                if (layout := input_layout(read_rdf(s))) is not None and fit.reason(layout, model=s.location)]
+    assert f"the {len(nuclei)} nuclei packages of the demo zoo" in prose
+    assert f"{len(unfit_2d)} of them are 3D models" in prose
+    # without tensorflow the Keras package fails; the README's headline example is that run
+    ranked = len(nuclei) - len(unfit_2d) - (importlib.util.find_spec("tensorflow") is None)
+    if importlib.util.find_spec("tensorflow") is None:
+        assert (f"tta ranking of {ranked} models on 4 images; {len(unfit_2d)} do not fit these images, 1 failed"
+                in prose)

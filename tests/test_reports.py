@@ -12,12 +12,8 @@ import numpy as np
 import pytest
 
 from bioimage_cte.base.errors import BioimageCteError
-from bioimage_cte.outputs.reports import (
-    merge_tool_reports,
-    write_html_report,
-    write_zoo_reports,
-    zoo_tool_report,
-)
+from bioimage_cte.outputs.reports import write_html_report
+from bioimage_cte.outputs.zoo_reports import merge_tool_reports, publishable, write_zoo_reports, zoo_tool_report
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "resources" / "zoo"
@@ -123,7 +119,10 @@ def test_zoo_reports_layout(ranked, tmp_path):
     assert list(both["details"]) == ["dsb2018", "dsb-copy"] and both["status"] == "passed"
     broken = json.loads((out / "reports/broken/1/reports/bioimage-cte_0.1.0.json").read_text())
     assert broken["status"] == "failed" and broken["score"] == 0.0 and "not a valid zip" in broken["error"]
-    assert json.loads((out / "rankings/dsb2018.json").read_text()) == ranking
+    # the published copy: the same ranking, its packages named relative to the zoo, no local folder
+    published = json.loads((out / "rankings/dsb2018.json").read_text())
+    assert published == publishable(ranking, str(ZOO)) and str(ROOT) not in json.dumps(published)
+    assert [m["source"] for m in published["models"]] == [f"{m['name']}.zip" for m in ranking["models"]]
     assert not list(out.rglob("*.tmp"))
     with pytest.raises(BioimageCteError, match="'0.1_0' is not allowed"):
         write_zoo_reports({"dsb2018": ranking}, tmp_path / "x", tool_version="0.1_0")
@@ -141,7 +140,7 @@ def _chromium(*args: str, user_data: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_html_report_is_self_contained_and_renders(ranked):
-    from bioimage_cte.run.pipeline import report_overlays
+    from bioimage_cte.run.overlays import report_overlays
 
     tmp = ranked["tmp"]
     ranking = ranked["ranking"]
@@ -208,7 +207,8 @@ def test_html_report_renders_hand_made_overlays_without_a_model(tmp_path):
     image = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
     clean = Prediction((image > 0.5).astype(np.float32))
     perturbed = Prediction((image > 0.6).astype(np.float32))
-    overlays = {"indices": [1], "perturbation": "dropout", "consistency": "soft",
+    overlays = {"indices": [1], "perturbation": "dropout", "consistency": "soft", "captions": {1: "with dropout"},
+                "summary": "cte-dropout zeroes whole feature maps with probability p = 0.2 at the bottleneck",
                 "models": {"best": [(image, clean, perturbed, disagreement_map(clean.foreground,
                                                                                  perturbed.foreground))]},
                 "errors": {"worst": "moved away"}}
@@ -218,7 +218,7 @@ def test_html_report_renders_hand_made_overlays_without_a_model(tmp_path):
     assert page.count("<img ") == 3  # chart, per-image scores, the best model's overlay
     assert "could not run worst again: moved away" in page
     assert "<td>best</td>" in page and "<td>worst</td>" in page and "not a &lt;zip&gt;" in page
-    assert "channel dropout (p = 0.2)" in page
+    assert "zeroes whole feature maps with probability p = 0.2" in page
     assert "1 - effective invariance" in page and "spread of the median over only 2 images" in page
     plain = write_html_report(ranking, tmp_path / "plain.html", image_paths=images).read_text()
     assert plain.count("<img ") == 2 and "Predictions of the best" not in plain  # no overlays given, none shown
@@ -233,3 +233,30 @@ def test_report_failures_are_one_line(tmp_path):
     with pytest.raises(BioimageCteError, match=f"cannot write {blocker}/sub/r.html"):
         write_html_report(ranking, blocker / "sub" / "r.html", image_paths=[])
     assert blocker.read_text() == "x"
+
+
+@pytest.mark.slow
+def test_the_default_report_draws_the_perturbed_pass_and_a_disagreement_that_differs(tmp_path):
+    """The default estimator (tta) perturbs: its report shows the rotated prediction mapped back and the per-pixel
+    disagreement, non-empty for the best and the worst model of a demo ranking, and different between them."""
+    from bioimage_cte.run.overlays import report_overlays
+    from bioimage_cte.run.pipeline import rank
+
+    images = sorted((DSB / "images").glob("*.tif"))[:2]
+    run = rank([ZOO / f"{name}.zip" for name in ("nuclei-versatile", "weak-nuclei-tiny", "nuclei-boundaries")],
+               images)
+    ranking = run.to_json_dict()
+    assert ranking["settings"]["estimator"] == "tta"
+    overlays = report_overlays(ranking, images, n_images=2, n_models=1)
+    assert overlays["perturbation"] == "dihedral" and overlays["consistency"] == "hard" and not overlays["errors"]
+    assert set(overlays["captions"].values()) == {"rot90, mapped back"}
+    best, worst = ranking["models"][0]["name"], ranking["models"][-1]["name"]
+    assert list(overlays["models"]) == [best, worst]
+    maps = {name: np.stack([d for *_, d in overlays["models"][name]]) for name in (best, worst)}
+    for name, disagreement in maps.items():
+        assert disagreement.max() == 1.0 and set(np.unique(disagreement)) == {0.0, 1.0}, name  # masks differ: 1
+    assert not np.array_equal(maps[best], maps[worst])
+    page = write_html_report(ranking, tmp_path / "r.html", image_paths=images, overlays=overlays).read_text()
+    assert "uses no perturbation" not in page and "compares no perturbed prediction" not in page
+    assert "tta predicts each image flipped and rotated (rot90, rot180, left-right flip)" in page
+    assert page.count("<img ") == 4  # chart, per-image scores, the best and the worst model

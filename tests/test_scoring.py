@@ -73,7 +73,10 @@ class FakePredictor:
 
 @pytest.fixture()
 def predictors(monkeypatch):
-    """Replace the predictor factory and the package loader (torch, bioimageio.core) by stand-ins; returns the log."""
+    """Replace the predictor factory and the package loader (torch, bioimageio.core) by stand-ins; returns the log.
+
+    The stand-ins live in this process: rankings here use ``time_limit=0`` (no child process per model).
+    """
     log: list = []
 
     def load_model(location: str, *, max_entry_bytes: int = 2 * 1024**3):
@@ -177,7 +180,7 @@ def test_rank_models_records_each_failure_with_its_stage_and_goes_on(predictors,
     names = ["sharp", "broken", "crash", "nan", "untrusted-only", "oom", "dim"]
     sources = [_source(tmp_path, n) for n in names]
     started = []
-    results, failures = rank_models(sources, images, [CTEInput()], RankOptions(estimator="cte-input"),
+    results, failures = rank_models(sources, images, [CTEInput()], RankOptions(estimator="cte-input", time_limit=0),
                                     on_model=lambda s: started.append(s.name))
     assert started == names
     assert [r.source.name for r in results] == ["sharp", "dim"]
@@ -211,7 +214,7 @@ def test_rank_end_to_end_through_the_pipeline(predictors, images, tmp_path):
     events: dict[str, list] = {"warning": [], "start": [], "model": [], "image": []}
     progress = Progress(warning=events["warning"].append, start=events["start"].append,
                         model=lambda s: events["model"].append(s.name), image=lambda: events["image"].append(1))
-    options = RankOptions(estimator="cte-dropout", seed=1, strength=0.3)
+    options = RankOptions(estimator="cte-dropout", seed=1, strength=0.3, time_limit=0)
     run = rank([tmp_path / "zoo"], images[0].parent, options, progress=progress)
     assert [s.name for s in run.ranking.scores] == ["sharp", "dim"]
     assert [(f.name, f.stage) for f in run.ranking.failures] == [("broken", Stage.PREDICT)]
@@ -234,7 +237,7 @@ def test_evaluate_through_the_pipeline(predictors, images, tmp_path):
     labels.mkdir()
     for p in images:
         np.save(labels / p.name, (np.load(p) > 0.5).astype(np.int32))
-    run = evaluate([tmp_path / "zoo"], images[0].parent, labels, RankOptions(),
+    run = evaluate([tmp_path / "zoo"], images[0].parent, labels, RankOptions(time_limit=0),
                    estimators=["cte-input", "confidence", "random"], few_label=1)
     evaluation = run.evaluation
     assert set(evaluation.rankings) == {"cte-input", "confidence", "random", "few-label"}
@@ -247,15 +250,29 @@ def test_evaluate_through_the_pipeline(predictors, images, tmp_path):
 
 
 def test_overlay_predictions_show_the_scored_draw(predictors, images, tmp_path):
-    from bioimage_cte.run.scoring import overlay_predictions
+    from bioimage_cte.cte.perturbations import dihedral, undo_dihedral
+    from bioimage_cte.run.overlays import overlay_predictions
 
     source = _source(tmp_path, "sharp")
     options = RankOptions(estimator="cte-dropout", seed=4)
-    [(image, clean, perturbed)] = overlay_predictions(source.location, images, [2], options)
+    [(image, clean, perturbed, caption)] = overlay_predictions(source.location, images, [2], options)
+    assert caption == "with feature dropout"
     np.testing.assert_array_equal(image, np.load(images[2]))
     predictor = FakePredictor(source.location, greybox=True, log=[])
     expected = options.make_estimator("cte-dropout").perturbed_prediction(predictor, image, seed=4, index=2)
     np.testing.assert_array_equal(perturbed.foreground, expected.foreground)
     assert not np.array_equal(perturbed.foreground, clean.foreground)
-    [(_, _, none)] = overlay_predictions(source.location, images, [0], RankOptions(estimator="confidence"))
-    assert none is None
+    [(_, _, none, no_caption)] = overlay_predictions(source.location, images, [0],
+                                                     RankOptions(estimator="confidence"))
+    assert none is None and no_caption is None
+    # the default tta shows its first transform, rot90, mapped back onto the input's grid
+    [(image, clean, rotated, caption)] = overlay_predictions(source.location, images, [1], RankOptions())
+    assert caption == "rot90, mapped back"
+    expected = undo_dihedral(predictor.predict(np.ascontiguousarray(dihedral(image, 1))).foreground, 1)
+    np.testing.assert_array_equal(rotated.foreground, expected)
+    # cte draws its flip-or-rotation family, the element scoring drew for this image
+    from bioimage_cte.cte.estimators import CTEDihedral
+    from bioimage_cte.cte.views import DIHEDRAL_NAMES
+
+    [(_, _, _, caption)] = overlay_predictions(source.location, images, [1], RankOptions(estimator="cte", seed=4))
+    assert caption == f"{DIHEDRAL_NAMES[CTEDihedral.transform(4, 1)]}, mapped back"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import types
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from bioimage_cte.base.errors import InvalidImageError
 from bioimage_cte.predict.images import target_task
 from bioimage_cte.studies.transfer import (
+    TransferMatrixWriter,
     compute_transfer_matrix,
     find_targets,
     read_transfer_matrix,
@@ -39,6 +41,28 @@ def test_transfer_matrix_on_a_small_zoo(tmp_path, package, instance_package):
     assert read_transfer_matrix(out) == [type(r)(r.model, r.target, r.metric, round(r.value, 6)) for r in rows]
     summary = summarize(rows)["dsb"]
     assert summary["best_model"] == package.stem and summary["best"] >= summary["median"] >= summary["worst"]
+
+    # written as each model finishes a target: a run stopped after the first model keeps that model's rows, and
+    # the progress counted models per target against a known total
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(batch):
+        write(batch)
+        raise Stop
+
+    heard = []
+    progress = types.SimpleNamespace(start=lambda n: heard.append(("start", n)), plan=lambda m, i: None,
+                                     target=lambda name, j, m: heard.append(("target", name, j, m)),
+                                     model=lambda source: heard.append(("model", source.name)), image=None)
+    partial = tmp_path / "partial.csv"
+    with TransferMatrixWriter(partial) as write, pytest.raises(Stop):
+        compute_transfer_matrix([str(package), str(instance_package)], data, progress=progress,
+                                on_rows=stop_after_first)
+    assert heard == [("start", 4), ("target", "dsb", 1, 1), ("model", package.stem)]
+    kept = read_transfer_matrix(partial)
+    assert {(r.model, r.metric) for r in kept} == {(package.stem, k) for k in ("dice", "f1", "map")}
+    assert kept == [r for r in read_transfer_matrix(out) if r.model == package.stem]
 
 
 def test_targets_and_their_tasks(tmp_path):

@@ -1,10 +1,15 @@
 """Writing files so that nothing a user had is lost: atomic replacement, backups, temporary-file clean-up.
 
-Every write goes to a hidden temporary file next to its destination (``.<name>.<pid>.<random>.tmp``), is
-flushed to disk and then moved over the destination with :func:`os.replace`: a reader sees the old file or the
-new one, never half of one. A run killed mid-write leaves its temporary file, which no package finder or
-fingerprint counts (:func:`is_temporary`) and which the next write to the same destination removes once the
-process that made it is gone.
+Every file the project writes goes through :func:`write_atomic` (or :func:`atomic_write`). A write to a regular
+file, or to a path that does not exist yet, goes to a hidden temporary file next to its destination
+(``.<name>.<pid>.<random>.tmp``), is flushed to disk and then moved over the destination with :func:`os.replace`:
+a reader sees the old file or the new one, never half of one. A path that exists and is not a regular file is
+never replaced: a character device or a FIFO (``/dev/stdout``, ``/dev/null``, a named pipe) is written to
+directly, as a user who names one means; a folder, a socket or a block device is refused.
+
+A run killed mid-write leaves its temporary file, which no package finder or fingerprint counts
+(:func:`is_temporary`) and which the next write to the same destination removes once the process that made it
+is gone.
 """
 
 from __future__ import annotations
@@ -14,30 +19,60 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 from bioimage_cte.base.errors import WriteError, one_line
 
-__all__ = ["BACKUP_SUFFIX", "atomic_write", "is_temporary", "keep_backup", "write_atomic"]
+__all__ = ["BACKUP_SUFFIX", "STREAMS", "atomic_write", "is_temporary", "keep_backup", "special_kind", "write_atomic"]
 
 #: Suffix of the backups kept of a replaced file (``rdf.yaml.bak``, then ``rdf.yaml.bak.1``, ...).
 BACKUP_SUFFIX = ".bak"
 
 
+#: kinds of existing non-regular files that are written to directly (never replaced)
+STREAMS = ("character device", "FIFO")
+
+
+def special_kind(path: Path) -> str | None:
+    """What ``path`` is when it exists and is not a regular file (links followed); None for a file or nothing.
+
+    Examples
+    --------
+    >>> special_kind(Path("/dev/null")), special_kind(Path("/")), special_kind(Path("/no/such/file"))
+    ('character device', 'folder', None)
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # missing, or a dangling link: written as a new file
+        return None
+    for test, kind in ((stat.S_ISREG, None), (stat.S_ISDIR, "folder"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return kind
+    return "special file"
+
+
 def write_atomic(path: Path, data: bytes, *, backup: bool = False) -> Path:
-    """Write ``data`` to ``path`` atomically: a reader sees the old file or the new one, never half of one.
+    """Write ``data`` to ``path``: atomically for a file, directly for a device or FIFO; never replace anything else.
 
     Raises
     ------
     WriteError
-        The folder cannot be created or written.
+        The folder cannot be created or written, or ``path`` is a folder, socket or block device.
     """
     path = Path(path)
     try:
+        if special_kind(path) in STREAMS:
+            with open(path, "wb") as f:  # a device or pipe: no temporary file, no rename
+                write_all(f, data)
+            return path
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda f: write_all(f, data), backup=backup)
+    except WriteError:
+        raise
     except OSError as e:
         raise WriteError(f"cannot write {path}: {e.strerror or one_line(e)}; choose a writable folder") from e
     return path
@@ -162,6 +197,10 @@ def atomic_write(
     The new file gets the permissions of the file it replaces, or of ``mode_from`` for a new file. With
     ``backup``, the replaced file is kept in ``backup_dir`` (default: next to it), the newest ``keep_backups``.
     """
+    kind = special_kind(dest)
+    if kind is not None:
+        raise WriteError(f"cannot write {dest}: it is a {kind}, not a regular file, and is never replaced; pass the "
+                         "path of a file")
     remove_stale_temporaries(dest)
     tmp = temp_path(dest)
     # os.open with 0o666 gives a new file the user's umask, where mkstemp would make it private (0o600)

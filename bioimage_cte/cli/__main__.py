@@ -4,4 +4,5 @@ import sys
 
 from bioimage_cte.cli.commands import main
 
-sys.exit(main())
+if __name__ == "__main__":  # a child process that imports the parent's main module must not run the command
+    sys.exit(main())

@@ -7,31 +7,34 @@ torch and bioimageio are imported inside the commands, so ``bioimage-cte --help`
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
-from enum import IntEnum, StrEnum
+from collections.abc import Iterator
+from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from bioimage_cte.cli.output import (  # noqa: E402
     ReadableHelp,
     agreement_table,
     err_console,
     finetune_table,
+    new_folder,
     print_failures,
+    ranking_headline,
     ranking_table,
     say,
+    tell,
+    tell_written,
+    transfer_table,
     write_evaluation,
+    zoo_table,
 )
 
 app = typer.Typer(
@@ -52,32 +55,19 @@ if TYPE_CHECKING:
 
 from bioimage_cte.cli.options import (  # noqa: E402
     DEFAULT_ESTIMATOR,
-    AxesOpt,
-    BudgetOpt,
-    ChannelsOpt,
-    ConsistencyOpt,
     DebugOpt,
     DeviceOpt,
     Estimator,
     ImagesOpt,
-    LayerOpt,
-    MaxEntryOpt,
-    MaxPixelsOpt,
     ModelsArg,
-    OutputChannelOpt,
-    Perturbation,
-    PerturbationOpt,
-    RepeatsOpt,
     ReportImagesOpt,
     SeedOpt,
-    SkipBadOpt,
-    StrengthOpt,
+    StrictOpt,
     TagOpt,
-    Task,
-    TaskOpt,
     TrustCodeOpt,
     TrustLibraryOpt,
-    WeightsOpt,
+    rank_options,
+    with_rank_options,
 )
 
 
@@ -112,55 +102,6 @@ def _quiet_libraries() -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)
 
 
-def _options(**values: Any) -> RankOptions:
-    """The command line's values as the library's one options object (a bad value is a usage error).
-
-    Only the values given are set; every other option keeps :class:`RankOptions`' default.
-    """
-    if "trust_library" in values:
-        values["trusted_libraries"] = tuple(values.pop("trust_library") or ())
-    # typer hands choices over as enum members; the library takes their plain values
-    plain = {k: str(v) if isinstance(v, StrEnum) else v for k, v in values.items()}
-    try:
-        return RankOptions(**plain)
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from e
-
-
-# The options every ranking command shares, declared once: _with_rank_options adds them to a command's signature
-# (typer reads the signature) and hands the command one RankOptions.
-_RANK_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
-    ("task", TaskOpt, Task.semantic), ("consistency", ConsistencyOpt, None),
-    ("perturbation", PerturbationOpt, Perturbation.gaussian), ("strength", StrengthOpt, None),
-    ("repeats", RepeatsOpt, 1), ("axes", AxesOpt, None), ("channels", ChannelsOpt, None),
-    ("output_channel", OutputChannelOpt, None), ("device", DeviceOpt, "cpu"), ("seed", SeedOpt, 0),
-    ("layer", LayerOpt, None), ("weight_format", WeightsOpt, None), ("tag", TagOpt, None),
-    ("trust_code", TrustCodeOpt, False), ("trust_library", TrustLibraryOpt, None),
-    ("max_pixels", MaxPixelsOpt, RankOptions().max_pixels),
-    ("max_entry_bytes", MaxEntryOpt, RankOptions().max_entry_bytes), ("skip_bad_images", SkipBadOpt, False),
-    ("budget", BudgetOpt, "all"),
-)
-
-
-def _with_rank_options(command: Callable[..., None]) -> Callable[..., None]:
-    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
-              for name, annotation, default in _RANK_OPTIONS]
-    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "options"]
-
-    @functools.wraps(command)
-    def wrapper(**kwargs: Any) -> None:
-        chosen = {name: kwargs.pop(name) for name, _, _ in _RANK_OPTIONS}
-        if "estimator" in kwargs:  # evaluate compares several and has its own --estimator
-            chosen["estimator"] = kwargs["estimator"]
-        command(**kwargs, options=_options(**chosen))
-
-    # keyword-only parameters may not come before positional ones: the commands' own come first
-    wrapper.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + shared)
-    wrapper.__annotations__ = {p.name: p.annotation for p in own + shared}
-    return wrapper
-
-
 @contextlib.contextmanager
 def _progress(label: str = "scoring") -> Iterator[Progress]:
     """A rich bar on a terminal, plain periodic lines in a log (bioimage_cte.cli.progress)."""
@@ -177,7 +118,7 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 @app.command()
-@_with_rank_options
+@with_rank_options
 def rank(
     models: ModelsArg,
     images: ImagesOpt,
@@ -187,9 +128,7 @@ def rank(
     report: Annotated[Path | None, typer.Option("--report", help="Also write a self-contained HTML report "
                                                 "(charts, per-image scores, overlays of the top and bottom "
                                                 "models).")] = None,
-    strict: Annotated[bool, typer.Option("--strict", help="Exit with code 4 when some models could not be "
-                                         "ranked or some images were skipped (default: 0 if any model ranked).")
-                      ] = False,
+    strict: StrictOpt = False,
     report_images: ReportImagesOpt = 3,
     debug: DebugOpt = False,
     options: RankOptions | None = None,
@@ -199,13 +138,15 @@ def rank(
     Exit codes: 0 ranked (models that failed are listed, and recorded in the JSON); 1 bad input or setup, found
     before any model ran (images, device, --layer in no model, output path), or the ranking could not be written
     where asked (it is then in the fallback file the message names); 2 wrong usage; 3 no model could be ranked;
-    4 with --strict, some models failed or images were skipped. '-o -' writes the JSON to standard output.
+    4 with --strict, some models failed or images were skipped. '-o -' (or '-o /dev/stdout') writes the JSON
+    to standard output.
     """
-    from bioimage_cte.outputs.destinations import STDOUT, check_destination
+    from bioimage_cte.outputs.destinations import check_destination, is_stdout
 
     _quiet_libraries()
-    to_stdout = output is not None and str(output) == STDOUT
+    to_stdout = output is not None and is_stdout(output)
     out = err_console if to_stdout else console  # with '-o -' standard output carries the JSON and nothing else
+    created = {path: new_folder(path) for path in (output, report) if path is not None}
     try:
         for path, option in ((output, "--output"), (report, "--report")):
             if path is not None:
@@ -217,18 +158,18 @@ def rank(
     except Exception as e:
         _fail(e, debug)
     ranking = run.ranking
-    out.print(ranking_table(ranking, f"{ranking.estimator} ranking of {len(ranking.scores) + len(ranking.failures)} "
-                                      f"models on {len(run.images)} images"))
+    out.print(ranking_table(ranking, ranking_headline(ranking, len(run.images)), width=out.width))
     if run.options.budget != "all":
         out.print(f"budget {run.options.budget}: scored {len(run.images)} of {run.n_images_found} images "
                   f"({run.stop_reason})")
     print_failures(ranking.failures)
     payload = run.to_json_dict(images=images)
     code = _rank_exit_code(ranking, bool(run.skipped_images), strict=strict)
-    if output is not None and not _put_json(output, payload, out):
+    if output is not None and not _put_json(output, payload, out, created=created.get(output)):
         code = code or ExitCode.ERROR
     if report is not None:
-        _write_report(payload, report, list(run.images), None, debug, n_images=report_images, out=out)
+        _write_report(payload, report, list(run.images), None, debug, n_images=report_images, out=out,
+                      created=created.get(report))
     raise typer.Exit(int(code))
 
 
@@ -254,18 +195,18 @@ def _rank_exit_code(ranking, skipped_images: bool, *, strict: bool) -> ExitCode:
     return ExitCode.OK
 
 
-def _put_json(output: Path, payload: dict[str, Any], out: Console) -> bool:
+def _put_json(output: Path, payload: dict[str, Any], out: Console, *, created: Path | None = None) -> bool:
     """Write the JSON to ``output`` ('-': standard output); if that fails, to a fallback file. False if it failed."""
-    from bioimage_cte.outputs.destinations import STDOUT, write_or_fallback
+    from bioimage_cte.outputs.destinations import is_stdout, write_or_fallback
 
     text = json.dumps(payload, indent=2, allow_nan=False) + "\n"
-    if str(output) == STDOUT:
+    if is_stdout(output):
         sys.stdout.write(text)
         sys.stdout.flush()
         return True
     written = write_or_fallback(output, text.encode())
     if written.problem is None:
-        out.print(f"ranking written to {output}", highlight=False, soft_wrap=True)
+        tell_written(out, "ranking", output, created)
         return True
     if written.path is not None:
         say("[bold red]error:[/]", f"{written.problem}; the ranking was written to {written.path} instead")
@@ -277,7 +218,7 @@ def _put_json(output: Path, payload: dict[str, Any], out: Console) -> bool:
 
 
 @app.command()
-@_with_rank_options
+@with_rank_options
 def evaluate(
     models: ModelsArg,
     images: ImagesOpt,
@@ -298,6 +239,7 @@ def evaluate(
 ) -> None:
     """Compare every estimator's ranking with the ranking by true performance on labelled images."""
     _quiet_libraries()
+    created = new_folder(output)
     try:
         from bioimage_cte.run.pipeline import evaluate as evaluate_models
 
@@ -308,15 +250,15 @@ def evaluate(
     except Exception as e:
         _fail(e, debug)
     evaluation = run.evaluation
-    console.print(agreement_table(evaluation, len(run.sources), len(run.images)))
+    console.print(agreement_table(evaluation, len(run.sources), len(run.images), width=console.width))
     print_failures(next(iter(evaluation.rankings.values())).failures if evaluation.rankings else run.failures)
     if output is not None:
         write_evaluation(evaluation, output)
-        console.print(f"evaluation written to {output}")
+        tell_written(console, "evaluation", output, created)
 
 
 def _write_report(ranking_json: dict, path: Path, paths: list, evaluation_json: dict | None, debug: bool,
-                  n_images: int = 3, out: Console = console) -> None:
+                  n_images: int = 3, out: Console = console, created: Path | None = None) -> None:
     try:
         from bioimage_cte.outputs.reports import write_html_report
         from bioimage_cte.run.pipeline import report_overlays
@@ -328,7 +270,7 @@ def _write_report(ranking_json: dict, path: Path, paths: list, evaluation_json: 
         write_html_report(ranking_json, path, image_paths=paths, evaluation_json=evaluation_json, overlays=overlays)
     except Exception as e:
         _fail(e, debug)
-    out.print(f"report written to {path}")
+    tell_written(out, "report", path, created)
 
 
 @app.command()
@@ -346,17 +288,18 @@ def annotate(
     debug: DebugOpt = False,
 ) -> None:
     """Write a target's ranking onto each model's card (config.bioimage_cte in its rdf.yaml)."""
+    created = None if output is None else new_folder(output / "x")
     try:
         from bioimage_cte.base.errors import AnnotationError
         from bioimage_cte.outputs.annotate import annotate_from_ranking
         from bioimage_cte.predict.images import list_images
 
         try:
-            written = annotate_from_ranking(ranking, target=target, images=list_images(images), output=output,
-                                            backup=not no_backup)
+            done = annotate_from_ranking(ranking, target=target, images=list_images(images), output=output,
+                                         backup=not no_backup)
         except AnnotationError as e:
             for path in e.written:
-                console.print(f"annotated {path}")
+                tell(console, f"annotated {path}")
             for source, reason in e.failures.items():
                 say("[yellow]not annotated[/]", f"{source}: {reason}")
             raise typer.Exit(1) from None
@@ -364,17 +307,23 @@ def annotate(
         raise
     except Exception as e:
         _fail(e, debug)
-    for path in written:
-        console.print(f"annotated {path}")
+    for path in done:
+        tell(console, f"annotated {path}")
+    if created is not None:
+        tell(console, f"created the folder {created} for --output")
 
 
 @app.command()
 def report(
-    ranking: Annotated[Path, typer.Argument(help="Ranking JSON written by 'bioimage-cte rank --output'.",
+    ranking: Annotated[Path, typer.Argument(help="Ranking JSON written by 'bioimage-cte rank --output', or a "
+                                            "folder of them (a zoo run's rankings/): then a leaderboard page.",
                                             show_default=False)],
-    images: ImagesOpt,
+    images: Annotated[str | None, typer.Option("--images", "-i", help="The ranking's target images (folder, glob "
+                                               "or file); default: the folder the ranking records.",
+                                               show_default=False)] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="HTML file to write; default: the "
-                                                "ranking's name with .html, in the working folder.")] = None,
+                                                "ranking's name with .html (leaderboard.html for a folder), in "
+                                                "the working folder.")] = None,
     evaluation: Annotated[Path | None, typer.Option(help="Evaluation JSON from 'bioimage-cte evaluate --output' "
                                                     "(adds CTE vs true performance).")] = None,
     zoo_reports: Annotated[Path | None, typer.Option(help="Also write per-model zoo reports (the collection's "
@@ -383,25 +332,58 @@ def report(
     report_images: ReportImagesOpt = 3,
     debug: DebugOpt = False,
 ) -> None:
-    """Render a ranking as one self-contained HTML page, and optionally as zoo reports."""
+    """Render a ranking as one self-contained HTML page, and optionally as zoo reports; a folder of rankings as a
+    leaderboard (every model on every target) with a page per target beside it."""
+    if ranking.is_dir():
+        _write_leaderboard(ranking, output or Path("leaderboard.html"), debug)
+        return
     try:
         from bioimage_cte.base.version import __version__
-        from bioimage_cte.outputs.reports import write_zoo_reports
+        from bioimage_cte.outputs.zoo_reports import write_zoo_reports
         from bioimage_cte.predict.images import list_images
+        from bioimage_cte.run.ranking import read_ranking
 
-        payload = json.loads(ranking.read_text())
+        payload = read_ranking(ranking)
+        images = images or _recorded_images(payload, ranking)
         evaluation_json = json.loads(evaluation.read_text()) if evaluation else None
         if zoo_reports is not None:
+            made = new_folder(zoo_reports / "x")
             for path in write_zoo_reports({target: payload}, zoo_reports, tool_version=__version__):
-                console.print(f"zoo report written to {path}")
+                tell_written(console, "zoo report", path)
+            if made is not None:
+                tell(console, f"created the folder {made} for --zoo-reports")
     except Exception as e:
         _fail(e, debug)
     output = output if output is not None else Path(ranking.stem + ".html")
-    _write_report(payload, output, list_images(images), evaluation_json, debug, n_images=report_images)
+    _write_report(payload, output, list_images(images), evaluation_json, debug, n_images=report_images,
+                  created=new_folder(output))
+
+
+def _recorded_images(payload: dict[str, Any], ranking: Path) -> str:
+    recorded = str((payload.get("settings") or {}).get("images") or "")
+    if not recorded or not Path(recorded).exists():
+        raise typer.BadParameter(f"{ranking} records no images folder that exists here ({recorded or 'none'}); "
+                                 "pass the target images with --images", param_hint="--images")
+    return recorded
+
+
+def _write_leaderboard(folder: Path, output: Path, debug: bool) -> None:
+    created = new_folder(output)
+    try:
+        from bioimage_cte.outputs.leaderboard import read_rankings, target_summaries, write_zoo_pages
+
+        rankings = read_rankings(folder)
+        write_zoo_pages(rankings, output.parent, name=output.name)
+    except Exception as e:
+        _fail(e, debug)
+    estimators = sorted({str((r.get("settings") or {}).get("estimator", "?")) for r in rankings.values()})
+    console.print(zoo_table(target_summaries(rankings), ", ".join(estimators), width=console.width))
+    tell_written(console, f"leaderboard of {len(rankings)} targets (pages per target in "
+                          f"{output.parent / 'targets'})", output, created)
 
 
 @app.command("zoo-rank")
-@_with_rank_options
+@with_rank_options
 def zoo_rank(
     zoo: Annotated[str, typer.Argument(help="Folder of model packages, or a collection index JSON (path or URL).",
                                        show_default=False)],
@@ -427,9 +409,6 @@ def zoo_rank(
     timezone: Annotated[str | None, typer.Option(help="Time zone of --cron, e.g. Europe/Berlin.")] = None,
     global_limit: Annotated[int, typer.Option(min=0, help="Runs of the served deployment at once, enforced by "
                                               "the Prefect server (with --cron; 0: no limit).")] = 1,
-    task_timeout: Annotated[float, typer.Option(min=0, help="Seconds one model may take on one target; a model "
-                                                "still running is stopped and recorded as failed (0: no "
-                                                "limit).")] = 3600.0,
     failure_webhook: Annotated[str | None, typer.Option(help="URL to POST a JSON message to when a model failed "
                                                         "or nothing was ranked (e.g. a Slack or Teams incoming "
                                                         "webhook).")] = None,
@@ -444,6 +423,7 @@ def zoo_rank(
     others are ranked. Exit codes: 0 done (failed models are listed); 1 the zoo or every target is unusable.
     """
     _quiet_libraries()
+    created = new_folder(output_dir / "rankings")
     try:
         from bioimage_cte_flows import use_project_prefect_settings
 
@@ -453,7 +433,7 @@ def zoo_rank(
         run = ZooRunOptions(store_path=None if store is None else str(store), output_dir=str(output_dir),
                             annotate=annotate_cards, reports=reports, retries=retries, match_task=match_task,
                             refresh=refresh, dask_address=dask_address, workers=workers,
-                            task_timeout=task_timeout or None, failure_webhook=failure_webhook)
+                            failure_webhook=failure_webhook)
         if cron is not None:
             console.print(f"serving deployment {deployment!r} on {cron!r}; stop with Ctrl+C")
             serve_zoo_ranking(zoo, targets, options, run, cron=cron, timezone=timezone, name=deployment,
@@ -465,9 +445,18 @@ def zoo_rank(
         summary = run_zoo_ranking(zoo, targets, options, run, on_progress=lines.stage)
     except Exception as e:
         _fail(e, debug)
-    console.print(f"scored {summary.scored} model x target pairs, {summary.cached} taken from {summary.store}")
+    tell(console, f"scored {summary.scored} model x target pairs, {summary.cached} taken from {summary.store}")
     for target, path in summary.rankings.items():
-        console.print(f"ranking of {escape(target)} written to {escape(path)}")
+        tell(console, f"ranking of {target} written to {path}")
+    if summary.rankings:
+        from bioimage_cte.outputs.leaderboard import target_summaries
+
+        rankings = {t: json.loads(Path(p).read_text()) for t, p in summary.rankings.items()}
+        console.print(zoo_table(target_summaries(rankings), options.estimator, width=console.width))
+    if summary.leaderboard:
+        tell_written(console, "leaderboard (every model on every target)", summary.leaderboard)
+    if created is not None and created.exists():
+        tell(console, f"created the folder {created} for --output-dir")
     for failed in summary.failed:
         what = "skipped" if failed.stage == "skipped" else "failed"
         say(f"[yellow]{what}[/]", f"{failed.model} on {failed.target}: {failed.reason}")
@@ -489,27 +478,33 @@ def transfer_matrix(
                                          "the shipped resources/zoo/transfer_matrix.csv is only rewritten when "
                                          "named here.")] = Path("transfer_matrix.csv"),
     device: DeviceOpt = "cpu",
+    strict: StrictOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Evaluate every zoo model on every labelled target: the ground truth rankings are judged against."""
-    _quiet_libraries()
-    try:
-        from bioimage_cte.studies.transfer import compute_transfer_matrix, summarize, write_transfer_matrix
+    """Evaluate every zoo model on every labelled target: the ground truth rankings are judged against.
 
-        with _progress("evaluating") as progress:
-            rows, failures = compute_transfer_matrix(zoo, data, options=_options(device=device),
-                                                     on_image=progress.image, on_model=progress.model)
-        write_transfer_matrix(rows, output)
+    Rows are written to the CSV as each model finishes a target, so a run that is stopped keeps them. Exit codes
+    as for rank: 0 written (failed models are listed); 1 bad input or the CSV could not be written; 3 no model
+    could be evaluated; 4 with --strict, some models failed.
+    """
+    _quiet_libraries()
+    created = new_folder(output)
+    try:
+        from bioimage_cte.studies.transfer import TransferMatrixWriter, compute_transfer_matrix, summarize
+
+        with _progress("evaluating") as progress, TransferMatrixWriter(output) as write:
+            rows, failures = compute_transfer_matrix(zoo, data, options=rank_options(device=device), progress=progress,
+                                                     on_rows=write)
     except Exception as e:
         _fail(e, debug)
-    table = Table(title=f"Foreground Dice per target ({output})", title_justify="left")
-    for column in ("target", "best", "median", "worst", "spread"):
-        table.add_column(column, justify="left" if column == "target" else "right")
-    for target, s in summarize(rows, metric="dice").items():
-        table.add_row(target, f"{s['best']:.3f} ({s['best_model']})", f"{s['median']:.3f}",
-                      f"{s['worst']:.3f} ({s['worst_model']})", f"{s['best'] - s['worst']:.3f}")
-    console.print(table)
+    tell_written(console, f"transfer matrix ({len(rows)} rows)", output, created)
+    console.print(transfer_table(summarize(rows, metric="dice"), width=console.width))
     print_failures(failures)
+    if not rows:
+        err_console.print(f"[bold red]error:[/] none of the {len(failures)} models could be evaluated; see the "
+                          "reasons above", highlight=False, soft_wrap=True)
+        raise typer.Exit(int(ExitCode.NOTHING_RANKED))
+    raise typer.Exit(int(ExitCode.SOME_FAILED if strict and failures else ExitCode.OK))
 
 
 KOpt = Annotated[list[str] | None, typer.Option("--k", help="Labelled images to fine-tune on (repeat the option); "
@@ -545,7 +540,7 @@ def finetune_benchmark(
 ) -> None:
     """Fine-tune each model on k labelled images: does the zero-shot ranking predict the fine-tuned one?"""
     _quiet_libraries()
-    options = _options(seed=seed, tag=tag, trust_code=trust_code, trust_library=trust_library)
+    options = rank_options(seed=seed, tag=tag, trust_code=trust_code, trust_library=trust_library)
     try:
         k_values = [kv if kv == "all" else int(kv) for kv in (k or ["1", "5", "all"])]
     except ValueError as e:
@@ -561,12 +556,12 @@ def finetune_benchmark(
                                          on_run=lambda text: err_console.print(f"fine-tuned {text}", highlight=False))
         if output is not None:
             _write_json(output, payload)
-            console.print(f"results written to {output}")
+            tell_written(console, "results", output)
         if report is not None:
             from bioimage_cte.studies.finetune_report import write_finetune_report
 
             write_finetune_report({Path(images).name or "target": payload}, report)
-            console.print(f"report written to {report}")
+            tell_written(console, "report", report)
     except Exception as e:
         _fail(e, debug)
     console.print(finetune_table(payload))

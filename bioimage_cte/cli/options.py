@@ -1,9 +1,13 @@
-"""The options of the ``bioimage-cte`` commands, declared once with their help (rank, evaluate, zoo-rank)."""
+"""The options of the ``bioimage-cte`` commands, declared once with their help (rank, evaluate, zoo-rank), and how
+the shared ones become one :class:`~bioimage_cte.run.options.RankOptions`."""
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -94,3 +98,59 @@ MaxEntryOpt = Annotated[int, typer.Option(help="Largest unpacked file inside a p
                                           "with a larger one fails.", min=1)]
 SkipBadOpt = Annotated[bool, typer.Option("--skip-bad-images", help="Rank on the readable images and list the "
                                           "unreadable ones (in the JSON too), instead of stopping.")]
+TimeLimitOpt = Annotated[float, typer.Option("--time-limit", min=0, help="Seconds one model may take on one set of "
+                                             "images; a model still running then is stopped, recorded as failed "
+                                             "('timed out') and the others go on (0: no limit).")]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit with code 4 when some models could not be ranked "
+                                         "or some images were skipped (default: 0 if any model ranked).")]
+
+
+def rank_options(**values: Any) -> RankOptions:
+    """The command line's values as the library's one options object (a bad value is a usage error).
+
+    Only the values given are set; every other option keeps :class:`RankOptions`' default.
+    """
+    if "trust_library" in values:
+        values["trusted_libraries"] = tuple(values.pop("trust_library") or ())
+    # typer hands choices over as enum members; the library takes their plain values
+    plain = {k: str(v) if isinstance(v, StrEnum) else v for k, v in values.items()}
+    try:
+        return RankOptions(**plain)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+
+
+# The options every ranking command shares, declared once: with_rank_options adds them to a command's signature
+# (typer reads the signature) and hands the command one RankOptions.
+RANK_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
+    ("task", TaskOpt, Task.semantic), ("consistency", ConsistencyOpt, None),
+    ("perturbation", PerturbationOpt, Perturbation.gaussian), ("strength", StrengthOpt, None),
+    ("repeats", RepeatsOpt, 1), ("axes", AxesOpt, None), ("channels", ChannelsOpt, None),
+    ("output_channel", OutputChannelOpt, None), ("device", DeviceOpt, "cpu"), ("seed", SeedOpt, 0),
+    ("layer", LayerOpt, None), ("weight_format", WeightsOpt, None), ("tag", TagOpt, None),
+    ("trust_code", TrustCodeOpt, False), ("trust_library", TrustLibraryOpt, None),
+    ("max_pixels", MaxPixelsOpt, RankOptions().max_pixels),
+    ("max_entry_bytes", MaxEntryOpt, RankOptions().max_entry_bytes), ("skip_bad_images", SkipBadOpt, False),
+    ("budget", BudgetOpt, "all"), ("time_limit", TimeLimitOpt, RankOptions().time_limit),
+)
+
+
+def with_rank_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` with every option of :data:`RANK_OPTIONS` added to its signature, called with one
+    ``options=RankOptions(...)`` made of them."""
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+              for name, annotation, default in RANK_OPTIONS]
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "options"]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        chosen = {name: kwargs.pop(name) for name, _, _ in RANK_OPTIONS}
+        if "estimator" in kwargs:  # evaluate compares several and has its own --estimator
+            chosen["estimator"] = kwargs["estimator"]
+        command(**kwargs, options=rank_options(**chosen))
+
+    # keyword-only parameters may not come before positional ones: the commands' own come first
+    wrapper.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + shared)
+    wrapper.__annotations__ = {p.name: p.annotation for p in own + shared}
+    return wrapper

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
@@ -22,6 +22,37 @@ def say(label: str, text: str) -> None:
     """One line on standard error: a rich-markup ``label``, then ``text`` as it is (paths and reasons may hold
     brackets, e.g. ``pip install 'bioimage-cte[onnx]'``, which rich would otherwise take for markup)."""
     err_console.print(f"{label} {escape(text)}", highlight=False, soft_wrap=True)
+
+
+def tell(console: Console, text: str) -> None:
+    """One message, printed as it is and never wrapped: a path broken over two lines cannot be copied from a log."""
+    console.print(escape(text), highlight=False, soft_wrap=True)
+
+
+def new_folder(path: Path | str | None) -> Path | None:
+    """The outermost folder that writing ``path`` will create because it does not exist yet, or None.
+
+    Call it before anything is written; the message that names the written file then names this folder too.
+
+    Examples
+    --------
+    >>> new_folder("/nonexistent-bioimage-cte/dir/r.json")
+    PosixPath('/nonexistent-bioimage-cte')
+    >>> new_folder("r.json") is None
+    True
+    """
+    if path is None or str(path) == "-":
+        return None
+    top = None
+    parent = Path(path).expanduser().absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        top, parent = parent, parent.parent
+    return top
+
+
+def tell_written(console: Console, what: str, path: Path | str, created: Path | None = None) -> None:
+    """``<what> written to <path>``, naming the folder that was created for it, if any."""
+    tell(console, f"{what} written to {path}" + (f" (created the folder {created})" if created else ""))
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -67,30 +98,165 @@ class ReadableHelp(TyperGroup):
         return command
 
 
-def ranking_table(ranking, title: str) -> Table:
+#: A name column is never abbreviated below this many characters (the table wraps other columns instead).
+MIN_NAME = 16
+ELLIPSIS = "…"
+
+
+def plural(n: int, word: str) -> str:
+    """``"1 model"``, ``"3 models"``.
+
+    Examples
+    --------
+    >>> plural(1, "model"), plural(0, "image")
+    ('1 model', '0 images')
+    """
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def abbreviate(name: str, width: int) -> str:
+    """``name`` shortened in the middle to ``width`` characters, so both its start and its end stay readable.
+
+    Examples
+    --------
+    >>> abbreviate("nuclei-dim-blurry-torchscript", 20)
+    'nuclei-dim…rchscript'
+    >>> abbreviate("short", 20)
+    'short'
+    """
+    if len(name) <= width:
+        return name
+    keep = max(width - 1, 2)
+    head = (keep + 1) // 2
+    return name[:head] + ELLIPSIS + name[len(name) - (keep - head):]
+
+
+def fit_names(rows: list[list[str]], headers: Sequence[str], names: Sequence[int], width: int) -> list[list[str]]:
+    """Rows whose name columns are abbreviated in the middle, only as far as a boxed table of them needs to fit
+    ``width`` columns (names are never wrapped: a name broken over two lines cannot be copied).
+
+    The widest name column gives way first, one character at a time, down to :data:`MIN_NAME` (or its header);
+    below that every name column shrinks in turn, to 6 characters at the least.
+
+    Examples
+    --------
+    >>> fit_names([["1", "nuclei-dim-blurry-torchscript"]], ["rank", "model"], [1], 30)
+    [['1', 'nuclei-di…rchscript']]
+    >>> fit_names([["confidence", "0.50", "nuclei-dim-blurry-torchscript"]], ["estimator", "rho", "picked"],
+    ...           [0, 2], 40)
+    [['confidence', '0.50', 'nuclei-d…hscript']]
+    """
+    chrome = 3 * len(headers) + 1  # a border and one space either side per column, and the closing border
+    natural = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    budget = width - chrome - sum(w for i, w in enumerate(natural) if i not in names)
+    limits = {i: natural[i] for i in names}
+    for floor in (MIN_NAME, 6):
+        while sum(limits.values()) > budget:
+            widest = max(limits, key=lambda i: limits[i])
+            if limits[widest] <= max(floor, len(headers[widest]) if floor == MIN_NAME else floor):
+                break
+            limits[widest] -= 1
+    return [[abbreviate(c, limits[i]) if i in limits else c for i, c in enumerate(r)] for r in rows]
+
+
+def ranking_headline(ranking, n_images: int) -> str:
+    """What was ranked, what did not fit and what failed, counted separately.
+
+    The table holds the ranked models (a model without a valid score among them, last); the others are listed
+    after it, one line each.
+    """
+    counts: dict[str, int] = {}
+    for f in ranking.failures:
+        counts[str(f.stage)] = counts.get(str(f.stage), 0) + 1
+    unfit, skipped = counts.pop("unfit", 0), counts.pop("skipped", 0)
+    failed = sum(counts.values())
+    text = f"{ranking.estimator} ranking of {plural(len(ranking.scores), 'model')} on {plural(n_images, 'image')}"
+    extra = [f"{unfit} {'does' if unfit == 1 else 'do'} not fit these images" if unfit else "",
+             f"{skipped} skipped (package code not allowed)" if skipped else "",
+             f"{failed} failed" if failed else ""]
+    extra = [e for e in extra if e]
+    return text + ("; " + ", ".join(extra) if extra else "")
+
+
+def ranking_table(ranking, title: str, *, width: int = 80) -> Group:
+    """The ranking as a table that fits ``width`` columns, with each model's note on its own line below it."""
+    from rich.text import Text
+
     from bioimage_cte.run.ranking import interval_label
 
     n = max((s.n_valid for s in ranking.scores), default=0)
     caption = (f"Higher score = predictions more stable under perturbation = expected to transfer better. "
                f"interval: {interval_label(n)}. ~top: the images cannot tell this model from the top one "
                "(paired bootstrap).")
-    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
-    for column, justify in (("rank", "right"), ("model", "left"), ("score", "right"), ("interval", "right"),
-                            ("~top", "left"), ("images", "right"), ("note", "left")):
-        table.add_column(column, justify=justify, overflow="fold")
+    headers = ["rank", "model", "score", "interval", "~top", "images", "note"]
+    rows, notes = [], []
     for s in ranking.scores:
         score = "n/a" if s.score != s.score else f"{s.score:.3f}"
         lo, hi = s.interval
         interval = "-" if lo != lo or hi != hi else f"{lo:.3f}-{hi:.3f}"
         images = str(s.n_images) if not s.n_empty else f"{s.n_images} ({s.n_empty} empty)"
-        table.add_row(str(s.rank), s.name, score, interval, "yes" if s.tied_with_top else "", images, s.note)
+        mark = ""
+        if s.note:
+            notes.append(f"({len(notes) + 1}) {s.name}: {s.note}")
+            mark = f"({len(notes)})"
+        rows.append([str(s.rank), s.name, score, interval, "yes" if s.tied_with_top else "", images, mark])
+    if not notes:  # a column of nothing only takes room from the names
+        headers, rows = headers[:-1], [row[:-1] for row in rows]
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    for column in headers:
+        table.add_column(column, justify="left" if column in ("model", "~top", "note") else "right", no_wrap=True)
+    for row in fit_names(rows, headers, [1], width):
+        table.add_row(*row)
+    return Group(table, *(Text(note) for note in notes))
+
+
+def zoo_table(summaries, estimator: str, *, top: int = 3, width: int = 80) -> Table:
+    """A zoo run per target: its best ``top`` models with score and flags, and how many were ranked, did not fit and
+    failed (under the target's name)."""
+    headers = ["target", "#", "model", "score", "flags"]
+    rows: list[list[str]] = []
+    ends: list[int] = []
+    for s in summaries:
+        under = [s.name, f"{s.n_ranked} ranked", f"{s.n_unfit} do not fit" if s.n_unfit else "",
+                 f"{s.n_failed} failed" if s.n_failed else "", *s.flags]
+        under = [u for u in under if u]
+        best = [[str(rank), name, "n/a" if score is None else f"{score:.3f}", " ".join(flags)]
+                for rank, name, score, flags in s.top] or [["", "(no model ranked)", "", ""]]
+        for i in range(max(len(best), len(under))):
+            rows.append([under[i] if i < len(under) else "", *(best[i] if i < len(best) else ["", "", "", ""])])
+        ends.append(len(rows))
+    table = Table(title=f"top {top} per target ({estimator})", title_justify="left",
+                  caption="~top: the images cannot tell it from the top model; fg: share of pixels marked "
+                          "foreground (90 % or more: the score says little, check its predictions)",
+                  caption_justify="left")
+    for column in headers:
+        table.add_column(column, justify="right" if column in ("#", "score") else "left", no_wrap=True)
+    for i, row in enumerate(fit_names(rows, headers, [0, 2], width), start=1):
+        table.add_row(*row, end_section=i in ends)
+    return table
+
+
+def transfer_table(summary: dict[str, dict[str, Any]], *, width: int = 80) -> Table:
+    """The transfer matrix per target: best and worst model with their foreground Dice, the median and the spread."""
+    headers = ["target", "best", "model", "median", "worst", "model", "spread"]
+    rows = [[target, f"{s['best']:.3f}", str(s["best_model"]), f"{s['median']:.3f}", f"{s['worst']:.3f}",
+             str(s["worst_model"]), f"{s['best'] - s['worst']:.3f}"] for target, s in summary.items()]
+    table = Table(title="Foreground Dice per target", title_justify="left")
+    for column in headers:
+        table.add_column(column, justify="left" if column in ("target", "model") else "right", no_wrap=True)
+    for row in fit_names(rows, headers, [0, 2, 5], width):
+        table.add_row(*row)
     return table
 
 
 def print_failures(failures) -> None:
+    """One line per model that was not ranked: ``does not fit``, ``skipped`` (code not allowed) or ``failed``."""
     for f in failures:
-        what = "skipped" if f.stage == "skipped" else "failed"
-        say(f"[yellow]{what}[/]", f"{f.name} ({f.stage}): {f.reason}")
+        if f.stage == "unfit":
+            say("[dim]does not fit[/]", f"{f.name}: {f.reason}")
+        else:
+            what = "skipped" if f.stage == "skipped" else "failed"
+            say(f"[yellow]{what}[/]", f"{f.name} ({f.stage}): {f.reason}")
 
 
 _AGREEMENT_COLUMNS = ("estimator", "pearson", "spearman", "spearman_ci_low", "spearman_ci_high", "kendall",
@@ -125,18 +291,25 @@ def write_evaluation(evaluation, path: Path) -> None:
     write_atomic(path, buffer.getvalue().encode())
 
 
-def agreement_table(evaluation, n_models: int, n_images: int) -> Table:
+def agreement_table(evaluation, n_models: int, n_images: int, *, width: int = 80) -> Table:
     # 80 columns: pearson and weighted tau are in --output (CSV/JSON), not on the terminal
-    table = Table(title=f"Agreement with true {evaluation.metric} ({n_models} models, {n_images} images)",
-                  title_justify="left", caption="spearman, kendall: rank correlation with the true ranking (1 = "
-                  "same order); top-1: picked the truly best model; regret: true score lost by taking the pick.",
+    table = Table(title=f"Agreement with true {evaluation.metric} ({plural(n_models, 'model')}, "
+                        f"{plural(n_images, 'image')})",
+                  title_justify="left", caption="ρ (Spearman), τ (Kendall): rank correlation with the true ranking "
+                  "(1 = same order); top-1: picked the truly best model; regret: true score lost by taking the pick; "
+                  "picked: the top of the estimator's ranking (full names in --output).",
                   caption_justify="left")
-    for column in ("estimator", "spearman", "95% CI", "kendall", "top-1", "regret", "picked"):
-        table.add_column(column, justify="left" if column in ("estimator", "picked") else "right", overflow="fold")
+    # short headers for the numbers leave the room to the names
+    headers = ["estimator", "ρ", "ρ 95% CI", "τ", "top-1", "regret", "picked"]
+    for column in headers:
+        table.add_column(column, justify="left" if column in ("estimator", "picked") else "right", no_wrap=True)
+    rows = []
     for row in agreement_rows(evaluation):
         ci = "-" if row["spearman_ci_low"] is None else f"{row['spearman_ci_low']:.2f}..{row['spearman_ci_high']:.2f}"
-        table.add_row(row["estimator"], f"{row['spearman']:.2f}", ci, f"{row['kendall']:.2f}",
-                      "yes" if row["top1_hit"] else "no", f"{row['regret']:.3f}", row["picked"] or "-")
+        rows.append([row["estimator"], f"{row['spearman']:.2f}", ci, f"{row['kendall']:.2f}",
+                     "yes" if row["top1_hit"] else "no", f"{row['regret']:.3f}", row["picked"] or "-"])
+    for row in fit_names(rows, headers, [0, 6], width):
+        table.add_row(*row)
     return table
 
 

@@ -7,6 +7,10 @@ line every ``interval`` seconds (``BIOIMAGE_CTE_PROGRESS_SECONDS``, default 10),
     [0:00:12] loading model 2/8 nuclei-small-bright (10/80 images done)
     [0:00:22] nuclei-small-bright: image 4/10, 14/80 done
 
+With a budget every model stays loaded and each image is scored by all of them in turn
+(``image 3/10 for each of 8 models, 24/80 done``); a study over several targets counts the models per target
+(``loading model 2/8 nuclei-small-bright on target 3/6 dsb2018 (...)``).
+
 The callbacks are those of :class:`bioimage_cte.run.pipeline.Progress`, so every command that takes one (rank,
 evaluate, report, transfer-matrix, the zoo flow's CLI) reports progress the same way.
 """
@@ -53,6 +57,7 @@ class PlainProgress:
     interval: float = field(default_factory=progress_interval)
     total: int | None = None
     n_models: int | None = None
+    n_images: int | None = None
     done: int = 0
     model_name: str = ""
     model_index: int = 0
@@ -60,6 +65,10 @@ class PlainProgress:
     _started: float = field(default_factory=time.monotonic)
     _last: float = float("-inf")
     _pending: tuple[str, float] | None = None
+    #: with a budget: the image every model is scoring now, of at most how many
+    _round: tuple[int, int] | None = None
+    #: in a study over targets: the target's name, its number and how many there are
+    _target: tuple[str, int, int] | None = None
 
     def _line(self, text: str, at: float | None = None) -> None:
         self._last = time.monotonic()
@@ -93,21 +102,46 @@ class PlainProgress:
         self._line(f"{self.label}: {total} model x image predictions to make")
 
     def plan(self, n_models: int, n_images: int) -> None:
-        self.n_models = n_models
+        self.n_models, self.n_images = n_models, n_images
+
+    def target(self, name: str, number: int, count: int) -> None:
+        """A new target of a study: models are counted again from 1."""
+        self._flush()
+        self._target, self.model_index = (name, number, count), 0
+        self._line(f"target {number}/{count} {name}")
 
     def model(self, name: str) -> None:
         self._flush()
         self.model_index += 1
         self.model_name, self.model_done = name, 0
         of = f"/{self.n_models}" if self.n_models else ""
-        self._line(f"loading model {self.model_index}{of} {name} ({self._of_total()} images done)")
+        where = f" on target {self._target[1]}/{self._target[2]} {self._target[0]}" if self._target else ""
+        self._line(f"loading model {self.model_index}{of} {name}{where} ({self._of_total()} images done)")
+
+    def round(self, number: int, count: int) -> None:
+        """With a budget: image ``number`` of at most ``count`` starts, scored by every loaded model in turn."""
+        self._flush()
+        self._round, self.model_name = (number, count), ""
+
+    def finish(self) -> None:
+        """A closing count when the run made fewer predictions than planned (a model failed, or a budget stopped
+        early), so a log never ends on a count short of its total without saying why."""
+        self._flush()
+        if self.total is None or self.done >= self.total:
+            return
+        self._line(f"{self.done}/{self.total} done: the others were not made (a model failed, or a budget stopped "
+                   "early; see below)")
 
     def image(self) -> None:
         self.done += 1
         self.model_done += 1
         finished = self.total is not None and self.done >= self.total
         if finished or time.monotonic() - self._last >= self.interval:
-            per_model = f"/{self.total // self.n_models}" if self.total and self.n_models else ""
+            if self._round is not None:
+                each = f" for each of {self.n_models} models" if self.n_models else ""
+                self._line(f"image {self._round[0]}/{self._round[1]}{each}, {self._of_total()} done")
+                return
+            per_model = f"/{self.n_images}" if self.n_images else ""
             who = f"{self.model_name}: " if self.model_name else ""
             self._line(f"{who}image {self.model_done}{per_model}, {self._of_total()} done")
 
@@ -132,7 +166,9 @@ def progress_display(label: str, console: Console, *, warn: Callable[[str], None
     if not console.is_terminal:
         plain = PlainProgress(label, lambda text: console.print(escape(text), highlight=False, soft_wrap=True))
         yield Progress(warning=warning, start=plain.start, plan=plain.plan, stage=plain.quiet_stage,
-                       model=lambda source: plain.model(source.name), image=plain.image)
+                       model=lambda source: plain.model(source.name), image=plain.image, round=plain.round,
+                       target=plain.target)
+        plain.finish()
         return
 
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
@@ -151,5 +187,16 @@ def progress_display(label: str, console: Console, *, warn: Callable[[str], None
             current["name"] = source.name
             bar.update(task, description=f"loading {source.name}")
 
+        def round_(number: int, count: int) -> None:
+            current["name"] = f"image {number}/{count}, every model"
+
+        def target(name: str, number: int, count: int) -> None:
+            current["target"] = f" on target {number}/{count} {name}"
+
+        def model_on_target(source: Any) -> None:
+            model(source)
+            bar.update(task, description=f"loading {source.name}{current.get('target', '')}")
+
         yield Progress(warning=warning, start=lambda total: bar.update(task, total=total),
-                       stage=lambda text: bar.update(task, description=text), model=model, image=image)
+                       stage=lambda text: bar.update(task, description=text), model=model_on_target, image=image,
+                       round=round_, target=target)

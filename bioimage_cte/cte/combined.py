@@ -37,24 +37,53 @@ if TYPE_CHECKING:
     from bioimage_cte.cte.outcomes import ModelResult
     from bioimage_cte.predict.segmentation import Prediction
 
-__all__ = ["FAMILIES", "CTECombined", "combine", "family_scores", "normalised_ranks", "per_image_combined"]
+__all__ = ["FAMILIES", "TIE_TOLERANCE", "CTECombined", "combine", "family_scores", "normalised_ranks",
+           "per_image_combined", "tied_ranks"]
 
 #: Perturbation families of ``cte``, in the order they are run per image.
 FAMILIES: tuple[str, ...] = ("dropout", "dihedral", "noise")
 
 
+#: Values closer than this are one value when ranked: the same network run as onnx, torchscript or a state dict
+#: computes its consistency with float32 round-off of about 1e-7, and such twins must share their rank.
+TIE_TOLERANCE = 1e-6
+
+
+def tied_ranks(values: Sequence[float], *, tolerance: float = TIE_TOLERANCE) -> np.ndarray:
+    """Ranks from 1 (lowest) of finite ``values``; values within ``tolerance`` of a neighbour share their mean rank.
+
+    Sorted values form one group while each is within ``tolerance`` of the previous one, so round-off never splits
+    a tie (plain ranking would give two twins 0.81234561 and 0.81234567 different ranks).
+
+    Examples
+    --------
+    >>> tied_ranks([0.3, 0.1, 0.3 + 1e-9, 0.2]).tolist()
+    [3.5, 1.0, 3.5, 2.0]
+    """
+    x = np.asarray(values, dtype=float)
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(x.size)
+    start = 0
+    for i in range(1, x.size + 1):
+        if i == x.size or x[order[i]] - x[order[i - 1]] > tolerance:
+            ranks[order[start:i]] = (start + 1 + i) / 2.0  # the mean of ranks start+1 .. i
+            start = i
+    return ranks
+
+
 def normalised_ranks(scores: Sequence[float]) -> np.ndarray:
     """Ranks of the finite ``scores`` scaled to [0, 1] (1: highest; ties share their mean rank); ``nan`` stays.
 
-    A family that scored a single model, or gave every model the same score, puts them all at 0.5.
+    A family that scored a single model, or gave every model the same score, puts them all at 0.5. Scores within
+    :data:`TIE_TOLERANCE` of each other are ties (:func:`tied_ranks`).
 
     Examples
     --------
     >>> normalised_ranks([0.9, 0.5, float("nan"), 0.7]).tolist()
     [1.0, 0.0, nan, 0.5]
+    >>> normalised_ranks([0.9, 0.9 + 1e-8, 0.5]).tolist()
+    [0.75, 0.75, 0.0]
     """
-    from scipy.stats import rankdata
-
     x = np.asarray(scores, dtype=float)
     out = np.full(x.shape, np.nan)
     ok = np.isfinite(x)
@@ -62,7 +91,7 @@ def normalised_ranks(scores: Sequence[float]) -> np.ndarray:
     if n == 1:
         out[ok] = 0.5
     elif n > 1:
-        out[ok] = (rankdata(x[ok]) - 1.0) / (n - 1.0)
+        out[ok] = (tied_ranks(x[ok]) - 1.0) / (n - 1.0)
     return out
 
 

@@ -27,6 +27,8 @@ class Stage(StrEnum):
     SKIPPED = "skipped"
     #: this estimator cannot run on this model (e.g. grey-box without ``pytorch_state_dict`` weights)
     ESTIMATOR = "estimator"
+    #: the model cannot see these images (a 3D model on 2D images, another input channel count): not loaded
+    UNFIT = "unfit"
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from bioimage_cte.base.errors import (
 )
 from bioimage_cte.base.version import __version__
 from bioimage_cte.predict.images import dataset_fingerprint
+from bioimage_cte.run.ranking import read_ranking
 from bioimage_cte.zoo.packages import (
     locate_package,
     open_package,
@@ -379,21 +380,6 @@ def annotate_package(
 # --- from a ranking ---------------------------------------------------------------------------------------------
 
 
-def _read_ranking(path: Path) -> dict[str, Any]:
-    try:
-        payload = json.loads(path.read_text())
-    except OSError as e:
-        raise BioimageCteError(f"cannot read ranking {path}: {e.strerror or e}; pass the JSON written by "
-                               "'bioimage-cte rank --output'") from e
-    except json.JSONDecodeError as e:
-        raise BioimageCteError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); pass the JSON written by "
-                               "'bioimage-cte rank --output'") from e
-    if not isinstance(payload, dict) or "models" not in payload:
-        raise BioimageCteError(f"{path} is not a ranking (no 'models'); pass the JSON written by "
-                               "'bioimage-cte rank --output'")
-    return payload
-
-
 def annotate_from_ranking(
     ranking_json_path: Path,
     *,
@@ -436,7 +422,7 @@ def annotate_from_ranking(
         One or more models could not be annotated (the others were).
     """
     path = Path(ranking_json_path)
-    ranking = _read_ranking(path)
+    ranking = read_ranking(path)
     paths = [Path(p) for p in images]
     n_ranked = ranking.get("settings", {}).get("n_images")
     if isinstance(n_ranked, int) and n_ranked != len(paths):

@@ -1,14 +1,12 @@
-"""Reports of rankings: per-model reports for the BioImage Model Zoo collection, and one HTML page.
+"""The HTML report of one ranking (per-model zoo reports: :mod:`bioimage_cte.outputs.zoo_reports`; every model on
+every target: :mod:`bioimage_cte.outputs.leaderboard`).
 
-- :func:`zoo_tool_report` / :func:`write_zoo_reports`: one JSON per model version in the shape
-  of the collection's per-tool compatibility report (``status``, ``score`` in [0, 1],
-  ``error``, ``details``, ``badge``, ``links``), laid out as the collection publishes them:
-  ``reports/<model id>/<version>/reports/bioimage-cte_<tool version>.json``. A zoo maintainer
-  can publish these next to the other tools' reports without touching any model.
-- :func:`write_html_report`: one self-contained HTML file (every figure inlined as a PNG, no
-  external CSS, scripts or fonts) with the ranking, bootstrap intervals, per-image scores,
-  clean and perturbed predictions of the best and worst model, and, given an evaluation on
-  labelled images, how well the ranking agreed with the true one.
+:func:`write_html_report` writes one self-contained page (every figure an inline PNG, no external CSS, scripts or
+fonts) with the ranking, bootstrap intervals, per-image scores, the predictions of the best and the worst model
+(input, clean, perturbed and the per-pixel disagreement the score averages) and, given an evaluation on labelled
+images, how well the ranking agreed with the true one.
+
+Rendering only: the overlays come from :func:`bioimage_cte.run.overlays.report_overlays`.
 """
 
 from __future__ import annotations
@@ -19,260 +17,19 @@ import html
 import io
 import json
 import math
-import re
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, urlparse
 
 import numpy as np
 
 from bioimage_cte.base.errors import BioimageCteError
 from bioimage_cte.base.fileutils import write_atomic
 from bioimage_cte.base.version import __version__
-from bioimage_cte.outputs.annotate import score_settings
 from bioimage_cte.run.ranking import FEW_IMAGES, interval_label
-from bioimage_cte.zoo.packages import locate_package, read_rdf
 
-__all__ = [
-    "TOOL_NAME",
-    "merge_tool_reports",
-    "write_html_report",
-    "write_zoo_reports",
-    "zoo_tool_report",
-]
-
-#: The tool name in report file names; the collection splits ``<tool>_<version>`` at the underscore.
-TOOL_NAME = "bioimage-cte"
-_TOOL_VERSION = re.compile(r"^[a-z0-9.-]+$")
-_TARGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_ZOO_ID_PREFIX = "bioimage-io/"
-
-
-# --- zoo reports ----------------------------------------------------------------------------------------------
-
-
-def _unit_score(score: float, rank: int, n_models: int) -> float:
-    # CTE scores are consistencies in [0, 1]; other estimators (e.g. negative entropy) are not, and for them the
-    # rank is the only comparable quantity.
-    if 0.0 <= score <= 1.0:
-        return float(score)
-    return 1.0 if n_models <= 1 else (n_models - rank) / (n_models - 1)
-
-
-def _badge(label: str, rank: int, n_models: int, url: str) -> dict[str, str]:
-    third = rank / max(n_models, 1)
-    color = "brightgreen" if third <= 1 / 3 else "yellow" if third <= 2 / 3 else "orange"
-    message = quote(label.removeprefix("CTE ").replace("-", "--"), safe="")
-    return {"icon": f"https://img.shields.io/badge/CTE-{message}-{color}", "label": label, "url": url}
-
-
-def zoo_tool_report(
-    score: Mapping[str, Any],
-    *,
-    target: str,
-    n_models: int,
-    estimator: str,
-    settings: Mapping[str, Any] | None = None,
-    model_id: str | None = None,
-    url: str | None = None,
-    links: Sequence[str] = (),
-) -> dict[str, Any]:
-    """One model's result on one target, as a collection per-tool report (a JSON-ready dict).
-
-    Parameters
-    ----------
-    score : mapping
-        One entry of a ranking JSON's ``models`` (name, score, rank, n_images, note, ...) or of
-        its ``failures`` (name, stage, reason).
-    target : str
-        Name of the target dataset.
-    n_models : int
-        Number of models ranked.
-    estimator : str
-        Estimator name.
-    settings : mapping, optional
-        Settings that change the score (see :func:`bioimage_cte.outputs.annotate.score_settings`).
-    model_id : str, optional
-        The model's zoo id, for the default badge link; default: the model's name.
-    url : str, optional
-        Where the badge links to; default: the model's page on bioimage.io.
-    links : sequence of str
-        Other bioimage.io resources the model should link to (the collection's ``links``).
-
-    Returns
-    -------
-    dict
-        ``status`` is ``passed`` for a scored model, ``failed`` for a model that could not be
-        run or predicted no foreground (score 0, with ``error``), and ``not-applicable`` when
-        the estimator cannot run on this kind of model (e.g. grey-box dropout without
-        ``pytorch_state_dict`` weights). ``score`` is the CTE score, which lies in [0, 1];
-        an estimator whose scores fall outside [0, 1] is reported by rank instead,
-        ``(n - rank) / (n - 1)``. ``details[target]`` keeps the raw score and rank.
-
-    Examples
-    --------
-    >>> r = zoo_tool_report({"name": "m", "score": 0.8, "rank": 2, "n_images": 4}, target="dsb",
-    ...                     n_models=5, estimator="cte-dropout", settings={"p": 0.2})
-    >>> r["status"], r["score"], r["badge"]["label"]
-    ('passed', 0.8, 'CTE rank 2/5')
-    """
-    name = str(score.get("name", ""))
-    link = url or f"https://bioimage.io/#/?id={quote(model_id or name, safe='')}"
-    detail: dict[str, Any] = {"score": None, "rank": None, "n_models": n_models, "n_images": score.get("n_images"),
-                              "estimator": estimator, "settings": dict(settings or {})}
-    value = score.get("score")
-    if "reason" in score or value is None or not math.isfinite(float(value)):
-        error = str(score.get("reason") or score.get("note") or "no score")
-        applicable = "reason" not in score or score.get("stage") in (None, "predict")
-        detail["error"] = error
-        return {"status": "failed" if applicable else "not-applicable", "score": 0.0, "error": error,
-                "details": {target: detail}, "badge": None, "links": list(links)}
-    rank = int(score["rank"])
-    detail.update(score=float(value), rank=rank)
-    label = f"CTE rank {rank}/{n_models}"
-    return {"status": "passed", "score": _unit_score(float(value), rank, n_models), "error": None,
-            "details": {target: detail}, "badge": _badge(label, rank, n_models, link), "links": list(links)}
-
-
-def merge_tool_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """One report for a model from its reports on several targets.
-
-    ``details`` holds every target. The model ``passed`` if it passed on any target, is
-    ``not-applicable`` if it was on every target, and ``failed`` otherwise. ``score`` is the
-    mean over the targets where the estimator applies (a failed target counts 0); the badge
-    shows the best rank.
-
-    Examples
-    --------
-    >>> a = zoo_tool_report({"name": "m", "score": 0.8, "rank": 2}, target="a", n_models=4, estimator="e")
-    >>> b = zoo_tool_report({"name": "m", "score": 0.6, "rank": 1}, target="b", n_models=4, estimator="e")
-    >>> merged = merge_tool_reports([a, b])
-    >>> sorted(merged["details"]), round(merged["score"], 2), merged["badge"]["label"]
-    (['a', 'b'], 0.7, 'CTE best rank 1/4 (2 targets)')
-    """
-    if not reports:
-        raise ValueError("no reports to merge; pass at least one report")
-    if len(reports) == 1:
-        return dict(reports[0])
-    details: dict[str, Any] = {}
-    for report in reports:
-        details.update(report["details"])
-    statuses = [r["status"] for r in reports]
-    applicable = [r for r in reports if r["status"] != "not-applicable"]
-    status = "passed" if "passed" in statuses else "failed" if applicable else "not-applicable"
-    errors = [f"{t}: {d['error']}" for t, d in details.items() if d.get("error")]
-    passed = [(r, t, d) for r in reports if r["status"] == "passed" for t, d in r["details"].items()]
-    badge = None
-    if passed:
-        best, _, d = min(passed, key=lambda x: x[2]["rank"] / x[2]["n_models"])
-        label = f"CTE best rank {d['rank']}/{d['n_models']} ({len(reports)} targets)"
-        badge = _badge(label, d["rank"], d["n_models"], best["badge"]["url"])
-    links = list(dict.fromkeys(link for r in reports for link in r.get("links", [])))
-    score = float(np.mean([r["score"] for r in applicable])) if applicable else 0.0
-    return {"status": status, "score": score, "error": "; ".join(errors) or None, "details": details,
-            "badge": badge, "links": links}
-
-
-def _identity(source: str, name: str) -> tuple[str, str]:
-    """(model id, version) of a ranked model: the RDF's ``id``/``version``, else the package name and "1"."""
-    if source.startswith(("http://", "https://")):
-        # a collection source: https://<hypha>/bioimage-io/artifacts/<id>/files/rdf.yaml?version=<v>
-        parsed = urlparse(source)
-        parts = parsed.path.strip("/").split("/")
-        version = parse_qs(parsed.query).get("version", ["1"])[0]
-        if "artifacts" in parts and parts.index("artifacts") + 1 < len(parts):
-            return parts[parts.index("artifacts") + 1], version
-        return name, "1"
-    try:
-        path = locate_package(source)
-        rdf = read_rdf(path)
-    except BioimageCteError:
-        return name, "1"
-    stem = path.stem if path.suffix.lower() == ".zip" else (path if path.is_dir() else path.parent).name
-    model_id = str(rdf.get("id") or stem).removeprefix(_ZOO_ID_PREFIX)
-    return model_id, str(rdf.get("version") or "1")
-
-
-def _safe_part(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip(".-") or "model"
-
-
-def _json_bytes(payload: Any) -> bytes:
-    return (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode()
-
-
-def write_zoo_reports(
-    rankings: Mapping[str, Mapping[str, Any]],
-    out_dir: Path,
-    *,
-    tool_version: str = __version__,
-) -> list[Path]:
-    """Write per-model collection reports for one or more rankings, and the rankings themselves.
-
-    Layout (as the collection's ``reports/`` folder)::
-
-        out_dir/reports/<model id>/<version>/reports/bioimage-cte_<tool_version>.json
-        out_dir/rankings/<target>.json
-
-    A model ranked on several targets gets one report with every target in ``details`` (see
-    :func:`merge_tool_reports`). The model id and version come from the RDF's ``id`` and
-    ``version``, else the package name and ``"1"``; for a collection URL, from the URL.
-
-    Parameters
-    ----------
-    rankings : mapping
-        Target name -> ranking JSON (as written by ``bioimage-cte rank --output``).
-    out_dir : Path
-        Folder to write into.
-    tool_version : str
-        Version in the report file name: lower-case letters, digits, dots and dashes (the
-        collection splits ``<tool>_<version>`` at the underscore, so none is allowed).
-
-    Returns
-    -------
-    list of Path
-        Every file written, reports first.
-
-    Raises
-    ------
-    BioimageCteError
-        A bad ``tool_version`` or target name, or a ranking without models (checked before
-        anything is written).
-    WriteError
-        ``out_dir`` cannot be written.
-    """
-    if not _TOOL_VERSION.match(tool_version):
-        raise BioimageCteError(f"tool version {tool_version!r} is not allowed in a zoo report name; use lower-case "
-                               "letters, digits, dots and dashes, e.g. 0.1.0")
-    by_model: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for target, ranking in rankings.items():
-        if not _TARGET_NAME.match(target):
-            raise BioimageCteError(f"target name {target!r} cannot be a file name; use letters, digits, '.', '_' "
-                                   "and '-', e.g. dsb2018")
-        models, failures = ranking.get("models"), ranking.get("failures", [])
-        settings = ranking.get("settings") or {}
-        if not isinstance(models, list) or "estimator" not in settings:
-            raise BioimageCteError(f"ranking for target {target!r} has no 'models' or 'settings.estimator'; pass "
-                                   "rankings written by 'bioimage-cte rank --output'")
-        kept = score_settings(settings)
-        for entry in [*models, *failures]:
-            model_id, version = _identity(str(entry.get("source", "")), str(entry.get("name", "model")))
-            report = zoo_tool_report(entry, target=target, n_models=len(models), estimator=settings["estimator"],
-                                     settings=kept, model_id=model_id)
-            by_model.setdefault((model_id, version), []).append(report)
-    out_dir = Path(out_dir)
-    written = []
-    for (model_id, version), reports in sorted(by_model.items()):
-        path = (out_dir / "reports" / _safe_part(model_id) / _safe_part(version) / "reports"
-                / f"{TOOL_NAME}_{tool_version}.json")
-        written.append(write_atomic(path, _json_bytes(merge_tool_reports(reports))))
-    for target, ranking in rankings.items():
-        written.append(write_atomic(out_dir / "rankings" / f"{target}.json", _json_bytes(ranking)))
-    return written
-
-
-# --- HTML report ----------------------------------------------------------------------------------------------
+__all__ = ["write_html_report", "write_page"]
 
 
 def _png(fig) -> str:
@@ -307,6 +64,12 @@ def _figure(width: float, height: float):
     return fig
 
 
+def _label(text: str, chars: int = 60) -> str:
+    """An axis label in lines of at most ``chars`` characters: long model names leave the axes narrow, and a label
+    wider than its figure is cut off at the edge."""
+    return "\n".join(textwrap.wrap(text, chars))
+
+
 def _ranking_chart(names: list[str], scores: list[float | None], ci: np.ndarray, estimator: str, n: int) -> str:
     # Points with whiskers rather than bars: CTE scores crowd near 1, where bars from 0 would all look equal.
     fig = _figure(7.5, 0.42 * len(names) + 1.2)
@@ -323,7 +86,7 @@ def _ranking_chart(names: list[str], scores: list[float | None], ci: np.ndarray,
     ax.set_yticks(y, [f"{i + 1}. {n}" for i, n in enumerate(names)])
     ax.set_ylim(len(names) - 0.5, -0.5)
     what = "95% bootstrap interval" if n >= FEW_IMAGES else f"spread over {n} images"
-    ax.set_xlabel(f"{estimator} score (median over images; higher is better); line: {what}")
+    ax.set_xlabel(_label(f"{estimator} score (median over images; higher is better); line: {what}"))
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
 
@@ -342,7 +105,7 @@ def _distribution_chart(names: list[str], per_image: list[list[float | None]], e
         ax.scatter(d, p + rng.uniform(-0.15, 0.15, d.size), s=14, color="#4c72b0", alpha=0.7, zorder=3)
     ax.set_yticks(positions, [f"{i + 1}. {n}" for i, n in enumerate(names)])
     ax.set_ylim(len(names) - 0.5, -0.5)
-    ax.set_xlabel(f"{estimator} score per image (one dot per image; box: quartiles, red: median)")
+    ax.set_xlabel(_label(f"{estimator} score per image (one dot per image; box: quartiles, red: median)"))
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
 
@@ -356,28 +119,41 @@ def _middle(array: np.ndarray) -> np.ndarray:
     return array[array.shape[0] // 2] if array.ndim == 3 else array
 
 
+#: Characters per line of a panel title: longer titles (image file names) wrap instead of being cut off.
+_TITLE_CHARS = 26
+
+
+def _title(text: str) -> str:
+    return "\n".join(textwrap.wrap(text, _TITLE_CHARS, break_on_hyphens=False)) or text
+
+
 def _overlay_figure(name: str, rank: int, rows, indices: list[int], image_paths: Sequence[Path],
-                    per_image: Sequence[float | None], kind: str, perturbation: str | None) -> str:
-    n_cols = 4 if perturbation else 2
-    fig = _figure(2.7 * n_cols, 2.4 * len(rows) + 0.4)
+                    per_image: Sequence[float | None], *, scored: str, consistency: str,
+                    captions: Mapping[int, str]) -> str:
+    perturbing = any(perturbed is not None for _, _, perturbed, _ in rows)
+    n_cols = 4 if perturbing else 2
+    fig = _figure(2.9 * n_cols, 2.7 * len(rows) + 0.5)
     fig.suptitle(f"rank {rank}: {name}", fontsize=11)
     axes = fig.subplots(len(rows), n_cols, squeeze=False)
-    label = {"dropout": "feature dropout", "input": "input perturbation"}.get(perturbation or "", "")
-    measure = "1 - effective invariance" if kind == "soft" else "masks differ"
+    # what a probability panel shows: the map the model is scored on (a boundary-only model's is its boundary map)
+    bar = f"{scored} probability"
+    measure = "1 - effective invariance" if consistency == "soft" else "masks differ (1) or agree (0)"
     for r, ((image, clean, perturbed, disagreement), i) in enumerate(zip(rows, indices, strict=True)):
         score = per_image[i] if i < len(per_image) else None
         panels = [(_display(image), "gray", Path(image_paths[i]).name, None),
-                  (clean, "magma", "clean prediction", "foreground probability")]
+                  (clean, "magma", "clean prediction", bar)]
         if perturbed is not None:
-            panels += [(perturbed, "magma", f"with {label}", "foreground probability"),
-                       (disagreement, "inferno", f"disagreement; score {_fmt(score)}", measure)]
-        for c, (array, cmap, title, bar) in enumerate(panels):
+            panels += [(perturbed, "magma", f"perturbed: {captions.get(i, 'as scored')}", bar),
+                       (disagreement, "inferno", f"disagreement (image score {_fmt(score)})", measure)]
+        for c, (array, cmap, title, label) in enumerate(panels):
             shown = axes[r, c].imshow(array, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-            axes[r, c].set_title(title, fontsize=8)
+            axes[r, c].set_title(_title(title), fontsize=8)
             axes[r, c].set_xticks([])
             axes[r, c].set_yticks([])
-            if bar:  # every probability and disagreement panel on the same fixed 0-1 scale, with its bar
-                fig.colorbar(shown, ax=axes[r, c], fraction=0.046, pad=0.02).set_label(bar, fontsize=7)
+            if label:  # every probability and disagreement panel on the same fixed 0-1 scale, with its bar
+                colorbar = fig.colorbar(shown, ax=axes[r, c], fraction=0.046, pad=0.02)
+                colorbar.set_label(_title(label), fontsize=7)
+                colorbar.ax.tick_params(labelsize=7)
     return _png(fig)
 
 
@@ -453,7 +229,7 @@ def write_html_report(
     The page holds the ranking table, a bar chart of the scores with 95% bootstrap intervals
     over images, the per-image scores of every model, the input, clean and perturbed
     predictions of the best and the worst model on a few images (``overlays``, from
-    :func:`bioimage_cte.run.pipeline.report_overlays`: this module only renders), the agreement with true
+    :func:`bioimage_cte.run.overlays.report_overlays`: this module only renders), the agreement with true
     performance when an evaluation is given, and the settings. Every figure is an inline PNG; the page loads
     nothing from anywhere.
 
@@ -468,7 +244,7 @@ def write_html_report(
     evaluation_json : mapping, optional
         :meth:`bioimage_cte.run.ranking.Evaluation.to_json_dict` output on labelled images.
     overlays : mapping, optional
-        :func:`bioimage_cte.run.pipeline.report_overlays` output; without it, no predictions are shown.
+        :func:`bioimage_cte.run.overlays.report_overlays` output; without it, no predictions are shown.
     seed : int
         Seed of the bootstrap.
 
@@ -496,7 +272,8 @@ def write_html_report(
     ci = np.array([[np.nan if v is None else v for v in (m.get("interval") or (None, None))] for m in models],
                   dtype=float).reshape(-1, 2)
 
-    body = [f"<h1>bioimage-cte ranking: {html.escape(estimator)} on {len(image_paths)} images</h1>",
+    n_images = len(image_paths) or int(settings.get("n_images") or 0)  # a zoo page may not have the images at hand
+    body = [f"<h1>bioimage-cte ranking: {html.escape(estimator)} on {n_images} images</h1>",
             f"<p class='note'>{len(models)} models ranked, {len(ranking_json.get('failures', []))} failed. "
             "Higher scores mean more consistent predictions under perturbation, which predicts better transfer "
             "to these images. Generated "
@@ -528,9 +305,10 @@ def write_html_report(
     body.extend(_overlay_section(models, settings, image_paths, overlays or {}))
     if evaluation_json:
         body.append(_evaluation_section(evaluation_json, ranking_json, estimator))
+    shown = {k: v for k, v in settings.items() if v is not None and v != [] and v != {}}  # unset ones say nothing
     body.append("<h2>Settings</h2><table id='settings'>" + "".join(
         f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(json.dumps(v) if not isinstance(v, str) else v)}</td>"
-        "</tr>" for k, v in settings.items()) + "</table>")
+        "</tr>" for k, v in shown.items()) + "</table>")
     return write_page(Path(path), f"bioimage-cte ranking ({estimator})", body)
 
 
@@ -550,30 +328,33 @@ def _overlay_section(models: list[Mapping[str, Any]], settings: Mapping[str, Any
     if not overlays.get("models") and not overlays.get("errors"):
         return []
     indices = list(overlays.get("indices", []))
-    kind = overlays.get("perturbation")
-    text = {"dropout": f"channel dropout (p = {settings.get('strength', 0.2)}) at "
-                       f"{settings.get('layer') or 'the bottleneck'}",
-            "input": f"{settings.get('kind', 'gaussian')} input perturbation (strength {settings.get('strength')})"}
     consistency = str(overlays.get("consistency", "soft"))
+    summary = overlays.get("summary")
     averaged = ("1 - effective invariance: 0 where both predictions agree with full confidence, up to 1 where "
-                "they disagree" if consistency == "soft" else "1 where the two masks differ")
-    parts = ["<h2>Predictions of the best and the worst model</h2>",
-             f"<p class='note'>Clean prediction and prediction with {html.escape(text[kind])}, as scored. The last "
-             f"column is the per-pixel disagreement the score averages ({averaged}; black outside the foreground "
-             "of both): its mean over the foreground is 1 - the image's score, so a less consistent model shows "
-             "more light pixels. All panels share one 0-1 colour scale.</p>" if kind else
-             f"<p class='note'>{html.escape(settings.get('estimator', ''))} uses no perturbation: clean predictions "
-             "only.</p>"]
+                "they disagree" if consistency == "soft" else "1 where the two masks differ, 0 where they agree")
+    parts = ["<h2>Predictions of the best and the worst model</h2>"]
+    if summary:
+        parts.append(f"<p class='note'>{html.escape(summary)}. Each row: the input, the clean prediction, the "
+                     "perturbed prediction (named above it) and the per-pixel disagreement the score averages "
+                     f"({averaged}; black where both predictions are background): its mean over the foreground "
+                     "is 1 - the image's score, so a less consistent model shows more light pixels. Every panel "
+                     "uses one 0-1 colour scale.</p>")
+    else:
+        parts.append(f"<p class='note'>{html.escape(str(settings.get('estimator', '')))} compares no perturbed "
+                     "prediction with the clean one: clean predictions only.</p>")
     by_name = {str(m["name"]): m for m in models}
     for name, error in overlays.get("errors", {}).items():
         parts.append(f"<p class='failed'>could not run {html.escape(name)} again: {html.escape(error)}</p>")
+    captions = {int(k): str(v) for k, v in (overlays.get("captions") or {}).items()}
     for name, predictions in overlays.get("models", {}).items():
         model = by_name[name]
+        scored = str((model.get("output") or {}).get("scored") or "foreground")
         rows = [(_middle(image), _middle(clean.foreground),
                  None if perturbed is None else _middle(perturbed.foreground),
                  None if disagreement is None else _middle(disagreement))
                 for image, clean, perturbed, disagreement in predictions]
         figure = _overlay_figure(name, int(model["rank"]), rows, indices, image_paths,
-                                 list(model.get("per_image") or []), consistency, kind)
+                                 list(model.get("per_image") or []), scored=scored, consistency=consistency,
+                                 captions=captions)
         parts.append(_img(figure, f"predictions of {name}"))
     return parts

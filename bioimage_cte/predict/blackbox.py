@@ -42,7 +42,9 @@ class BlackBoxPredictor(Predictor):
         try:
             pipeline = create_prediction_pipeline(descr, devices=list(devices), weights_format=choice.format)
         except Exception as e:
-            source = getattr(getattr(descr.weights, choice.format or "", None), "source", "a weights file")
+            # bioimageio.core's priority order tries the state dict first: name it when no format was chosen
+            entry = getattr(descr.weights, choice.format or "pytorch_state_dict", None)
+            source = getattr(entry, "source", "its weights file")
             raise_if_damaged(e, name=name, source=source)
             raise InvalidModelError(f"{name}: could not load the model ({first_line(e)}); check its weights "
                                     "with 'bioimageio test'") from e

@@ -1,6 +1,8 @@
 """Stop waiting for a model that hangs: a time limit on one piece of work, for unattended runs.
 
-A weekly zoo run must not sit for days behind one model whose forward pass never returns. :func:`run_with_deadline`
+A weekly zoo run must not sit for days behind one model whose forward pass never returns. Models run in a child
+process that is killed at the limit (:mod:`bioimage_cte.run.isolated`); where no child process may be started
+(a daemonic Dask worker) :func:`run_with_deadline`
 runs the work in a helper thread and waits at most ``seconds``. When the time is up it raises
 :class:`~bioimage_cte.base.errors.ModelTimeoutError` at once, so the caller records the model as failed and moves on,
 and it asks the helper thread to stop: the thread gets an exception the next time it runs Python code (between
@@ -17,7 +19,7 @@ from typing import TypeVar
 
 from bioimage_cte.base.errors import ModelTimeoutError
 
-__all__ = ["StoppedByDeadline", "run_with_deadline"]
+__all__ = ["StoppedByDeadline", "run_with_deadline", "timeout_message"]
 
 T = TypeVar("T")
 
@@ -30,6 +32,12 @@ class StoppedByDeadline(BaseException):
 def _stop(thread: threading.Thread) -> None:
     if thread.ident is not None:
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(StoppedByDeadline))
+
+
+def timeout_message(what: str, seconds: float) -> str:
+    """The one-line reason of a model stopped at its time limit."""
+    return (f"{what}: timed out after {seconds:g} s and was stopped; raise the time limit (--time-limit) if the "
+            "model is only slow")
 
 
 def run_with_deadline(work: Callable[[], T], seconds: float | None, *, what: str) -> T:
@@ -71,8 +79,7 @@ def run_with_deadline(work: Callable[[], T], seconds: float | None, *, what: str
     thread.join(seconds)
     if thread.is_alive():
         _stop(thread)
-        raise ModelTimeoutError(f"{what}: timed out after {seconds:g} s and was stopped; raise the time limit "
-                                "(--task-timeout) if the model is only slow")
+        raise ModelTimeoutError(timeout_message(what, seconds))
     if "error" in box:
         raise box["error"]  # type: ignore[misc]
     return box["value"]  # type: ignore[return-value]

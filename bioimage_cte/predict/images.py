@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 
 from bioimage_cte.base.errors import InvalidImageError
 from bioimage_cte.predict.image_axes import tiff_axes, to_model_input, to_yx
+from bioimage_cte.predict.image_headers import decoded_size
 
 __all__ = [
     "dataset_fingerprint",
@@ -27,6 +27,7 @@ __all__ = [
     "ImageCache",
     "ImageCheck",
     "check_images",
+    "label_like",
     "load_target",
     "target_task",
     "list_images",
@@ -90,6 +91,9 @@ def list_images(spec: str | Path) -> list[Path]:
     if path.is_dir():
         found = sorted(p for p in path.iterdir() if _is_image_file(p))
         if not found:
+            inner = path / "images"
+            if inner.is_dir() and any(_is_image_file(p) for p in inner.iterdir()):  # a target folder, not its images
+                raise InvalidImageError(f"no images found in {path}, but its images/ folder holds some: pass {inner}")
             raise InvalidImageError(f"no images found in {path}: {_ACCEPTED}")
         return found
     if path.is_file():
@@ -112,72 +116,6 @@ def _unreadable(path: Path, e: BaseException) -> InvalidImageError:
     return InvalidImageError(
         f"cannot read image {path} ({_reason(e)}); check that the file is a complete, uncorrupted image"
     )
-
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# samples per pixel by PNG colour type; a palette is counted as RGBA, which is what it may decode to
-_PNG_SAMPLES = {0: 1, 2: 3, 3: 4, 4: 2, 6: 4}
-
-
-def _png_header(path: Path) -> tuple[tuple[int, ...], int] | None:
-    """(shape, bytes per sample) from a PNG's IHDR (and acTL, for the frames of an animated PNG).
-
-    Reads chunk headers only, up to the first image data. None when the file is no PNG: then
-    the decoder gets it and reports what it is.
-    """
-    with path.open("rb") as f:
-        if f.read(8) != _PNG_SIGNATURE:
-            return None
-        length, kind = struct.unpack(">I4s", f.read(8))
-        if kind != b"IHDR" or length < 13:
-            raise ValueError("the PNG's first chunk is not a valid IHDR header")
-        width, height, depth, colour = struct.unpack(">IIBB", f.read(10))
-        f.seek(length - 10 + 4, 1)  # rest of IHDR and its CRC
-        frames = 1
-        while len(head := f.read(8)) == 8:
-            length, kind = struct.unpack(">I4s", head)
-            if kind in (b"IDAT", b"IEND"):
-                break
-            if kind == b"acTL":
-                frames = max(1, struct.unpack(">I", f.read(4))[0])
-                length -= 4
-            f.seek(length + 4, 1)
-    shape = (height, width, _PNG_SAMPLES.get(colour, 4))
-    return (frames, *shape) if frames > 1 else shape, 2 if depth == 16 else 1
-
-
-def _npy_header(path: Path) -> tuple[tuple[int, ...], int]:
-    from numpy.lib import format as npy
-
-    with path.open("rb") as f:
-        version = npy.read_magic(f)
-        # version 3.0 differs from 2.0 only in allowing UTF-8 in the header, which a numeric image's has none of
-        read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
-        shape, _, dtype = read(f)
-    return tuple(shape), dtype.itemsize
-
-
-def _tiff_header(path: Path) -> tuple[tuple[int, ...], int]:
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:  # parses the tags only; no strip or tile is read
-        series = tif.series[0]
-        return tuple(series.shape), np.dtype(series.dtype).itemsize
-
-
-def _decoded_size(path: Path, suffix: str) -> tuple[int, int, tuple[int, ...]] | None:
-    """(pixel values, bytes, shape) the decoder would produce, from the file's header alone; None when unknown."""
-    if suffix == ".png":
-        header = _png_header(path)
-    elif suffix == ".npy":
-        header = _npy_header(path)
-    else:
-        header = _tiff_header(path)
-    if header is None:
-        return None
-    shape, itemsize = header
-    n = int(np.prod(shape, dtype=object))
-    return n, n * itemsize, shape
 
 
 def _human(n: int) -> str:
@@ -227,7 +165,7 @@ def read_image(path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np
         pass  # a missing or unreadable file is reported by the reader below
     if max_pixels is not None:
         try:
-            decoded = _decoded_size(path, suffix)
+            decoded = decoded_size(path, suffix)
         except Exception as e:  # a header the readers cannot parse either: damaged or not an image
             raise _unreadable(path, e) from e
         if decoded is not None and decoded[0] > max_pixels:
@@ -338,6 +276,7 @@ def check_images(
     """
     warnings: list[str] = []
     readable: list[Path] = []
+    labelled: list[tuple[Path, str]] = []
     errors: list[tuple[Path, InvalidImageError]] = []
     reader = cache or ImageCache(0)
     for path in paths:
@@ -354,6 +293,13 @@ def check_images(
         if data.min() == data.max():
             warnings.append(f"image {path} is constant: every pixel is {float(data.flat[0])}; it is scored, but "
                             "a blank image says little about a model's transferability, remove it from the targets")
+        elif (label := label_like(raw)) is not None:  # the stored dtype, before float conversion
+            labelled.append((path, label))
+    if labelled:
+        first, why = labelled[0]
+        warnings.append(f"{len(labelled)} of {len(paths)} images look like label images, not microscopy ({first}: "
+                        f"{why}); a ranking on label masks means nothing: pass the raw images (e.g. the images/ "
+                        "folder next to labels/)")
     if errors and not skip_bad:
         if len(errors) == 1:
             raise errors[0][1]
@@ -361,6 +307,44 @@ def check_images(
         raise InvalidImageError(f"{len(errors)} of {len(paths)} images cannot be read; fix or remove them (or skip "
                                 f"them with --skip-bad-images, skip_bad=True):\n{lines}") from errors[0][1]
     return ImageCheck(tuple(readable), tuple(warnings), tuple((p, str(e)) for p, e in errors))
+
+
+#: An image is taken for a label image when 0 covers at least this share of it ...
+LABEL_BACKGROUND = 0.2
+#: ... it holds at most this many distinct values per pixel ...
+LABEL_DISTINCT = 0.02
+#: ... and at least this share of horizontally adjacent foreground pixels hold the same value (flat objects).
+LABEL_FLAT = 0.9
+
+
+def label_like(data: np.ndarray) -> str | None:
+    """Why ``data`` looks like an integer label image (instance or binary masks) rather than a micrograph, or None.
+
+    Label images are integer-valued, mostly background 0, hold few distinct values, and each object is one flat
+    value; a micrograph, even a dark 8-bit one, has noise on its objects.
+
+    Examples
+    --------
+    >>> labels = np.zeros((64, 64), np.uint16); labels[10:20, 10:20] = 1; labels[30:50, 5:25] = 2
+    >>> label_like(labels)
+    'integer values, 2 distinct besides background 0 (88 % of the pixels), flat objects'
+    >>> label_like(np.random.default_rng(0).integers(0, 255, (64, 64)).astype(np.uint8)) is None
+    True
+    """
+    if data.dtype.kind not in "iub" or data.size == 0:
+        return None
+    background = float(np.count_nonzero(data == 0)) / data.size
+    if background < LABEL_BACKGROUND or background == 1.0:
+        return None
+    values = np.unique(data)
+    if values.size > max(2, LABEL_DISTINCT * data.size):
+        return None
+    left, right = data[..., :-1], data[..., 1:]
+    inside = (left != 0) & (right != 0)
+    if not inside.any() or float(np.mean(left[inside] == right[inside])) < LABEL_FLAT:
+        return None
+    return (f"integer values, {values.size - 1} distinct besides background 0 ({background * 100:.0f} % of the "
+            "pixels), flat objects")
 
 
 def _labels_by_stem(folder: Path) -> dict[str, list[Path]]:

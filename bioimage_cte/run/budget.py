@@ -119,12 +119,15 @@ class AdaptiveRun:
 def rank_adaptive(sources: Sequence[ModelSource], image_paths: Sequence[Path], estimator: Estimator,
                   options: RankOptions, *, on_image: Callable[[], None] | None = None,
                   on_model: Callable[[ModelSource], None] | None = None,
+                  on_round: Callable[[int, int], None] | None = None,
                   images: ImageCache | None = None) -> AdaptiveRun:
     """Score the images in the run's seeded order across every model until :func:`stop_reason` says stop.
 
     ``options.budget`` is ``"auto"`` (stop when settled), a number of images, or ``"all"``. Every model stays
     loaded for the run. A model that fails is recorded and the others go on, as in
     :func:`~bioimage_cte.run.scoring.rank_models`; the images are decoded once for all of them (``images``).
+    ``on_model`` is called as each model loads (all before the first image), ``on_round(i, n)`` before image ``i``
+    of at most ``n`` is scored by every model, ``on_image`` after each model x image.
     """
     from bioimage_cte.cte.outcomes import failure_of
     from bioimage_cte.run.ranking import per_image_scores
@@ -150,6 +153,8 @@ def rank_adaptive(sources: Sequence[ModelSource], image_paths: Sequence[Path], e
             except Exception as e:  # one broken zoo entry must never stop the run
                 failures.append(failure_of(source, e))
         for n_scored, index in enumerate(order, start=1):
+            if on_round is not None:
+                on_round(n_scored, len(order))
             alive = []
             for run in runs:
                 try:

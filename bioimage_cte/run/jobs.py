@@ -255,7 +255,8 @@ def score_job(job: ScoreJob, store: ResultStore, *, refresh: bool = False) -> Jo
 
     Idempotent: running a job twice scores it once. A model that cannot be scored is stored
     as ``"failed"`` with its reason, and the error is raised again so that the caller may retry
-    it; a failed record is never a cache hit (a failure may be transient).
+    it; a failed record is never a cache hit (a failure may be transient). With ``options.time_limit`` the model
+    runs in a child process killed at the limit (:mod:`bioimage_cte.run.isolated`): stored as failed, "timed out".
 
     Parameters
     ----------
@@ -276,13 +277,16 @@ def score_job(job: ScoreJob, store: ResultStore, *, refresh: bool = False) -> Jo
         if cached is not None and cached.status == "ok":
             return JobOutcome(job.key, "ok", scored=False)
     from bioimage_cte.predict.images import load_labels
+    from bioimage_cte.run.isolated import run_isolated
     from bioimage_cte.run.scoring import score_model
 
     options = job.options
     paths = [Path(p) for p in job.target.images]
     try:
         labels = load_labels(paths, job.target.labels, axes=options.axes) if job.target.labels else None
-        result = score_model(job.source, paths, [options.make_estimator()], options, labels=labels)
+        result = run_isolated(score_model, job.source, paths, [options.make_estimator()], options, labels=labels,
+                              seconds=options.time_limit, what=f"{job.source.name} on {job.target.name}",
+                              location=job.source.location)
     except Exception as e:  # stored as failed, then raised again for the caller's retries
         store.put(job.key, failed_record(job, e))
         raise

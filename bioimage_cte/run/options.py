@@ -38,6 +38,8 @@ __all__ = ["TASKS", "RankOptions", "parse_budget"]
 
 Task = Literal["semantic", "instance"]
 TASKS: tuple[Task, ...] = ("semantic", "instance")
+#: Seconds one model may take on one set of images: generous, a limit for a hung model, not a slow one.
+DEFAULT_TIME_LIMIT = 3600.0
 
 @dataclass(frozen=True, kw_only=True)
 class RankOptions:
@@ -91,6 +93,10 @@ class RankOptions:
         Largest unpacked member of a package zip; a package with a larger one is refused.
     skip_bad_images : bool
         Rank on the readable images and record the unreadable ones, instead of stopping before any model runs.
+    time_limit : float
+        Seconds one model may take on one set of images (loading included); a model still running then is killed
+        (it runs in a child process, :mod:`bioimage_cte.run.isolated`) and recorded as failed, and the others go
+        on. 0: no limit, and models run in this process.
     """
 
     estimator: str = "tta"
@@ -113,6 +119,7 @@ class RankOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES
     skip_bad_images: bool = False
+    time_limit: float = DEFAULT_TIME_LIMIT
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:
@@ -134,6 +141,8 @@ class RankOptions:
                                  f"{self.estimator!r} has no automatic strength: give a number")
         if self.seed < 0:
             raise ValueError(f"seed={self.seed}: use a non-negative integer")
+        if not self.time_limit >= 0:  # also refuses nan
+            raise ValueError(f"time_limit={self.time_limit}: use seconds >= 0 (0: no limit)")
         for name in ("max_pixels", "max_entry_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: use a positive limit")
@@ -207,7 +216,7 @@ class RankOptions:
                 "weight_format": self.weight_format, "tag": self.tag, "trust_code": self.trust_code,
                 "trusted_libraries": list(self.trusted_libraries), "budget": self.budget,
                 "max_pixels": self.max_pixels, "max_entry_bytes": self.max_entry_bytes,
-                "skip_bad_images": self.skip_bad_images}
+                "skip_bad_images": self.skip_bad_images, "time_limit": self.time_limit}
 
 
 def parse_budget(value: str | int) -> int | str:

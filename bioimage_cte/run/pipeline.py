@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from bioimage_cte.base.errors import BioimageCteError, InvalidImageError, InvalidModelError, one_line
-from bioimage_cte.cte.estimators import Estimator, FewLabelOracle, Perturbing
+from bioimage_cte.base.errors import BioimageCteError, InvalidImageError, InvalidModelError
+from bioimage_cte.cte.estimators import Estimator, FewLabelOracle
 from bioimage_cte.cte.metrics import METRICS
 from bioimage_cte.cte.outcomes import ModelFailure, ModelResult, Stage, failure_of
 from bioimage_cte.cte.registry import LABEL_FREE
@@ -34,14 +34,24 @@ from bioimage_cte.predict.images import ImageCache, check_images, list_images, l
 from bioimage_cte.run.budget import rank_adaptive
 from bioimage_cte.run.evaluation import Evaluation, evaluate_rankings
 from bioimage_cte.run.options import RankOptions
+from bioimage_cte.run.overlays import options_from_settings, report_overlays
 from bioimage_cte.run.ranking import Ranking, build_ranking, ranking_json
-from bioimage_cte.run.scoring import overlay_predictions, rank_models
+from bioimage_cte.run.scoring import rank_models
 from bioimage_cte.run.setup_checks import check_device, layer_missing_everywhere
 from bioimage_cte.run.strength import with_automatic_strength
 from bioimage_cte.zoo.rdf_checks import precheck_package
-from bioimage_cte.zoo.sources import ModelSource, filter_by_tag, locate_models, mixed_tasks_warning, read_rdf
+from bioimage_cte.zoo.sources import (
+    ModelSource,
+    filter_by_tag,
+    locate_models,
+    missing_sources,
+    missing_tag_error,
+    mixed_tasks_warning,
+    read_rdf,
+)
 
-__all__ = ["EvaluationRun", "Progress", "RankingRun", "evaluate", "rank", "report_overlays"]
+__all__ = ["EvaluationRun", "Progress", "RankingRun", "evaluate", "options_from_settings", "rank",
+           "report_overlays"]
 
 
 @dataclass
@@ -60,6 +70,10 @@ class Progress:
     model: Callable[[ModelSource], None] | None = None
     #: one image of one model is done
     image: Callable[[], None] | None = None
+    #: with a budget: image ``i`` of at most ``n`` starts, scored by every model in turn (models stay loaded)
+    round: Callable[[int, int], None] | None = None
+    #: a study over several targets: target ``j`` of ``m`` (its name) starts; models are counted per target
+    target: Callable[[str, int, int], None] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,6 +145,9 @@ def _inputs(models: Sequence[str | Path], images: str | Path | Sequence[Path], o
     zip, YAML bomb, no model RDF) is that package's failure; the other packages go on.
     """
     check_device(options.device)
+    missing = missing_sources(models)
+    if missing is not None:  # a mistyped path is the run's error, told before anything runs, as for images
+        raise missing
     if progress.stage is not None:
         progress.stage("finding models")
     sources, problems = locate_models(models)
@@ -139,10 +156,10 @@ def _inputs(models: Sequence[str | Path], images: str | Path | Sequence[Path], o
     if not sources and not failures:
         raise InvalidModelError(f"no model found in {where}; pass rdf.yaml files, packages or folders of packages")
     if options.tag and sources:
-        sources = filter_by_tag(sources, options.tag)
-        if not sources and not failures:
-            raise InvalidModelError(f"no model in {where} has the tag {options.tag!r}; drop --tag or pick a tag from "
-                                    "the models' rdf.yaml")
+        tagged = filter_by_tag(sources, options.tag)
+        if not tagged and not failures:
+            raise missing_tag_error(sources, options.tag, where)
+        sources = tagged
     paths = list_images(images) if isinstance(images, str | Path) else [Path(p) for p in images]
     if not paths:
         raise InvalidImageError("no images given; pass a folder, a glob or image files")
@@ -168,7 +185,7 @@ def _inputs(models: Sequence[str | Path], images: str | Path | Sequence[Path], o
         if reason is None:
             checked.append(source)
         else:
-            failures.append(ModelFailure(source.name, source.source, Stage.SKIPPED, reason))
+            failures.append(ModelFailure(source.name, source.source, Stage.UNFIT, reason))
     mixed = None if options.tag else mixed_tasks_warning(checked)
     dims = mixed_dimensions_warning(checked, fit)
     warnings = [w for w in (mixed, dims) if w] + list(check.warnings)
@@ -227,13 +244,13 @@ def rank(
     sources, paths = inputs.sources, inputs.paths
     choice: dict[str, Any] = {}
     if options.strength == "auto":
-        estimator, choice = with_automatic_strength(sources, paths, estimator, options)
+        estimator, choice = with_automatic_strength(sources, paths, estimator, options, on_stage=progress.stage)
     n_found, reason = len(paths), "all images"
     if options.budget == "all":
         results, failures = _score(sources, paths, [estimator], options, progress, images=inputs.images)
     else:
         run = rank_adaptive(sources, paths, estimator, options, on_image=progress.image, on_model=progress.model,
-                            images=inputs.images)
+                            on_round=progress.round, images=inputs.images)
         results, failures, paths, reason = run.results, run.failures, run.images, run.stop_reason
     ranking = build_ranking(results, estimator, failures=inputs.failures + failures, seed=options.seed)
     _raise_if_layer_missing(options, ranking.failures[len(inputs.failures):], ranking)
@@ -290,65 +307,3 @@ def evaluate(
     return EvaluationRun(evaluation=evaluation, sources=tuple(inputs.sources), images=tuple(inputs.paths),
                          options=options, warnings=tuple(inputs.warnings), failures=tuple(failures),
                          skipped_images=inputs.skipped)
-
-
-def report_overlays(ranking_json: dict[str, Any], image_paths: Sequence[Path], *, n_images: int = 3,
-                    n_models: int = 2, progress: Progress | None = None) -> dict[str, Any]:
-    """Clean and perturbed predictions of the top and bottom models on a few images, for the HTML report.
-
-    Each row also holds the per-pixel disagreement the score averages (:func:`~bioimage_cte.cte.consistency.
-    disagreement_map`), so the report shows what the score measures rather than thresholded masks.
-
-    Returns
-    -------
-    dict
-        ``{"indices": [...], "perturbation": "dropout" | "input" | None, "consistency": "soft" | ...,
-        "threshold": float, "models": {name: [(image, clean, perturbed or None, disagreement or None), ...]},
-        "errors": {name: text}}``; a model that cannot be re-run is named under ``errors`` instead of stopping
-        the report.
-    """
-    from bioimage_cte.cte.consistency import disagreement_map
-    from bioimage_cte.cte.seeds import rng
-    from bioimage_cte.zoo.packages import locate_package, rdf_location
-
-    settings = ranking_json.get("settings", {})
-    options = options_from_settings(settings)
-    models = [m for m in ranking_json.get("models", []) if m.get("score") is not None]
-    chosen = models[:n_models] + [m for m in models[-n_models:] if m not in models[:n_models]]
-    count = min(n_images, len(image_paths))
-    indices = sorted(int(i) for i in rng(options.seed, "report").choice(len(image_paths), count, replace=False))
-    estimator = options.make_estimator()
-    perturbation = None
-    if isinstance(estimator, Perturbing):  # what the perturbed panels show
-        perturbation = "dropout" if estimator.needs_greybox else "input"
-    threshold = float(getattr(estimator, "threshold", 0.5))
-    kind = options.consistency_kind
-    out: dict[str, Any] = {"indices": indices, "perturbation": perturbation, "consistency": kind,
-                           "threshold": threshold, "models": {}, "errors": {}}
-    progress = progress or Progress()
-    if progress.plan is not None:
-        progress.plan(len(chosen), count)
-    if progress.start is not None:
-        progress.start(len(chosen) * count)
-    for model in chosen:
-        try:
-            location = str(rdf_location(locate_package(model["source"])))
-            if progress.model is not None:
-                progress.model(ModelSource(model["name"], model["source"], kind="rdf", location=location))
-            rows = overlay_predictions(location, image_paths, indices, options, on_image=progress.image)
-            out["models"][model["name"]] = [
-                (image, clean, perturbed, None if perturbed is None else
-                 disagreement_map(clean.foreground, perturbed.foreground, kind=kind, threshold=threshold))
-                for image, clean, perturbed in rows]
-        except Exception as e:  # a report is a view on the ranking: one model that cannot re-run is named
-            out["errors"][model["name"]] = one_line(e)
-    return out
-
-
-def options_from_settings(settings: dict[str, Any]) -> RankOptions:
-    """The options a ranking JSON's settings record (unknown keys, e.g. the estimator's own, are ignored)."""
-    names = set(RankOptions.__dataclass_fields__)
-    known = {k: v for k, v in settings.items() if k in names and v is not None}
-    if settings.get("kind") is not None:
-        known["perturbation"] = settings["kind"]
-    return RankOptions(**known)

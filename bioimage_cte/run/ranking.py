@@ -7,14 +7,18 @@ into a :class:`Ranking`, whose :meth:`Ranking.to_json_dict` is the ranking JSON 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bioimage_cte.base.errors import BioimageCteError
 from bioimage_cte.base.version import __version__
+from bioimage_cte.cte.combined import TIE_TOLERANCE
 from bioimage_cte.cte.consistency import bootstrap_intervals
 from bioimage_cte.cte.estimators import Estimator
 from bioimage_cte.cte.outcomes import ModelFailure, ModelResult, Stage
@@ -22,7 +26,8 @@ from bioimage_cte.cte.seeds import seed_sequence
 from bioimage_cte.predict.views import views_batched
 from bioimage_cte.run.options import RankOptions
 
-__all__ = ["SATURATED_FOREGROUND", "ModelScore", "Ranking", "build_ranking", "interval_label", "ranking_json"]
+__all__ = ["SATURATED_FOREGROUND", "ModelScore", "Ranking", "build_ranking", "interval_label", "ranking_json",
+           "read_ranking"]
 
 #: A model whose clean masks cover at least this fraction of the pixels (median over the images) gets a note:
 #: consistency cannot judge it, since it stays consistent under any perturbation by marking everything.
@@ -109,7 +114,7 @@ def interval_label(n_images: int) -> str:
 def _tied_with_top(top: Sequence[float], other: Sequence[float], *, seed: int, model: str,
                    n_boot: int = 2000) -> bool:
     """Whether the images cannot tell ``other`` from ``top``: the paired bootstrap of the difference of medians
-    (both models resampled on the same images) has 0 or less inside its 95 % interval."""
+    (both models resampled on the same images) has 0 or less (up to round-off) inside its 95 % interval."""
     a = np.array([np.nan if v is None else v for v in top], dtype=float)
     b = np.array([np.nan if v is None else v for v in other], dtype=float)
     if a.shape != b.shape:  # not scored on the same images: nothing to pair
@@ -121,7 +126,8 @@ def _tied_with_top(top: Sequence[float], other: Sequence[float], *, seed: int, m
     rng = np.random.default_rng(seed_sequence(seed, "bootstrap-top", model=model))
     idx = rng.integers(0, a.size, size=(n_boot, a.size))
     diff = np.median(a[idx], axis=1) - np.median(b[idx], axis=1)
-    return bool(np.percentile(diff, 2.5) <= 0.0)
+    # a format twin differs from its source by float round-off only: that is no lead
+    return bool(np.percentile(diff, 2.5) <= TIE_TOLERANCE)
 
 
 def per_image_scores(results: Sequence[ModelResult], estimator: Estimator) -> list[list[float] | None]:
@@ -209,4 +215,60 @@ def ranking_json(ranking: Ranking, options: RankOptions, *, images: str, n_image
     batched, why = views_batched(options.device)
     payload["settings"].update({"images": images, "n_images": n_images, **options.run_settings(),
                                 "views_batched": batched, "views_batched_reason": why})
+    return payload
+
+
+_WRITTEN_BY = "pass the JSON written by 'bioimage-cte rank --output'"
+#: field of each model -> the types it may have (None: JSON null)
+_MODEL_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "name": ((str,), "a string"), "source": ((str,), "a string"), "rank": ((int,), "a whole number"),
+    "score": ((int, float, type(None)), "a number or null")}
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number" if isinstance(value, int | float) else type(value).__name__)
+
+
+def read_ranking(path: Path) -> dict[str, Any]:
+    """A ranking JSON (``rank --output``), its shape checked: one-line errors name the file and the field.
+
+    Raises
+    ------
+    BioimageCteError
+        The file cannot be read, is not JSON, or lacks a field the reports and write-back use (``models`` with
+        each model's name, source, rank and score; ``settings.estimator``; ``failures`` if present).
+    """
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text())
+    except OSError as e:
+        raise BioimageCteError(f"cannot read ranking {path}: {e.strerror or e}; {_WRITTEN_BY}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f" at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise BioimageCteError(f"{path} is not valid JSON{where}; {_WRITTEN_BY}") from e
+
+    def wrong(field: str, value: Any, expected: str) -> BioimageCteError:
+        return BioimageCteError(f"{path} is not a ranking: {field} is {_kind(value)}, expected {expected}; "
+                                f"{_WRITTEN_BY}")
+
+    if not isinstance(payload, dict):
+        raise wrong("the file", payload, "an object")
+    models, settings = payload.get("models"), payload.get("settings")
+    if not isinstance(models, list):
+        raise wrong("'models'", models, "a list of models")
+    if not isinstance(settings, dict):
+        raise wrong("'settings'", settings, "an object")
+    if not isinstance(settings.get("estimator"), str):
+        raise wrong("'settings.estimator'", settings.get("estimator"), "an estimator name")
+    for i, model in enumerate(models):
+        if not isinstance(model, dict):
+            raise wrong(f"'models[{i}]'", model, "an object")
+        for field, (types, expected) in _MODEL_FIELDS.items():
+            value = model.get(field)
+            if isinstance(value, bool) or not isinstance(value, types):
+                raise wrong(f"'models[{i}].{field}'", value, expected)
+    failures = payload.get("failures", [])
+    if not isinstance(failures, list) or not all(isinstance(f, dict) for f in failures):
+        raise wrong("'failures'", failures, "a list of objects")
     return payload

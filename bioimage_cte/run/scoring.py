@@ -3,8 +3,7 @@
 :func:`score_model` runs one model over every image, feeding every requested estimator from the same clean
 prediction. :func:`rank_models` scores models one at a time (images streamed from disk) and records a model that
 fails (cannot be loaded, is not a segmentation model, crashes, needs code the user did not allow) as a
-:class:`ModelFailure` with its :class:`Stage` and reason instead of stopping. :func:`overlay_predictions` re-runs
-one model on a few images with a ranking's settings, for the report's overlays.
+:class:`ModelFailure` with its :class:`Stage` and reason instead of stopping.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from bioimage_cte.base.errors import BioimageCteError, ModelRunError, UntrustedCodeError
-from bioimage_cte.cte.estimators import Estimator, Perturbing
+from bioimage_cte.cte.estimators import Estimator
 from bioimage_cte.cte.metrics import foreground_dice, instance_f1, mean_average_precision
 from bioimage_cte.cte.outcomes import ModelFailure, ModelResult, Stage, failure_of
 from bioimage_cte.predict.images import ImageCache, load_target
@@ -26,7 +25,7 @@ from bioimage_cte.predict.segmentation import Prediction, instances
 from bioimage_cte.run.options import RankOptions
 from bioimage_cte.zoo.sources import ModelSource, file_sha256
 
-__all__ = ["ModelRun", "overlay_predictions", "rank_models", "score_model"]
+__all__ = ["ModelRun", "rank_models", "score_model"]
 
 
 def _true_metrics(clean: Prediction, labels: np.ndarray, out: dict[str, list[float]]) -> None:
@@ -221,10 +220,15 @@ def rank_models(
 ) -> tuple[list[ModelResult], list[ModelFailure]]:
     """Score every model, one loaded at a time; a model that fails is recorded with its reason and the others go on.
 
+    With ``options.time_limit`` each model runs in a child process that is killed when the limit is reached
+    (:mod:`bioimage_cte.run.isolated`); the model is then recorded as failed ("timed out").
+
     A model skipped because it needs package code the policy does not allow is recorded with stage
     :attr:`Stage.SKIPPED`. The images are decoded once for all models (``images``, by default a new
     :class:`~bioimage_cte.predict.images.ImageCache`: its first 512 MiB of pixels are kept for the run).
     """
+    from bioimage_cte.run.isolated import run_isolated
+
     images = ImageCache() if images is None else images
     results: list[ModelResult] = []
     failures: list[ModelFailure] = []
@@ -232,41 +236,9 @@ def rank_models(
         if on_model is not None:
             on_model(source)
         try:
-            results.append(score_model(source, image_paths, estimators, options, labels=labels, on_image=on_image,
-                                       images=images))
+            results.append(run_isolated(score_model, source, image_paths, estimators, options, labels=labels,
+                                        seconds=options.time_limit, what=source.location, location=source.location,
+                                        on_image=on_image, images=images))
         except Exception as e:  # one broken zoo entry must never stop the run
             failures.append(failure_of(source, e))
     return results, failures
-
-
-def overlay_predictions(
-    location: str, image_paths: Sequence[Path], indices: Sequence[int], options: RankOptions, *,
-    on_image: Callable[[], None] | None = None,
-) -> list[tuple[np.ndarray, Prediction, Prediction | None]]:
-    """Re-run one model on a few images with a ranking's options: (image, clean, perturbed or None) per image.
-
-    The perturbed prediction is the first perturbed pass scoring made on that image (same draw), so a report
-    shows what was scored.
-    """
-    from bioimage_cte.predict.factory import make_predictor
-    from bioimage_cte.zoo.models import load_model
-
-    estimator: Any = options.make_estimator()
-    perturbing = isinstance(estimator, Perturbing)
-    descr = load_model(location, max_entry_bytes=options.max_entry_bytes)
-    predictor = make_predictor(descr, name=location, greybox=estimator.needs_greybox,
-                               layer=options.layer, devices=[options.device], code_policy=options.code_policy(),
-                               weight_format=None if estimator.needs_greybox else options.weight_format,
-                               output_channel=options.output_channel)
-    rows = []
-    with predictor:
-        for i in indices:
-            image = _load(Path(image_paths[i]), options, predictor, location)
-            clean = predictor.predict(image)
-            perturbed = (estimator.perturbed_prediction(predictor, image, seed=options.seed, index=i)
-                         if perturbing else None)
-            shown = image if predictor.in_channels == 1 else image.mean(axis=0)  # a report shows one grey image
-            rows.append((shown, clean, perturbed))
-            if on_image is not None:
-                on_image()
-    return rows

@@ -15,7 +15,7 @@ from __future__ import annotations
 STRENGTH_GRIDS: dict[str, tuple[float, ...]] = {"dropout": (0.1, 0.2, 0.35), "noise": (0.05, 0.1, 0.2)}
 
 import dataclasses  # noqa: E402
-from collections.abc import Mapping, Sequence  # noqa: E402
+from collections.abc import Callable, Mapping, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
@@ -99,13 +99,15 @@ def _family_estimator(family: str, strength: float, options: RankOptions):
 
 
 def with_automatic_strength(sources: Sequence[ModelSource], image_paths: Sequence[Path], estimator: Any,
-                            options: RankOptions) -> tuple[Any, dict[str, Any]]:
+                            options: RankOptions, *,
+                            on_stage: Callable[[str], None] | None = None) -> tuple[Any, dict[str, Any]]:
     """``estimator`` with each family's strength chosen by :func:`choose_strength`, and what the choice saw.
 
     Every candidate predicts the first :data:`CHOICE_IMAGES` images of the run's seeded order
     (:func:`bioimage_cte.run.budget.image_order`) clean and at every strength of the family's grid, with the draws of
     the real run (same seed, same image index). A model that cannot be loaded, or is not grey-box for the dropout
-    family, is left out of the choice (the ranking records its failure later).
+    family, is left out of the choice (the ranking records its failure later). ``on_stage`` gets a line as each
+    model starts (this takes a while: every strength of the grid on every image).
     """
     from bioimage_cte.cte.consistency import aggregate
     from bioimage_cte.cte.estimators import _per_slice
@@ -119,7 +121,9 @@ def with_automatic_strength(sources: Sequence[ModelSource], image_paths: Sequenc
     cons: dict[str, dict[float, list[float]]] = {f: {s: [] for s in STRENGTH_GRIDS[f]} for f in fields}
     keep: dict[str, dict[float, list[float]]] = {f: {s: [] for s in STRENGTH_GRIDS[f]} for f in fields}
     probe = [_family_estimator(f, STRENGTH_GRIDS[f][0], options) for f in fields]
-    for source in sources:
+    for number, source in enumerate(sources, start=1):
+        if on_stage is not None:
+            on_stage(f"choosing the strength on {len(subset)} images: model {number}/{len(sources)} {source.name}")
         try:
             run = ModelRun(source, probe, options)
             if run.idle:

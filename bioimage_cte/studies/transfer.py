@@ -51,27 +51,70 @@ def compute_transfer_matrix(
     data: Path,
     *,
     options: RankOptions | None = None,
-    on_image: Callable[[], None] | None = None,
-    on_model: Callable[[Any], None] | None = None,
+    progress: Any = None,
+    on_rows: Callable[[Sequence[TransferRow]], None] | None = None,
 ) -> tuple[list[TransferRow], list[ModelFailure]]:
     """Evaluate every model in ``zoo`` on every labelled target in ``data`` (``options``: device, trust, axes).
 
-    ``on_model`` gets each :class:`~bioimage_cte.zoo.sources.ModelSource` as it starts on a target, ``on_image`` each
-    image done (progress).
+    ``progress`` (a :class:`bioimage_cte.run.pipeline.Progress`) hears the total of model x image predictions first,
+    then each target (``target``, with the models and images it plans), each model on it and each image. Each model's
+    rows on a target go to ``on_rows`` as soon as they are computed, so that a run stopped halfway keeps them.
     """
     options = options or RankOptions()
     sources = trained_only(find_models([zoo] if isinstance(zoo, Path) else zoo))  # each network once
+    targets = {name: (folder, list_images(folder / "images")) for name, folder in find_targets(data).items()}
+    hook = {name: getattr(progress, name, None) for name in ("start", "plan", "target", "model", "image")}
+    if hook["start"] is not None:
+        hook["start"](len(sources) * sum(len(paths) for _, paths in targets.values()))
     rows: list[TransferRow] = []
     failures: list[ModelFailure] = []
-    for target, folder in find_targets(data).items():
-        paths = list_images(folder / "images")
+    for number, (target, (folder, paths)) in enumerate(targets.items(), start=1):
+        if hook["plan"] is not None:
+            hook["plan"](len(sources), len(paths))
+        if hook["target"] is not None:
+            hook["target"](target, number, len(targets))
         labels = load_labels(paths, folder / "labels")
-        results, failed = rank_models(sources, paths, [], options, labels=labels, on_image=on_image,
-                                      on_model=on_model)
-        failures.extend(failed)
-        for model, metrics in true_performance(results).items():
-            rows.extend(TransferRow(model, target, m, metrics[m]) for m in METRICS if m in metrics)
+        for source in sources:  # one model at a time, so that its rows are written before the next one loads
+            results, failed = rank_models([source], paths, [], options, labels=labels, on_image=hook["image"],
+                                          on_model=hook["model"])
+            failures.extend(failed)
+            new = [TransferRow(model, target, m, metrics[m]) for model, metrics in true_performance(results).items()
+                   for m in METRICS if m in metrics]
+            rows.extend(new)
+            if on_rows is not None:
+                on_rows(new)
     return rows, failures
+
+
+class TransferMatrixWriter:
+    """Writes transfer-matrix rows to a CSV as they come (header first), flushed after each batch.
+
+    A run that is stopped keeps every row written so far; a complete run's file equals
+    :func:`write_transfer_matrix`'s.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("w", newline="")
+        self._writer = csv.writer(self._file)
+        self._writer.writerow(["model", "target", "metric", "value"])
+        self._file.flush()
+        self.rows = 0
+
+    def __call__(self, rows: Sequence[TransferRow]) -> None:
+        self._writer.writerows([r.model, r.target, r.metric, f"{r.value:.6f}"] for r in rows)
+        self._file.flush()
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> TransferMatrixWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def write_transfer_matrix(rows: Sequence[TransferRow], path: Path) -> None:

@@ -52,8 +52,8 @@ def check_zip(
     Raises
     ------
     UnsafeArchiveError
-        An entry has an absolute path, a drive letter or a ``..`` component, is a symlink,
-        or is larger than the limits.
+        An entry has an absolute path, a drive letter or a ``..`` component, is a symlink, is larger than the
+        limits, or names the same file as another entry (after ``./``, ``\\`` and case are normalised).
     InvalidModelError
         The file is missing, not a valid zip, or has no rdf.yaml/bioimageio.yaml at its top level.
 
@@ -82,11 +82,18 @@ def check_zip(
         infos = zf.infolist()
     total = 0
     top_level: set[str] = set()
+    seen: dict[str, str] = {}
     for info in infos:
         name = info.filename
         fix = "do not use this archive; get the package again from a trusted source"
         # Windows tools may write backslash separators, which zipfile would keep as part of a name
         parts = name.replace("\\", "/").split("/")
+        # two members that unpack to one file (exactly, or on a case-insensitive file system): which one a reader
+        # takes depends on the reader, the classic way to smuggle a second rdf.yaml past a check
+        key = "/".join(p for p in parts if p not in ("", ".")).lower()
+        if key in seen:
+            raise UnsafeArchiveError(f"zip {path} has two members for one file, {seen[key]!r} and {name!r}; {fix}")
+        seen[key] = name
         if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":" and name[0].isalpha()):
             raise UnsafeArchiveError(f"zip {path} has an entry with an absolute path {name!r}; {fix}")
         if ".." in parts:

@@ -52,6 +52,10 @@ def load_model(location: str, *, perform_io_checks: bool = True,
         fix = f"check it with 'bioimageio validate-format {location}'"
         if "SHA256 mismatch" in reason:
             fix = "a file was changed or damaged after packaging; get the package again"
+        if "Object arrays cannot be loaded" in reason:
+            files = ", ".join(_object_arrays(location)) or "a test tensor"
+            raise InvalidModelError(f"{location}: {files} holds Python objects, not numbers (an .npy that would need "
+                                    "pickle to load, refused); save the test tensors as numeric arrays")
         raise InvalidModelError(f"{location}: not a valid bioimageio RDF ({reason}); {fix}")
     if descr.type != "model":
         raise InvalidModelError(f"{location}: RDF of type {descr.type!r}, not a model; pass model packages only")
@@ -61,6 +65,39 @@ def load_model(location: str, *, perform_io_checks: bool = True,
     check_segmentation_model(descr, location=location)
     check_inputs(descr, location)
     return descr
+
+
+def _object_arrays(location: str) -> list[str]:
+    """The package's .npy files whose header declares Python objects (read from the header alone, never unpickled)."""
+    import zipfile
+    from pathlib import Path
+
+    import numpy as np
+
+    def has_objects(f) -> bool:
+        try:
+            read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            _, _, dtype = read[np.lib.format.read_magic(f)](f)
+        except Exception:  # not an .npy, or a version without a public reader: another problem, named elsewhere
+            return False
+        return bool(dtype.hasobject)
+
+    path = Path(location)
+    found: list[str] = []
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            for name in zf.namelist():
+                if name.endswith(".npy"):
+                    with zf.open(name) as f:
+                        if has_objects(f):
+                            found.append(name)
+    else:
+        folder = path if path.is_dir() else path.parent
+        for npy in sorted(folder.glob("*.npy")):
+            with npy.open("rb") as f:
+                if has_objects(f):
+                    found.append(npy.name)
+    return found
 
 
 def check_segmentation_model(descr: v0_5.ModelDescr, *, location: str) -> None:
@@ -121,31 +158,47 @@ _DAMAGE_MARKERS = ("PytorchStreamReader failed", "unexpected EOF", "file might b
 
 
 def raise_if_damaged(e: BaseException, *, name: str, source: Any) -> None:
-    """Raise a 'corrupt or truncated' error from ``e`` when loading failed on a damaged weights file."""
+    """Raise a one-line error from ``e`` when loading failed on a damaged weights file or an unsafe pickle."""
+    if _unsafe_pickle(e):
+        raise InvalidModelError(f"{name}: weights file {source} is an unsafe pickle (loading it would run code it "
+                                "carries): torch.load with weights_only=True refused it, nothing in it ran; save "
+                                "only net.state_dict() as the weights") from e
     damage = _damaged_weights(e)
     if damage is not None:
         raise InvalidModelError(f"{name}: weights file {source} is corrupt or truncated ({damage}); download the "
                                 "package again") from e
 
 
+def _chain(e: BaseException | None) -> list[BaseException]:
+    """``e``, its causes and contexts, and the members of exception groups among them, outermost first."""
+    seen: list[BaseException] = []
+    todo = [e]
+    while todo:
+        err = todo.pop(0)
+        if err is None or any(err is s for s in seen):
+            continue
+        seen.append(err)
+        todo += [err.__cause__, err.__context__, *getattr(err, "exceptions", ())]
+    return seen
+
+
+def _unsafe_pickle(e: BaseException) -> bool:
+    """Whether ``torch.load(weights_only=True)`` refused a pickle that would import or call something."""
+    return any("Unsupported global" in str(err) for err in _chain(e))
+
+
 def _damaged_weights(e: BaseException) -> str | None:
     """The first line of the error, in ``e``'s chain, showing that a weights file is truncated or damaged; else None.
 
-    bioimageio.core wraps every failure of ``torch.load(weights_only=True)`` in one ValueError, so
-    the original error is looked up in the chain, innermost first. A pickle that ``weights_only``
-    refuses ("Unsupported global") is not damage: the file is whole, only unsafe.
+    bioimageio.core wraps every failure of ``torch.load(weights_only=True)`` in one ValueError (and the failures
+    of every adapter it tried in an ExceptionGroup), so the original error is looked up in the chain, innermost
+    first.
     """
     import pickle
     import zipfile
 
-    chain: list[BaseException] = []
-    while e is not None and e not in chain:
-        chain.append(e)
-        e = e.__cause__ or e.__context__
-    for err in reversed(chain):
+    for err in reversed(_chain(e)):
         text = str(err)
-        if "Unsupported global" in text:
-            return None
         if isinstance(err, zipfile.BadZipFile | EOFError) or (
             isinstance(err, RuntimeError | ValueError | pickle.UnpicklingError)
             and any(marker in text for marker in _DAMAGE_MARKERS)

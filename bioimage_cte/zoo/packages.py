@@ -241,10 +241,8 @@ def update_rdf(text: str, keys: Sequence[str], value: Any) -> str:
     yaml.width = 4096  # never fold a long description differently from the original
     sequence, offset = _sequence_indent(text)
     yaml.indent(mapping=2, sequence=sequence, offset=offset)
-    header = text.lstrip().startswith("%YAML")
-    if header:
-        yaml.version = (1, 2)
-    document = yaml.load(text)
+    head, body, tail = _frame(text)
+    document = yaml.load(body)
     node = document
     for key in keys[:-1]:
         if not isinstance(node.get(key), dict):
@@ -253,7 +251,30 @@ def update_rdf(text: str, keys: Sequence[str], value: Any) -> str:
     node[keys[-1]] = value
     buffer = io.StringIO()
     yaml.dump(document, buffer)
-    return buffer.getvalue()
+    return head + buffer.getvalue() + tail
+
+
+def _frame(text: str) -> tuple[str, str, str]:
+    """(head, body, tail): the comments, blank lines, directives and ``---`` before the first key, the document,
+    and the comments and blank lines after its last value, each kept byte for byte (the round-trip parser would
+    drop a comment above ``---``, move a closing comment above a key added at the end, or write a header the file
+    did not have)."""
+    lines = text.splitlines(keepends=True)
+
+    def framing(line: str) -> bool:
+        stripped = line.strip()
+        return not stripped or stripped.startswith("#")
+
+    start = 0
+    while start < len(lines) and (framing(lines[start]) or lines[start].startswith(("%", "---"))):
+        start += 1
+    end = len(lines)
+    while end > start and framing(lines[end - 1]):
+        end -= 1
+    body = "".join(lines[start:end])
+    if body and not body.endswith("\n"):
+        body += "\n"
+    return "".join(lines[:start]), body, "".join(lines[end:])
 
 
 def _copy_entry(zin: zipfile.ZipFile, zout: zipfile.ZipFile, info: zipfile.ZipInfo, data: bytes | None) -> None:

@@ -30,6 +30,9 @@ __all__ = [
     "file_sha256",
     "filter_by_tag",
     "mixed_tasks_warning",
+    "missing_sources",
+    "missing_tag_error",
+    "tag_counts",
     "find_models",
     "locate_models",
     "read_rdf",
@@ -422,6 +425,58 @@ def mixed_tasks_warning(sources: Sequence[ModelSource]) -> str | None:
             f"same task, so pass --tag, e.g. --tag {max(by_task, key=by_task.get)}")
 
 
+def missing_sources(specs: Sequence[str | Path]) -> InvalidModelError | None:
+    """One error naming every local model source that does not exist (a typo), or None when all exist.
+
+    A mistyped path is the run's error, like a missing image folder: told before anything runs, in one line.
+
+    Examples
+    --------
+    >>> str(missing_sources(["no/such/zoo", "https://example.org/rdf.yaml"]))[:41]
+    'model source no/such/zoo does not exist; '
+    """
+    missing = [str(s) for s in specs if not (isinstance(s, str) and _is_url(s)) and not Path(s).expanduser().exists()]
+    if not missing:
+        return None
+    what = f"model source {missing[0]} does not exist" if len(missing) == 1 else (
+        f"model sources {', '.join(missing)} do not exist")
+    return InvalidModelError(f"{what}; check the path, or pass {_ACCEPTED}")
+
+
+#: At most this many tags are named when a --tag matches no model.
+_TAGS_NAMED = 12
+
+
+def tag_counts(sources: Sequence[ModelSource]) -> dict[str, int]:
+    """How many of the models carry each tag, most common first (ties by name)."""
+    counts: dict[str, int] = {}
+    for source in sources:
+        for tag in dict.fromkeys(read_tags(source)):
+            counts[tag] = counts.get(tag, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def missing_tag_error(sources: Sequence[ModelSource], tag: str, where: str) -> InvalidModelError:
+    """The error for a ``--tag`` no model has: the variants tried and the tags the models do have, with counts.
+
+    Examples
+    --------
+    >>> str(missing_tag_error([], "nucleii", "zoo/"))
+    "no model in zoo/ has the tag 'nucleii' (nor any of nucleii, nucleiis); none of its 0 models has tags: drop --tag"
+    """
+    from bioimage_cte.zoo.tags import tag_variants
+
+    variants = ", ".join(sorted(tag_variants(tag)))
+    head = f"no model in {where} has the tag {tag!r} (nor any of {variants})"
+    counts = tag_counts(sources)
+    if not counts:
+        return InvalidModelError(f"{head}; none of its {len(sources)} models has tags: drop --tag")
+    named = ", ".join(f"{t} ({n})" for t, n in list(counts.items())[:_TAGS_NAMED])
+    more = f" and {len(counts) - _TAGS_NAMED} more" if len(counts) > _TAGS_NAMED else ""
+    return InvalidModelError(f"{head}; its {len(sources)} models have the tags {named}{more}: pass one of them "
+                             "with --tag, or drop --tag")
+
+
 def select_models(specs: Sequence[str | Path], *, tag: str | None = None) -> list[ModelSource]:
     """Find the models of ``specs`` (:func:`find_models`) and keep those with ``tag``, if given.
 
@@ -435,13 +490,10 @@ def select_models(specs: Sequence[str | Path], *, tag: str | None = None) -> lis
     if not sources:
         raise InvalidModelError(f"no model found in {where}; pass rdf.yaml files, packages or folders of packages")
     if tag:
-        sources = filter_by_tag(sources, tag)
-        if not sources:
-            from bioimage_cte.zoo.tags import tag_variants
-
-            variants = ", ".join(sorted(tag_variants(tag)))
-            raise InvalidModelError(f"no model in {where} has the tag {tag!r} (nor any of {variants}); drop --tag "
-                                    "or pick a tag from the models' rdf.yaml")
+        tagged = filter_by_tag(sources, tag)
+        if not tagged:
+            raise missing_tag_error(sources, tag, where)
+        sources = tagged
     return sources
 
 

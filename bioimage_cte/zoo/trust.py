@@ -11,8 +11,11 @@ A bioimageio model package can carry Python code, and bioimageio.core runs it wi
 A zoo-wide run touches hundreds of packages written by others, so by default
 (:class:`CodePolicy` with ``trust_code=False``) only code the user already has installed runs:
 
-1. an architecture imported from a module of a **trusted library** (:data:`DEFAULT_TRUSTED_LIBRARIES`,
-   extendable) that is installed;
+1. a **network class** imported from a module of a **trusted library** (:data:`DEFAULT_TRUSTED_LIBRARIES`,
+   extendable) that is installed: the imported object must be a class that subclasses ``torch.nn.Module``
+   (checked after import, before anything is called) and its ``kwargs`` plain data naming no file, URL or
+   unpickling option, so ``torch.save``, ``torch.load``, ``torch.hub.load`` or any other function of a trusted
+   library is refused like package code;
 2. an architecture file whose bytes are identical to a module of :mod:`bioimage_cte.demozoo.archs` (the
    demo zoo's UNet, which ships inside each demo package): the installed module is imported
    instead, and the package's copy is never executed;
@@ -127,7 +130,71 @@ def _library_architecture(arch, policy: CodePolicy, name: str):
     if importlib.util.find_spec(top) is None:  # find_spec of the top level imports nothing
         raise InvalidModelError(f"{name}: its architecture is imported from {module!r}, but {top!r} is not "
                                 f"installed; install it to use this model's pytorch_state_dict weights")
+    if not policy.trust_code:
+        # a trusted library provides network classes, not every function it has (torch.save, torch.load, ...)
+        _check_plain_kwargs(arch, f"{module}.{arch.callable}")
+        _check_module_class(module, str(arch.callable), name)
     return arch
+
+
+#: architecture kwargs that name a file, a URL or how to unpickle: refused for library architectures
+_FILE_KWARGS = frozenset({"f", "file", "filename", "fname", "path", "filepath", "file_path", "url", "uri",
+                          "checkpoint", "checkpoint_path", "ckpt", "weights_path", "weights_only", "pickle_module",
+                          "map_location", "repo_or_dir", "model_dir", "cache_dir", "hub_dir", "source"})
+_FILE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".npy", ".npz", ".h5", ".hdf5", ".onnx", ".bin",
+                  ".zip", ".tar", ".gz", ".yaml", ".yml", ".json", ".txt", ".py", ".so")
+
+
+def _looks_like_a_file(value: str) -> bool:
+    text = value.strip().lower()
+    return ("://" in text or text.startswith(("/", "~", ".")) or "/" in text or "\\" in text
+            or text.endswith(_FILE_SUFFIXES))
+
+
+def _check_plain_kwargs(arch, what: str) -> None:
+    """Raise _NotAllowed unless the kwargs are plain data that names no file, URL or unpickling option."""
+
+    def check(value, where: str) -> None:
+        if isinstance(value, bool | int | float) or value is None:
+            return
+        if isinstance(value, str):
+            if _looks_like_a_file(value):
+                raise _NotAllowed(f"its architecture {what} is given a file or URL ({where}={value!r}), which a "
+                                  "trusted library's network class does not need")
+            return
+        if isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                check(item, f"{where}[{i}]")
+            return
+        if isinstance(value, dict):
+            for key, item in value.items():
+                check(key, f"{where} key")
+                check(item, f"{where}.{key}")
+            return
+        raise _NotAllowed(f"its architecture {what} is given {where} of type {type(value).__name__}; only "
+                          "numbers, strings, booleans and lists or mappings of them are accepted")
+
+    for key, value in dict(arch.kwargs or {}).items():
+        if str(key).lower() in _FILE_KWARGS:
+            raise _NotAllowed(f"its architecture {what} is given {key}={value!r}, which names a file, a URL or how "
+                              "to unpickle; a trusted library's network class does not need it")
+        check(value, str(key))
+
+
+def _check_module_class(module: str, name_in_module: str, name: str) -> None:
+    """Raise _NotAllowed unless ``module.name_in_module`` is a ``torch.nn.Module`` class (imported, never called)."""
+    import torch
+
+    try:
+        obj = getattr(importlib.import_module(module), name_in_module)
+    except (ImportError, AttributeError) as e:
+        raise InvalidModelError(f"{name}: its architecture {module}.{name_in_module} cannot be imported "
+                                f"({type(e).__name__}: {e}); check the package's architecture entry") from e
+    if not (isinstance(obj, type) and issubclass(obj, torch.nn.Module)):
+        kind = "a class that is not a torch.nn.Module" if isinstance(obj, type) else \
+            f"a {type(obj).__name__}, not a torch.nn.Module class"
+        raise _NotAllowed(f"its architecture {module}.{name_in_module} is {kind}; only network classes of a "
+                          "trusted library run without --trust-code")
 
 
 def _file_architecture(arch, policy: CodePolicy, name: str):
