@@ -40,7 +40,8 @@ if TYPE_CHECKING:
     from bioimageio.spec.model import v0_5
 
 __all__ = ["SHARED_VIEWS", "ViewPlan", "dihedral", "map_back", "plan_views", "processing_reason", "sigmoids",
-           "undo_dihedral", "view_pad", "view_statistics", "views_batched", "zero_mean_unit_variance"]
+           "undo_dihedral", "uses_dataset_statistics", "view_pad", "view_statistics", "views_batched",
+           "zero_mean_unit_variance"]
 
 #: processing that acts on each value alone (``axis``: along which its parameters may vary)
 _POINTWISE = ("ensure_dtype", "sigmoid", "scale_linear", "binarize", "fixed_zero_mean_unit_variance", "softmax")
@@ -127,6 +128,13 @@ def _op_reason(op: object, tensor: str) -> str | None:
     if not _MOVED <= axes:
         return f"{name} uses statistics over axes {sorted(axes)}, which the views move between"
     return None
+
+
+def uses_dataset_statistics(descr: v0_5.ModelDescr) -> bool:
+    """Whether any of the model's pre- or postprocessing uses statistics over the batch axis or the whole dataset,
+    which bioimageio.core updates with every image it sees (so a prediction depends on the images before it)."""
+    ops = [*descr.inputs[0].preprocessing, *(op for o in descr.outputs for op in o.postprocessing)]
+    return any(_op_reason(op, "") is not None and "dataset-wide" in str(_op_reason(op, "")) for op in ops)
 
 
 def _is_float32_cast(op: object) -> bool:

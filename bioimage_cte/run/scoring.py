@@ -9,10 +9,12 @@ fails (cannot be loaded, is not a segmentation model, crashes, needs code the us
 from __future__ import annotations
 
 import contextlib
+import pickle
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -25,7 +27,7 @@ from bioimage_cte.predict.segmentation import Prediction, instances
 from bioimage_cte.run.options import RankOptions
 from bioimage_cte.zoo.sources import ModelSource, file_sha256
 
-__all__ = ["ModelRun", "rank_models", "score_model"]
+__all__ = ["Kept", "ModelRun", "rank_models", "release_kept", "score_model", "score_model_kept"]
 
 
 def _true_metrics(clean: Prediction, labels: np.ndarray, out: dict[str, list[float]]) -> None:
@@ -96,6 +98,18 @@ class ModelRun:
         self.masks: list[np.ndarray] | None = [] if keep_masks else None
         self.foreground: list[float] = []
         self.layer: str | None = None
+        self._loaded = (dict(self.failures), list(self.per_image))
+
+    def restart(self) -> None:
+        """Score another set of images (a zoo run's next target) with the model already loaded: what the previous
+        images produced is dropped, the clock restarts (the next result's ``seconds`` has no loading in it)."""
+        self.start = time.perf_counter()
+        if self.idle:
+            return
+        failures, names = self._loaded
+        self.failures, self.per_image = dict(failures), {name: [] for name in names}
+        self.true, self.foreground = {}, []
+        self.masks = None if self.masks is None else []
 
     def __enter__(self) -> ModelRun:
         if not self.idle:
@@ -184,6 +198,89 @@ def score_model(
             if on_image is not None:
                 on_image()
     return run.result()
+
+
+class Kept(NamedTuple):
+    """What :func:`score_model_kept` returns: the result, and whether the call loaded the model."""
+
+    result: ModelResult
+    loaded: bool
+
+
+#: the model :func:`score_model_kept` keeps loaded, per thread (a Dask worker may run two groups at once):
+#: ``.kept`` is [(key, ModelRun or the error loading raised)]
+_LOCAL = threading.local()
+
+
+def _kept() -> list[tuple[bytes, ModelRun | BioimageCteError]]:
+    if not hasattr(_LOCAL, "kept"):
+        _LOCAL.kept = []
+    return _LOCAL.kept
+
+
+def score_model_kept(
+    source: ModelSource,
+    image_paths: Sequence[Path],
+    estimators: Sequence[Estimator],
+    options: RankOptions,
+    *,
+    labels: Sequence[np.ndarray] | None = None,
+    on_image: Callable[[], None] | None = None,
+) -> Kept:
+    """:func:`score_model`, keeping the model loaded in this process for the next call on the same model.
+
+    A zoo run sends every target of one model to one process (:class:`bioimage_cte.run.isolated.IsolatedWorker`),
+    which so loads the model once. Per call the result is what :func:`score_model` gives: the images are scored
+    with their indices from 0, and nothing of a previous target carries over (the predictor holds no state between
+    images but its recent preprocessed inputs, looked up by the image object). A model whose processing uses
+    dataset-wide statistics, which bioimageio.core updates with every image, is loaded again for every call. A
+    package that could not be loaded raises the same error on the next call without a second attempt (the same
+    bytes fail the same way); other errors leave nothing kept. One model is kept at a time; :func:`release_kept`
+    lets it go (in this thread).
+    """
+    from bioimage_cte.predict.views import uses_dataset_statistics
+
+    key = pickle.dumps((source.location, options, [e.name for e in estimators], labels is not None))
+    store = _kept()
+    kept = store[0][1] if store and store[0][0] == key else None
+    if isinstance(kept, BioimageCteError):
+        raise kept
+    loaded = kept is None
+    if loaded:
+        release_kept()
+        try:
+            kept = ModelRun(source, estimators, options, with_labels=labels is not None)
+        except BioimageCteError as e:
+            store.append((key, e))
+            raise
+        if not kept.idle:
+            kept.predictor.__enter__()
+        store.append((key, kept))
+    else:
+        kept.restart()
+    try:
+        if not kept.idle:
+            for i, path in enumerate(image_paths):
+                kept.score(i, path, None if labels is None else labels[i])
+                if on_image is not None:
+                    on_image()
+            kept.layer = getattr(kept.predictor, "layer", None)
+        result = kept.result()
+    except BaseException:
+        release_kept()  # a model that crashed is not trusted with the next target
+        raise
+    if not kept.idle and uses_dataset_statistics(kept.predictor.descr):
+        release_kept()
+    return Kept(result, loaded)
+
+
+def release_kept() -> None:
+    """Let go of the model :func:`score_model_kept` keeps (its predictor is closed)."""
+    store = _kept()
+    while store:
+        _, kept = store.pop()
+        if isinstance(kept, ModelRun) and not kept.idle:
+            kept.predictor.__exit__(None, None, None)
 
 
 @contextlib.contextmanager
