@@ -6,15 +6,17 @@
 For each estimator (default: the default one), these are timed in every round, one after the other; the rounds are
 interleaved (each starts with the next configuration), so a machine that gets busier slows them alike:
 
-- after: :func:`bioimage_cte.run.pipeline.rank` on the models and images, as ``bioimage-cte rank`` runs it (finding
-  and checking the packages and images, loading each model, predicting, consistency, the ranking with its
-  bootstrap intervals);
-- general: the same, with every flipped/rotated view predicted as an image of its own through the model's
-  bioimageio.core pipeline (``bioimage_cte.predict.views.SHARED_VIEWS = False``: the path of models whose
-  preprocessing does not commute with the views);
+- after: :func:`bioimage_cte.run.pipeline.rank` on the models and images, as ``bioimage-cte rank`` runs it by
+  default (finding and checking the packages and images, each model in its own child process under the default
+  time limit, loading it, predicting, consistency, the ranking with its bootstrap intervals);
 - before (``--before CHECKOUT``): the same call in a worker process that imports bioimage-cte from another checkout
-  (``git worktree add /tmp/base ae4594c``), so that old and new are measured side by side in one run;
-- batched (``--batched``): the same, with the views of each image stacked into one batch, the rule on a GPU
+  (e.g. ``git archive f9367ef | tar -x -C /tmp/before``: main before this work), so that old and new are measured
+  side by side in one run;
+- in-process: ``after`` with ``time_limit=0``: the models run in this process (no child, no limit);
+- general: ``in-process`` with every flipped/rotated view predicted as an image of its own through the model's
+  bioimageio.core pipeline (``bioimage_cte.predict.views.SHARED_VIEWS = False``, which a child process would not
+  see: the path of models whose preprocessing does not commute with the views, and of every model before);
+- batched (``--batched``): ``in-process`` with the views of each image stacked into one batch, the rule on a GPU
   (``--device cuda``), forced here on any device;
 - floor: only the forward passes the estimator needs, by hand. Each image decoded once; per model its description
   read (without checks) and its torch network built and loaded; per image the model's normalisation (numpy), the
@@ -22,8 +24,9 @@ interleaved (each starts with the next configuration), so a machine that gets bu
   final activation, to a numpy array. No checks, no consistency, no ranking.
 
 It prints the median, min and max wall time over the rounds, the ratio of the medians to the floor's, and the same
-ratio of CPU times. ``--profile`` adds one run of each library path under cProfile and the share of its time spent
-in each part (cProfile slows Python code far more than torch's kernels: the shares of the bookkeeping are upper
+ratio of CPU times where the work runs in this process (a child's CPU time is not this process's). ``--profile``
+adds one in-process run of each library path under cProfile and the share of its time spent in each part
+(cProfile slows Python code far more than torch's kernels: the shares of the bookkeeping are upper
 bounds). Default: the six nuclei UNets of the demo zoo (2D, one channel, ``pytorch_state_dict`` weights) on the
 8 images of ``nuclei-medium-noisy``. Not a test; best run on an otherwise idle machine.
 """
@@ -63,9 +66,10 @@ PARTS = (
 # --- the library: in this process, or in a worker importing another checkout ---------------------------------------
 
 
-def library(job: dict, *, shared: bool = True, batched: bool = False) -> tuple[float, float]:
-    """Wall and CPU seconds of one :func:`rank` of ``job``'s models on its images (views shared or not; with
-    ``batched`` the views of an image run as one batch whatever the device)."""
+def library(job: dict, *, shared: bool = True, batched: bool = False, isolated: bool = True) -> tuple[float, float]:
+    """Wall and CPU seconds of one :func:`rank` of ``job``'s models on its images (each model in a child process
+    under the default time limit, or with ``isolated=False`` in this process; views shared or not; with ``batched``
+    the views of an image run as one batch whatever the device)."""
     from bioimage_cte.run.options import RankOptions
     from bioimage_cte.run.pipeline import rank
 
@@ -77,7 +81,8 @@ def library(job: dict, *, shared: bool = True, batched: bool = False) -> tuple[f
         if batched:
             views.views_batched = lambda device: (True, "forced by benchmarks/speed.py --batched")
     try:
-        options = RankOptions(estimator=job["estimator"], device=job["device"], seed=job["seed"])
+        limit = {} if isolated else {"time_limit": 0}
+        options = RankOptions(estimator=job["estimator"], device=job["device"], seed=job["seed"], **limit)
         wall, cpu = time.perf_counter(), time.process_time()
         run = rank(job["models"], job["images"], options)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -97,7 +102,7 @@ def profile_shares(job: dict, *, shared: bool = True) -> tuple[float, list[tuple
 
     profiler = cProfile.Profile()
     start = time.perf_counter()
-    profiler.runcall(library, job, shared=shared)
+    profiler.runcall(library, job, shared=shared, isolated=False)
     total = time.perf_counter() - start
     stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
     cumulative: dict[tuple[str, str], float] = {}
@@ -116,7 +121,7 @@ def worker() -> None:
             total, shares = profile_shares(job)
             print(json.dumps({"wall": total, "shares": shares}), flush=True)
         else:
-            wall, cpu = library(job)
+            wall, cpu = library(job, isolated=job.get("isolated", True))
             print(json.dumps({"wall": wall, "cpu": cpu}), flush=True)
 
 
@@ -289,11 +294,12 @@ def measure(job: dict, rounds: int, before: Before | None, *, batched: bool) -> 
     layers = floor_layers(job)
     configs: dict[str, Callable[[], tuple[float, float]]] = {
         "after": lambda: library(job),
-        "general": lambda: library(job, shared=False),
+        "in-process": lambda: library(job, isolated=False),
+        "general": lambda: library(job, shared=False, isolated=False),
         "floor": lambda: floor(job, layers),
     }
     if batched:
-        configs = {"batched": lambda: library(job, batched=True), **configs}
+        configs = {**configs, "batched": lambda: library(job, batched=True, isolated=False)}
     if before is not None:
         configs = {"before": lambda: before.run(job), **configs}
     warm = {**job, "models": job["models"][:1]}
@@ -309,9 +315,13 @@ def measure(job: dict, rounds: int, before: Before | None, *, batched: bool) -> 
     return times
 
 
-LABELS = {"before": "before: {}", "after": "after: bioimage_cte.rank", "general": "after, every view through the "
-          "pipeline", "batched": "after, the views of an image as one batch",
+LABELS = {"before": "before ({}): bioimage_cte.rank, default options", "after": "after: bioimage_cte.rank, "
+          "default options", "in-process": "after, models in this process (time_limit 0)",
+          "general": "after, in-process, every view through the pipeline (the pre-change path)",
+          "batched": "after, in-process, the views of an image as one batch",
           "floor": "floor: bare torch forward passes"}
+#: configurations whose work runs in child processes: their CPU time is not this process's
+CHILDREN = ("before", "after")
 
 
 def report(job: dict, times: dict[str, list[tuple[float, float]]], before: Path | None) -> None:
@@ -324,7 +334,8 @@ def report(job: dict, times: dict[str, list[tuple[float, float]]], before: Path 
     for name, runs in times.items():
         w, lo, hi, c = _summary(runs)
         label = LABELS[name].format(before) if name == "before" else LABELS[name]
-        print(f"| {label} | {w:.1f} ({lo:.1f}-{hi:.1f}) | {w / fw:.2f}x | {c:.1f} | {c / fc:.2f}x |")
+        cpu = "(child) | -" if name in CHILDREN else f"{c:.1f} | {c / fc:.2f}x"
+        print(f"| {label} | {w:.1f} ({lo:.1f}-{hi:.1f}) | {w / fw:.2f}x | {cpu} |")
 
 
 def report_profile(job: dict, before: Before | None, checkout: Path | None) -> None:
