@@ -27,10 +27,14 @@ from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))  # speed.children_cpu
 
 
-def run(zoo: Path, targets: list[Path], work: Path, *, load_once: bool) -> tuple[float, object]:
-    """Wall seconds and summary of one zoo run with a fresh store and output folder under ``work``."""
+def run(zoo: Path, targets: list[Path], work: Path, *, load_once: bool) -> tuple[float, float, object]:
+    """Wall seconds, CPU seconds (this process and the models' child processes) and summary of one zoo run with a
+    fresh store and output folder under ``work``."""
+    from speed import children_cpu
+
     from bioimage_cte.run.options import RankOptions
     from bioimage_cte_flows.zoo_ranking import ZooRunOptions, run_zoo_ranking
 
@@ -38,9 +42,9 @@ def run(zoo: Path, targets: list[Path], work: Path, *, load_once: bool) -> tuple
     out = work / name
     shutil.rmtree(out, ignore_errors=True)
     how = ZooRunOptions(store_path=str(out / "results.sqlite"), output_dir=str(out), load_once=load_once)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time() + children_cpu()
     summary = run_zoo_ranking(zoo, targets, RankOptions(), how)
-    return time.perf_counter() - start, summary
+    return time.perf_counter() - start, time.process_time() + children_cpu() - cpu, summary
 
 
 def stored(summary) -> dict[str, tuple]:
@@ -73,31 +77,33 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="zoo-loads-") as tmp, temporary_server() as api, \
             temporary_settings(updates={PREFECT_API_URL: api}):
         for name in args.order:
-            wall, summary = run(args.zoo, targets, Path(tmp), load_once=name == "after")
-            runs[name] = (wall, summary, stored(summary))
+            wall, cpu, summary = run(args.zoo, targets, Path(tmp), load_once=name == "after")
+            runs[name] = (wall, cpu, summary, stored(summary))
             print(f"  {name}: {wall:.0f} s, {summary.model_loads} model loads, {summary.scored} pairs scored, "
                   f"{len(summary.failed)} failed", file=sys.stderr, flush=True)
-    print("\n| zoo-rank, fresh store | model loads | pairs scored | failed | wall s |")
-    print("|---|---|---|---|---|")
+    print("\n| zoo-rank, fresh store | model loads | pairs scored | failed | wall s | CPU s |")
+    print("|---|---|---|---|---|---|")
     labels = {"before": "before: one task per model x target (each loads its model)",
               "after": "after: one task per model (loaded once for all its targets)"}
     for name in ("before", "after"):
         if name in runs:
-            wall, summary, _ = runs[name]
-            print(f"| {labels[name]} | {summary.model_loads} | {summary.scored} | {len(summary.failed)} | {wall:.0f} |")
+            wall, cpu, summary, _ = runs[name]
+            print(f"| {labels[name]} | {summary.model_loads} | {summary.scored} | {len(summary.failed)} | {wall:.0f} "
+                  f"| {cpu:.0f} |")
     print(f"\nmodels that fit at least one target: {fitting}")
     if "after" in runs:
-        print(f"loads equal that number: {runs['after'][1].model_loads == fitting}")
+        print(f"loads equal that number: {runs['after'][2].model_loads == fitting}")
     if len(runs) == 2:
-        (wb, sb, before), (wa, sa, after) = runs["before"], runs["after"]
+        (wb, cb, sb, before), (wa, ca, sa, after) = runs["before"], runs["after"]
         same = {k: v for k, v in after.items() if before.get(k) == v}
         print(f"pairs with the same stored status and per-image values in both runs: {len(same)} of {len(after)}")
+        print(f"after / before: wall {wa / wb:.2f}, CPU {ca / cb:.2f}")
         saved = sb.model_loads - sa.model_loads
-        load = (wb - wa) / saved if saved else float("nan")
-        pair = (wa - fitting * load) / max(sa.scored, 1)
-        print(f"wall time after / before: {wa / wb:.2f}")
-        print(f"per-pair costs (2 cores, tta, 8 images per target): one model load {load:.2f} s, one pair scored with "
-              f"its model loaded {pair:.2f} s, so a pair of the before layout {pair + load:.2f} s")
+        for what, b, a in (("wall", wb, wa), ("CPU", cb, ca)):
+            load = (b - a) / saved if saved else float("nan")
+            pair = (a - sa.model_loads * load) / max(sa.scored, 1)
+            print(f"per-pair {what} seconds (tta, the targets' 4-8 images): one model load {load:.2f}, one pair "
+                  f"scored with its model loaded {pair:.2f}, a pair of the before layout {pair + load:.2f}")
 
 
 if __name__ == "__main__":

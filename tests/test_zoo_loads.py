@@ -76,6 +76,14 @@ def test_a_zoo_run_loads_each_fitting_model_once_and_stores_what_one_job_per_pai
     per_pair = ResultStore(tmp_path / "per-pair.sqlite")
     assert sum(score_job(job, per_pair).loads for job in jobs) == 4  # one load per pair, as before
     assert _per_pair(grouped, jobs) == _per_pair(per_pair, jobs)  # the same values, bit for bit
+    # without a time limit (or in a Dask worker, which may not fork) the model is kept in this process instead
+    _, here, _ = plan_zoo(str(zoo), targets, RankOptions(time_limit=0))
+    in_process = ResultStore(tmp_path / "in-process.sqlite")
+    assert [o.loads for group in group_jobs(here) for o in score_jobs(group, in_process)] == [1, 0, 1, 0]
+    assert _per_pair(in_process, here) == _per_pair(per_pair, jobs)
+    from bioimage_cte.run.scoring import _KEPT
+
+    assert _KEPT == {}  # each group let its model go
 
 
 @pytest.mark.slow

@@ -354,8 +354,8 @@ def score_jobs(jobs: Sequence[ScoreJob], store: ResultStore, *, refresh: bool = 
                 outcomes.append(outcome)
                 if on_outcome is not None:
                     on_outcome(job, outcome)
-    finally:
-        release_kept()  # without a child the model was kept in this process: it goes with its group
+    finally:  # without a child the model was kept in this process: it goes with its group
+        release_kept(jobs[0].source.location if jobs else None)
     return outcomes
 
 
@@ -374,8 +374,8 @@ def _score_pair(job: ScoreJob, store: ResultStore, worker: Any, *, retries: int,
                               location=job.source.location)
         except Exception as e:
             loads += fresh  # a new process loads the model first: counted whether or not it got further
-            if isinstance(e, ModelTimeoutError):
-                release_kept()  # in-process, a thread may still be running it: never reuse that model
+            if isinstance(e, ModelTimeoutError):  # in-process, a thread may still be running it: never reuse it
+                release_kept(job.source.location)
             store.put(job.key, failed_record(job, e))
             if isinstance(e, BioimageCteError) or attempt == retries:
                 record = store.get(job.key)

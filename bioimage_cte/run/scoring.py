@@ -207,15 +207,11 @@ class Kept(NamedTuple):
     loaded: bool
 
 
-#: the model :func:`score_model_kept` keeps loaded, per thread (a Dask worker may run two groups at once):
-#: ``.kept`` is [(key, ModelRun or the error loading raised)]
-_LOCAL = threading.local()
-
-
-def _kept() -> list[tuple[bytes, ModelRun | BioimageCteError]]:
-    if not hasattr(_LOCAL, "kept"):
-        _LOCAL.kept = []
-    return _LOCAL.kept
+#: the models :func:`score_model_kept` keeps loaded, by package location: (key, ModelRun or the error loading
+#: raised). By location, not by thread: a Dask worker may score two models at once, and under a time limit each
+#: call runs in a thread of its own (:func:`bioimage_cte.predict.deadline.run_with_deadline`)
+_KEPT: dict[str, tuple[bytes, ModelRun | BioimageCteError]] = {}
+_KEPT_LOCK = threading.Lock()
 
 
 def score_model_kept(
@@ -235,27 +231,31 @@ def score_model_kept(
     images but its recent preprocessed inputs, looked up by the image object). A model whose processing uses
     dataset-wide statistics, which bioimageio.core updates with every image, is loaded again for every call. A
     package that could not be loaded raises the same error on the next call without a second attempt (the same
-    bytes fail the same way); other errors leave nothing kept. One model is kept at a time; :func:`release_kept`
-    lets it go (in this thread).
+    bytes fail the same way); other errors leave nothing kept. The calls for one model come one at a time (one
+    zoo task per model); :func:`release_kept` lets it go.
     """
     from bioimage_cte.predict.views import uses_dataset_statistics
 
-    key = pickle.dumps((source.location, options, [e.name for e in estimators], labels is not None))
-    store = _kept()
-    kept = store[0][1] if store and store[0][0] == key else None
+    location = source.location
+    key = pickle.dumps((location, options, [e.name for e in estimators], labels is not None))
+    with _KEPT_LOCK:
+        entry = _KEPT.get(location)
+    kept = entry[1] if entry is not None and entry[0] == key else None
     if isinstance(kept, BioimageCteError):
         raise kept
     loaded = kept is None
     if loaded:
-        release_kept()
+        release_kept(location)
         try:
             kept = ModelRun(source, estimators, options, with_labels=labels is not None)
         except BioimageCteError as e:
-            store.append((key, e))
+            with _KEPT_LOCK:
+                _KEPT[location] = (key, e)
             raise
         if not kept.idle:
             kept.predictor.__enter__()
-        store.append((key, kept))
+        with _KEPT_LOCK:
+            _KEPT[location] = (key, kept)
     else:
         kept.restart()
     try:
@@ -267,18 +267,19 @@ def score_model_kept(
             kept.layer = getattr(kept.predictor, "layer", None)
         result = kept.result()
     except BaseException:
-        release_kept()  # a model that crashed is not trusted with the next target
+        release_kept(location)  # a model that crashed is not trusted with the next target
         raise
     if not kept.idle and uses_dataset_statistics(kept.predictor.descr):
-        release_kept()
+        release_kept(location)
     return Kept(result, loaded)
 
 
-def release_kept() -> None:
-    """Let go of the model :func:`score_model_kept` keeps (its predictor is closed)."""
-    store = _kept()
-    while store:
-        _, kept = store.pop()
+def release_kept(location: str | None = None) -> None:
+    """Let go of the model :func:`score_model_kept` keeps for package ``location`` (default: of every model); its
+    predictor is closed."""
+    with _KEPT_LOCK:
+        gone = [_KEPT.pop(k) for k in list(_KEPT) if location is None or k == location]
+    for _, kept in gone:
         if isinstance(kept, ModelRun) and not kept.idle:
             kept.predictor.__exit__(None, None, None)
 
