@@ -318,25 +318,30 @@ def rank_models(
 ) -> tuple[list[ModelResult], list[ModelFailure]]:
     """Score every model, one loaded at a time; a model that fails is recorded with its reason and the others go on.
 
-    With ``options.time_limit`` each model runs in a child process that is killed when the limit is reached
-    (:mod:`bioimage_cte.run.isolated`); the model is then recorded as failed ("timed out").
+    With ``options.time_limit`` the models run one after another in a child process that is killed when a model
+    reaches the limit (:class:`~bioimage_cte.run.isolated.IsolatedWorker`); the model is then recorded as failed
+    ("timed out") and the next one starts a new child.
 
     A model skipped because it needs package code the policy does not allow is recorded with stage
     :attr:`Stage.SKIPPED`. The images are decoded once for all models (``images``, by default a new
     :class:`~bioimage_cte.predict.images.ImageCache`: its first 512 MiB of pixels are kept for the run).
     """
-    from bioimage_cte.run.isolated import run_isolated
+    from bioimage_cte.run.isolated import IsolatedWorker
 
     images = ImageCache() if images is None else images
     results: list[ModelResult] = []
     failures: list[ModelFailure] = []
-    for source in sources:
-        if on_model is not None:
-            on_model(source)
-        try:
-            results.append(run_isolated(score_model, source, image_paths, estimators, options, labels=labels,
-                                        seconds=options.time_limit, what=source.location, location=source.location,
-                                        on_image=on_image, images=images))
-        except Exception as e:  # one broken zoo entry must never stop the run
-            failures.append(failure_of(source, e))
+    # one kept child for the models one after another: a fresh process per model paid ~1 s of CPU each for what
+    # a process sets up on its first model (bioimageio.spec's validators, torch's first calls); a model that hangs
+    # is killed with it, and the next model gets a new one
+    with IsolatedWorker(seconds=options.time_limit) as worker:
+        for source in sources:
+            if on_model is not None:
+                on_model(source)
+            try:
+                results.append(worker.run(score_model, source, image_paths, estimators, options, labels=labels,
+                                          what=source.location, location=source.location, on_image=on_image,
+                                          images=images))
+            except Exception as e:  # one broken zoo entry must never stop the run
+                failures.append(failure_of(source, e))
     return results, failures
