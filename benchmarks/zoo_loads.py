@@ -1,6 +1,7 @@
 """Model loads and wall time of a zoo run, one task per model against one task per pair, in one run (not a test).
 
     python benchmarks/zoo_loads.py [--zoo resources/zoo] [--data resources/data] [--order after before]
+                                   [--models NAME ...]
 
 Runs ``zoo-rank``'s flow (:func:`bioimage_cte_flows.zoo_ranking.run_zoo_ranking`, default options: ``tta``, each
 model in a child process under the default time limit) over the demo zoo and the shipped targets twice, each time
@@ -60,6 +61,7 @@ def main() -> None:
     parser.add_argument("--zoo", type=Path, default=ROOT / "resources" / "zoo")
     parser.add_argument("--data", type=Path, default=ROOT / "resources" / "data")
     parser.add_argument("--order", nargs="+", default=["after", "before"], choices=["after", "before"])
+    parser.add_argument("--models", nargs="+", default=None, help="only these packages of the zoo (names)")
     args = parser.parse_args()
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -68,6 +70,11 @@ def main() -> None:
     from bioimage_cte_flows.servers import temporary_server
 
     targets = sorted(p for p in args.data.iterdir() if (p / "images").is_dir())
+    if args.models:  # a zoo of these packages only
+        subset = Path(tempfile.mkdtemp(prefix="zoo-subset-"))
+        for name in args.models:
+            shutil.copy(args.zoo / f"{name}.zip", subset)
+        args.zoo = subset
     _, jobs, unfit = plan_zoo(str(args.zoo), [str(t) for t in targets], RankOptions())
     fitting = len({j.source.location for j in jobs})
     n_models = len({j.source.name for j in jobs} | {u.model for u in unfit})

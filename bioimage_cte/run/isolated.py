@@ -172,7 +172,10 @@ def run_isolated(work: Callable[..., T], /, *args: Any, seconds: float, what: st
         child.join()
 
 
-def _wait(child, receive, *, seconds: float, on_image: Callable[[], None] | None, what: str, location: str) -> Any:
+def _wait(child, receive, *, seconds: float, on_image: Callable[[], None] | None, what: str, location: str,
+          answered: list[bool] | None = None) -> Any:
+    """The child's answer within ``seconds`` (``answered`` gets True once it came: the result or the child's own
+    exception, after which the child is ready for another call)."""
     deadline = time.monotonic() + seconds
     while True:
         left = deadline - time.monotonic()
@@ -191,10 +194,12 @@ def _wait(child, receive, *, seconds: float, on_image: Callable[[], None] | None
         if kind == "image":
             if on_image is not None:
                 on_image()
-        elif kind == "result":
+            continue
+        if answered is not None:
+            answered.append(True)
+        if kind == "result":
             return value
-        else:
-            raise value
+        raise value
 
 
 class IsolatedWorker:
@@ -242,16 +247,14 @@ class IsolatedWorker:
                                 **kwargs)
         if self._child is None:
             self._start()
+        answered: list[bool] = []
         try:
             self._conn.send((work, args, kwargs))
             return _wait(self._child, self._conn, seconds=self.seconds, on_image=on_image, what=what,
-                         location=location)
-        except ModelTimeoutError:
-            self.close(kill=True)  # killed at the limit: the next call starts a new child
-            raise
+                         location=location, answered=answered)
         except BaseException:
-            if self._child is not None and not self._child.is_alive():
-                self.close()  # it died (out of memory, a crash in native code): so will the next call start one
+            if not answered:  # timed out, died, or interrupted here mid-call: the next call starts a new child
+                self.close(kill=True)
             raise
 
     def _start(self) -> None:
