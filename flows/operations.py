@@ -1,5 +1,5 @@
 """What an unattended zoo run needs around the scoring: a fast check of the Dask address, readable run names,
-the final state's message, and a notification when models failed.
+the final state's message, a notification when models failed, and what a run returns (:class:`ZooRunSummary`).
 
 Nothing here imports prefect or runs a model; :mod:`bioimage_cte_flows.zoo_ranking` calls these.
 """
@@ -11,11 +11,74 @@ import socket
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-__all__ = ["check_dask_address", "final_message", "notify_webhook", "run_name", "summary_markdown"]
+from bioimage_cte.run.jobs import UnfitPair
+
+__all__ = ["FailedJob", "ZooRunSummary", "check_dask_address", "final_message", "notify_webhook", "run_name",
+           "summary_markdown"]
+
+
+@dataclass(frozen=True)
+class FailedJob:
+    """A model that could not be scored on a target, after its retries."""
+
+    model: str
+    source: str
+    target: str
+    reason: str
+    stage: str = "predict"
+
+
+@dataclass(frozen=True)
+class ZooRunSummary:
+    """What one run did.
+
+    Attributes
+    ----------
+    rankings : dict
+        Target name -> path of its ranking JSON.
+    scored, cached : int
+        Model x target pairs scored in this run, and taken from the store.
+    model_loads : int
+        How many times a model was loaded (one per model that fits a target, with ``load_once``; more after a pair
+        that timed out or crashed its process).
+    failed : tuple of FailedJob
+        Pairs that failed after their retries (recorded in the store as failed).
+    unfit : tuple of UnfitPair
+        Pairs left out before scoring because the model cannot run on the target (3D model on 2D images, channel
+        count, another task with ``match_task``), each with its reason; also in each ranking's ``not_fitting``.
+    annotated : dict
+        Target name -> packages annotated with its ranking (empty unless ``annotate``).
+    problems : dict
+        What went wrong after scoring (write-back, reports), by target name or ``"reports"``.
+    reports : str or None
+        Folder of the zoo reports.
+    leaderboard : str or None
+        The leaderboard page of the run (every model on every target), beside ``targets/<target>.html``.
+    store : str
+        The results database used.
+    message, ranked
+        The flow's final state message, and False when no target got a ranked model (the run then ends Failed).
+    """
+
+    rankings: dict[str, str]
+    scored: int
+    cached: int
+    failed: tuple[FailedJob, ...]
+    unfit: tuple[UnfitPair, ...] = ()
+    annotated: dict[str, list[str]] = field(default_factory=dict)
+    problems: dict[str, str] = field(default_factory=dict)
+    reports: str | None = None
+    leaderboard: str | None = None
+    store: str = ""
+    model_loads: int = 0
+    #: the final state's message (what failed, what was ranked) and whether anything was ranked at all
+    message: str = ""
+    ranked: bool = True
 
 
 def check_dask_address(address: str, *, timeout: float = 5.0) -> None:

@@ -1,8 +1,9 @@
 """Rank every model of a zoo on every target, incrementally: a Prefect flow over the results store.
 
-One task per model x target checks the results store (:mod:`bioimage_cte.run.store`) and scores the
-model only if the store has no result for this package content, these images, this estimator
-and these settings. The flow then ranks the models per target from the store, writes
+One task per model scores it on every target it fits, loading it once
+(:func:`bioimage_cte.run.jobs.score_jobs`); per model x target pair it checks the results store
+(:mod:`bioimage_cte.run.store`) and scores the pair only if the store has no result for this package content, these
+images, this estimator and these settings. The flow then ranks the models per target from the store, writes
 ``<output_dir>/rankings/<target>.json``, optionally writes the rankings back onto the packages
 and the zoo reports, and publishes a progress artifact and one table artifact per target.
 
@@ -35,7 +36,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,15 +59,18 @@ from bioimage_cte.run.jobs import (
     JobOutcome,
     ScoreJob,
     TargetSpec,
-    UnfitPair,
+    group_jobs,
     plan_zoo,
     rank_target,
     record_failure,
     score_job,
+    score_jobs,
 )
 from bioimage_cte.run.options import RankOptions
 from bioimage_cte.run.store import ResultStore
 from bioimage_cte_flows.operations import (
+    FailedJob,
+    ZooRunSummary,
     check_dask_address,
     final_message,
     notify_webhook,
@@ -97,61 +101,6 @@ _on_progress: Callable[[str], None] | None = None
 _DASK_SCHEMES = ("tcp://", "tls://", "ucx://", "ws://", "wss://", "inproc://")
 
 
-@dataclass(frozen=True)
-class FailedJob:
-    """A model that could not be scored on a target, after its retries."""
-
-    model: str
-    source: str
-    target: str
-    reason: str
-    stage: str = "predict"
-
-
-@dataclass(frozen=True)
-class ZooRunSummary:
-    """What one run did.
-
-    Attributes
-    ----------
-    rankings : dict
-        Target name -> path of its ranking JSON.
-    scored, cached : int
-        Model x target pairs scored in this run, and taken from the store.
-    failed : tuple of FailedJob
-        Pairs that failed after their retries (recorded in the store as failed).
-    unfit : tuple of UnfitPair
-        Pairs left out before scoring because the model cannot run on the target (3D model on 2D images, channel
-        count, another task with ``match_task``), each with its reason; also in each ranking's ``not_fitting``.
-    annotated : dict
-        Target name -> packages annotated with its ranking (empty unless ``annotate``).
-    problems : dict
-        What went wrong after scoring (write-back, reports), by target name or ``"reports"``.
-    reports : str or None
-        Folder of the zoo reports.
-    leaderboard : str or None
-        The leaderboard page of the run (every model on every target), beside ``targets/<target>.html``.
-    store : str
-        The results database used.
-    message, ranked
-        The flow's final state message, and False when no target got a ranked model (the run then ends Failed).
-    """
-
-    rankings: dict[str, str]
-    scored: int
-    cached: int
-    failed: tuple[FailedJob, ...]
-    unfit: tuple[UnfitPair, ...] = ()
-    annotated: dict[str, list[str]] = field(default_factory=dict)
-    problems: dict[str, str] = field(default_factory=dict)
-    reports: str | None = None
-    leaderboard: str | None = None
-    store: str = ""
-    #: the final state's message (what failed, what was ranked) and whether anything was ranked at all
-    message: str = ""
-    ranked: bool = True
-
-
 @dataclass(frozen=True, kw_only=True)
 class ZooRunOptions:
     """How a zoo run is carried out, beside the ranking's own :class:`~bioimage_cte.run.options.RankOptions`.
@@ -168,7 +117,10 @@ class ZooRunOptions:
     reports : bool
         Write the per-model zoo reports (collection layout) under ``<output_dir>/reports``.
     retries : int
-        Retries of a scoring task that raised (a broken package is not retried: it fails the same way).
+        Retries of a pair whose scoring raised (a broken package is not retried: it fails the same way).
+    load_once : bool
+        One task per model, loading it once for every target it fits (default); False: one task per model x target
+        pair, each loading its model again (as before 0.x; kept to measure the difference).
     match_task : bool
         Per target, score only models tagged with the target's ``task`` from its ``target.yaml``.
     refresh : bool
@@ -187,6 +139,7 @@ class ZooRunOptions:
     annotate_output: str | None = None
     reports: bool = True
     retries: int = 1
+    load_once: bool = True
     match_task: bool = False
     refresh: bool = False
     dask_address: str | None = None
@@ -232,6 +185,19 @@ def score_model_task(job: ScoreJob, store_path: str, refresh: bool = False,
         # as many torch threads as the worker has: a 1-thread worker on a 64-core node must not use 64 cores
         torch.set_num_threads(threads)
     return score_job(job, ResultStore(store_path), refresh=refresh)
+
+
+@task(name="score-model-on-targets", cache_policy=NO_CACHE, retry_condition_fn=_worth_retrying, retry_delay_seconds=2,
+      task_run_name="score {jobs[0].source.name} on {jobs[0].target.name} and the other targets it fits")
+def score_group_task(jobs: list[ScoreJob], store_path: str, refresh: bool = False, torch_threads: int | None = None,
+                     retries: int = 0) -> list[JobOutcome]:
+    """Score one model on every target it fits, loading it once; each pair with its own retries and time limit."""
+    threads = torch_threads or _dask_worker_threads()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return score_jobs(jobs, ResultStore(store_path), refresh=refresh, retries=retries)
 
 
 @task(name="annotate-packages", cache_policy=NO_CACHE, task_run_name="annotate packages for {target.name}")
@@ -314,14 +280,6 @@ def _check_api_for_processes(dask_address: str | None) -> None:
                            "which starts a temporary server for the run")
 
 
-def _outcome(future, job: ScoreJob, store: ResultStore) -> JobOutcome:
-    """The job's outcome; a task that failed after its retries is recorded as failed in the store."""
-    try:
-        return future.result()
-    except Exception as e:
-        return record_failure(job, store, e)
-
-
 def _say(text: str) -> None:
     """A progress line: in the run's log, and to the caller of run_zoo_ranking (e.g. the CLI) if it listens."""
     get_run_logger().info(text)
@@ -330,28 +288,51 @@ def _say(text: str) -> None:
 
 
 def _score_all(jobs: Sequence[ScoreJob], store: ResultStore, runner: TaskRunner, *, retries: int, refresh: bool,
-               torch_threads: int | None) -> list[JobOutcome]:
+               torch_threads: int | None, load_once: bool = True) -> list[JobOutcome]:
     total = len(jobs)
     progress = create_progress_artifact(0.0, key="zoo-ranking-progress",
                                         description=f"0 of {total} model x target pairs done")
     if total == 0:  # e.g. match_task left no model for any target: no cluster to start
         update_progress_artifact(progress, 100.0, description="nothing to score")
         return []
-    scorer = score_model_task.with_options(retries=retries)
+    position = {job.key: i for i, job in enumerate(jobs)}
+    # one task per model (every target it fits, one load), or one per pair
+    groups = group_jobs(jobs) if load_once else [[job] for job in jobs]
     outcomes: list[JobOutcome | None] = [None] * total
-    _say(f"scoring {total} model x target pairs")
+    _say(f"scoring {total} model x target pairs of {len(groups)} models" if load_once else
+         f"scoring {total} model x target pairs, one task each")
+    common = {"store_path": unmapped(str(store.path)), "refresh": unmapped(refresh),
+              "torch_threads": unmapped(torch_threads)}
+    done = 0
     with runner:
-        futures = runner.map(scorer, {"job": list(jobs), "store_path": unmapped(str(store.path)),
-                                      "refresh": unmapped(refresh), "torch_threads": unmapped(torch_threads)})
+        if load_once:
+            futures = runner.map(score_group_task.with_options(retries=retries),
+                                 {"jobs": groups, **common, "retries": unmapped(retries)})
+        else:
+            futures = runner.map(score_model_task.with_options(retries=retries), {"job": list(jobs), **common})
         index = {future: i for i, future in enumerate(futures)}
-        for done, future in enumerate(as_completed(list(futures)), start=1):
-            i = index[future]
-            outcome = outcomes[i] = _outcome(future, jobs[i], store)
-            update_progress_artifact(progress, 100.0 * done / total,
-                                     description=f"{done} of {total} model x target pairs done")
-            how = "from the store" if not outcome.scored else ("failed" if outcome.status == "failed" else "scored")
-            _say(f"{done}/{total} {jobs[i].source.name} on {jobs[i].target.name}: {how}")
+        for future in as_completed(list(futures)):
+            group = groups[index[future]]
+            for job, outcome in zip(group, _outcomes(future, group, store), strict=True):
+                done += 1
+                outcomes[position[job.key]] = outcome
+                update_progress_artifact(progress, 100.0 * done / total,
+                                         description=f"{done} of {total} model x target pairs done")
+                how = "from the store" if not outcome.scored else ("failed" if outcome.status == "failed" else
+                                                                   "scored")
+                _say(f"{done}/{total} {job.source.name} on {job.target.name}: {how}")
     return [o for o in outcomes if o is not None]
+
+
+def _outcomes(future, group: list[ScoreJob], store: ResultStore) -> list[JobOutcome]:
+    """A task's outcomes, one per pair (a per-pair task returns one); a task that failed after its retries (its
+    worker died, say) has every pair without a result recorded as failed."""
+    try:
+        result = future.result()
+    except Exception as e:  # the pairs it stored before it died keep their results
+        return [JobOutcome(job.key, "ok", scored=True) if (r := store.get(job.key)) is not None and r.status == "ok"
+                else record_failure(job, store, e) for job in group]
+    return result if isinstance(result, list) else [result]
 
 
 def _table(payload: dict[str, Any]) -> list[dict[str, Any]]:
@@ -412,7 +393,7 @@ def zoo_ranking_flow(
     store = ResultStore(how.store_path)  # created here, before workers race to create it
     runner = make_task_runner(how.dask_address, how.workers)
     outcomes = _score_all(jobs, store, runner, retries=how.retries, refresh=how.refresh,
-                          torch_threads=how.torch_threads)
+                          torch_threads=how.torch_threads, load_once=how.load_once)
 
     out = Path(how.output_dir).expanduser().resolve()
     rankings: dict[str, str] = {}
@@ -461,6 +442,7 @@ def zoo_ranking_flow(
     summary = ZooRunSummary(rankings, scored=scored, cached=cached, failed=failed, unfit=tuple(unfit),
                             annotated=annotated,
                             problems=problems, reports=report_dir, leaderboard=leaderboard, store=str(store.path),
+                            model_loads=sum(o.loads for o in outcomes),
                             message=message,
                             ranked=any(ranked.values()))
     create_markdown_artifact(summary_markdown(summary), key="zoo-ranking-summary",

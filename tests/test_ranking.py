@@ -170,8 +170,11 @@ def test_ranking_json_records_every_setting():
         "task": "semantic", "axes": None, "device": "cuda", "layer": None, "weight_format": None, "tag": "nuclei",
         "trust_code": False, "trusted_libraries": ["mylab"], "channels": None, "output_channel": None, "inputs": None,
         "budget": "all", "max_pixels": 2**30,
-        "max_entry_bytes": 2 * 1024**3, "skip_bad_images": False, "time_limit": 3600.0}
+        "max_entry_bytes": 2 * 1024**3, "skip_bad_images": False, "time_limit": 3600.0, "views_batched": True,
+        "views_batched_reason": "GPU: the views of an image run as one batch where the model's batch axis allows it"}
     assert payload["models"][0]["name"] == "a" and payload["failures"] == []
+    on_cpu = ranking_json(ranking, RankOptions(), images="x", n_images=2)["settings"]
+    assert on_cpu["views_batched"] is False and "measured 0.71x" in on_cpu["views_batched_reason"]
     json.dumps(payload, allow_nan=False)
 
 

@@ -454,7 +454,8 @@ def zoo_rank(
         summary = run_zoo_ranking(zoo, targets, options, run, on_progress=lines.stage)
     except Exception as e:
         _fail(e, debug)
-    tell(console, f"scored {summary.scored} model x target pairs, {summary.cached} taken from {summary.store}")
+    tell(console, f"scored {summary.scored} model x target pairs, {summary.cached} taken from {summary.store} "
+                  f"({summary.model_loads} model loads)")
     for target, path in summary.rankings.items():
         tell(console, f"ranking of {target} written to {path}")
     if summary.rankings:

@@ -46,9 +46,8 @@ from bioimage_cte.cte.perturbations import (
     DEFAULT_INPUT_STRENGTH,
     InputKind,
     InputPerturbation,
-    dihedral,
+    dihedral_predictions,
     perturb_image,
-    undo_dihedral,
 )
 from bioimage_cte.cte.seeds import draw_seed, rng
 from bioimage_cte.predict.dropout import FeatureDropout
@@ -267,10 +266,8 @@ class CTEDihedral(_ConsistencyCTE):
 
     def perturbed_prediction(self, predictor, image: np.ndarray, *, seed: int, index: int,
                              repeat: int = 0) -> Prediction:
-        k = self.transform(seed, index, repeat)
-        out = predictor.predict(np.ascontiguousarray(dihedral(image, k)))
-        boundary = None if out.boundary is None else np.ascontiguousarray(undo_dihedral(out.boundary, k))
-        return Prediction(np.ascontiguousarray(undo_dihedral(out.foreground, k)), boundary)
+        back = dihedral_predictions(predictor, image, [self.transform(seed, index, repeat)])[0]
+        return Prediction(back.foreground, back.boundary)  # scored as a foreground (and boundary) map
 
 
 def _nanmean(values: Sequence[float]) -> float:
@@ -321,14 +318,8 @@ class TTAAgreement(_MedianAggregate):
         return {"transforms": list(self.transforms)}
 
     def score_image(self, predictor, image: np.ndarray, clean: Prediction, *, seed: int, index: int) -> float:
-        values = []
-        for k in self.transforms:
-            out = predictor.predict(np.ascontiguousarray(dihedral(image, k)))
-            classes = None if out.classes is None else np.ascontiguousarray(undo_dihedral(out.classes, k))
-            back = Prediction(np.ascontiguousarray(undo_dihedral(out.foreground, k)), classes=classes,
-                              volumetric=out.volumetric)
-            values.append(_per_slice(clean, back, "hard", 0.5))
-        return _nanmean(values)
+        views = dihedral_predictions(predictor, image, self.transforms)
+        return _nanmean([_per_slice(clean, back, "hard", 0.5) for back in views])
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,17 @@ grey-box predictors apply it inside the network.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+
+from bioimage_cte.predict.segmentation import Prediction
+from bioimage_cte.predict.views import dihedral, map_back, undo_dihedral
+
+__all__ = ["DEFAULT_DROPOUT", "DEFAULT_INPUT_STRENGTH", "INPUT_KINDS", "InputKind", "InputPerturbation",
+           "dihedral", "dihedral_predictions", "dynamic_range", "perturb_image", "undo_dihedral"]
 
 InputKind = Literal["gaussian", "brightness", "contrast", "gamma"]
 INPUT_KINDS: tuple[InputKind, ...] = ("gaussian", "brightness", "contrast", "gamma")
@@ -101,13 +108,14 @@ def perturb_image(
     return (x * (hi - lo) + lo).astype(np.float32)
 
 
-def dihedral(image: np.ndarray, k: int) -> np.ndarray:
-    """The k-th of the 8 flips/rotations of the last two axes (k = 0 is the identity)."""
-    out = np.rot90(image, k % 4, axes=(-2, -1))
-    return np.flip(out, axis=-1) if k >= 4 else out
+def dihedral_predictions(predictor: Any, image: np.ndarray, transforms: Sequence[int]) -> list[Prediction]:
+    """The predictions of the views ``dihedral(image, k)``, k in ``transforms``, mapped back to the image's frame.
 
-
-def undo_dihedral(image: np.ndarray, k: int) -> np.ndarray:
-    """Inverse of :func:`dihedral`."""
-    out = np.flip(image, axis=-1) if k >= 4 else image
-    return np.rot90(out, -(k % 4), axes=(-2, -1))
+    A predictor of :mod:`bioimage_cte.predict` predicts them itself (``predict_views``: preprocessing shared by the
+    views where the model allows, see :mod:`bioimage_cte.predict.views`); any other object with ``predict`` is asked
+    for each view.
+    """
+    views = getattr(predictor, "predict_views", None)
+    if views is not None:
+        return views(image, transforms)
+    return [map_back(predictor.predict(np.ascontiguousarray(dihedral(image, k))), k) for k in transforms]

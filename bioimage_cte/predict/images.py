@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +18,13 @@ import numpy as np
 
 from bioimage_cte.base.errors import InvalidImageError
 from bioimage_cte.predict.image_axes import tiff_axes, to_model_input, to_yx
+from bioimage_cte.predict.image_headers import decoded_size
 
 __all__ = [
     "dataset_fingerprint",
     "DEFAULT_MAX_PIXELS",
     "IMAGE_SUFFIXES",
+    "ImageCache",
     "ImageCheck",
     "check_images",
     "label_like",
@@ -43,6 +44,9 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".png", ".npy")
 DEFAULT_MAX_PIXELS: int = 2**30
 """Most pixel values (all planes and channels) of an image read by default, checked from its header before any
 pixel is decoded: 2**30, e.g. 32768 x 32768 px, 2 GiB as uint16 (``--max-pixels``)."""
+
+DEFAULT_CACHE_BYTES: int = 512 * 2**20
+"""Decoded pixels an :class:`ImageCache` holds for one ranking: 512 MiB (the demo targets take 0.5-2 MiB)."""
 
 _GLOB_CHARS = "*?["
 _ACCEPTED = "expected .tif, .tiff, .png or .npy files; pass a folder, a glob such as 'data/*.tif', or a file"
@@ -114,72 +118,6 @@ def _unreadable(path: Path, e: BaseException) -> InvalidImageError:
     )
 
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# samples per pixel by PNG colour type; a palette is counted as RGBA, which is what it may decode to
-_PNG_SAMPLES = {0: 1, 2: 3, 3: 4, 4: 2, 6: 4}
-
-
-def _png_header(path: Path) -> tuple[tuple[int, ...], int] | None:
-    """(shape, bytes per sample) from a PNG's IHDR (and acTL, for the frames of an animated PNG).
-
-    Reads chunk headers only, up to the first image data. None when the file is no PNG: then
-    the decoder gets it and reports what it is.
-    """
-    with path.open("rb") as f:
-        if f.read(8) != _PNG_SIGNATURE:
-            return None
-        length, kind = struct.unpack(">I4s", f.read(8))
-        if kind != b"IHDR" or length < 13:
-            raise ValueError("the PNG's first chunk is not a valid IHDR header")
-        width, height, depth, colour = struct.unpack(">IIBB", f.read(10))
-        f.seek(length - 10 + 4, 1)  # rest of IHDR and its CRC
-        frames = 1
-        while len(head := f.read(8)) == 8:
-            length, kind = struct.unpack(">I4s", head)
-            if kind in (b"IDAT", b"IEND"):
-                break
-            if kind == b"acTL":
-                frames = max(1, struct.unpack(">I", f.read(4))[0])
-                length -= 4
-            f.seek(length + 4, 1)
-    shape = (height, width, _PNG_SAMPLES.get(colour, 4))
-    return (frames, *shape) if frames > 1 else shape, 2 if depth == 16 else 1
-
-
-def _npy_header(path: Path) -> tuple[tuple[int, ...], int]:
-    from numpy.lib import format as npy
-
-    with path.open("rb") as f:
-        version = npy.read_magic(f)
-        # version 3.0 differs from 2.0 only in allowing UTF-8 in the header, which a numeric image's has none of
-        read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
-        shape, _, dtype = read(f)
-    return tuple(shape), dtype.itemsize
-
-
-def _tiff_header(path: Path) -> tuple[tuple[int, ...], int]:
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:  # parses the tags only; no strip or tile is read
-        series = tif.series[0]
-        return tuple(series.shape), np.dtype(series.dtype).itemsize
-
-
-def _decoded_size(path: Path, suffix: str) -> tuple[int, int, tuple[int, ...]] | None:
-    """(pixel values, bytes, shape) the decoder would produce, from the file's header alone; None when unknown."""
-    if suffix == ".png":
-        header = _png_header(path)
-    elif suffix == ".npy":
-        header = _npy_header(path)
-    else:
-        header = _tiff_header(path)
-    if header is None:
-        return None
-    shape, itemsize = header
-    n = int(np.prod(shape, dtype=object))
-    return n, n * itemsize, shape
-
-
 def _human(n: int) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
@@ -227,7 +165,7 @@ def read_image(path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np
         pass  # a missing or unreadable file is reported by the reader below
     if max_pixels is not None:
         try:
-            decoded = _decoded_size(path, suffix)
+            decoded = decoded_size(path, suffix)
         except Exception as e:  # a header the readers cannot parse either: damaged or not an image
             raise _unreadable(path, e) from e
         if decoded is not None and decoded[0] > max_pixels:
@@ -288,6 +226,7 @@ def check_images(
     skip_bad: bool = False,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     channels: Sequence[int] | None = None,
+    cache: ImageCache | None = None,
 ) -> ImageCheck:
     """Read every target image once, before any model runs; report the unreadable ones all together.
 
@@ -308,6 +247,8 @@ def check_images(
         As :func:`read_image`.
     channels : sequence of int, optional
         Channels selected with ``--channels``: each image must have them.
+    cache : ImageCache, optional
+        Keeps the decoded images for the models that score them.
 
     Returns
     -------
@@ -337,12 +278,13 @@ def check_images(
     readable: list[Path] = []
     labelled: list[tuple[Path, str]] = []
     errors: list[tuple[Path, InvalidImageError]] = []
+    reader = cache or ImageCache(0)
     for path in paths:
         try:
-            raw = read_image(path, max_pixels=max_pixels)
-            data = to_yx(raw, axes=axes or tiff_axes(path), path=path)
+            raw = reader.read(path, max_pixels=max_pixels)
+            data = to_yx(raw, axes=axes or reader.axes(path), path=path)
             if channels is not None:
-                to_model_input(raw, axes=axes or tiff_axes(path), channels=channels, n_channels=len(channels),
+                to_model_input(raw, axes=axes or reader.axes(path), channels=channels, n_channels=len(channels),
                                path=path)
         except InvalidImageError as e:  # every bad image is collected, so one run shows the user all of them
             errors.append((path, e))
@@ -494,14 +436,51 @@ def load_labels(
 
 def load_target(path: Path, *, axes: str | None = None, channels: Sequence[int] | None = None,
                 n_channels: int = 1, model: str = "the model",
-                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+                max_pixels: int | None = DEFAULT_MAX_PIXELS, cache: ImageCache | None = None) -> np.ndarray:
     """Read one target image as a model taking ``n_channels`` channels is fed it (see :func:`to_model_input`).
 
     A TIFF whose metadata names its axes (ImageJ hyperstack, OME) is read with those axes unless
-    ``axes`` is given.
+    ``axes`` is given. With a ``cache``, the file is decoded once for every model of the run.
     """
-    return to_model_input(read_image(path, max_pixels=max_pixels), axes=axes or tiff_axes(path), channels=channels,
-                          n_channels=n_channels, path=path, model=model)
+    reader = cache or ImageCache(0)
+    return to_model_input(reader.read(path, max_pixels=max_pixels), axes=axes or reader.axes(path),
+                          channels=channels, n_channels=n_channels, path=path, model=model)
+
+
+class ImageCache:
+    """The target images of one ranking, decoded once and shared by every model (as read-only arrays).
+
+    Images are kept in the order they are first read until ``max_bytes`` of decoded pixels are held; an image
+    beyond that is decoded again each time it is needed, as without a cache, so memory stays bounded whatever the
+    target's size. Every model reads the images in the same order, so keeping the first ones is what lets the next
+    model reuse them: a least-recently-used cache smaller than the target would drop each image just before the next
+    model asks for it. ``max_bytes=0`` keeps nothing.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self._pixels: dict[tuple[str, int | None], np.ndarray] = {}
+        self._axes: dict[str, str | None] = {}
+
+    def read(self, path: Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+        """:func:`read_image`, decoded once while the cache has room."""
+        key = (str(path), max_pixels)
+        data = self._pixels.get(key)
+        if data is None:
+            data = read_image(path, max_pixels=max_pixels)
+            if self.nbytes + data.nbytes <= self.max_bytes:
+                data.flags.writeable = False  # shared by every model: nobody may change it for the others
+                self._pixels[key] = data
+                self.nbytes += data.nbytes
+        return data
+
+    def axes(self, path: Path) -> str | None:
+        """:func:`tiff_axes`, read once per file (it opens the TIFF)."""
+        key = str(path)
+        if key not in self._axes:
+            self._axes[key] = tiff_axes(path)
+        return self._axes[key]
 
 
 def target_task(folder: Path) -> str | None:

@@ -27,6 +27,7 @@ from bioimage_cte.cte.seeds import rng
 if TYPE_CHECKING:
     from bioimage_cte.cte.estimators import Estimator
     from bioimage_cte.cte.outcomes import ModelFailure, ModelResult
+    from bioimage_cte.predict.images import ImageCache
     from bioimage_cte.run.options import RankOptions
     from bioimage_cte.zoo.sources import ModelSource
 
@@ -118,14 +119,15 @@ class AdaptiveRun:
 def rank_adaptive(sources: Sequence[ModelSource], image_paths: Sequence[Path], estimator: Estimator,
                   options: RankOptions, *, on_image: Callable[[], None] | None = None,
                   on_model: Callable[[ModelSource], None] | None = None,
-                  on_round: Callable[[int, int], None] | None = None) -> AdaptiveRun:
+                  on_round: Callable[[int, int], None] | None = None,
+                  images: ImageCache | None = None) -> AdaptiveRun:
     """Score the images in the run's seeded order across every model until :func:`stop_reason` says stop.
 
     ``options.budget`` is ``"auto"`` (stop when settled), a number of images, or ``"all"``. Every model stays
     loaded for the run. A model that fails is recorded and the others go on, as in
-    :func:`~bioimage_cte.run.scoring.rank_models`. ``on_model`` is called as each model loads (all before the
-    first image), ``on_round(i, n)`` before image ``i`` of at most ``n`` is scored by every model, ``on_image``
-    after each model x image.
+    :func:`~bioimage_cte.run.scoring.rank_models`; the images are decoded once for all of them (``images``).
+    ``on_model`` is called as each model loads (all before the first image), ``on_round(i, n)`` before image ``i``
+    of at most ``n`` is scored by every model, ``on_image`` after each model x image.
     """
     from bioimage_cte.cte.outcomes import failure_of
     from bioimage_cte.run.ranking import per_image_scores
@@ -143,7 +145,7 @@ def rank_adaptive(sources: Sequence[ModelSource], image_paths: Sequence[Path], e
             if on_model is not None:
                 on_model(source)
             try:
-                run = ModelRun(source, [estimator], options)
+                run = ModelRun(source, [estimator], options, images=images)
                 if run.idle:
                     idle.append(run.result())
                     continue

@@ -11,6 +11,10 @@ model and no thread of the caller. A child sends a tick per scored image (the ca
 :class:`~bioimage_cte.cte.outcomes.ModelResult`, or the exception that stopped it, which the caller raises again:
 failures are classified exactly as in-process ones.
 
+:class:`IsolatedWorker` is the same child kept for several calls: a zoo run sends it every target of one model, and
+the work keeps the model loaded between calls (:func:`bioimage_cte.run.scoring.score_model_kept`). Each call has
+its own time limit; a call that reaches it kills the child, and the next call starts a new one.
+
 A daemonic process (a Dask worker, say) may not have children: there the model runs in-process, and a time limit
 falls back to :func:`bioimage_cte.predict.deadline.run_with_deadline`, which stops Python code but not a stuck C call.
 """
@@ -31,7 +35,7 @@ from typing import Any, TypeVar
 from bioimage_cte.base.errors import ModelRunError, ModelTimeoutError
 from bioimage_cte.predict.deadline import run_with_deadline, timeout_message
 
-__all__ = ["can_isolate", "run_isolated"]
+__all__ = ["IsolatedWorker", "can_isolate", "run_isolated"]
 
 T = TypeVar("T")
 
@@ -82,7 +86,7 @@ def can_isolate() -> bool:
     return not multiprocessing.current_process().daemon
 
 
-def _child(conn, work, args, kwargs, threads) -> None:
+def _child(conn, work, args, kwargs, threads, *, close: bool = True) -> None:
     """In the child: run the work, sending a tick per image, then the result or the exception."""
     if threads:
         import torch
@@ -97,6 +101,22 @@ def _child(conn, work, args, kwargs, threads) -> None:
         except Exception:  # an exception that does not survive pickling is sent as its words
             message = ("error", ModelRunError(f"{type(e).__name__}: {e}"))
     conn.send(message)
+    if close:
+        conn.close()
+
+
+def _serve(conn, threads) -> None:
+    """In a kept child: run one call per message until the caller closes the pipe, sending ticks and answers."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    while True:
+        try:
+            work, args, kwargs = conn.recv()
+        except EOFError:  # the caller is done (or gone)
+            break
+        _child(conn, work, args, kwargs, None, close=False)
     conn.close()
 
 
@@ -152,7 +172,10 @@ def run_isolated(work: Callable[..., T], /, *args: Any, seconds: float, what: st
         child.join()
 
 
-def _wait(child, receive, *, seconds: float, on_image: Callable[[], None] | None, what: str, location: str) -> Any:
+def _wait(child, receive, *, seconds: float, on_image: Callable[[], None] | None, what: str, location: str,
+          answered: list[bool] | None = None) -> Any:
+    """The child's answer within ``seconds`` (``answered`` gets True once it came: the result or the child's own
+    exception, after which the child is ready for another call)."""
     deadline = time.monotonic() + seconds
     while True:
         left = deadline - time.monotonic()
@@ -171,7 +194,89 @@ def _wait(child, receive, *, seconds: float, on_image: Callable[[], None] | None
         if kind == "image":
             if on_image is not None:
                 on_image()
-        elif kind == "result":
+            continue
+        if answered is not None:
+            answered.append(True)
+        if kind == "result":
             return value
-        else:
-            raise value
+        raise value
+
+
+class IsolatedWorker:
+    """One child process kept for many calls, each with its own time limit: :func:`run_isolated` without a fork per
+    call, so that the work may keep what it loaded (a model) for the next call.
+
+    The child starts on the first call (and again after a call that timed out or crashed it). With ``seconds`` 0 or
+    in a daemonic process the calls run in this process, as :func:`run_isolated` runs them. Use as a context manager:
+    leaving it ends the child.
+
+    Attributes
+    ----------
+    starts : int
+        How many children were started (a new one after each call that killed the previous one).
+    """
+
+    def __init__(self, *, seconds: float) -> None:
+        self.seconds = seconds
+        self.starts = 0
+        self._child: Any = None
+        self._conn: Any = None
+
+    def __enter__(self) -> IsolatedWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def fresh(self) -> bool:
+        """Whether the next call runs in a new child (or, in-process, is the first call)."""
+        return self._child is None if self._isolating else self.starts == 0
+
+    @property
+    def _isolating(self) -> bool:
+        return bool(self.seconds) and can_isolate()
+
+    def run(self, work: Callable[..., T], /, *args: Any, what: str, location: str,
+            on_image: Callable[[], None] | None = None, **kwargs: Any) -> T:
+        """``work(*args, **kwargs, on_image=...)`` in the kept child, killed after ``seconds`` (see
+        :func:`run_isolated` for the arguments and what it raises)."""
+        if not self._isolating:
+            self.starts = max(self.starts, 1)
+            return run_isolated(work, *args, seconds=self.seconds, what=what, location=location, on_image=on_image,
+                                **kwargs)
+        if self._child is None:
+            self._start()
+        answered: list[bool] = []
+        try:
+            self._conn.send((work, args, kwargs))
+            return _wait(self._child, self._conn, seconds=self.seconds, on_image=on_image, what=what,
+                         location=location, answered=answered)
+        except BaseException:
+            if not answered:  # timed out, died, or interrupted here mid-call: the next call starts a new child
+                self.close(kill=True)
+            raise
+
+    def _start(self) -> None:
+        ctx = _context()
+        self._conn, theirs = ctx.Pipe(duplex=True)
+        self._child = ctx.Process(target=_serve, name="bioimage-cte: kept model", daemon=True,
+                                  args=(theirs, _threads()))
+        with _without_main():
+            self._child.start()
+        theirs.close()  # the child holds the only other end: its death ends the pipe
+        self.starts += 1
+
+    def close(self, *, kill: bool = False) -> None:
+        """End the child (it finishes on the closed pipe; one that does not within 5 s, or with ``kill``, is
+        killed)."""
+        child, conn, self._child, self._conn = self._child, self._conn, None, None
+        if child is None:
+            return
+        conn.close()
+        if kill:
+            child.kill()
+        child.join(5)
+        if child.is_alive():
+            child.kill()
+            child.join()

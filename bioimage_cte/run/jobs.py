@@ -9,12 +9,13 @@ tested without Prefect.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from bioimage_cte.base.errors import BioimageCteError, InvalidImageError, one_line
+from bioimage_cte.base.errors import BioimageCteError, InvalidImageError, ModelTimeoutError, one_line
 from bioimage_cte.base.version import __version__
 from bioimage_cte.cte.outcomes import FailureKind, ModelFailure, ModelResult, Stage, failure_of
 from bioimage_cte.run.options import RankOptions
@@ -29,6 +30,7 @@ __all__ = [
     "check_zoo_inputs",
     "collect_results",
     "failed_record",
+    "group_jobs",
     "plan_jobs",
     "plan_pairs",
     "plan_zoo",
@@ -36,6 +38,7 @@ __all__ = [
     "read_target",
     "record_failure",
     "score_job",
+    "score_jobs",
 ]
 
 
@@ -130,6 +133,8 @@ class JobOutcome:
     scored: bool
     error: str | None = None
     stage: str | None = None
+    #: how many times scoring this pair loaded its model (0: the model was already loaded for another target)
+    loads: int = 0
 
 
 def _settings(options: RankOptions, target: TargetSpec) -> dict[str, Any]:
@@ -290,13 +295,98 @@ def score_job(job: ScoreJob, store: ResultStore, *, refresh: bool = False) -> Jo
     except Exception as e:  # stored as failed, then raised again for the caller's retries
         store.put(job.key, failed_record(job, e))
         raise
-    record = ScoreRecord(job.model, job.target.fingerprint, options.estimator, job.settings, __version__, "ok",
-                         name=job.source.name, source=job.source.source, sha256=result.sha256,
-                         images=tuple(p.name for p in paths), per_image=result.per_image, true=result.true,
-                         failures=result.failures, layer=result.layer, seconds=result.seconds, created=now(),
-                         foreground=result.foreground, weights=result.weights, rdf_format=result.rdf_format)
-    store.put(job.key, record)
-    return JobOutcome(job.key, "ok", scored=True)
+    store.put(job.key, _ok_record(job, result))
+    return JobOutcome(job.key, "ok", scored=True, loads=1)
+
+
+def _ok_record(job: ScoreJob, result: ModelResult) -> ScoreRecord:
+    return ScoreRecord(job.model, job.target.fingerprint, job.options.estimator, job.settings, __version__, "ok",
+                       name=job.source.name, source=job.source.source, sha256=result.sha256,
+                       images=tuple(Path(p).name for p in job.target.images), per_image=result.per_image,
+                       true=result.true, failures=result.failures, layer=result.layer, seconds=result.seconds,
+                       created=now(), foreground=result.foreground, weights=result.weights,
+                       rdf_format=result.rdf_format)
+
+
+def group_jobs(jobs: Sequence[ScoreJob]) -> list[list[ScoreJob]]:
+    """The jobs by model (package location), in the order each model first appears: one group per model, holding
+    every target it fits, for :func:`score_jobs`."""
+    groups: dict[str, list[ScoreJob]] = {}
+    for job in jobs:
+        groups.setdefault(job.source.location, []).append(job)
+    return list(groups.values())
+
+
+def score_jobs(jobs: Sequence[ScoreJob], store: ResultStore, *, refresh: bool = False, retries: int = 0,
+               retry_delay: float = 2.0,
+               on_outcome: Callable[[ScoreJob, JobOutcome], None] | None = None) -> list[JobOutcome]:
+    """Score the jobs of one model (every target it fits, see :func:`group_jobs`), loading the model once.
+
+    Per pair it does what :func:`score_job` does: a pair the store has is not scored again, each result or failure
+    is stored under the pair's key, and a pair gets ``options.time_limit`` (model loading included when it is the
+    one that loads). The pairs run one after another in one kept child process
+    (:class:`~bioimage_cte.run.isolated.IsolatedWorker`), which keeps the model loaded between targets
+    (:func:`~bioimage_cte.run.scoring.score_model_kept`); a pair that hangs is killed at its limit, stored as timed
+    out, and the next pair starts a new child. A pair that raised anything but a
+    :class:`~bioimage_cte.base.errors.BioimageCteError` (bad input, a broken package or a timeout fail the same way
+    again) is tried up to ``retries`` more times, ``retry_delay`` seconds apart, as the zoo flow's tasks were
+    retried one pair at a time.
+
+    Returns
+    -------
+    list of JobOutcome
+        One per job, in order; a failed pair is ``"failed"`` with its stored reason (nothing is raised for it).
+        ``loads`` counts the model loads of each pair.
+    """
+    from bioimage_cte.run.isolated import IsolatedWorker
+    from bioimage_cte.run.scoring import release_kept
+
+    if len({job.source.location for job in jobs}) > 1:
+        raise ValueError("score_jobs scores the jobs of one model; group them with group_jobs")
+    outcomes: list[JobOutcome] = []
+    try:
+        with IsolatedWorker(seconds=jobs[0].options.time_limit if jobs else 0) as worker:
+            for job in jobs:
+                cached = None if refresh else store.get(job.key)
+                if cached is not None and cached.status == "ok":
+                    outcome = JobOutcome(job.key, "ok", scored=False)
+                else:
+                    outcome = _score_pair(job, store, worker, retries=retries, retry_delay=retry_delay)
+                outcomes.append(outcome)
+                if on_outcome is not None:
+                    on_outcome(job, outcome)
+    finally:  # without a child the model was kept in this process: it goes with its group
+        release_kept(jobs[0].source.location if jobs else None)
+    return outcomes
+
+
+def _score_pair(job: ScoreJob, store: ResultStore, worker: Any, *, retries: int, retry_delay: float) -> JobOutcome:
+    """One pair of :func:`score_jobs` in its worker, with its retries; its result or failure stored."""
+    from bioimage_cte.predict.images import load_labels
+    from bioimage_cte.run.scoring import release_kept, score_model_kept
+
+    options, paths, loads = job.options, [Path(p) for p in job.target.images], 0
+    for attempt in range(retries + 1):
+        fresh = worker.fresh
+        try:
+            labels = load_labels(paths, job.target.labels, axes=options.axes) if job.target.labels else None
+            kept = worker.run(score_model_kept, job.source, paths, [options.make_estimator()], options,
+                              labels=labels, what=f"{job.source.name} on {job.target.name}",
+                              location=job.source.location)
+        except Exception as e:
+            loads += fresh  # a new process loads the model first: counted whether or not it got further
+            if isinstance(e, ModelTimeoutError):  # in-process, a thread may still be running it: never reuse it
+                release_kept(job.source.location)
+            store.put(job.key, failed_record(job, e))
+            if isinstance(e, BioimageCteError) or attempt == retries:
+                record = store.get(job.key)
+                return JobOutcome(job.key, "failed", scored=True, error=record.error if record else str(e),
+                                  stage=record.stage if record else None, loads=loads)
+            time.sleep(retry_delay)
+            continue
+        store.put(job.key, _ok_record(job, kept.result))
+        return JobOutcome(job.key, "ok", scored=True, loads=loads + kept.loaded)
+    raise AssertionError("unreachable: the last attempt returns")
 
 
 def collect_results(jobs: Sequence[ScoreJob], store: ResultStore) -> tuple[list[ModelResult], list[ModelFailure]]:

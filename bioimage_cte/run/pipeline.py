@@ -31,7 +31,7 @@ from bioimage_cte.cte.metrics import METRICS
 from bioimage_cte.cte.outcomes import FailureKind, ModelFailure, ModelResult, Stage, failure_of
 from bioimage_cte.cte.registry import LABEL_FREE
 from bioimage_cte.predict.fit import ImageFit, input_layout, mixed_dimensions_warning
-from bioimage_cte.predict.images import check_images, list_images, load_labels
+from bioimage_cte.predict.images import ImageCache, check_images, list_images, load_labels
 from bioimage_cte.run.budget import rank_adaptive
 from bioimage_cte.run.calibrated import predicted_dice
 from bioimage_cte.run.evaluation import Evaluation, evaluate_rankings
@@ -136,6 +136,7 @@ class _Inputs:
     paths: list[Path]
     warnings: list[str]
     skipped: tuple[tuple[Path, str], ...]
+    images: ImageCache  # the images decoded by the check, kept for the models
 
 
 def _inputs(models: Sequence[str | Path], images: str | Path | Sequence[Path], options: RankOptions,
@@ -166,8 +167,9 @@ def _inputs(models: Sequence[str | Path], images: str | Path | Sequence[Path], o
         raise InvalidImageError("no images given; pass a folder, a glob or image files")
     if progress.stage is not None:
         progress.stage(f"found {len(sources)} models; checking {len(paths)} images")
+    cache = ImageCache()
     check = check_images(paths, axes=options.axes, skip_bad=options.skip_bad_images, max_pixels=options.max_pixels,
-                         channels=options.channels)
+                         channels=options.channels, cache=cache)
     if not check.paths:
         raise InvalidImageError(f"none of the {len(paths)} images can be read, so there is nothing to rank on:\n"
                                 + "\n".join(f"  {reason}" for _, reason in check.skipped))
@@ -198,14 +200,14 @@ def _inputs(models: Sequence[str | Path], images: str | Path | Sequence[Path], o
         progress.plan(len(checked), len(check.paths))
     if progress.start is not None:
         progress.start(len(checked) * len(check.paths))
-    return _Inputs(checked, failures, list(check.paths), warnings, check.skipped)
+    return _Inputs(checked, failures, list(check.paths), warnings, check.skipped, cache)
 
 
 def _score(sources: Sequence[ModelSource], paths: Sequence[Path], estimators: Sequence[Estimator],
-           options: RankOptions, progress: Progress,
-           labels: Sequence[np.ndarray] | None = None) -> tuple[list[ModelResult], list[ModelFailure]]:
+           options: RankOptions, progress: Progress, labels: Sequence[np.ndarray] | None = None,
+           images: ImageCache | None = None) -> tuple[list[ModelResult], list[ModelFailure]]:
     return rank_models(sources, paths, estimators, options, labels=labels, on_image=progress.image,
-                       on_model=progress.model)
+                       on_model=progress.model, images=images)
 
 
 def rank(
@@ -248,10 +250,10 @@ def rank(
         estimator, choice = with_automatic_strength(sources, paths, estimator, options, on_stage=progress.stage)
     n_found, reason = len(paths), "all images"
     if options.budget == "all":
-        results, failures = _score(sources, paths, [estimator], options, progress)
+        results, failures = _score(sources, paths, [estimator], options, progress, images=inputs.images)
     else:
         run = rank_adaptive(sources, paths, estimator, options, on_image=progress.image, on_model=progress.model,
-                            on_round=progress.round)
+                            on_round=progress.round, images=inputs.images)
         results, failures, paths, reason = run.results, run.failures, run.images, run.stop_reason
     predicted = {}
     if options.predict_dice:
@@ -306,7 +308,8 @@ def evaluate(
         ests.append(FewLabelOracle(k=few_label))
     inputs = _inputs(models, images, options, progress)
     label_arrays = load_labels(inputs.paths, labels, axes=options.axes, max_pixels=options.max_pixels)
-    results, failures = _score(inputs.sources, inputs.paths, ests, options, progress, labels=label_arrays)
+    results, failures = _score(inputs.sources, inputs.paths, ests, options, progress, labels=label_arrays,
+                               images=inputs.images)
     failures = inputs.failures + failures
     evaluation = evaluate_rankings(results, ests, metric=chosen, failures=failures, seed=options.seed)
     return EvaluationRun(evaluation=evaluation, sources=tuple(inputs.sources), images=tuple(inputs.paths),

@@ -24,6 +24,7 @@ from bioimage_cte.cte.consistency import bootstrap_intervals
 from bioimage_cte.cte.estimators import Estimator
 from bioimage_cte.cte.outcomes import FailureKind, ModelFailure, ModelResult, Stage
 from bioimage_cte.cte.seeds import seed_sequence
+from bioimage_cte.predict.views import views_batched
 from bioimage_cte.run.options import RankOptions
 
 __all__ = ["NEAR_EMPTY_FOREGROUND", "SATURATED_FOREGROUND", "ModelScore", "Ranking", "build_ranking", "interval_label",
@@ -236,9 +237,16 @@ def build_ranking(
 
 
 def ranking_json(ranking: Ranking, options: RankOptions, *, images: str, n_images: int) -> dict[str, Any]:
-    """A ranking as JSON with the run's settings; the one place those settings are written."""
+    """A ranking as JSON with the run's settings; the one place those settings are written.
+
+    Besides the options, the settings say whether the flipped/rotated views of an image ran as one batch
+    (``views_batched``: on a GPU, where a model's batch axis allows; never on a CPU, where it was measured slower)
+    and why.
+    """
     payload = ranking.to_json_dict()
-    payload["settings"].update({"images": images, "n_images": n_images, **options.run_settings()})
+    batched, why = views_batched(options.device)
+    payload["settings"].update({"images": images, "n_images": n_images, **options.run_settings(),
+                                "views_batched": batched, "views_batched_reason": why})
     return payload
 
 

@@ -9,10 +9,12 @@ fails (cannot be loaded, is not a segmentation model, crashes, needs code the us
 from __future__ import annotations
 
 import contextlib
+import pickle
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -20,12 +22,12 @@ from bioimage_cte.base.errors import BioimageCteError, ModelRunError, UntrustedC
 from bioimage_cte.cte.estimators import Estimator
 from bioimage_cte.cte.metrics import foreground_dice, instance_f1, mean_average_precision
 from bioimage_cte.cte.outcomes import ModelFailure, ModelResult, Stage, failure_of
-from bioimage_cte.predict.images import load_target
+from bioimage_cte.predict.images import ImageCache, load_target
 from bioimage_cte.predict.segmentation import Prediction, instances, on_grid
 from bioimage_cte.run.options import RankOptions
 from bioimage_cte.zoo.sources import ModelSource, file_sha256
 
-__all__ = ["ModelRun", "rank_models", "score_model"]
+__all__ = ["Kept", "ModelRun", "rank_models", "release_kept", "score_model", "score_model_kept"]
 
 
 def _true_metrics(clean: Prediction, labels: np.ndarray, out: dict[str, list[float]]) -> None:
@@ -60,12 +62,12 @@ class ModelRun:
     """
 
     def __init__(self, source: ModelSource, estimators: Sequence[Estimator], options: RankOptions, *,
-                 with_labels: bool = False) -> None:
+                 with_labels: bool = False, images: ImageCache | None = None) -> None:
         from bioimage_cte.predict.factory import make_predictor
         from bioimage_cte.zoo.models import load_model_and_format
 
         self.start = time.perf_counter()
-        self.source, self.options = source, options
+        self.source, self.options, self.images = source, options, images
         descr, rdf_format = load_model_and_format(source.location, max_entry_bytes=options.max_entry_bytes)
         self.rdf_format = rdf_format.to_json_dict()
         self.failures: dict[str, tuple[Stage, str]] = {}
@@ -102,6 +104,18 @@ class ModelRun:
         self.foreground: list[float] = []
         self.volumetric = False
         self.layer: str | None = None
+        self._loaded = (dict(self.failures), list(self.per_image))
+
+    def restart(self) -> None:
+        """Score another set of images (a zoo run's next target) with the model already loaded: what the previous
+        images produced is dropped, the clock restarts (the next result's ``seconds`` has no loading in it)."""
+        self.start = time.perf_counter()
+        if self.idle:
+            return
+        failures, names = self._loaded
+        self.failures, self.per_image = dict(failures), {name: [] for name in names}
+        self.true, self.foreground = {}, []
+        self.masks = None if self.masks is None else []
 
     def __enter__(self) -> ModelRun:
         if not self.idle:
@@ -115,7 +129,7 @@ class ModelRun:
 
     def score(self, index: int, path: Path, labels: np.ndarray | None = None) -> None:
         """Predict one image clean and score it with every estimator (``index``: its place in the run)."""
-        image = _load(path, self.options, self.predictor, self.source.location)
+        image = _load(path, self.options, self.predictor, self.source.location, self.images)
         seed = self.options.seed
         with _model_errors(self.source, path):
             clean = self.predictor.predict(image)
@@ -160,12 +174,12 @@ def _weights_json(predictor: Any) -> dict[str, str] | None:
     return None if choice is None else choice.to_json()
 
 
-def _load(path: Path, options: RankOptions, predictor: Any, name: str) -> np.ndarray:
+def _load(path: Path, options: RankOptions, predictor: Any, name: str, images: ImageCache | None = None) -> np.ndarray:
     """An image as this model is fed it: its channels selected for the model's input channel count (a multi-input
     model's ``feed``: the channels of its inputs in order)."""
     feed = getattr(predictor, "feed", None)
     return load_target(path, axes=options.axes, channels=options.channels if feed is None else feed,
-                       n_channels=predictor.in_channels, model=name, max_pixels=options.max_pixels)
+                       n_channels=predictor.in_channels, model=name, max_pixels=options.max_pixels, cache=images)
 
 
 def score_model(
@@ -176,19 +190,20 @@ def score_model(
     *,
     labels: Sequence[np.ndarray] | None = None,
     on_image: Callable[[], None] | None = None,
+    images: ImageCache | None = None,
 ) -> ModelResult:
     """Run one model over the images and score it with every estimator (see :class:`ModelRun`).
 
-    The model is loaded once; each image is read from disk, predicted clean once, and handed with that prediction
-    to every estimator. When no estimator can run and nothing else needs predictions (labels, cross-model
-    estimators), the model is not run at all.
+    The model is loaded once; each image is read from disk (or from ``images``, decoded once for every model of a
+    ranking), predicted clean once, and handed with that prediction to every estimator. When no estimator can run
+    and nothing else needs predictions (labels, cross-model estimators), the model is not run at all.
 
     Raises
     ------
     BioimageCteError
         When the model cannot be loaded or predicted at all (the caller records it as failed).
     """
-    run = ModelRun(source, estimators, options, with_labels=labels is not None)
+    run = ModelRun(source, estimators, options, with_labels=labels is not None, images=images)
     if run.idle:
         return run.result()
     with run:
@@ -197,6 +212,90 @@ def score_model(
             if on_image is not None:
                 on_image()
     return run.result()
+
+
+class Kept(NamedTuple):
+    """What :func:`score_model_kept` returns: the result, and whether the call loaded the model."""
+
+    result: ModelResult
+    loaded: bool
+
+
+#: the models :func:`score_model_kept` keeps loaded, by package location: (key, ModelRun or the error loading
+#: raised). By location, not by thread: a Dask worker may score two models at once, and under a time limit each
+#: call runs in a thread of its own (:func:`bioimage_cte.predict.deadline.run_with_deadline`)
+_KEPT: dict[str, tuple[bytes, ModelRun | BioimageCteError]] = {}
+_KEPT_LOCK = threading.Lock()
+
+
+def score_model_kept(
+    source: ModelSource,
+    image_paths: Sequence[Path],
+    estimators: Sequence[Estimator],
+    options: RankOptions,
+    *,
+    labels: Sequence[np.ndarray] | None = None,
+    on_image: Callable[[], None] | None = None,
+) -> Kept:
+    """:func:`score_model`, keeping the model loaded in this process for the next call on the same model.
+
+    A zoo run sends every target of one model to one process (:class:`bioimage_cte.run.isolated.IsolatedWorker`),
+    which so loads the model once. Per call the result is what :func:`score_model` gives: the images are scored
+    with their indices from 0, and nothing of a previous target carries over (the predictor holds no state between
+    images but its recent preprocessed inputs, looked up by the image object). A model whose processing uses
+    dataset-wide statistics, which bioimageio.core updates with every image, is loaded again for every call. A
+    package that could not be loaded raises the same error on the next call without a second attempt (the same
+    bytes fail the same way); other errors leave nothing kept. The calls for one model come one at a time (one
+    zoo task per model); :func:`release_kept` lets it go.
+    """
+    from bioimage_cte.predict.views import uses_dataset_statistics
+
+    location = source.location
+    key = pickle.dumps((location, options, [e.name for e in estimators], labels is not None))
+    with _KEPT_LOCK:
+        entry = _KEPT.get(location)
+    kept = entry[1] if entry is not None and entry[0] == key else None
+    if isinstance(kept, BioimageCteError):
+        raise kept
+    loaded = kept is None
+    if loaded:
+        release_kept(location)
+        try:
+            kept = ModelRun(source, estimators, options, with_labels=labels is not None)
+        except BioimageCteError as e:
+            with _KEPT_LOCK:
+                _KEPT[location] = (key, e)
+            raise
+        if not kept.idle:
+            kept.predictor.__enter__()
+        with _KEPT_LOCK:
+            _KEPT[location] = (key, kept)
+    else:
+        kept.restart()
+    try:
+        if not kept.idle:
+            for i, path in enumerate(image_paths):
+                kept.score(i, path, None if labels is None else labels[i])
+                if on_image is not None:
+                    on_image()
+            kept.layer = getattr(kept.predictor, "layer", None)
+        result = kept.result()
+    except BaseException:
+        release_kept(location)  # a model that crashed is not trusted with the next target
+        raise
+    if not kept.idle and uses_dataset_statistics(kept.predictor.descr):
+        release_kept(location)
+    return Kept(result, loaded)
+
+
+def release_kept(location: str | None = None) -> None:
+    """Let go of the model :func:`score_model_kept` keeps for package ``location`` (default: of every model); its
+    predictor is closed."""
+    with _KEPT_LOCK:
+        gone = [_KEPT.pop(k) for k in list(_KEPT) if location is None or k == location]
+    for _, kept in gone:
+        if isinstance(kept, ModelRun) and not kept.idle:
+            kept.predictor.__exit__(None, None, None)
 
 
 @contextlib.contextmanager
@@ -229,26 +328,34 @@ def rank_models(
     labels: Sequence[np.ndarray] | None = None,
     on_image: Callable[[], None] | None = None,
     on_model: Callable[[ModelSource], None] | None = None,
+    images: ImageCache | None = None,
 ) -> tuple[list[ModelResult], list[ModelFailure]]:
     """Score every model, one loaded at a time; a model that fails is recorded with its reason and the others go on.
 
-    With ``options.time_limit`` each model runs in a child process that is killed when the limit is reached
-    (:mod:`bioimage_cte.run.isolated`); the model is then recorded as failed ("timed out").
+    With ``options.time_limit`` the models run one after another in a child process that is killed when a model
+    reaches the limit (:class:`~bioimage_cte.run.isolated.IsolatedWorker`); the model is then recorded as failed
+    ("timed out") and the next one starts a new child.
 
     A model skipped because it needs package code the policy does not allow is recorded with stage
-    :attr:`Stage.SKIPPED`.
+    :attr:`Stage.SKIPPED`. The images are decoded once for all models (``images``, by default a new
+    :class:`~bioimage_cte.predict.images.ImageCache`: its first 512 MiB of pixels are kept for the run).
     """
-    from bioimage_cte.run.isolated import run_isolated
+    from bioimage_cte.run.isolated import IsolatedWorker
 
+    images = ImageCache() if images is None else images
     results: list[ModelResult] = []
     failures: list[ModelFailure] = []
-    for source in sources:
-        if on_model is not None:
-            on_model(source)
-        try:
-            results.append(run_isolated(score_model, source, image_paths, estimators, options, labels=labels,
-                                        seconds=options.time_limit, what=source.location, location=source.location,
-                                        on_image=on_image))
-        except Exception as e:  # one broken zoo entry must never stop the run
-            failures.append(failure_of(source, e))
+    # one kept child for the models one after another: a fresh process per model paid ~1 s of CPU each for what
+    # a process sets up on its first model (bioimageio.spec's validators, torch's first calls); a model that hangs
+    # is killed with it, and the next model gets a new one
+    with IsolatedWorker(seconds=options.time_limit) as worker:
+        for source in sources:
+            if on_model is not None:
+                on_model(source)
+            try:
+                results.append(worker.run(score_model, source, image_paths, estimators, options, labels=labels,
+                                          what=source.location, location=source.location, on_image=on_image,
+                                          images=images))
+            except Exception as e:  # one broken zoo entry must never stop the run
+                failures.append(failure_of(source, e))
     return results, failures

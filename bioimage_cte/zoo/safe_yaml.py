@@ -8,12 +8,19 @@ therefore composed into its node graph first, which is linear in its size, and r
 is too large, uses too many aliases or would expand to too many nodes; only then is it
 constructed into Python data.
 
-Parsing is ruyaml's safe loader with YAML 1.2, as bioimageio.spec reads RDFs: no tags, no code.
+Parsing is ruyaml's safe loader with YAML 1.2, as bioimageio.spec reads RDFs: no tags, no code. A ranking reads
+each rdf.yaml several times before its model loads (the package check, the tag filter, the input layout, the task
+warnings, the model's own check), so a document parsed once is not parsed again: the pure-Python parser takes
+tens of milliseconds per rdf.yaml, as long as several forward passes of a small network.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import hashlib
+import threading
+from collections import OrderedDict
 from typing import Any
 
 from bioimage_cte.base.errors import UnsafeYamlError
@@ -28,6 +35,11 @@ DEFAULT_MAX_NODES = 100_000
 """Most nodes of the document with every alias expanded; the zoo's RDFs have a few hundred."""
 
 _FIX = "fix or remove the package"
+
+#: documents parsed in this process, by content and limits (the last :data:`_PARSED_KEPT`)
+_PARSED: OrderedDict[tuple[bytes, int, int, int], Any] = OrderedDict()
+_PARSED_KEPT = 256
+_PARSED_LOCK = threading.Lock()
 
 
 def load_untrusted_yaml(
@@ -79,6 +91,20 @@ def load_untrusted_yaml(
     ...
     bioimage_cte.base.errors.UnsafeYamlError: bomb.yaml expands to more than 20 YAML nodes (limit 20): ...
     """
+    raw = text_or_bytes if isinstance(text_or_bytes, bytes) else text_or_bytes.encode("utf-8", "surrogatepass")
+    key = (hashlib.sha256(raw).digest(), max_bytes, max_nodes, max_aliases)
+    with _PARSED_LOCK:
+        parsed = _PARSED.get(key, _PARSED)
+    if parsed is _PARSED:  # never parsed (a document that failed is parsed again, and fails again)
+        parsed = _parse(text_or_bytes, where=where, max_bytes=max_bytes, max_nodes=max_nodes, max_aliases=max_aliases)
+        with _PARSED_LOCK:
+            _PARSED[key] = parsed
+            while len(_PARSED) > _PARSED_KEPT:
+                _PARSED.popitem(last=False)
+    return copy.deepcopy(parsed)  # the caller's own data: changing it changes no later parse
+
+
+def _parse(text_or_bytes: str | bytes, *, where: str, max_bytes: int, max_nodes: int, max_aliases: int) -> Any:
     # a str cannot be shorter in UTF-8 than in characters: the cheap test first, so a huge str is never encoded
     size = len(text_or_bytes)
     if size <= max_bytes and isinstance(text_or_bytes, str):
