@@ -307,7 +307,8 @@ def test_stardist_shaped_keras_package_is_ranked_on_its_probability_output(tmp_p
     stardist = models[STARDIST_NAME]
     assert stardist["weights"]["format"] == "keras_hdf5" and stardist["weights"]["access"] == "black-box"
     assert stardist["output"] == {"tensor": "prob", "channel": "prob", "index": 0, "scored": "foreground",
-                                  "how": "output prob of 2 (the probability one); channel named 'prob' as foreground"}
+                                  "how": "output prob of 2 (the probability one); channel named 'prob' as foreground",
+                                  "scale": {"y": 1.0, "x": 1.0}}  # prob is on the input's grid
     # the same probability network in Keras and in torch (outputs equal to 1e-3): the same consistency, up to the
     # few pixels whose probability sits at the 0.5 threshold
     assert 0.5 < stardist["score"] <= 1
