@@ -21,5 +21,6 @@ fi
 export TQDM_DISABLE=1 PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 .venv/bin/ruff check .
 # the doctests of the library and of the Prefect flows (flows/ installs as bioimage_cte_flows; collected here from
-# the folder, as flows.*), and the tests
-.venv/bin/python -m pytest --doctest-modules bioimage_cte tests flows "$@"
+# the folder, as flows.*), and the tests. Two workers (pytest-xdist), each test file on one of them: run one after
+# another the tests keep one core busy on average (they wait for child processes, servers and time limits).
+.venv/bin/python -m pytest -n "${BIOIMAGE_CTE_TEST_WORKERS:-2}" --dist loadfile --doctest-modules bioimage_cte tests flows "$@"
