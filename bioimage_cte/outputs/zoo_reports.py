@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -261,14 +261,27 @@ _LOCAL_FOLDERS = re.compile(r"(?<![\w:/.~-])/(?:[^\s/:;,'\"()\[\]]+/)+")
 
 
 def _zoo_root(rankings: Mapping[str, Mapping[str, Any]]) -> str | None:
-    """The folder that holds every local package the rankings name (the zoo given), or None."""
+    """The zoo given: the deepest folder that holds more than half of the local packages the rankings name, or None.
+
+    Not the common folder of all of them: one package from elsewhere (a zoo ID's download in the cache, a folder
+    in /tmp) would make that ``/home/me`` or ``/tmp`` and publish the rest of the maintainer's layout. Packages
+    outside the zoo keep their file name only.
+
+    Examples
+    --------
+    >>> _zoo_root({"t": {"models": [{"source": "/data/zoo/a.zip"}, {"source": "/data/zoo/sub/b.zip"},
+    ...                             {"source": "/home/me/.cache/c.zip"}]}})
+    '/data/zoo'
+    """
     folders = []
     for ranking in rankings.values():
         for entry in [*(ranking.get("models") or []), *(ranking.get("failures") or [])]:
             source = str(entry.get("source", "")) if isinstance(entry, Mapping) else ""
             if source.startswith("/"):
-                folders.append(str(Path(source).parent))
-    return os.path.commonpath(folders) if folders else None
+                folders.append(Path(source).parent)
+    holding = Counter(folder for path in folders for folder in (path, *path.parents))
+    majority = [folder for folder, n in holding.items() if 2 * n > len(folders)]
+    return str(max(majority, key=lambda folder: len(folder.parts))) if majority else None
 
 
 def publishable(value: Any, root: str | None) -> Any:
