@@ -54,7 +54,9 @@ def test_rows_cells_and_flags_of_a_small_run(tmp_path):
     assert [c.status for c in by_name["broken"].cells] == ["failed", "absent", "absent"]
     assert by_name["c"].cells[1].status == "unscored" and rows[-1].name == "broken"  # ranked nowhere: last
 
+    rankings["dsb2018"]["models"][0] |= {"predicted_dice": 0.8234, "predicted_dice_interval": [0.7488, 0.8981]}
     (dsb, tiny, stacks) = target_summaries(rankings)
+    assert dsb.best_dice == "Dice 0.82 (0.75-0.90)" and tiny.best_dice == ""
     assert (dsb.n_ranked, dsb.n_unfit, dsb.n_failed) == (3, 1, 1)
     assert dsb.top == ((1, "a", 0.95, ("~top",)), (2, "b", 0.90, ("~top",)), (3, "c", 0.60, ()))
     assert tiny.top[0] == (1, "b", 0.99, ("~top", "fg 98 %")) and tiny.top[2][3] == ("no score",)

@@ -204,8 +204,9 @@ def dice_summary(ranking, *, good_enough: float = 0.7) -> str | None:
     if hi < good_enough:
         text += (f". Even the interval's upper bound is below {good_enough:g}: label a few images and fine-tune "
                  "(on the demo targets one labelled image and 60 steps lifted the worst zero-shot model from Dice "
-                 "0.48 to 0.87 on dsb2018 and from 0.01 to 0.85 on nuclei-tiny-crowded; 'bioimage-cte "
-                 "finetune-benchmark' measures it on yours, benchmarks/results/finetune.md)")
+                 "0.48 to 0.87 on dsb2018 and from 0.01 to 0.85 on nuclei-tiny-crowded, "
+                 "benchmarks/results/finetune.md): 'bioimage-cte finetune MODEL --images ... --labels ... -o "
+                 "finetuned.zip'")
     return text + "."
 
 
@@ -251,13 +252,13 @@ def ranking_table(ranking, title: str, *, width: int = 80) -> Group:
 
 
 def zoo_table(summaries, estimator: str, *, top: int = 3, width: int = 80) -> Table:
-    """A zoo run per target: its best ``top`` models with score and flags, and how many were ranked, did not fit and
-    failed (under the target's name)."""
+    """A zoo run per target: its best ``top`` models with score and flags, and (under the target's name) the first
+    model's predicted Dice and how many were ranked, did not fit and failed."""
     headers = ["target", "#", "model", "score", "flags"]
     rows: list[list[str]] = []
     ends: list[int] = []
     for s in summaries:
-        under = [s.name, f"{s.n_ranked} ranked", f"{s.n_unfit} do not fit" if s.n_unfit else "",
+        under = [s.name, s.best_dice, f"{s.n_ranked} ranked", f"{s.n_unfit} do not fit" if s.n_unfit else "",
                  f"{s.n_failed} failed" if s.n_failed else "", *s.flags]
         under = [u for u in under if u]
         best = [[str(rank), name, "n/a" if score is None else f"{score:.3f}", " ".join(flags)]
@@ -267,7 +268,8 @@ def zoo_table(summaries, estimator: str, *, top: int = 3, width: int = 80) -> Ta
         ends.append(len(rows))
     table = Table(title=f"top {top} per target ({estimator})", title_justify="left",
                   caption="~top: the images cannot tell it from the top model; fg: share of pixels marked "
-                          "foreground (90 % or more: the score says little, check its predictions)",
+                          "foreground (90 % or more: the score says little, check its predictions); Dice: the "
+                          "first model's predicted Dice, 90 % interval",
                   caption_justify="left")
     for column in headers:
         table.add_column(column, justify="right" if column in ("#", "score") else "left", no_wrap=True)

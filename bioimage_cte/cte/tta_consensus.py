@@ -9,8 +9,9 @@ the two ranks are averaged, and a model's score is the mean over images: the com
 (:func:`bioimage_cte.cte.combined.per_image_combined`), with no weight fitted.
 
 The consensus needs every candidate's clean masks at once, so it is a second stage after all models ran
-(:meth:`TTAConsensus.score_results`). With fewer than :data:`MIN_CONSENSUS_MODELS` candidates holding masks (or
-results rebuilt from a store without masks, as zoo jobs are) the score is ``tta``'s own consistency, averaged over
+(:meth:`TTAConsensus.score_results`; a zoo run keeps the masks in its results store and ranks each target once all
+its models ran). With fewer than :data:`MIN_CONSENSUS_MODELS` candidates holding masks (or masks too large to
+store, :data:`bioimage_cte.run.store.MAX_STORED_MASK_PIXELS`) the score is ``tta``'s own consistency, averaged over
 the images.
 """
 

@@ -96,6 +96,8 @@ class TargetSummary:
     n_failed: int
     top: tuple[tuple[int, str, float | None, tuple[str, ...]], ...]
     flags: tuple[str, ...] = field(default_factory=tuple)
+    #: the first model's predicted Dice and 90 % interval, e.g. ``"Dice 0.82 (0.75-0.90)"``; "" without one
+    best_dice: str = ""
 
 
 def _cells_of(ranking: Mapping[str, Any]) -> dict[str, tuple[str, Cell]]:
@@ -156,7 +158,7 @@ def leaderboard_rows(rankings: Mapping[str, Mapping[str, Any]], *, read_tags: bo
 
 def target_summaries(rankings: Mapping[str, Mapping[str, Any]], *, top: int = 3) -> list[TargetSummary]:
     """Per target: how many models were ranked, did not fit and failed, its best ``top`` models with their flags,
-    and the target's own flags (candidates mixing 3D and slice-wise 2D models)."""
+    the target's own flags (candidates mixing 3D and slice-wise 2D models) and the first model's predicted Dice."""
     out = []
     for target, ranking in rankings.items():
         cells = _cells_of(ranking)
@@ -166,10 +168,14 @@ def target_summaries(rankings: Mapping[str, Mapping[str, Any]], *, top: int = 3)
             flags = tuple(cell.flags()) + (("no score",) if cell.status == "unscored" else ())
             best.append((int(m["rank"]), str(m["name"]), cell.score, flags))
         left = [c for _, c in cells.values()]
+        first = (ranking.get("models") or [{}])[0]
+        dice, interval = first.get("predicted_dice"), first.get("predicted_dice_interval")
         out.append(TargetSummary(target, len(ranking.get("models") or []),
                                  sum(c.status == "unfit" for c in left),
                                  sum(c.status in ("failed", "skipped") for c in left), tuple(best),
-                                 ("mixed 2D/3D",) if ranking.get("warnings") else ()))
+                                 ("mixed 2D/3D",) if ranking.get("warnings") else (),
+                                 f"Dice {dice:.2f} ({interval[0]:.2f}-{interval[1]:.2f})" if dice is not None
+                                 and interval else ""))
     return out
 
 

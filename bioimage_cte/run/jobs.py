@@ -4,6 +4,10 @@
 never arrays), :func:`score_job` scores one job unless the results database already has it, and
 :func:`rank_target` ranks one target from the database. Used by the Prefect flow (``flows/``); plain functions,
 tested without Prefect.
+
+Ranking a target is a second stage, after every model ran on it: the records keep each model's clean masks, so
+what compares the candidates with each other (the default ``tta+consensus``'s consensus half, each model's
+predicted Dice) is computed there as ``rank`` computes it in one process.
 """
 
 from __future__ import annotations
@@ -19,7 +23,15 @@ from bioimage_cte.base.errors import BioimageCteError, InvalidImageError, ModelT
 from bioimage_cte.base.version import __version__
 from bioimage_cte.cte.outcomes import FailureKind, ModelFailure, ModelResult, Stage, failure_of
 from bioimage_cte.run.options import RankOptions
-from bioimage_cte.run.store import ResultStore, ScoreRecord, now, package_fingerprint, result_key
+from bioimage_cte.run.store import (
+    ResultStore,
+    ScoreRecord,
+    decode_masks,
+    encode_masks,
+    now,
+    package_fingerprint,
+    result_key,
+)
 from bioimage_cte.zoo.sources import ModelSource, select_models
 
 __all__ = [
@@ -277,10 +289,8 @@ def score_job(job: ScoreJob, store: ResultStore, *, refresh: bool = False) -> Jo
     JobOutcome
         ``scored=False`` for a cache hit.
     """
-    if not refresh:
-        cached = store.get(job.key)
-        if cached is not None and cached.status == "ok":
-            return JobOutcome(job.key, "ok", scored=False)
+    if not refresh and _cached(job, store.get(job.key)):
+        return JobOutcome(job.key, "ok", scored=False)
     from bioimage_cte.predict.images import load_labels
     from bioimage_cte.run.isolated import run_isolated
     from bioimage_cte.run.scoring import score_model
@@ -299,13 +309,27 @@ def score_job(job: ScoreJob, store: ResultStore, *, refresh: bool = False) -> Jo
     return JobOutcome(job.key, "ok", scored=True, loads=1)
 
 
+def _wants_masks(options: RankOptions) -> bool:
+    """Whether ranking a target compares the models' clean masks (the run then keeps them, see scoring)."""
+    estimator = options.make_estimator()
+    return options.predict_dice or getattr(estimator, "keeps_masks", False)
+
+
+def _cached(job: ScoreJob, record: ScoreRecord | None) -> bool:
+    """Whether the store's record of ``job`` is a result to keep: ok, and with the masks the ranking needs (a
+    record of an earlier version kept none)."""
+    return record is not None and record.status == "ok" and (record.masks is not None
+                                                              or not _wants_masks(job.options))
+
+
 def _ok_record(job: ScoreJob, result: ModelResult) -> ScoreRecord:
     return ScoreRecord(job.model, job.target.fingerprint, job.options.estimator, job.settings, __version__, "ok",
                        name=job.source.name, source=job.source.source, sha256=result.sha256,
                        images=tuple(Path(p).name for p in job.target.images), per_image=result.per_image,
                        true=result.true, failures=result.failures, layer=result.layer, seconds=result.seconds,
                        created=now(), foreground=result.foreground, weights=result.weights,
-                       rdf_format=result.rdf_format)
+                       rdf_format=result.rdf_format, masks=encode_masks(result.masks),
+                       volumetric=result.volumetric)
 
 
 def group_jobs(jobs: Sequence[ScoreJob]) -> list[list[ScoreJob]]:
@@ -347,8 +371,7 @@ def score_jobs(jobs: Sequence[ScoreJob], store: ResultStore, *, refresh: bool = 
     try:
         with IsolatedWorker(seconds=jobs[0].options.time_limit if jobs else 0) as worker:
             for job in jobs:
-                cached = None if refresh else store.get(job.key)
-                if cached is not None and cached.status == "ok":
+                if not refresh and _cached(job, store.get(job.key)):
                     outcome = JobOutcome(job.key, "ok", scored=False)
                 else:
                     outcome = _score_pair(job, store, worker, retries=retries, retry_delay=retry_delay)
@@ -412,9 +435,10 @@ def collect_results(jobs: Sequence[ScoreJob], store: ResultStore) -> tuple[list[
                                          record.error or "failed", FailureKind(record.kind or FailureKind.ERROR)))
         else:
             # the current sha256, not the stored one: a package annotated since has the same scores and a new file
-            results.append(ModelResult(job.source, record.per_image, record.true, None, record.failures, record.layer,
-                                       record.seconds, job.sha256, record.foreground, weights=record.weights,
-                                       rdf_format=record.rdf_format))
+            results.append(ModelResult(job.source, record.per_image, record.true, decode_masks(record.masks),
+                                       record.failures, record.layer, record.seconds, job.sha256, record.foreground,
+                                       weights=record.weights, rdf_format=record.rdf_format,
+                                       volumetric=record.volumetric))
     return results, failures
 
 
@@ -433,12 +457,19 @@ def rank_target(
         target under ``not_fitting`` (model, source, reason), and ``warnings`` (a ranking of z-stacks that mixes 3D
         and slice-wise 2D models, :func:`bioimage_cte.predict.fit.mixed_dimensions_warning`).
     """
+    from bioimage_cte.cte.calibration import load_calibration
     from bioimage_cte.predict.fit import mixed_dimensions_warning
+    from bioimage_cte.run.calibrated import predicted_dice
     from bioimage_cte.run.ranking import build_ranking, ranking_json
 
     mine = [j for j in jobs if j.target.name == target.name]
     results, failures = collect_results(mine, store)
-    ranking = build_ranking(results, options.make_estimator(), failures=failures, seed=options.seed)
+    predicted = {}
+    if options.predict_dice:
+        calibration = load_calibration(None if options.calibration is None else Path(options.calibration))
+        predicted = predicted_dice(results, calibration, tag=options.tag or target.task)
+    ranking = build_ranking(results, options.make_estimator(), failures=failures, seed=options.seed,
+                            predicted=predicted)
     images = Path(target.images[0]).parent if target.images else Path(target.folder)
     payload = ranking_json(ranking, options, images=str(images), n_images=len(target.images))
     payload["target"] = {"name": target.name, "folder": target.folder, "task": target.task,

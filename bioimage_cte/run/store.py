@@ -2,7 +2,9 @@
 
 One SQLite file holds one row per (model package, target dataset, estimator + settings,
 bioimage-cte version): the model's per-image scores, its true metrics when the target has
-labels, whether scoring succeeded (``"ok"``) or not (``"failed"``, with the error) and when.
+labels, whether scoring succeeded (``"ok"``) or not (``"failed"``, with the error) and when, and
+the clean masks, for the estimators and predicted Dice that compare every model's masks once all models of a
+target ran (:func:`encode_masks`).
 The key is content-addressed (:func:`result_key`), so moving a folder does not invalidate
 anything, and changing a model's weights, an image, a label or a setting does.
 
@@ -16,36 +18,43 @@ Planning and running a zoo-wide run over this database is :mod:`bioimage_cte.run
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime
 import hashlib
 import json
 import sqlite3
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
+
+import numpy as np
 
 from bioimage_cte.base.errors import BioimageCteError
 from bioimage_cte.base.version import __version__
 from bioimage_cte.zoo.sources import RDF_NAMES
 
-if TYPE_CHECKING:
-    pass
-
 __all__ = [
+    "MAX_STORED_MASK_PIXELS",
     "SCHEMA_VERSION",
     "InvalidStoreError",
     "ResultStore",
     "ScoreRecord",
+    "decode_masks",
     "default_store_path",
+    "encode_masks",
     "package_fingerprint",
     "result_key",
 ]
 
 #: Version of the table layout; a file written by a newer layout is refused, not misread.
 SCHEMA_VERSION = 1
+#: Most mask pixels one record keeps (16 MiB as bits, before compression); beyond, the masks are not stored and
+#: the cross-model signals of that target fall back as in a run with too few models.
+MAX_STORED_MASK_PIXELS = 2**27
 
 _BUSY_TIMEOUT_S = 60.0  # writers wait for each other (one put is milliseconds) instead of failing
 _SCHEMA = (
@@ -157,6 +166,11 @@ class ScoreRecord:
         The :class:`bioimage_cte.cte.outcomes.FailureKind` of a failed model, when ``status == "failed"``.
     rdf_format : dict or None
         Which format version of the description ran (:class:`bioimage_cte.zoo.models.FormatUse`).
+    masks : str or None
+        The clean masks, one per image (:func:`encode_masks`); None when the run kept none, ``""`` when they were
+        larger than :data:`MAX_STORED_MASK_PIXELS`.
+    volumetric : bool
+        The model predicted volumes (the Dice calibration saw 2D only).
     seconds : float
         Scoring time.
     created : str
@@ -185,11 +199,51 @@ class ScoreRecord:
     weights: dict[str, str] | None = None
     kind: str | None = None
     rdf_format: dict[str, Any] | None = None
+    masks: str | None = None
+    volumetric: bool = False
 
     @property
     def key(self) -> str:
         """The store key this record belongs under."""
         return result_key(self.model, self.dataset, self.estimator, self.settings, version=self.version)
+
+
+def encode_masks(masks: list[np.ndarray] | None) -> str | None:
+    """Boolean masks as one compact text for a record: their shapes, then their bits, compressed.
+
+    None for no masks, ``""`` when they hold more than :data:`MAX_STORED_MASK_PIXELS` pixels.
+
+    Examples
+    --------
+    >>> masks = [np.eye(3, dtype=bool), np.zeros((2, 4, 5), dtype=bool)]
+    >>> back = decode_masks(encode_masks(masks))
+    >>> [m.shape for m in back], bool((back[0] == masks[0]).all())
+    ([(3, 3), (2, 4, 5)], True)
+    """
+    if masks is None:
+        return None
+    if sum(m.size for m in masks) > MAX_STORED_MASK_PIXELS:
+        return ""
+    shapes = json.dumps([list(m.shape) for m in masks]).encode()
+    bits = np.packbits(np.concatenate([np.asarray(m, dtype=bool).ravel() for m in masks])) if masks else b""
+    payload = len(shapes).to_bytes(4, "little") + shapes + bytes(bits)
+    return base64.b64encode(zlib.compress(payload, 6)).decode("ascii")
+
+
+def decode_masks(text: str | None) -> list[np.ndarray] | None:
+    """The masks :func:`encode_masks` wrote; None when there were none or they were not stored."""
+    if not text:
+        return None
+    payload = zlib.decompress(base64.b64decode(text))
+    n = int.from_bytes(payload[:4], "little")
+    shapes = [tuple(s) for s in json.loads(payload[4:4 + n])]
+    flat = np.unpackbits(np.frombuffer(payload[4 + n:], dtype=np.uint8)).astype(bool)
+    out, start = [], 0
+    for shape in shapes:
+        size = int(np.prod(shape))
+        out.append(flat[start:start + size].reshape(shape))
+        start += size
+    return out
 
 
 def now() -> str:
