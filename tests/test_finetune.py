@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -184,3 +185,27 @@ def test_finetuning_runs_package_code_only_when_trusted(corpus):
         assert sum(p.numel() for p in model.net.parameters()) > 0
     finally:
         corpus.marker.unlink(missing_ok=True)
+
+
+@pytest.mark.slow
+def test_cli_finetune_lifts_a_mediocre_model_writes_a_valid_package_and_keeps_the_old_one(zoo_packages, tmp_path):
+    from bioimageio.spec import load_description
+    from bioimageio.spec.model.v0_5 import ModelDescr
+    from typer.testing import CliRunner
+
+    from bioimage_cte.cli.commands import app
+
+    package = next(p for p in zoo_packages if p.stem == "nuclei-large-sparse")
+    out = tmp_path / "finetuned.zip"
+    out.write_bytes(b"the user's earlier file")
+    args = ["finetune", str(package), "--images", str(TARGET / "images" / "nuclei-tiny-crowded_0[0-3].tif"),
+            "--labels", str(TARGET / "labels"), "--steps", "40", "--patch", "64", "-o", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    before, after = (float(v) for v in re.search(r"Dice ([\d.]+) -> ([\d.]+)", result.output).groups())
+    assert after > before + 0.2  # it merges the tiny crowded nuclei zero-shot (Dice ~0.34)
+    assert (tmp_path / "finetuned.zip.bak").read_bytes() == b"the user's earlier file"
+    descr = load_description(out, perform_io_checks=True)
+    assert isinstance(descr, ModelDescr) and "finetuned" in descr.tags
+    folder = CliRunner().invoke(app, [*args[:-1], str(tmp_path)])  # a folder is never replaced
+    assert folder.exit_code == 1 and "is a folder" in folder.output and tmp_path.is_dir()

@@ -5,6 +5,7 @@
 """
 
 from bioimage_cte.cli import calibrate as _calibrate  # noqa: F401  (registers the command on app)
+from bioimage_cte.cli import finetune as _finetune  # noqa: F401  (registers the command on app)
 from bioimage_cte.cli.commands import app, main
 
 __all__ = ["app", "main"]
