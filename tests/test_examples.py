@@ -48,7 +48,7 @@ def small(tmp_path_factory) -> dict[str, Path]:
 
 def test_every_example_has_a_test():
     tested = {"rank_from_python", "annotate_folder", "zoo_on_dask", "deploy_work_pool"}
-    builders = {"build_demo_zoo", "build_shape_zoo"}  # rebuild resources/ (minutes to hours); not user recipes
+    builders = {"build_demo_zoo", "build_shape_zoo", "build_recipe_zoo"}  # rebuild resources/ (minutes to hours)
     assert {p.stem for p in EXAMPLES.glob("*.py")} == tested | builders
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import sys
 import zipfile
 from collections import defaultdict
 from pathlib import Path
@@ -130,3 +131,38 @@ def test_transfer_matrix_spreads_on_every_target():
             for b in names[i + 1 :]:
                 ties[a, b] += abs(scores[a] - scores[b]) < 0.01
     assert max(ties.values()) <= len(table) // 2, {k: v for k, v in ties.items() if v > len(table) // 2}
+
+
+RECIPE_ZOO = ROOT / "resources" / "zoo-recipes"
+RECIPE_PACKAGES = sorted(RECIPE_ZOO.glob("*.zip"))
+
+
+def test_the_recipe_zoo_holds_the_recipes_its_builder_declares_and_its_readme_names():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_recipe_zoo", ROOT / "examples" / "build_recipe_zoo.py")
+    builder = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = builder  # its dataclasses look their module up there
+    spec.loader.exec_module(builder)
+    assert [p.stem for p in RECIPE_PACKAGES] == sorted(m.name for m in builder.RECIPES)
+    readme = (RECIPE_ZOO / "README.md").read_text()
+    demo_recipe = vars(builder.BASE)
+    departures = set()
+    for model in builder.RECIPES:
+        rdf = _rdf(RECIPE_ZOO / f"{model.name}.zip")
+        training = rdf["config"]["bioimage_cte"]["training"]
+        assert {k: tuple(v) if isinstance(v, list) else v for k, v in training.items()} == vars(model.config)
+        assert rdf["config"]["bioimage_cte"]["recipe"] == model.recipe and model.name in readme
+        assert "nuclei" in rdf["tags"] and all("github_user" not in a for a in rdf["authors"])
+        departures |= {k for k, v in vars(model.config).items() if k != "seed" and v != demo_recipe[k]}
+    # the recipes vary what the demo zoo never varies: augmentation, loss, size and budget
+    assert {"geometric", "loss", "features", "depth", "steps", "augment"} <= departures
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("package", RECIPE_PACKAGES, ids=[p.stem for p in RECIPE_PACKAGES])
+def test_recipe_package_loads_offline_and_passes_test_model(package):
+    from bioimageio.core import test_model
+
+    summary = test_model(package, devices=["cpu"])
+    assert summary.status == "passed", [(d.name, [e.msg for e in d.errors]) for d in summary.details]

@@ -18,6 +18,8 @@ from bioimage_cte.demozoo.synthetic import Domain, render_many
 
 Preprocessing = Literal["zero_mean_unit_variance", "scale_range"]
 Outputs = Literal["foreground", "foreground+boundary"]
+#: Training loss: the demo zoo's Dice + binary cross-entropy, or one of the two alone (other output calibration).
+Loss = Literal["bce+dice", "bce", "dice"]
 
 #: Percentiles of the ``scale_range`` preprocessing used by the demo zoo.
 PERCENTILES = (1.0, 99.8)
@@ -72,6 +74,11 @@ class TrainingConfig:
         Adam learning rate.
     augment : bool
         Intensity augmentation (contrast, gamma, additive noise, blur), as real zoo models are trained with.
+    geometric : bool
+        Random flips and 90-degree rotations of each patch (the demo zoo's recipe); off, the network is not
+        trained to be equivariant to them.
+    loss : {"bce+dice", "bce", "dice"}
+        Training loss; Dice alone gives over-confident probabilities, BCE alone softer ones.
     seed : int
         Seeds data, initialisation and batches; the same seed gives the same weights.
     """
@@ -86,16 +93,18 @@ class TrainingConfig:
     learning_rate: float = 3e-3
     seed: int = 0
     augment: bool = True
+    geometric: bool = True
+    loss: Loss = "bce+dice"
 
 
-def _loss(logits, target):
+def _loss(logits, target, kind: Loss = "bce+dice"):
     import torch
 
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
     prob = torch.sigmoid(logits)
     inter = (prob * target).sum(dim=(0, 2, 3))
-    dice = 1 - (2 * inter + 1) / (prob.sum(dim=(0, 2, 3)) + target.sum(dim=(0, 2, 3)) + 1)
-    return bce + dice.mean()
+    dice = (1 - (2 * inter + 1) / (prob.sum(dim=(0, 2, 3)) + target.sum(dim=(0, 2, 3)) + 1)).mean()
+    return {"bce+dice": bce + dice, "bce": bce, "dice": dice}[kind]
 
 
 def _augment_intensity(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -112,7 +121,7 @@ def _augment_intensity(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _batch(pool_x: np.ndarray, pool_y: np.ndarray, *, batch_size: int, patch: int, augment: bool,
-           rng: np.random.Generator):
+           rng: np.random.Generator, geometric: bool = True):
     idx = rng.integers(0, len(pool_x), batch_size)
     xs, ys = [], []
     for i in idx:
@@ -120,10 +129,11 @@ def _batch(pool_x: np.ndarray, pool_y: np.ndarray, *, batch_size: int, patch: in
         x0 = rng.integers(0, pool_x.shape[2] - patch + 1)
         x = pool_x[i, y0 : y0 + patch, x0 : x0 + patch]
         y = pool_y[i, :, y0 : y0 + patch, x0 : x0 + patch]
-        k = int(rng.integers(4))
-        x, y = np.rot90(x, k), np.rot90(y, k, axes=(1, 2))
-        if rng.random() < 0.5:
-            x, y = x[:, ::-1], y[:, :, ::-1]
+        if geometric:
+            k = int(rng.integers(4))
+            x, y = np.rot90(x, k), np.rot90(y, k, axes=(1, 2))
+            if rng.random() < 0.5:
+                x, y = x[:, ::-1], y[:, :, ::-1]
         if augment:
             x = _augment_intensity(x, rng)
         xs.append(x[None])
@@ -175,7 +185,8 @@ def train_unet(
         torch.manual_seed(config.seed)
         net = UNet2d(1, n_out, features=config.features, depth=config.depth)
     return fit(net, pool_x, pool_y, steps=config.steps, batch_size=config.batch_size, patch=config.patch,
-               learning_rate=config.learning_rate, augment=config.augment, rng=rng)
+               learning_rate=config.learning_rate, augment=config.augment, rng=rng, geometric=config.geometric,
+               loss=config.loss)
 
 
 def fit(
@@ -190,6 +201,8 @@ def fit(
     augment: bool,
     rng: np.random.Generator,
     on_step: Callable[[int, object], None] | None = None,
+    geometric: bool = True,
+    loss: Loss = "bce+dice",
 ):
     """Train ``net`` in place on random patches of normalised images: Adam, cosine schedule, Dice + BCE loss.
 
@@ -209,12 +222,16 @@ def fit(
     learning_rate : float
         Initial Adam learning rate, annealed to 0 over ``steps`` (cosine).
     augment : bool
-        Random intensity augmentation of each patch (flips and 90-degree rotations are always on).
+        Random intensity augmentation of each patch.
     rng : numpy.random.Generator
         Draws patches and augmentations; with a fixed seed and one torch thread the result is bit-identical.
     on_step : callable, optional
         Called as ``on_step(step, net)`` after every step (1-based), e.g. to evaluate a convergence curve.
         The network is in train mode when it returns; put it in eval mode to evaluate and back.
+    geometric : bool
+        Random flips and 90-degree rotations of each patch (the demo zoo's recipe).
+    loss : {"bce+dice", "bce", "dice"}
+        Training loss.
 
     Returns
     -------
@@ -227,10 +244,10 @@ def fit(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     net.train()
     for step in range(1, steps + 1):
-        x, y = _batch(pool_x, pool_y, batch_size=batch_size, patch=patch, augment=augment, rng=rng)
+        x, y = _batch(pool_x, pool_y, batch_size=batch_size, patch=patch, augment=augment, rng=rng,
+                      geometric=geometric)
         opt.zero_grad()
-        loss = _loss(net(torch.from_numpy(x)), torch.from_numpy(y))
-        loss.backward()
+        _loss(net(torch.from_numpy(x)), torch.from_numpy(y), loss).backward()
         opt.step()
         sched.step()
         if on_step is not None:
