@@ -46,9 +46,9 @@ if TYPE_CHECKING:
 
 # the network helpers stay importable from here, where the fine-tuning study's callers found them
 __all__ = ["FinetuneBenchmark", "FinetuneConfig", "FinetuneRun", "KShotSplit", "KSummary", "PackagedNetwork",
-           "convergence_step", "export_finetuned", "finetune", "kshot_split",
-           "load_packaged_network", "predict_foreground", "prepare_input", "run_finetune_benchmark", "scratch_network",
-           "summarize_runs", "test_dice", "zero_shot_cte", "zoo_similarity"]
+           "convergence_step", "export_finetuned", "finetune", "kshot_split", "load_packaged_network",
+           "predict_foreground", "prepare_input", "run_finetune_benchmark", "scratch_network", "summarize_runs",
+           "test_dice", "zero_shot_cte", "zoo_similarity"]
 
 KValue = int | Literal["all"]
 
@@ -551,4 +551,3 @@ def run_finetune_study(
     payload = bench.to_json_dict()
     payload["images"] = [str(p) for p in paths]
     return payload
-
