@@ -295,6 +295,8 @@ def targets_of(which: str, root: Path, n_images: int | None) -> dict[str, tuple[
         return {t: (f, target_task(f)) for t, f in find_targets(ROOT / "resources" / "data").items()}
     if which == "fresh-held-out":
         return write_held_out_targets(len(FRESH_STYLES), root, fresh=True, n_images=n_images)
+    if which == "recipe-held-out":
+        return write_held_out_targets(len(FRESH_STYLES), root, recipe=True, n_images=n_images)
     if which == "held-out":
         return write_held_out_targets(14, root, n_images=n_images)
     return write_held_out_targets(len(NEW_HELD_OUT_STYLES), root, new=True, n_images=n_images)
@@ -322,7 +324,8 @@ def main() -> None:
         merge([Path(p) for p in sys.argv[3:]], Path(sys.argv[2]))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", choices=("shipped", "held-out", "new-held-out", "fresh-held-out"), required=True)
+    parser.add_argument("--set", choices=("shipped", "held-out", "new-held-out", "fresh-held-out",
+                                                           "recipe-held-out"), required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--images", type=int, default=None,
                         help="images per target (default: 8 shipped, 6 held-out, 8 new held-out; more renders "

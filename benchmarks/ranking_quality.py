@@ -55,10 +55,14 @@ NEW_HELD_OUT_IMAGES = 8
 FRESH_SEED = 20261207
 FRESH_STYLES = ("fluorescence",) * 6
 FRESH_IMAGES = 6
+#: Issue #25's recipe held-out set: the same kind of nuclei targets from another seed never used before, written
+#: after the default was frozen and before the recipe zoo (resources/zoo-recipes) was first run on anything; looked
+#: at once, with unet2d_nuclei_broad and the recipe zoo among the candidates.
+RECIPE_SEED = 20261208
 
 
 def write_held_out_targets(n: int, root: Path, *, new: bool = False, n_images: int | None = None,
-                           fresh: bool = False) -> dict[str, tuple[Path, str]]:
+                           fresh: bool = False, recipe: bool = False) -> dict[str, tuple[Path, str]]:
     """Render ``n`` randomly drawn targets (images/ and labels/ as tif) under ``root``; name -> (folder, task).
 
     ``new`` draws from the second held-out set (:data:`NEW_HELD_OUT_SEED`, 8 images each) instead of the first
@@ -71,6 +75,8 @@ def write_held_out_targets(n: int, root: Path, *, new: bool = False, n_images: i
                             else (HELD_OUT_SEED, HELD_OUT_STYLES, "held-out"))
     if fresh:
         seed, styles, prefix, new = FRESH_SEED, FRESH_STYLES, "fresh-held-out", True
+    if recipe:
+        seed, styles, prefix, new, fresh = RECIPE_SEED, FRESH_STYLES, "recipe-held-out", True, True
     n_images = n_images or (FRESH_IMAGES if fresh else NEW_HELD_OUT_IMAGES if new else 6)
     rng = np.random.default_rng(seed)
     targets = {}

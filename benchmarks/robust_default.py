@@ -2,8 +2,10 @@
 
     python benchmarks/quality_values.py --set shipped --task nuclei --skip-families dropout noise \\
         --extra-model DIR/unet2d-nuclei-broad.zip --output benchmarks/results/quality_values_shipped_nuclei_broad.json
-    (same for --set held-out and, once the choice was frozen, --set fresh-held-out)
-    python benchmarks/robust_default.py [--fresh] [--output benchmarks/results/robust_default.md]
+    (same for --set held-out and, once the choice was frozen, --set fresh-held-out; with the recipe zoo too:
+    --extra-model DIR/unet2d-nuclei-broad.zip resources/zoo-recipes/*.zip, suffix _recipes, and once the choice on
+    the recipe groups was made, --set recipe-held-out)
+    python benchmarks/robust_default.py [--fresh] [--recipes-fresh] [--output benchmarks/results/robust_default.md]
 
 The candidates and the rule that picks one are declared in benchmarks/results/robust_default_protocol.md, written
 before any of them was computed with nuclei_broad. Every figure: pool "task" (the target's task's demo models, plus
@@ -35,8 +37,11 @@ RESULTS = ROOT / "benchmarks" / "results"
 DEV = {"shipped": "quality_values_shipped.json", "held-out": "quality_values_held-out.json",
        "new-held-out": "quality_values_new-held-out.json",
        "shipped nuclei + broad": "quality_values_shipped_nuclei_broad.json",
-       "held-out nuclei + broad": "quality_values_held-out_nuclei_broad.json"}
+       "held-out nuclei + broad": "quality_values_held-out_nuclei_broad.json",
+       "shipped nuclei + broad + recipes": "quality_values_shipped_recipes.json",
+       "held-out nuclei + broad + recipes": "quality_values_held-out_recipes.json"}
 FRESH = {"fresh held-out nuclei + broad": "quality_values_fresh-held-out_nuclei_broad.json"}
+RECIPES_FRESH = {"recipe held-out + broad + recipes": "quality_values_recipe-held-out_recipes.json"}
 POOL = "task"
 
 
@@ -72,7 +77,7 @@ def _predicted(t, names):
 
 
 SINGLE = {
-    "tta (current default)": lambda t, n, s: _clean(t, n, "tta"),
+    "tta": lambda t, n, s: _clean(t, n, "tta"),
     "consensus": lambda t, n, s: _consensus(t, n),
     "cte-dihedral (hard)": lambda t, n, s: family_score(t, n, s, "dihedral", "hard"),
     "cte-dihedral (soft)": lambda t, n, s: family_score(t, n, s, "dihedral", "soft"),
@@ -144,12 +149,44 @@ def per_target(title: str, result: dict, names: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def calibration_check(title: str, values: dict, default: str) -> str:
+    """The shipped predicted-Dice calibration, unchanged, on ``values``: MAE for the model ``default`` ranks first
+    and for every model, coverage of the 90 % intervals, beside the trivial predictor (the fit's mean Dice)."""
+    from bioimage_cte.studies.calibration import calibration_rows, read_signals
+
+    cal_dir = ROOT / "resources" / "calibration"
+    fitted = calibration_rows(read_signals(cal_dir / "signals.csv"),
+                              [ROOT / "resources" / "zoo" / "transfer_matrix.csv",
+                               cal_dir / "transfer_matrix_held_out.csv"])
+    trivial = float(np.mean([r.dice for r in fitted]))
+    cal = load_calibration()
+    rows = []  # (is top, |error|, covered, |trivial error|)
+    for t in values["targets"].values():
+        names = t["pools"][POOL]
+        top = int(np.nanargmax(CANDIDATES[default](t, names, values["seeds"][0])))
+        for i, (model, a, b, f) in enumerate(zip(names, _clean(t, names, "tta"), _consensus(t, names),
+                                                 _clean(t, names, "foreground"), strict=True)):
+            p = cal.predict({"tta": a, "consensus": b, "foreground": f}, task=t["task"])
+            true = float(np.nanmean(t["models"][model]["true"]))
+            rows.append((i == top, abs(p.estimate - true), p.interval[0] <= true <= p.interval[1], abs(trivial - true)))
+    r = np.array(rows, dtype=float)
+    top = r[r[:, 0] == 1]
+    return "\n".join([
+        f"#### {title}: the shipped predicted_dice calibration (fitted on demo-zoo models only), unchanged", "",
+        "| | pairs | MAE | 90 % interval coverage | trivial predictor's MAE |", "|---|---|---|---|---|",
+        f"| model ranked first by C | {len(top)} | {top[:, 1].mean():.3f} | {top[:, 2].mean():.1%} | "
+        f"{top[:, 3].mean():.3f} |",
+        f"| all models | {len(r)} | {r[:, 1].mean():.3f} | {r[:, 2].mean():.1%} | {r[:, 3].mean():.3f} |", ""])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fresh", action="store_true", help="also the fresh held-out set (after the choice)")
+    parser.add_argument("--recipes-fresh", action="store_true",
+                        help="also the recipe held-out set (after the choice on the recipe groups)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
-    groups = {**DEV, **(FRESH if args.fresh else {})}
+    groups = {**DEV, **(FRESH if args.fresh else {}), **(RECIPES_FRESH if args.recipes_fresh else {})}
     parts, means = [], {}
     for group, file in groups.items():
         path = RESULTS / file
@@ -163,8 +200,10 @@ def main() -> None:
         parts.append(table(f"{group} ({len(values['targets'])} targets, seeds "
                            f"{', '.join(map(str, values['seeds']))})", stats))
         if "broad" in group:
-            parts.append(per_target(group, result, ["tta (current default)", "consensus", "cte-dihedral (hard)",
+            parts.append(per_target(group, result, ["tta", "consensus", "cte-dihedral (hard)",
                                                     *CANDIDATES]))
+        if "recipes" in group:
+            parts.append(calibration_check(group, values, "C rank mean {tta, consensus} per image + guard"))
     dev = [g for g in DEV if g in means]
     lines = ["### the frozen rule on the development groups", "",
              "| candidate | mean Spearman over dev groups | mean regret, broad dev groups |", "|---|---|---|"]
