@@ -51,9 +51,45 @@ def test_without_masks_or_with_two_models_it_is_tta_alone():
     assert est.consensus(two) == [None, None]
 
 
-def test_it_is_registered_with_its_settings():
+def test_it_is_registered_with_the_weights_of_the_shipped_calibration():
+    from bioimage_cte.cte.calibration import load_calibration
+
     est = make_estimator("tta+consensus")
+    fit = load_calibration().fits[0]
     assert isinstance(est, TTAConsensus) and est.settings()["signals"] == ["tta", "consensus"]
+    assert fit.features == ("tta", "consensus") and est.weights == (fit.intercept, *fit.weights)
+    assert est.settings()["weights"] == [round(w, 6) for w in est.weights]
+
+
+def test_with_the_calibration_each_image_is_its_predicted_dice_and_the_score_their_median():
+    results = [_result("equivariant-wrong", [0.99, 0.99], _masks(10)),
+               _result("good-a", [0.95, 0.94], _masks(0)), _result("good-b", [0.93, 0.95], _masks(1)),
+               _result("good-c", [0.90, 0.92], _masks(0))]
+    est = make_estimator("tta+consensus")
+    intercept, w_tta, w_consensus = est.weights
+    consensus = est.consensus(results)
+    values = est.score_results(results)
+    for r, c, v in zip(results, consensus, values, strict=True):
+        expected = np.clip(intercept + w_tta * np.array(r.per_image["tta+consensus"]) + w_consensus * np.array(c), 0, 1)
+        assert v == pytest.approx(list(expected))
+    ranking = build_ranking(results, est)
+    by_name = {s.name: s for s in ranking.scores}
+    assert ranking.scores[-1].name == "equivariant-wrong"  # its consensus is near 0: expected Dice near 0 too
+    assert by_name["good-a"].score == pytest.approx(float(np.median(values[1])))
+
+
+def test_a_calibration_without_the_two_signals_falls_back_to_the_ranks(tmp_path):
+    import json
+
+    from bioimage_cte.cte.calibration import DEFAULT_CALIBRATION
+    from bioimage_cte.run.options import RankOptions
+
+    payload = json.loads(DEFAULT_CALIBRATION.read_text())
+    payload["fits"] = [f for f in payload["fits"] if f["features"] == ["tta"]]
+    path = tmp_path / "tta-only.json"
+    path.write_text(json.dumps(payload))
+    est = RankOptions(calibration=str(path)).make_estimator()
+    assert est.weights is None and "ranks" in est.settings()["combination"]
 
 
 @pytest.mark.slow

@@ -66,6 +66,8 @@ class EstimatorConfig:
     consistency: Consistency = "soft"
     perturbation: InputKind = "gaussian"
     repeats: int = 1
+    #: the predicted-Dice calibration file whose weights ``tta+consensus`` combines with (None: the shipped one)
+    calibration: str | None = None
 
 
 @runtime_checkable

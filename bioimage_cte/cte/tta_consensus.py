@@ -1,18 +1,20 @@
-"""``tta+consensus``: within-model consistency and cross-model agreement, combined by ranks across the candidates.
+"""``tta+consensus``: within-model consistency and cross-model agreement, combined into each image's predicted Dice.
 
 ``tta`` (hard agreement of three fixed flips/rotations, mapped back, with the clean prediction) cannot see a model
 that is consistently wrong, and a model trained longer or by another recipe is more equivariant whether or not it
 fits the target (issue #25: the specification's ``unet2d_nuclei_broad`` scored 0.97-0.99 on every target). Agreement
 with the majority vote of every candidate's clean masks (``consensus``) sees exactly that, and misses what ``tta``
-sees (a lone right model). Per image, each signal is ranked across the candidates (scaled to [0, 1], ties share),
-the two ranks are averaged, and a model's score is the mean over images: the combination of ``cte``
-(:func:`bioimage_cte.cte.combined.per_image_combined`), with no weight fitted.
+sees (a lone right model). Per image the two are combined with the weights of the predicted-Dice calibration
+(:mod:`bioimage_cte.cte.calibration`: least squares of true Dice on the two signals over the labelled demo targets),
+clipped to [0, 1], and a model's score is the median over its images: the models are ranked by how good each image's
+segmentation is expected to be. Chosen on seven development groups, two of them with models of other training
+recipes (``benchmarks/results/robust_default_protocol.md``). Without a calibration the two signals are ranked across
+the candidates per image and the ranks averaged (no weight fitted), the score being their mean over images.
 
 The consensus needs every candidate's clean masks at once, so it is a second stage after all models ran
 (:meth:`TTAConsensus.score_results`; a zoo run keeps the masks in its results store and ranks each target once all
 its models ran). With fewer than :data:`MIN_CONSENSUS_MODELS` candidates holding masks (or masks too large to
-store, :data:`bioimage_cte.run.store.MAX_STORED_MASK_PIXELS`) the score is ``tta``'s own consistency, averaged over
-the images.
+store, :data:`bioimage_cte.run.store.MAX_STORED_MASK_PIXELS`) the score is ``tta``'s own consistency.
 """
 
 from __future__ import annotations
@@ -37,9 +39,12 @@ MIN_CONSENSUS_MODELS = 3
 
 @dataclass(frozen=True)
 class TTAConsensus:
-    """Per image, the mean of a model's ranks among the candidates under ``tta`` and under ``consensus``."""
+    """Per image, the predicted Dice from a model's ``tta`` and ``consensus`` (``weights``: intercept, tta and
+    consensus weights of the calibration), or without weights the mean of its ranks among the candidates under
+    each."""
 
     transforms: tuple[int, ...] = (1, 2, 4)
+    weights: tuple[float, float, float] | None = None
     name: ClassVar[str] = "tta+consensus"
     needs_greybox: ClassVar[bool] = False
     needs_labels: ClassVar[bool] = False
@@ -50,11 +55,22 @@ class TTAConsensus:
 
     @classmethod
     def from_config(cls, config: EstimatorConfig) -> TTAConsensus:
-        return cls()
+        """With the weights of the calibration ``config.calibration`` names (default: the shipped one)."""
+        from pathlib import Path
+
+        from bioimage_cte.cte.calibration import load_calibration
+
+        calibration = load_calibration(None if config.calibration is None else Path(config.calibration))
+        fit = next((f for f in calibration.fits if f.features == ("tta", "consensus")), None) if calibration else None
+        return cls(weights=None if fit is None else (fit.intercept, *fit.weights))
 
     def settings(self) -> dict[str, object]:
+        if self.weights is None:
+            return {"transforms": list(self.transforms), "signals": ["tta", "consensus"],
+                    "combination": "mean of per-signal ranks across the candidates, per image"}
         return {"transforms": list(self.transforms), "signals": ["tta", "consensus"],
-                "combination": "mean of per-signal ranks across the candidates, per image"}
+                "combination": "predicted Dice per image (intercept + weights x signals, clipped to [0, 1]), median "
+                               "over the images", "weights": [round(w, 6) for w in self.weights]}
 
     def score_image(self, predictor, image: np.ndarray, clean: Prediction, *, seed: int, index: int) -> float:
         """The ``tta`` half on one image (the consensus half needs every model: :meth:`score_results`)."""
@@ -79,7 +95,12 @@ class TTAConsensus:
             return [None if v is None else [float(x) for x in v] for v in tta]
         signals = {"tta": [v if v is not None else [np.nan] * n_images for v in tta],
                    "consensus": [c if c is not None else [np.nan] * n_images for c in consensus]}
-        combined = per_image_combined(signals)
+        if self.weights is None:
+            combined = per_image_combined(signals)
+        else:
+            intercept, w_tta, w_consensus = self.weights
+            combined = np.clip(intercept + w_tta * np.asarray(signals["tta"], dtype=float)
+                               + w_consensus * np.asarray(signals["consensus"], dtype=float), 0.0, 1.0)
         # an image tta could not score (no foreground, clean or flipped) stays empty: counted as such, not ranked
         out: list[list[float] | None] = []
         for v, row in zip(tta, combined, strict=True):
@@ -93,4 +114,4 @@ class TTAConsensus:
         return {"tta": float(np.nanmedian(v)) if np.isfinite(v).any() else None}
 
     def aggregate(self, values: Sequence[float], *, model: str = "", seed: int = 0) -> Aggregate:
-        return aggregate(values, how="mean")
+        return aggregate(values, how="mean" if self.weights is None else "median")

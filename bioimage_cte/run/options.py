@@ -192,7 +192,7 @@ class RankOptions:
     def estimator_config(self) -> EstimatorConfig:
         """What the estimators are configured from: the fixed strength, the consistency in effect, and so on."""
         return EstimatorConfig(strength=self.fixed_strength, consistency=self.consistency_kind,
-                               perturbation=self.perturbation, repeats=self.repeats)
+                               perturbation=self.perturbation, repeats=self.repeats, calibration=self.calibration)
 
     def make_estimator(self, name: str | None = None) -> Estimator:
         """The estimator ``name`` (default: :attr:`estimator`) configured by these options."""
