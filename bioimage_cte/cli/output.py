@@ -217,10 +217,13 @@ def ranking_table(ranking, title: str, *, width: int = 80) -> Group:
     from bioimage_cte.run.ranking import interval_label
 
     n = max((s.n_valid for s in ranking.scores), default=0)
-    meaning = ("Higher score = higher mean rank among these candidates (0-1) by stability under flips and "
-               "rotations and by agreement with the candidates' majority vote = expected to transfer better. "
-               if ranking.estimator == "tta+consensus" else
-               "Higher score = predictions more stable under perturbation = expected to transfer better. ")
+    meaning = "Higher score = predictions more stable under perturbation = expected to transfer better. "
+    if ranking.estimator == "tta+consensus":
+        meaning = ("Score = median over the images of each image's predicted Dice, from its stability under flips "
+                   "and rotations and its agreement with the candidates' majority vote. "
+                   if "weights" in ranking.settings else
+                   "Higher score = higher mean rank among these candidates (0-1) by stability under flips and "
+                   "rotations and by agreement with the candidates' majority vote = expected to transfer better. ")
     caption = (f"{meaning}"
                f"interval: {interval_label(n)}. ~top: the images cannot tell this model from the top one "
                "(paired bootstrap).")
