@@ -13,12 +13,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bioimage_cte.cte.calibration import Calibration, DicePrediction
+from bioimage_cte.cte.calibration import Calibration, DicePrediction, load_calibration
 from bioimage_cte.cte.estimators import ConsensusAgreement
 from bioimage_cte.cte.outcomes import ModelResult
+from bioimage_cte.run.options import RankOptions
 from bioimage_cte.zoo.tags import matches_tag
 
-__all__ = ["calibration_task", "model_signals", "predicted_dice"]
+__all__ = ["calibration_task", "model_signals", "predicted_dice", "run_predictions"]
 
 
 def _median(values: Sequence[float] | None) -> float:
@@ -56,3 +57,15 @@ def predicted_dice(results: Sequence[ModelResult], calibration: Calibration | No
     for result, signals in zip(results, model_signals(results, min_models=calibration.min_models), strict=True):
         out[result.source.name] = calibration.predict(signals, task=task, volumetric=result.volumetric)
     return out
+
+
+def run_predictions(results: Sequence[ModelResult], options: RankOptions, *,
+                    tag: str | None) -> dict[str, DicePrediction]:
+    """Each result's predicted Dice as a run with ``options`` gives it (none when ``options.predict_dice`` is off),
+    with the calibration the options name; ``tag`` names the task (a ``--tag``, or a zoo target's task)."""
+    if not options.predict_dice:
+        return {}
+    from pathlib import Path
+
+    calibration = load_calibration(None if options.calibration is None else Path(options.calibration))
+    return predicted_dice(results, calibration, tag=tag)

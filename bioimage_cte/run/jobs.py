@@ -457,19 +457,14 @@ def rank_target(
         target under ``not_fitting`` (model, source, reason), and ``warnings`` (a ranking of z-stacks that mixes 3D
         and slice-wise 2D models, :func:`bioimage_cte.predict.fit.mixed_dimensions_warning`).
     """
-    from bioimage_cte.cte.calibration import load_calibration
     from bioimage_cte.predict.fit import mixed_dimensions_warning
-    from bioimage_cte.run.calibrated import predicted_dice
+    from bioimage_cte.run.calibrated import run_predictions
     from bioimage_cte.run.ranking import build_ranking, ranking_json
 
     mine = [j for j in jobs if j.target.name == target.name]
     results, failures = collect_results(mine, store)
-    predicted = {}
-    if options.predict_dice:
-        calibration = load_calibration(None if options.calibration is None else Path(options.calibration))
-        predicted = predicted_dice(results, calibration, tag=options.tag or target.task)
     ranking = build_ranking(results, options.make_estimator(), failures=failures, seed=options.seed,
-                            predicted=predicted)
+                            predicted=run_predictions(results, options, tag=options.tag or target.task))
     images = Path(target.images[0]).parent if target.images else Path(target.folder)
     payload = ranking_json(ranking, options, images=str(images), n_images=len(target.images))
     payload["target"] = {"name": target.name, "folder": target.folder, "task": target.task,

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from bioimage_cte.base.errors import BioimageCteError, InvalidImageError, InvalidModelError
-from bioimage_cte.cte.calibration import load_calibration
 from bioimage_cte.cte.estimators import Estimator, FewLabelOracle
 from bioimage_cte.cte.metrics import METRICS
 from bioimage_cte.cte.outcomes import FailureKind, ModelFailure, ModelResult, Stage, failure_of
@@ -33,7 +32,7 @@ from bioimage_cte.cte.registry import LABEL_FREE
 from bioimage_cte.predict.fit import ImageFit, input_layout, mixed_dimensions_warning
 from bioimage_cte.predict.images import ImageCache, check_images, list_images, load_labels
 from bioimage_cte.run.budget import rank_adaptive
-from bioimage_cte.run.calibrated import predicted_dice
+from bioimage_cte.run.calibrated import run_predictions
 from bioimage_cte.run.evaluation import Evaluation, evaluate_rankings
 from bioimage_cte.run.options import RankOptions
 from bioimage_cte.run.overlays import options_from_settings, report_overlays
@@ -255,12 +254,8 @@ def rank(
         run = rank_adaptive(sources, paths, estimator, options, on_image=progress.image, on_model=progress.model,
                             on_round=progress.round, images=inputs.images)
         results, failures, paths, reason = run.results, run.failures, run.images, run.stop_reason
-    predicted = {}
-    if options.predict_dice:
-        calibration = load_calibration(None if options.calibration is None else Path(options.calibration))
-        predicted = predicted_dice(results, calibration, tag=options.tag)
     ranking = build_ranking(results, estimator, failures=inputs.failures + failures, seed=options.seed,
-                            predicted=predicted)
+                            predicted=run_predictions(results, options, tag=options.tag))
     _raise_if_layer_missing(options, ranking.failures[len(inputs.failures):], ranking)
     return RankingRun(ranking=ranking, sources=tuple(sources), images=tuple(paths), options=options,
                       warnings=tuple(inputs.warnings), skipped_images=inputs.skipped, stop_reason=reason,
