@@ -57,13 +57,18 @@ if TYPE_CHECKING:
 
 from bioimage_cte.cli.options import (  # noqa: E402
     DEFAULT_ESTIMATOR,
+    BatchSizeOpt,
     DebugOpt,
     DeviceOpt,
     Estimator,
     ImagesOpt,
+    LabelsOpt,
+    LearningRateOpt,
     ModelsArg,
+    PatchOpt,
     ReportImagesOpt,
     SeedOpt,
+    StepsOpt,
     StrictOpt,
     TagOpt,
     TrustCodeOpt,
@@ -231,9 +236,7 @@ def _put_json(output: Path, payload: dict[str, Any], out: Console, *, created: P
 def evaluate(
     models: ModelsArg,
     images: ImagesOpt,
-    labels: Annotated[str, typer.Option("--labels", "-l", help="Folder of label images with the same file "
-                                        "stems as the images (instance labels, 0 = background).",
-                                        show_default=False)],
+    labels: LabelsOpt,
     estimators: Annotated[list[Estimator] | None, typer.Option("--estimator", "-e", help="Estimators to "
                                                                "compare (repeat the option); default: all "
                                                                "label-free ones.")] = None,
@@ -525,14 +528,13 @@ KOpt = Annotated[list[str] | None, typer.Option("--k", help="Labelled images to 
 def finetune_benchmark(
     models: ModelsArg,
     images: ImagesOpt,
-    labels: Annotated[str, typer.Option("--labels", "-l", help="Folder of label images with the same file stems as "
-                                        "the images (instance labels, 0 = background).", show_default=False)],
+    labels: LabelsOpt,
     k: KOpt = None,
-    steps: Annotated[int, typer.Option(help="Optimiser steps per model and k (the same budget for all).")] = 200,
+    steps: StepsOpt = 200,
     n_test: Annotated[int, typer.Option(help="Labelled images held out for testing (seeded choice).")] = 2,
-    patch: Annotated[int, typer.Option(help="Training patch side in pixels.")] = 96,
-    batch_size: Annotated[int, typer.Option(help="Patches per step.")] = 4,
-    learning_rate: Annotated[float, typer.Option(help="Adam learning rate (cosine-annealed).")] = 1e-3,
+    patch: PatchOpt = 96,
+    batch_size: BatchSizeOpt = 4,
+    learning_rate: LearningRateOpt = 1e-3,
     eval_every: Annotated[int, typer.Option(help="Evaluate the test Dice every N steps (convergence).")] = 25,
     scratch: Annotated[bool, typer.Option(help="Also train each architecture from scratch as the reference.")] = True,
     cte: Annotated[bool, typer.Option(help="Score the models zero-shot with CTE (cte-dropout) on all images and "

@@ -10,9 +10,14 @@ import typer
 from bioimage_cte.cli.commands import _fail, _quiet_libraries, app, console
 from bioimage_cte.cli.options import (
     AxesOpt,
+    BatchSizeOpt,
     DebugOpt,
     ImagesOpt,
+    LabelsOpt,
+    LearningRateOpt,
+    PatchOpt,
     SeedOpt,
+    StepsOpt,
     TrustCodeOpt,
     TrustLibraryOpt,
     rank_options,
@@ -27,16 +32,15 @@ def finetune(
     model: Annotated[str, typer.Argument(help="The package to fine-tune (.zip, folder or rdf.yaml), e.g. the "
                                          "first model of a ranking.", show_default=False)],
     images: ImagesOpt,
-    labels: Annotated[str, typer.Option("--labels", "-l", help="Folder of label images with the same file stems as "
-                                        "the images (instance labels, 0 = background).", show_default=False)],
+    labels: LabelsOpt,
     output: Annotated[Path, typer.Option("--output", "-o", help="The fine-tuned package (.zip) to write; an existing "
                                          "file is kept as <name>.bak first.", show_default=False)],
-    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 200,
+    steps: StepsOpt = 200,
     n_test: Annotated[int, typer.Option(min=1, help="Labelled images held out to measure the Dice before and after "
                                         "(seeded choice); the model trains on the others.")] = 1,
-    patch: Annotated[int, typer.Option(min=16, help="Training patch side in pixels.")] = 96,
-    batch_size: Annotated[int, typer.Option(min=1, help="Patches per step.")] = 4,
-    learning_rate: Annotated[float, typer.Option(min=0.0, help="Adam learning rate (cosine-annealed).")] = 1e-3,
+    patch: PatchOpt = 96,
+    batch_size: BatchSizeOpt = 4,
+    learning_rate: LearningRateOpt = 1e-3,
     axes: AxesOpt = None,
     seed: SeedOpt = 0,
     trust_code: TrustCodeOpt = False,

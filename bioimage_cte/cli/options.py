@@ -41,6 +41,14 @@ ModelsArg = Annotated[
 ]
 ImagesOpt = Annotated[str, typer.Option("--images", "-i", help="Folder, glob ('data/*.tif') or file of target "
                                         "images (.tif, .tiff, .png, .npy).", show_default=False)]
+LabelsOpt = Annotated[str, typer.Option("--labels", "-l", help="Folder of label images with the same file stems as the "
+                                     "images (instance labels, 0 = background).", show_default=False)]
+#: fine-tuning (``finetune``, ``finetune-benchmark``)
+StepsOpt = Annotated[int, typer.Option(min=1, help="Optimiser steps (finetune-benchmark: per model and k, the same for "
+                                        "all).")]
+PatchOpt = Annotated[int, typer.Option(min=16, help="Training patch side in pixels.")]
+BatchSizeOpt = Annotated[int, typer.Option(min=1, help="Patches per step.")]
+LearningRateOpt = Annotated[float, typer.Option(min=0.0, help="Adam learning rate (cosine-annealed).")]
 AxesOpt = Annotated[str | None, typer.Option(help="Axes of the image files when ambiguous, e.g. 'yx', 'cyx', "
                                              "'zyx', 'yxc'.")]
 TaskOpt = Annotated[Task, typer.Option(help="semantic: foreground masks (soft consistency by default); instance: "
