@@ -218,10 +218,18 @@ def test_conformance_packages_and_demo_nuclei_models_rank_with_only_documented_f
     assert models["unet2d_nuclei_broad"]["output"]["scale"] == {"y": 1.0, "x": 1.0}
     assert [(f["name"], f["stage"], f["kind"]) for f in payload["failures"]] == [
         ("upsample_test_model", "predict", "not-segmentation")]
-    # the real nuclei model, trained on DSB2018 by others, ranks above every deliberately weak demo model on real
-    # nuclei (measured: first of 19, tta 0.988 against 0.952 for the best demo model)
+    # the real nuclei model, trained on DSB2018 by others, is ordered against each deliberately weak demo model as
+    # their true Dice on these images are (transfer_matrix.csv: 0.880 against weak-nuclei-tiny 0.905,
+    # weak-nuclei-undertrained 0.855, weak-nuclei-large-only 0.553); tta alone put it first of all 19
+    import csv
+
+    with (zoo / "transfer_matrix.csv").open() as f:
+        truth = {r["model"]: float(r["value"]) for r in csv.DictReader(f)
+                 if r["target"] == "dsb2018" and r["metric"] == "dice"}
     order = [s.name for s in run.ranking.scores]
-    assert all(order.index("unet2d_nuclei_broad") < order.index(w.stem) for w in demo if w.stem.startswith("weak"))
+    for weak in (w.stem for w in demo if w.stem.startswith("weak")):
+        above = order.index("unet2d_nuclei_broad") < order.index(weak)
+        assert above == (truth["unet2d-nuclei-broad"] > truth[weak]), (weak, order)
 
 
 @pytest.mark.slow
