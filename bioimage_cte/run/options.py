@@ -48,8 +48,8 @@ class RankOptions:
     Parameters
     ----------
     estimator : str
-        Estimator name from :data:`bioimage_cte.cte.registry.ESTIMATORS` (default ``"tta"``, chosen on held-out
-        targets: see the README's ranking-quality tables).
+        Estimator name from :data:`bioimage_cte.cte.registry.ESTIMATORS` (default ``"tta+consensus"``, chosen on
+        development targets with models of several training recipes: see the README's ranking-quality tables).
     task : {"semantic", "instance"}
         What the models segment; chooses the default consistency.
     consistency : {"soft", "hard", "instance"}, optional
