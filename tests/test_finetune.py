@@ -209,3 +209,27 @@ def test_cli_finetune_lifts_a_mediocre_model_writes_a_valid_package_and_keeps_th
     assert isinstance(descr, ModelDescr) and "finetuned" in descr.tags
     folder = CliRunner().invoke(app, [*args[:-1], str(tmp_path)])  # a folder is never replaced
     assert folder.exit_code == 1 and "is a folder" in folder.output and tmp_path.is_dir()
+
+
+@pytest.mark.slow
+def test_cli_finetune_refuses_a_model_it_cannot_repackage_before_training(tmp_path):
+    import zipfile
+
+    from corpus import _rewrite
+    from typer.testing import CliRunner
+
+    from bioimage_cte.cli.commands import app
+
+    # the lab's own architecture file under another class name: loadable with --trust-code, not re-packageable
+    source = ROOT / "resources" / "zoo" / "nuclei-dense-textured-own-arch.zip"
+    code = zipfile.ZipFile(source).read("unet.py").replace(b"class UNet2d", b"class LabNet")
+
+    def rename(rdf: dict) -> None:
+        rdf["weights"]["pytorch_state_dict"]["architecture"]["callable"] = "LabNet"
+
+    package = _rewrite(source, tmp_path / "lab-net.zip", rdf=rename, files={"unet.py": code})
+    out = tmp_path / "finetuned.zip"
+    # patches larger than the images would stop the training at its first line: the export check must come first
+    result = CliRunner().invoke(app, ["finetune", str(package), "--images", str(TARGET / "images"), "--labels",
+                                      str(TARGET / "labels"), "--patch", "512", "--trust-code", "-o", str(out)])
+    assert result.exit_code == 1 and "LabNet cannot be exported" in result.output and not out.exists()

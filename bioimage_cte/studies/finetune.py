@@ -46,9 +46,9 @@ if TYPE_CHECKING:
 
 # the network helpers stay importable from here, where the fine-tuning study's callers found them
 __all__ = ["FinetuneBenchmark", "FinetuneConfig", "FinetuneRun", "KShotSplit", "KSummary", "PackagedNetwork",
-           "convergence_step", "export_finetuned", "finetune", "kshot_split", "load_packaged_network",
-           "predict_foreground", "prepare_input", "run_finetune_benchmark", "scratch_network", "summarize_runs",
-           "test_dice", "zero_shot_cte", "zoo_similarity"]
+           "check_exportable", "convergence_step", "export_finetuned", "finetune", "kshot_split",
+           "load_packaged_network", "predict_foreground", "prepare_input", "run_finetune_benchmark", "scratch_network",
+           "summarize_runs", "test_dice", "zero_shot_cte", "zoo_similarity"]
 
 KValue = int | Literal["all"]
 
@@ -257,6 +257,18 @@ def _stack_crops(arrays: Sequence[np.ndarray]) -> np.ndarray:
     return np.ascontiguousarray(np.stack([a[..., :h, :w] for a in arrays]))
 
 
+def check_exportable(model: PackagedNetwork) -> None:
+    """Raise :class:`InvalidModelError` naming the package unless :func:`export_finetuned` can re-package it (the
+    demo zoo's UNet2d, with the normalisation ``build_package`` writes): checked before a fine-tuning run starts."""
+    kwargs = model.architecture["kwargs"]
+    if model.architecture["callable"] != "UNet2d" or not {"features", "depth"} <= set(kwargs):
+        raise InvalidModelError(f"{model.source}: architecture {model.architecture['callable']} cannot be exported; "
+                                "only the demo zoo's UNet2d can be re-packaged")
+    if model.preprocessing == "scale_range" and model.percentiles != (1.0, 99.8):
+        raise InvalidModelError(f"{model.source}: scale_range percentiles {model.percentiles} cannot be re-packaged "
+                                "(build_package writes 1-99.8)")
+
+
 def export_finetuned(
     model: PackagedNetwork,
     net: Any,
@@ -272,13 +284,8 @@ def export_finetuned(
     """
     from bioimage_cte.demozoo.packaging import PackageInfo, build_package
 
+    check_exportable(model)
     kwargs = model.architecture["kwargs"]
-    if model.architecture["callable"] != "UNet2d" or not {"features", "depth"} <= set(kwargs):
-        raise InvalidModelError(f"{model.source}: architecture {model.architecture['callable']} cannot be exported; "
-                                "only the demo zoo's UNet2d can be re-packaged")
-    if model.preprocessing == "scale_range" and model.percentiles != (1.0, 99.8):
-        raise InvalidModelError(f"{model.source}: scale_range percentiles {model.percentiles} cannot be re-packaged "
-                                "(build_package writes 1-99.8)")
     side = model.min_size + (min(test_image.shape) - model.min_size) // model.step * model.step
     crop = test_image[:side, :side]
     info = PackageInfo(

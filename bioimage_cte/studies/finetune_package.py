@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bioimage_cte.base.errors import BioimageCteError
-from bioimage_cte.studies.finetune import FinetuneConfig, export_finetuned, finetune, kshot_split
+from bioimage_cte.studies.finetune import FinetuneConfig, check_exportable, export_finetuned, finetune, kshot_split
 from bioimage_cte.studies.networks import load_packaged_network
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ def finetune_package(
     arrays = [load_target(p, axes=options.axes) for p in paths]
     split = kshot_split(len(arrays), ks=["all"], n_test=n_test, seed=config.seed)
     network = load_packaged_network(sources[0].location, name=sources[0].name, code_policy=options.code_policy())
+    check_exportable(network)  # before minutes of training, not after
     run, net = finetune(network, arrays, label_arrays, split.train["all"], split.test, config=config, k="all")
     with tempfile.TemporaryDirectory() as tmp:
         built = export_finetuned(network, net, arrays[split.test[0]], Path(tmp) / "package.zip", run=run)
