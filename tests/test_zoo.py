@@ -155,7 +155,7 @@ def test_the_recipe_zoo_holds_the_recipes_its_builder_declares_and_its_readme_na
         assert rdf["config"]["bioimage_cte"]["recipe"] == model.recipe and model.name in readme
         assert "nuclei" in rdf["tags"] and all("github_user" not in a for a in rdf["authors"])
         departures |= {k for k, v in vars(model.config).items() if k != "seed" and v != demo_recipe[k]}
-    # the recipes vary what the demo zoo never varies: augmentation, loss, size and budget
+    # the recipes vary augmentation and loss, which the demo zoo never varies, and size and budget
     assert {"geometric", "loss", "features", "depth", "steps", "augment"} <= departures
 
 
