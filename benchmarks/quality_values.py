@@ -295,8 +295,9 @@ def targets_of(which: str, root: Path, n_images: int | None) -> dict[str, tuple[
         return {t: (f, target_task(f)) for t, f in find_targets(ROOT / "resources" / "data").items()}
     if which == "fresh-held-out":
         return write_held_out_targets(len(FRESH_STYLES), root, fresh=True, n_images=n_images)
-    if which == "recipe-held-out":
-        return write_held_out_targets(len(FRESH_STYLES), root, recipe=True, n_images=n_images)
+    if which.startswith("recipe-held-out"):
+        return write_held_out_targets(len(FRESH_STYLES), root, recipe=2 if which.endswith("-2") else 1,
+                                      n_images=n_images)
     if which == "held-out":
         return write_held_out_targets(14, root, n_images=n_images)
     return write_held_out_targets(len(NEW_HELD_OUT_STYLES), root, new=True, n_images=n_images)
@@ -325,7 +326,7 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", choices=("shipped", "held-out", "new-held-out", "fresh-held-out",
-                                                           "recipe-held-out"), required=True)
+                                                           "recipe-held-out", "recipe-held-out-2"), required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--images", type=int, default=None,
                         help="images per target (default: 8 shipped, 6 held-out, 8 new held-out; more renders "

@@ -59,10 +59,12 @@ FRESH_IMAGES = 6
 #: after the default was frozen and before the recipe zoo (resources/zoo-recipes) was first run on anything; looked
 #: at once, with unet2d_nuclei_broad and the recipe zoo among the candidates.
 RECIPE_SEED = 20261208
+#: Issue #25's second recipe held-out set (protocol's second iteration): the same kind of targets, another new seed.
+RECIPE_SEED_2 = 20261209
 
 
 def write_held_out_targets(n: int, root: Path, *, new: bool = False, n_images: int | None = None,
-                           fresh: bool = False, recipe: bool = False) -> dict[str, tuple[Path, str]]:
+                           fresh: bool = False, recipe: int = 0) -> dict[str, tuple[Path, str]]:
     """Render ``n`` randomly drawn targets (images/ and labels/ as tif) under ``root``; name -> (folder, task).
 
     ``new`` draws from the second held-out set (:data:`NEW_HELD_OUT_SEED`, 8 images each) instead of the first
@@ -75,8 +77,9 @@ def write_held_out_targets(n: int, root: Path, *, new: bool = False, n_images: i
                             else (HELD_OUT_SEED, HELD_OUT_STYLES, "held-out"))
     if fresh:
         seed, styles, prefix, new = FRESH_SEED, FRESH_STYLES, "fresh-held-out", True
-    if recipe:
-        seed, styles, prefix, new, fresh = RECIPE_SEED, FRESH_STYLES, "recipe-held-out", True, True
+    if recipe:  # 1 or 2: the first or the second recipe held-out set
+        seed, prefix = (RECIPE_SEED, "recipe-held-out") if recipe == 1 else (RECIPE_SEED_2, "recipe-held-out-2")
+        styles, new, fresh = FRESH_STYLES, True, True
     n_images = n_images or (FRESH_IMAGES if fresh else NEW_HELD_OUT_IMAGES if new else 6)
     rng = np.random.default_rng(seed)
     targets = {}
