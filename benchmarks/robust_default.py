@@ -41,7 +41,8 @@ DEV = {"shipped": "quality_values_shipped.json", "held-out": "quality_values_hel
        "shipped nuclei + broad + recipes": "quality_values_shipped_recipes.json",
        "held-out nuclei + broad + recipes": "quality_values_held-out_recipes.json"}
 FRESH = {"fresh held-out nuclei + broad": "quality_values_fresh-held-out_nuclei_broad.json"}
-RECIPES_FRESH = {"recipe held-out + broad + recipes": "quality_values_recipe-held-out_recipes.json"}
+RECIPES_FRESH = {"recipe held-out + broad + recipes": "quality_values_recipe-held-out_recipes.json",
+                 "recipe held-out 2 + broad + recipes": "quality_values_recipe-held-out-2_recipes.json"}
 POOL = "task"
 
 
