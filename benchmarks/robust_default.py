@@ -16,6 +16,7 @@ Spearman, Kendall and the regret of the top-1 (true Dice), then the mean (and th
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -114,19 +115,18 @@ def refitted_calibration():
     return fit_calibration(shipped + _recipe_rows())
 
 
+@functools.cache
+def _refitted_fit():
+    return refitted_calibration().fits[0]
+
+
 def _refitted_per_image(t, names):
     """F: D' with the refitted calibration's weights."""
-    fit = _REFIT()
+    fit = _refitted_fit()
     w_tta, w_consensus = fit.weights
     per = fit.intercept + w_tta * np.array([t["models"][n]["tta"] for n in names], float) + w_consensus * np.array(
         [t["consensus"][POOL][n] for n in names], float)
     return _median_rows(np.clip(per, 0.0, 1.0))
-
-
-def _REFIT():  # noqa: N802 (computed once, on first use)
-    if not hasattr(_REFIT, "fit"):
-        _REFIT.fit = refitted_calibration().fits[0]
-    return _REFIT.fit
 
 
 SINGLE = {
