@@ -78,9 +78,10 @@ def _predicted(t, names):
                      zip(_clean(t, names, "tta"), _consensus(t, names), strict=True)])
 
 
-def _predicted_per_image(t, names):
-    """D's library form: each image's predicted Dice from its own tta and consensus, the median over images."""
-    fit = load_calibration().fits[0]
+def _predicted_per_image(t, names, fit=None):
+    """D's library form: each image's predicted Dice from its own tta and consensus (with ``fit``, default the shipped
+    calibration's), the median over images."""
+    fit = fit or load_calibration().fits[0]
     w_tta, w_consensus = fit.weights
     per = fit.intercept + w_tta * np.array([t["models"][n]["tta"] for n in names], float) + w_consensus * np.array(
         [t["consensus"][POOL][n] for n in names], float)
@@ -120,15 +121,6 @@ def _refitted_fit():
     return refitted_calibration().fits[0]
 
 
-def _refitted_per_image(t, names):
-    """F: D' with the refitted calibration's weights."""
-    fit = _refitted_fit()
-    w_tta, w_consensus = fit.weights
-    per = fit.intercept + w_tta * np.array([t["models"][n]["tta"] for n in names], float) + w_consensus * np.array(
-        [t["consensus"][POOL][n] for n in names], float)
-    return _median_rows(np.clip(per, 0.0, 1.0))
-
-
 SINGLE = {
     "tta": lambda t, n, s: _clean(t, n, "tta"),
     "consensus": lambda t, n, s: _consensus(t, n),
@@ -149,7 +141,8 @@ CANDIDATES = {
 #: D as the library computes it (per image, then the median), added after the development results: see the protocol
 LIBRARY_FORMS = {
     "D' per-image predicted Dice, median + guard": lambda t, n, s: _guard(t, n, _predicted_per_image(t, n)),
-    "F D' with the calibration refitted on several recipes": lambda t, n, s: _guard(t, n, _refitted_per_image(t, n))}
+    "F D' with the calibration refitted on several recipes": lambda t, n, s: _guard(
+        t, n, _predicted_per_image(t, n, _refitted_fit()))}
 
 
 def evaluate(values: dict, estimators: dict) -> dict:
