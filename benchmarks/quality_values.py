@@ -296,7 +296,10 @@ def targets_of(which: str, root: Path, n_images: int | None) -> dict[str, tuple[
     if which == "fresh-held-out":
         return write_held_out_targets(len(FRESH_STYLES), root, fresh=True, n_images=n_images)
     if which.startswith("recipe-held-out"):
-        return write_held_out_targets(len(FRESH_STYLES), root, recipe=2 if which.endswith("-2") else 1,
+        from ranking_quality import RECIPE_3_STYLES
+
+        number = int(which[-1]) if which[-1].isdigit() else 1
+        return write_held_out_targets(len(RECIPE_3_STYLES if number == 3 else FRESH_STYLES), root, recipe=number,
                                       n_images=n_images)
     if which == "held-out":
         return write_held_out_targets(14, root, n_images=n_images)
@@ -326,7 +329,8 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", choices=("shipped", "held-out", "new-held-out", "fresh-held-out",
-                                                           "recipe-held-out", "recipe-held-out-2"), required=True)
+                                                           "recipe-held-out", "recipe-held-out-2", "recipe-held-out-3"),
+                        required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--images", type=int, default=None,
                         help="images per target (default: 8 shipped, 6 held-out, 8 new held-out; more renders "

@@ -61,6 +61,9 @@ FRESH_IMAGES = 6
 RECIPE_SEED = 20261208
 #: Issue #25's second recipe held-out set (protocol's second iteration): the same kind of targets, another new seed.
 RECIPE_SEED_2 = 20261209
+#: ... and the third, larger one (20 targets), declared after the first two left the bars unresolved.
+RECIPE_SEED_3 = 20261210
+RECIPE_3_STYLES = ("fluorescence",) * 20
 
 
 def write_held_out_targets(n: int, root: Path, *, new: bool = False, n_images: int | None = None,
@@ -77,9 +80,11 @@ def write_held_out_targets(n: int, root: Path, *, new: bool = False, n_images: i
                             else (HELD_OUT_SEED, HELD_OUT_STYLES, "held-out"))
     if fresh:
         seed, styles, prefix, new = FRESH_SEED, FRESH_STYLES, "fresh-held-out", True
-    if recipe:  # 1 or 2: the first or the second recipe held-out set
-        seed, prefix = (RECIPE_SEED, "recipe-held-out") if recipe == 1 else (RECIPE_SEED_2, "recipe-held-out-2")
-        styles, new, fresh = FRESH_STYLES, True, True
+    if recipe:  # 1, 2 or 3: the recipe held-out sets
+        seed, prefix = {1: (RECIPE_SEED, "recipe-held-out"), 2: (RECIPE_SEED_2, "recipe-held-out-2"),
+                        3: (RECIPE_SEED_3, "recipe-held-out-3")}[recipe]
+        styles = RECIPE_3_STYLES if recipe == 3 else FRESH_STYLES
+        new, fresh = True, True
     n_images = n_images or (FRESH_IMAGES if fresh else NEW_HELD_OUT_IMAGES if new else 6)
     rng = np.random.default_rng(seed)
     targets = {}
