@@ -21,6 +21,7 @@ The fitted calibration is a small versioned JSON (``resources/calibration/predic
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -180,11 +181,20 @@ def load_calibration(path: Path | None = None) -> Calibration | None:
         if path is None:
             return None
         raise BioimageCteError(f"calibration {target} does not exist; write one with 'bioimage-cte calibrate'")
+    stat = target.stat()
+    # the default estimator and every predicted Dice read it: a zoo run would parse it once per model x target
+    return _read_calibration(str(target.resolve()), stat.st_mtime_ns, stat.st_size, str(target))
+
+
+@functools.lru_cache(maxsize=8)
+def _read_calibration(resolved: str, mtime_ns: int, size: int, shown: str) -> Calibration:
+    """The calibration file as it is at ``mtime_ns`` and ``size`` (a rewritten file is read again); errors name
+    the path as the user gave it (``shown``)."""
     try:
-        payload = json.loads(target.read_text())
+        payload = json.loads(Path(resolved).read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BioimageCteError(f"cannot read calibration {target}: {e}; refit it with 'bioimage-cte calibrate'") from e
-    return Calibration.from_json_dict(payload, where=str(target))
+        raise BioimageCteError(f"cannot read calibration {shown}: {e}; refit it with 'bioimage-cte calibrate'") from e
+    return Calibration.from_json_dict(payload, where=shown)
 
 
 def _design(rows: Sequence[CalibrationRow], features: Sequence[str]) -> np.ndarray:

@@ -311,8 +311,10 @@ def score_job(job: ScoreJob, store: ResultStore, *, refresh: bool = False) -> Jo
 
 def _wants_masks(options: RankOptions) -> bool:
     """Whether ranking a target compares the models' clean masks (the run then keeps them, see scoring)."""
-    estimator = options.make_estimator()
-    return options.predict_dice or getattr(estimator, "keeps_masks", False)
+    from bioimage_cte.cte.registry import ESTIMATORS
+
+    # the estimator's class says it: no estimator is built for a cache lookup
+    return options.predict_dice or getattr(ESTIMATORS.get(options.estimator), "keeps_masks", False)
 
 
 def _cached(job: ScoreJob, record: ScoreRecord | None) -> bool:
