@@ -76,6 +76,8 @@ TWINS: dict[str, tuple[tuple[str, float], ...]] = {
 DEFAULTS = {"dropout": 0.2, "noise": 0.1}
 #: families left out of a run (``--skip-families``): their values are nan
 SKIP_FAMILIES: set[str] = set()
+#: ``--save-arrays DIR``: per target, the clean probabilities (uint8), images and labels as DIR/<target>.npz
+SAVE_ARRAYS: list[Path] = []
 
 
 def twin_name(name: str, factor: float) -> str:
@@ -131,7 +133,7 @@ class _Record:
 
 def measure_model(source, paths, labels, seeds: list[int], factors: tuple[float, ...], *, grid: bool,
                   families_only: bool = False, clean_only: bool = False) -> tuple[dict[float, dict], list[np.ndarray]]:
-    """Every per-image value of one model and its twins (by factor); also its clean masks (for consensus)."""
+    """Every per-image value of one model and its twins (by factor); also its clean foreground probabilities."""
     from bioimage_cte.predict.factory import make_predictor
     from bioimage_cte.zoo.models import load_model
 
@@ -143,14 +145,13 @@ def measure_model(source, paths, labels, seeds: list[int], factors: tuple[float,
         predictor = make_predictor(load_model(source.location), name=source.location, greybox=False, layer=None,
                                    devices=["cpu"], weight_format=None)
         greybox = False
-    record, masks = _Record(factors), []
+    record = _Record(factors)
     images = [load_target(p) for p in paths]
     cleans = []
     with predictor:
         for i, image in enumerate(images):
             clean = predictor.predict(image).foreground
             cleans.append(clean)
-            masks.append(clean > 0.5)
             flips = {}
             for k in () if families_only else TTAAgreement().transforms:
                 flips[k] = np.ascontiguousarray(undo_dihedral(predictor.predict(
@@ -170,7 +171,7 @@ def measure_model(source, paths, labels, seeds: list[int], factors: tuple[float,
                     record.perturbed(seed, key(family, strength), i, clean, out)
         if grid:
             _grid_passes(predictor, images, cleans, seeds, record)
-    return record.rows, masks
+    return record.rows, cleans
 
 
 def _perturb(predictor, family: str, strength: float, image, seed: int, index: int) -> np.ndarray:
@@ -251,24 +252,32 @@ def measure_target(sources, folder: Path, task: str, n_images: int, seeds: list[
                    families_only: bool = False, clean_only: bool = False, extra: tuple = ()) -> dict:
     """Every task model (and its calibration twins) on one target; consensus per candidate pool.
 
-    ``extra``: more candidate sources (e.g. a published zoo model), kept when they have the task's tag.
+    ``extra``: more candidate sources (e.g. a published zoo model), kept when they have the task's tag; a name
+    already among the candidates is not added again (a second copy would vote twice in the consensus).
     """
-    zoo = filter_by_tag(candidates(sources) + list(extra), task)
+    zoo, seen = [], set()
+    for source in filter_by_tag(candidates(sources) + list(extra), task):
+        if source.name not in seen:
+            zoo.append(source)
+            seen.add(source.name)
     twins = dict(TWINS.get(task, ()))
     paths = list_images(folder / "images")[:n_images]
     labels = load_labels(paths, folder / "labels")
-    models, masks, source_of = {}, {}, {}
+    models, masks, soft, source_of = {}, {}, {}, {}
     for source in zoo:
         factors = (twins[source.name],) if source.name in twins else ()
         try:
-            rows, m = measure_model(source, paths, labels, seeds, factors, grid=grid, families_only=families_only,
+            rows, probs = measure_model(source, paths, labels, seeds, factors, grid=grid, families_only=families_only,
                                     clean_only=clean_only)
         except Exception as e:  # recorded, as rank would
             print(f"  {source.name} failed: {type(e).__name__}: {e}", flush=True)
             continue
         for f, row in rows.items():
             name = source.name if f == 1.0 else twin_name(source.name, f)
-            models[name], masks[name], source_of[name] = row, m, (source.name, source, f)
+            p = probs if f == 1.0 else [scaled(q, f) for q in probs]
+            models[name], masks[name], source_of[name] = row, [q > 0.5 for q in p], (source.name, source, f)
+            if f == 1.0:
+                soft[name] = p
     task_names = [s.name for s in zoo if s.name in models]
     pools = {"task": task_names,
              "task+calibration": task_names + [twin_name(n, f) for n, f in twins.items() if n in models]}
@@ -277,6 +286,12 @@ def measure_target(sources, folder: Path, task: str, n_images: int, seeds: list[
         values = ConsensusAgreement().score_models([masks[n] for n in names])
         consensus[pool] = dict(zip(names, values, strict=True))
     target = {"task": task, "n_images": len(paths), "pools": pools, "models": models, "consensus": consensus}
+    if SAVE_ARRAYS:  # what any mask- or image-based signal needs, computed offline
+        names = list(soft)
+        np.savez_compressed(SAVE_ARRAYS[0] / f"{folder.name}.npz", names=np.array(names),
+                            probabilities=np.round(np.stack([soft[n] for n in names]) * 255).astype(np.uint8),
+                            images=np.stack([load_target(p) for p in paths]).astype(np.float32),
+                            labels=np.stack(labels).astype(np.uint16))
     if grid:
         _finish_auto(target, source_of, paths, seeds, pools)
     # per-image dicts (image -> value) become lists in image order, nan where not measured
@@ -299,7 +314,7 @@ def targets_of(which: str, root: Path, n_images: int | None) -> dict[str, tuple[
         from ranking_quality import RECIPE_3_STYLES
 
         number = int(which[-1]) if which[-1].isdigit() else 1
-        return write_held_out_targets(len(RECIPE_3_STYLES if number == 3 else FRESH_STYLES), root, recipe=number,
+        return write_held_out_targets(len(RECIPE_3_STYLES if number >= 3 else FRESH_STYLES), root, recipe=number,
                                       n_images=n_images)
     if which == "held-out":
         return write_held_out_targets(14, root, n_images=n_images)
@@ -329,7 +344,8 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", choices=("shipped", "held-out", "new-held-out", "fresh-held-out",
-                                                           "recipe-held-out", "recipe-held-out-2", "recipe-held-out-3"),
+                                                           "recipe-held-out", "recipe-held-out-2", "recipe-held-out-3",
+                                                           "recipe-held-out-4"),
                         required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--images", type=int, default=None,
@@ -347,10 +363,16 @@ def main() -> None:
     parser.add_argument("--skip-families", nargs="+", default=[], choices=list(DEFAULTS),
                         help="leave these seeded families out (nan): quicker runs that compare tta, dihedral, "
                              "consensus and the clean-only signals")
+    parser.add_argument("--save-arrays", type=Path, default=None,
+                        help="also write, per target, every model's clean probabilities, the images and the labels "
+                             "(DIR/<target>.npz) for signals computed offline")
     parser.add_argument("--task", default=None, help="only the targets of this task (e.g. nuclei)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     SKIP_FAMILIES.update(args.skip_families)
+    if args.save_arrays:
+        args.save_arrays.mkdir(parents=True, exist_ok=True)
+        SAVE_ARRAYS.append(args.save_arrays)
     suffix = "" if args.images is None else f"_{args.images}"
     output = args.output or ROOT / "benchmarks" / "results" / f"quality_values_{args.set}{suffix}.json"
     start = time.perf_counter()
