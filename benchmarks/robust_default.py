@@ -45,6 +45,11 @@ FRESH = {"fresh held-out nuclei + broad": "quality_values_fresh-held-out_nuclei_
 RECIPES_FRESH = {"recipe held-out + broad + recipes": "quality_values_recipe-held-out_recipes.json",
                  "recipe held-out 2 + broad + recipes": "quality_values_recipe-held-out-2_recipes.json",
                  "recipe held-out 3 (20 targets) + broad + recipes": "quality_values_recipe-held-out-3_recipes.json"}
+#: the groups with the boundary measures that were development data in the third iteration (44 targets)
+DEV_BOUNDARY = {"shipped nuclei + broad + recipes": "quality_values_shipped_recipes.json",
+                "held-out nuclei + broad + recipes": "quality_values_held-out_recipes.json",
+                **RECIPES_FRESH}
+RECIPES_FRESH_4 = {"recipe held-out 4 (20 targets) + broad + recipes": "quality_values_recipe-held-out-4_recipes.json"}
 DEFAULT = "D' per-image predicted Dice, median + guard"
 POOL = "task"
 
@@ -147,6 +152,58 @@ LIBRARY_FORMS = {
         t, n, _predicted_per_image(t, n, _refitted_fit()))}
 
 
+#: candidate G's weights (intercept, tta, consensus, edge, peak), frozen in the protocol's third iteration
+G_WEIGHTS = (-0.063, 0.117, 0.864, 0.124, 0.209)
+G_FEATURES = ("tta", "consensus", "edge", "peak")
+G = "G tta + consensus + edge + boundary peak + guard"
+
+
+def _per_image(t, names, what) -> np.ndarray:
+    rows = [t["consensus"][POOL][n] if what == "consensus" else t["models"][n][what] for n in names]
+    return np.array(rows, float)
+
+
+def _g_score(t, names, weights=G_WEIGHTS):
+    """G: each image's linear estimate from tta, consensus and the two boundary measures, clipped, the median."""
+    per = weights[0] + sum(w * _per_image(t, names, f) for w, f in zip(weights[1:], G_FEATURES, strict=True))
+    return _median_rows(np.clip(per, 0.0, 1.0))
+
+
+#: on the values files with the boundary measures (benchmarks/boundary.py): the third iteration
+BOUNDARY = {
+    "edge": lambda t, n, s: _clean(t, n, "edge"),
+    "boundary peak": lambda t, n, s: _clean(t, n, "peak"),
+    G: lambda t, n, s: _guard(t, n, _g_score(t, n)),
+}
+
+
+def fit_g(groups: list[str]) -> str:
+    """G's weights refitted (least squares on per-(target, model) medians) over ``groups``' targets, and its
+    leave-one-target-out Spearman and regret beside D''s: the check of the numbers the protocol froze."""
+    data = []  # (group, X, true)
+    for group in groups:
+        values = json.loads((RESULTS / DEV_BOUNDARY[group]).read_text())
+        for t in values["targets"].values():
+            names = t["pools"][POOL]
+            x = np.column_stack([np.ones(len(names))] + [_median_rows(_per_image(t, names, f)) for f in G_FEATURES])
+            data.append((group, x, np.array([np.nanmean(t["models"][n]["true"]) for n in names]), t, names))
+    weights = np.linalg.lstsq(np.vstack([d[1] for d in data]), np.concatenate([d[2] for d in data]), rcond=None)[0]
+    loto: dict[str, dict[str, list]] = {}
+    for k, (group, _x, true, t, names) in enumerate(data):
+        rest = [d for j, d in enumerate(data) if j != k]
+        w = np.linalg.lstsq(np.vstack([d[1] for d in rest]), np.concatenate([d[2] for d in rest]), rcond=None)[0]
+        for e, scores in (("G", _g_score(t, names, w)), ("D'", _predicted_per_image(t, names))):
+            loto.setdefault(e, {}).setdefault(group, []).append(agreement(_guard(t, names, scores), true))
+    lines = [f"### G's weights over the {len(data)} development targets: " + ", ".join(
+        f"{n} {w:.3f}" for n, w in zip(("intercept", *G_FEATURES), weights, strict=True)), "",
+        "| leave one target out | mean Spearman (mean over groups) | mean regret |", "|---|---|---|"]
+    for e, by_group in loto.items():
+        rho = np.mean([np.mean([r[0] for r in v]) for v in by_group.values()])
+        regret = np.mean([np.mean([r[2] for r in v]) for v in by_group.values()])
+        lines.append(f"| {e} | {rho:.3f} | {regret:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
 def evaluate(values: dict, estimators: dict) -> dict:
     """``out[estimator][seed][target] = (spearman, kendall, regret, top model, its median foreground)``."""
     out: dict = {e: {} for e in estimators}
@@ -231,18 +288,19 @@ def calibration_check(title: str, values: dict, default: str) -> str:
         f"| all models | {len(r)} | {r[:, 1].mean():.3f} | {r[:, 2].mean():.1%} | {r[:, 3].mean():.3f} |", ""])
 
 
-def default_against_consensus(results: dict[str, dict]) -> str:
-    """Per fresh recipe set and pooled: the default's and consensus's mean Spearman and regret (seed 0: neither
-    draws), and the 95 % bootstrap interval over targets of the default's Spearman minus consensus's."""
-    lines = ["### the default against consensus on the fresh recipe sets", "",
-             "| set | targets | default ρ / regret | consensus ρ / regret | ρ difference (95 % interval) |",
+def difference(results: dict[str, dict], first: str, second: str) -> str:
+    """Per set and pooled: ``first``'s and ``second``'s mean Spearman and regret (seed 0: neither draws), and the
+    95 % bootstrap interval over targets of ``first``'s Spearman minus ``second``'s."""
+    lines = [f"### {first} against {second}", "",
+             "| set | targets | first ρ / regret | second ρ / regret | ρ difference (95 % interval) |",
              "|---|---|---|---|---|"]
     pooled: list[tuple] = []
-    for group, result in [*results.items(), ("all fresh recipe sets pooled", None)]:
-        rows = pooled if result is None else [(result[DEFAULT][0][t], result["consensus"][0][t])
-                                               for t in result[DEFAULT][0]]
+    for group, result in [*results.items(), ("all these sets pooled", None)]:
+        rows = pooled if result is None else [(result[first][0][t], result[second][0][t]) for t in result[first][0]]
         if result is not None:
             pooled.extend(rows)
+        if result is None and len(results) == 1:
+            break
         a = np.array([[d[0], d[2], c[0], c[2]] for d, c in rows], float)
         diff = a[:, 0] - a[:, 2]
         boot = np.random.default_rng(0).choice(diff, (10000, len(diff))).mean(axis=1)
@@ -257,9 +315,12 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="also the fresh held-out set (after the choice)")
     parser.add_argument("--recipes-fresh", action="store_true",
                         help="also the recipe held-out set (after the choice on the recipe groups)")
+    parser.add_argument("--fresh-4", action="store_true",
+                        help="also recipe held-out 4 (after the third iteration's candidate was frozen)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
-    groups = {**DEV, **(FRESH if args.fresh else {}), **(RECIPES_FRESH if args.recipes_fresh else {})}
+    groups = {**DEV, **(FRESH if args.fresh else {}), **(RECIPES_FRESH if args.recipes_fresh else {}),
+              **(RECIPES_FRESH_4 if args.fresh_4 else {})}
     parts, means, fresh_results = [], {}, {}
     for group, file in groups.items():
         path = RESULTS / file
@@ -267,8 +328,9 @@ def main() -> None:
             parts.append(f"### {group}: not measured ({file} missing)\n")
             continue
         values = json.loads(path.read_text())
-        result = evaluate(values, {**SINGLE, **CANDIDATES, **LIBRARY_FORMS})
-        if group in RECIPES_FRESH:
+        boundary = all("edge" in m for t in values["targets"].values() for m in t["models"].values())
+        result = evaluate(values, {**SINGLE, **CANDIDATES, **LIBRARY_FORMS, **(BOUNDARY if boundary else {})})
+        if group in RECIPES_FRESH or group in RECIPES_FRESH_4:
             fresh_results[group] = result
         stats = summary(result)
         means[group] = {e: s[0] for e, s in stats.items()}
@@ -288,7 +350,11 @@ def main() -> None:
         lines.append(f"| {c} | {rho:.3f} | {np.mean(broad) if broad else float('nan'):.3f} |")
     parts.append("\n".join(lines) + "\n")
     if fresh_results:
-        parts.append(default_against_consensus(fresh_results))
+        parts.append(difference(fresh_results, DEFAULT, "consensus"))
+    if args.fresh_4 and all(g in fresh_results for g in RECIPES_FRESH_4):
+        parts.append(difference({g: fresh_results[g] for g in RECIPES_FRESH_4}, G, DEFAULT))
+    if all((RESULTS / f).exists() for f in DEV_BOUNDARY.values()):
+        parts.append(fit_g(list(DEV_BOUNDARY)))
     text = "\n".join(parts)
     print(text)
     if args.output:
