@@ -65,6 +65,8 @@ RECIPE_SEED_2 = 20261209
 RECIPE_SEED_3 = 20261210
 #: ... and a fourth (20 targets), declared for the third iteration of the protocol before it was drawn.
 RECIPE_SEED_4 = 20261211
+#: ... and a fifth (20 targets), for the fourth iteration.
+RECIPE_SEED_5 = 20261212
 RECIPE_3_STYLES = ("fluorescence",) * 20
 
 
@@ -84,7 +86,8 @@ def write_held_out_targets(n: int, root: Path, *, new: bool = False, n_images: i
         seed, styles, prefix, new = FRESH_SEED, FRESH_STYLES, "fresh-held-out", True
     if recipe:  # 1, 2 or 3: the recipe held-out sets
         seed, prefix = {1: (RECIPE_SEED, "recipe-held-out"), 2: (RECIPE_SEED_2, "recipe-held-out-2"),
-                        3: (RECIPE_SEED_3, "recipe-held-out-3"), 4: (RECIPE_SEED_4, "recipe-held-out-4")}[recipe]
+                        3: (RECIPE_SEED_3, "recipe-held-out-3"), 4: (RECIPE_SEED_4, "recipe-held-out-4"),
+                        5: (RECIPE_SEED_5, "recipe-held-out-5")}[recipe]
         styles = RECIPE_3_STYLES if recipe >= 3 else FRESH_STYLES
         new, fresh = True, True
     n_images = n_images or (FRESH_IMAGES if fresh else NEW_HELD_OUT_IMAGES if new else 6)

@@ -50,6 +50,9 @@ DEV_BOUNDARY = {"shipped nuclei + broad + recipes": "quality_values_shipped_reci
                 "held-out nuclei + broad + recipes": "quality_values_held-out_recipes.json",
                 **RECIPES_FRESH}
 RECIPES_FRESH_4 = {"recipe held-out 4 (20 targets) + broad + recipes": "quality_values_recipe-held-out-4_recipes.json"}
+RECIPES_FRESH_5 = {"recipe held-out 5 (20 targets) + broad + recipes": "quality_values_recipe-held-out-5_recipes.json"}
+#: the fourth iteration's development groups (64 targets)
+DEV_H = {**DEV_BOUNDARY, **RECIPES_FRESH_4}
 DEFAULT = "D' per-image predicted Dice, median + guard"
 POOL = "task"
 
@@ -177,6 +180,41 @@ BOUNDARY = {
 }
 
 
+#: candidate H's weights (tta, consensus, edge, peak: of the medians over images), frozen in the fourth iteration
+H_WEIGHTS = (0.503, 1.0, 0.876, 0.740)
+H = "H listwise tta + consensus + edge + boundary peak + guard"
+BOUNDARY[H] = lambda t, n, s: _guard(t, n, _h_score(t, n))
+
+
+def _medians(t, names) -> np.ndarray:
+    """Per model, the medians over images of G_FEATURES (nan as -1: no boundary ranks low)."""
+    return np.nan_to_num(np.column_stack([_median_rows(_per_image(t, names, f)) for f in G_FEATURES]), nan=-1.0)
+
+
+def _h_score(t, names, weights=H_WEIGHTS):
+    return _medians(t, names) @ np.asarray(weights)
+
+
+def _expected_regret(w, data, ridge):
+    """Mean over targets of the regret expected when the top model is drawn with probabilities softmax(scores)."""
+    total = 0.0
+    for x, true in data:
+        s = x @ w
+        p = np.exp(s - s.max())
+        total += (p / p.sum()) @ (true.max() - true)
+    return total / len(data) + ridge * float(w @ w)
+
+
+def fit_h(data: list[tuple[np.ndarray, np.ndarray]], ridge: float = 1e-4) -> np.ndarray:
+    """H's weights: the linear score of the medians that minimises the expected regret (a listwise objective), from
+    two starts (all ones; consensus alone)."""
+    from scipy import optimize
+
+    starts = (np.ones(len(G_FEATURES)) * 10, np.eye(len(G_FEATURES))[G_FEATURES.index("consensus")] * 50)
+    fits = [optimize.minimize(_expected_regret, w0, args=(data, ridge), method="L-BFGS-B") for w0 in starts]
+    return min(fits, key=lambda r: r.fun).x
+
+
 def fit_g(groups: list[str]) -> str:
     """G's weights refitted (least squares on per-(target, model) medians) over ``groups``' targets, and its
     leave-one-target-out Spearman and regret beside D''s: the check of the numbers the protocol froze."""
@@ -201,6 +239,32 @@ def fit_g(groups: list[str]) -> str:
         rho = np.mean([np.mean([r[0] for r in v]) for v in by_group.values()])
         regret = np.mean([np.mean([r[2] for r in v]) for v in by_group.values()])
         lines.append(f"| {e} | {rho:.3f} | {regret:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def h_check(groups: dict[str, str]) -> str:
+    """H's weights refitted over ``groups``' targets (scaled to consensus 1), and its leave-one-target-out Spearman
+    and regret per group beside D''s: the check of the numbers the protocol's fourth iteration froze."""
+    data = []  # (group, target, names, medians, true)
+    for group, file in groups.items():
+        for t in json.loads((RESULTS / file).read_text())["targets"].values():
+            names = t["pools"][POOL]
+            data.append((group, t, names, _medians(t, names),
+                         np.array([np.nanmean(t["models"][n]["true"]) for n in names])))
+    weights = fit_h([(d[3], d[4]) for d in data])
+    loto: dict[str, dict[str, list]] = {"H": {}, "D'": {}}
+    for k, (group, t, names, x, true) in enumerate(data):
+        w = fit_h([(d[3], d[4]) for j, d in enumerate(data) if j != k])
+        for e, scores in (("H", x @ w), ("D'", _predicted_per_image(t, names))):
+            loto[e].setdefault(group, []).append(agreement(_guard(t, names, scores), true))
+    lines = [f"### H's weights over the {len(data)} development targets (consensus 1): " + ", ".join(
+        f"{n} {w / weights[1]:.3f}" for n, w in zip(G_FEATURES, weights, strict=True)), "",
+        "| leave one target out | " + " | ".join(groups) + " | mean over groups |",
+        "|---|" + "---|" * (len(groups) + 1)]
+    for e, by_group in loto.items():
+        cells = [(np.mean([r[0] for r in v]), np.mean([r[2] for r in v])) for v in by_group.values()]
+        lines.append(f"| {e} ρ / regret | " + " | ".join(f"{a:.3f} / {b:.4f}" for a, b in cells) +
+                     f" | {np.mean([c[0] for c in cells]):.3f} / {np.mean([c[1] for c in cells]):.4f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -317,10 +381,12 @@ def main() -> None:
                         help="also the recipe held-out set (after the choice on the recipe groups)")
     parser.add_argument("--fresh-4", action="store_true",
                         help="also recipe held-out 4 (after the third iteration's candidate was frozen)")
+    parser.add_argument("--fresh-5", action="store_true",
+                        help="also recipe held-out 5 (after the fourth iteration's candidate was frozen)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     groups = {**DEV, **(FRESH if args.fresh else {}), **(RECIPES_FRESH if args.recipes_fresh else {}),
-              **(RECIPES_FRESH_4 if args.fresh_4 else {})}
+              **(RECIPES_FRESH_4 if args.fresh_4 else {}), **(RECIPES_FRESH_5 if args.fresh_5 else {})}
     parts, means, fresh_results = [], {}, {}
     for group, file in groups.items():
         path = RESULTS / file
@@ -330,7 +396,7 @@ def main() -> None:
         values = json.loads(path.read_text())
         boundary = all("edge" in m for t in values["targets"].values() for m in t["models"].values())
         result = evaluate(values, {**SINGLE, **CANDIDATES, **LIBRARY_FORMS, **(BOUNDARY if boundary else {})})
-        if group in RECIPES_FRESH or group in RECIPES_FRESH_4:
+        if group in RECIPES_FRESH or group in RECIPES_FRESH_4 or group in RECIPES_FRESH_5:
             fresh_results[group] = result
         stats = summary(result)
         means[group] = {e: s[0] for e, s in stats.items()}
@@ -355,6 +421,10 @@ def main() -> None:
         parts.append(difference({g: fresh_results[g] for g in RECIPES_FRESH_4}, G, DEFAULT))
     if all((RESULTS / f).exists() for f in DEV_BOUNDARY.values()):
         parts.append(fit_g(list(DEV_BOUNDARY)))
+    if args.fresh_4 and all((RESULTS / f).exists() for f in DEV_H.values()):
+        parts.append(h_check(DEV_H))
+    if args.fresh_5 and all(g in fresh_results for g in RECIPES_FRESH_5):
+        parts.append(difference({g: fresh_results[g] for g in RECIPES_FRESH_5}, H, DEFAULT))
     text = "\n".join(parts)
     print(text)
     if args.output:
