@@ -50,7 +50,8 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     parser.add_argument("zoo", nargs="?", default=str(ROOT / "resources" / "zoo"))
     parser.add_argument("images", nargs="?", default=str(ROOT / "resources" / "data" / "dsb2018" / "images"))
     parser.add_argument("--tag", default="nuclei", help="keep the models with this tag (default: nuclei)")
-    parser.add_argument("--estimator", default=None, help="default: the library's (tta+consensus)")
+    parser.add_argument("--estimator", default=None,
+                        help="default: the library's for the tag (tta+consensus+boundary for nuclei)")
     parser.add_argument("--csv", type=Path, help="also write the table here")
     args = parser.parse_args(argv)
 

@@ -193,9 +193,23 @@ def test_instance_consistency_uses_watershed_for_boundary_models():
 
 
 def test_consensus_and_ranking_order():
-    masks = [[np.eye(4, dtype=bool)], [np.eye(4, dtype=bool)], [np.zeros((4, 4), bool)]]
-    scores = ConsensusAgreement().score_models(masks)
-    assert scores[0] == [1.0] and scores[2] == [0.0]
+    eye, near = np.eye(8, dtype=bool), np.eye(8, dtype=bool)
+    near[0, 1] = True  # another network that nearly agrees
+    scores = ConsensusAgreement().score_models([[eye], [near], [np.zeros((8, 8), bool)]])
+    assert scores[0] == [1.0] and scores[1] == [pytest.approx(16 / 17)] and scores[2] == [0.0]
+
+
+def test_format_twins_of_one_network_share_one_vote():
+    """Three packages of one network (the same masks) against two other networks that nearly agree: counted per
+    package the three would be the majority; counted per network the two are."""
+    one = np.zeros((8, 8), bool)
+    one[:, :4] = True
+    other = np.zeros((8, 8), bool)
+    other[:, 4:] = True
+    other_b = other.copy()
+    other_b[0, 4] = False
+    scores = ConsensusAgreement().score_models([[one], [one.copy()], [one.copy()], [other], [other_b]])
+    assert scores[0] == scores[1] == scores[2] == [0.0] and scores[4] == [1.0] and scores[3][0] > 0.98
 
 
 def test_evaluation_inputs_are_labelled_images(dsb_images):

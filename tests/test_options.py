@@ -95,7 +95,8 @@ def test_score_settings_are_the_estimators_plus_what_changes_a_score():
 
 def test_score_settings_exclude_device_and_tag_and_name_trust_only_when_set():
     base = RankOptions().score_settings()
-    assert RankOptions(device="cuda:0", tag="nuclei").score_settings() == base
+    # a tag chooses the default estimator (nuclei: tta+consensus+boundary), never an estimator's scores
+    assert RankOptions(device="cuda:0", tag="nuclei", estimator=RankOptions().estimator).score_settings() == base
     assert "device" not in base and "tag" not in base
     assert "trust_code" not in base and "trusted_libraries" not in base  # keys of earlier runs stay valid
     trusted = RankOptions(trust_code=True, trusted_libraries=("zlab", "mylab")).score_settings()

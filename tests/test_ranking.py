@@ -150,10 +150,11 @@ def test_random_estimator_is_reproducible_per_seed_and_model_and_uses_no_evidenc
 def test_mean_estimators_and_cross_model_estimators():
     confidence = build_ranking([_result("a", [0.9, 0.7], estimator="confidence")], MeanConfidence()).scores[0]
     assert confidence.score == pytest.approx(0.8)
-    eye, zero = np.eye(4, dtype=bool), np.zeros((4, 4), bool)
-    results = [_result(n, None, masks=m) for n, m in (("x", [eye]), ("y", [eye]), ("z", [zero]))]
+    eye, near, zero = np.eye(8, dtype=bool), np.eye(8, dtype=bool), np.zeros((8, 8), bool)
+    near[0, 1] = True
+    results = [_result(n, None, masks=m) for n, m in (("x", [eye]), ("y", [near]), ("z", [zero]))]
     ranking = build_ranking(results, ConsensusAgreement())
-    assert [(s.name, s.score) for s in ranking.scores] == [("x", 1.0), ("y", 1.0), ("z", 0.0)]
+    assert [(s.name, s.score) for s in ranking.scores] == [("x", 1.0), ("y", pytest.approx(16 / 17)), ("z", 0.0)]
     # one model with masks has nothing to agree with
     lonely = build_ranking([results[0], _result("w", None)], ConsensusAgreement())
     assert lonely.scores == () and [f.name for f in lonely.failures] == ["x", "w"]

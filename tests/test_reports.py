@@ -258,6 +258,6 @@ def test_the_default_report_draws_the_perturbed_pass_and_a_disagreement_that_dif
     assert not np.array_equal(maps[best], maps[worst])
     page = write_html_report(ranking, tmp_path / "r.html", image_paths=images, overlays=overlays).read_text()
     assert "uses no perturbation" not in page and "compares no perturbed prediction" not in page
-    assert "tta+consensus ranks the candidates per image by tta (each image flipped and rotated: rot90, rot180, " \
-           "left-right flip" in page
+    assert "tta+consensus scores each image by tta (flipped and rotated: rot90, rot180, left-right flip" in page
+    assert "combined into the image&#x27;s predicted Dice" in page  # html-escaped apostrophe
     assert page.count("<img ") == 4  # chart, per-image scores, the best and the worst model

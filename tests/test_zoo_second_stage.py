@@ -40,18 +40,21 @@ def _by_name(payload: dict) -> dict[str, tuple]:
             for m in payload["models"]}
 
 
-def test_a_zoo_ranking_equals_rank_with_consensus_and_predicted_dice(zoo_and_target, tmp_path):
+@pytest.mark.parametrize("estimator", ["tta+consensus", "tta+consensus+boundary"])
+def test_a_zoo_ranking_equals_rank_with_consensus_and_predicted_dice(zoo_and_target, tmp_path, estimator):
     zoo, target = zoo_and_target
-    options = RankOptions(time_limit=0)  # in this process: the same numbers, quicker
+    options = RankOptions(time_limit=0, estimator=estimator)  # in this process: the same numbers, quicker
     specs, jobs, unfit = plan_zoo(str(zoo), [str(target)], options)
     assert not unfit and len(jobs) == 3
     store = ResultStore(tmp_path / "results.sqlite")
     for group in group_jobs(jobs):
         assert [o.status for o in score_jobs(group, store)] == ["ok"]
     zoo_payload = rank_target(specs[0], jobs, store, options)
-    direct = rank(sorted(zoo.glob("*.zip")), target / "images", RankOptions(time_limit=0, tag="nuclei"))
+    # the direct run names its tag: nuclei models, whose default is tta+consensus+boundary
+    chosen = {} if "boundary" in estimator else {"estimator": estimator}
+    direct = rank(sorted(zoo.glob("*.zip")), target / "images", RankOptions(time_limit=0, tag="nuclei", **chosen))
     direct_payload = direct.to_json_dict(images=str(target / "images"))
-    assert zoo_payload["settings"]["estimator"] == direct_payload["settings"]["estimator"] == "tta+consensus"
+    assert zoo_payload["settings"]["estimator"] == direct_payload["settings"]["estimator"] == estimator
     assert _by_name(zoo_payload) == _by_name(direct_payload)
     by_name = _by_name(zoo_payload)
     assert all(0 < v[2] <= 1 and v[3][0] <= v[2] <= v[3][1] for v in by_name.values())

@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from bioimage_cte.run.pipeline import Progress
 
 from bioimage_cte.cli.options import (  # noqa: E402
-    DEFAULT_ESTIMATOR,
+    ESTIMATOR_HELP,
     BatchSizeOpt,
     DebugOpt,
     DeviceOpt,
@@ -131,7 +131,7 @@ def rank(
     images: ImagesOpt,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the ranking as JSON here ('-': "
                                                 "standard output); checked before any model runs.")] = None,
-    estimator: Annotated[Estimator, typer.Option(help="Transferability estimator.")] = DEFAULT_ESTIMATOR,
+    estimator: Annotated[Estimator | None, typer.Option(help=ESTIMATOR_HELP, show_default=False)] = None,
     report: Annotated[Path | None, typer.Option("--report", help="Also write a self-contained HTML report "
                                                 "(charts, per-image scores, overlays of the top and bottom "
                                                 "models).")] = None,
@@ -425,7 +425,7 @@ def zoo_rank(
                                                         "or nothing was ranked (e.g. a Slack or Teams incoming "
                                                         "webhook).")] = None,
     deployment: Annotated[str, typer.Option(help="Name of the served deployment (with --cron).")] = "weekly",
-    estimator: Annotated[Estimator, typer.Option(help="Transferability estimator.")] = DEFAULT_ESTIMATOR,
+    estimator: Annotated[Estimator | None, typer.Option(help=ESTIMATOR_HELP, show_default=False)] = None,
     debug: DebugOpt = False,
     options: RankOptions | None = None,
 ) -> None:

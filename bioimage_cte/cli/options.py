@@ -12,13 +12,14 @@ from typing import Annotated, Any
 import typer
 
 from bioimage_cte.cte.registry import ESTIMATORS
-from bioimage_cte.run.options import RankOptions
+from bioimage_cte.run.options import RankOptions, default_estimator
 
 # the choices come from the estimators' registry; few-label needs labels and is evaluate's --few-label
 Estimator = StrEnum("Estimator", {n.replace("-", "_").replace("+", "_"): n for n in ESTIMATORS
                                   if not ESTIMATORS[n].needs_labels})
-#: the library's default estimator (RankOptions), the one place it is set
-DEFAULT_ESTIMATOR = Estimator(RankOptions().estimator)
+#: what --estimator's help says of the default (the library chooses it by --tag: RankOptions, default_estimator)
+ESTIMATOR_HELP = (f"Transferability estimator [default: {default_estimator('nuclei')} with --tag nuclei, "
+                  f"else {default_estimator(None)}].")
 
 
 class Task(StrEnum):

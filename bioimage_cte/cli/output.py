@@ -224,6 +224,9 @@ def ranking_table(ranking, title: str, *, width: int = 80) -> Group:
                    if "weights" in ranking.settings else
                    "Higher score = higher mean rank among these candidates (0-1) by stability under flips and "
                    "rotations and by agreement with the candidates' majority vote = expected to transfer better. ")
+    if ranking.estimator == "tta+consensus+boundary":
+        meaning = ("Score = weighted sum of medians over the images: stability under flips and rotations, agreement "
+                   "with the candidates' majority vote, and how well each mask's boundary follows the image's edges. ")
     caption = (f"{meaning}"
                f"interval: {interval_label(n)}. ~top: the images cannot tell this model from the top one "
                "(paired bootstrap).")

@@ -359,7 +359,12 @@ class MCDropoutAgreement(_MedianAggregate):
 
 
 class ConsensusAgreement(_MedianAggregate):
-    """Dice between a model's clean mask and the majority vote of every model's clean mask (per image)."""
+    """Dice between a model's clean mask and the majority vote of every model's clean mask (per image).
+
+    Models whose masks are the same (:data:`TWIN_AGREEMENT` of the pixels on every image: format twins of one
+    network, or one package given twice) share one vote: a network is not a majority because it ships in
+    several formats.
+    """
 
     name: ClassVar[str] = "consensus"
     needs_greybox: ClassVar[bool] = False
@@ -374,13 +379,39 @@ class ConsensusAgreement(_MedianAggregate):
 
     def score_models(self, masks: Sequence[Sequence[np.ndarray]]) -> list[list[float]]:
         """``masks[m][i]`` is model m's clean mask of image i; returns per-model, per-image Dice with the vote."""
+        groups = twin_groups(masks)
+        votes = 1.0 / np.bincount(groups)[groups]  # each group of twins shares one vote
         scores: list[list[float]] = [[] for _ in masks]
         for i in range(len(masks[0])):
             stack = np.stack([m[i] for m in masks])
-            vote = stack.mean(axis=0) > 0.5
+            vote = np.tensordot(votes, stack, axes=1) > 0.5 * votes.sum()
             for m in range(len(masks)):
                 scores[m].append(float("nan") if not (vote.any() or stack[m].any()) else dice(stack[m], vote))
         return scores
+
+
+#: Fraction of the pixels two models' masks must share on every image to count as one network (format twins differ
+#: by float round-off at the 0.5 threshold only).
+TWIN_AGREEMENT = 0.999
+
+
+def twin_groups(masks: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
+    """Per model, the index of its group of models with the same masks (:data:`TWIN_AGREEMENT`); groups are
+    numbered by their first model.
+
+    Examples
+    --------
+    >>> a, b = [np.eye(4, dtype=bool)], [np.zeros((4, 4), dtype=bool)]
+    >>> twin_groups([a, b, a]).tolist()
+    [0, 1, 0]
+    """
+    group = np.arange(len(masks))
+    for m, n in itertools.combinations(range(len(masks)), 2):
+        if group[n] == n and group[m] == m and all(
+                np.asarray(x).shape == np.asarray(y).shape and np.mean(np.asarray(x) == np.asarray(y)) >= TWIN_AGREEMENT
+                for x, y in zip(masks[m], masks[n], strict=True)):
+            group[n] = m
+    return np.unique(group, return_inverse=True)[1]
 
 
 @dataclass(frozen=True)

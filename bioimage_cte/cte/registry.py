@@ -23,6 +23,7 @@ from bioimage_cte.cte.estimators import (
     TTAAgreement,
 )
 from bioimage_cte.cte.tta_consensus import TTAConsensus
+from bioimage_cte.cte.tta_consensus_boundary import TTAConsensusBoundary
 
 __all__ = ["AUTO_STRENGTH", "ESTIMATORS", "LABEL_FREE", "EstimatorConfig", "make_estimator"]
 
@@ -30,7 +31,7 @@ __all__ = ["AUTO_STRENGTH", "ESTIMATORS", "LABEL_FREE", "EstimatorConfig", "make
 ESTIMATORS: dict[str, type] = {
     cls.name: cls
     for cls in (CTECombined, CTEDropout, CTEInput, CTEDihedral, MeanConfidence, NegativeEntropy, TTAAgreement,
-                TTAConsensus, MCDropoutAgreement, ConsensusAgreement, RandomScore, FewLabelOracle)
+                TTAConsensus, TTAConsensusBoundary, MCDropoutAgreement, ConsensusAgreement, RandomScore, FewLabelOracle)
 }
 
 #: Label-free estimators compared side by side by ``bioimage-cte evaluate``.

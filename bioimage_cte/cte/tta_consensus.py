@@ -31,10 +31,20 @@ from bioimage_cte.cte.estimators import ConsensusAgreement, EstimatorConfig, TTA
 from bioimage_cte.cte.outcomes import ModelResult
 from bioimage_cte.predict.segmentation import Prediction
 
-__all__ = ["MIN_CONSENSUS_MODELS", "TTAConsensus"]
+__all__ = ["MIN_CONSENSUS_MODELS", "TTAConsensus", "consensus_of"]
 
 #: Fewest candidates with masks for the consensus half (a majority of two is their intersection).
 MIN_CONSENSUS_MODELS = 3
+
+
+def consensus_of(results: Sequence[ModelResult], key: str) -> list[list[float] | None]:
+    """Per model scored under ``key``, its Dice with the candidates' majority vote per image (None: no masks, not
+    scored, or fewer than :data:`MIN_CONSENSUS_MODELS` such models)."""
+    usable = [i for i, r in enumerate(results) if r.masks and r.per_image.get(key) is not None]
+    if len(usable) < MIN_CONSENSUS_MODELS or len({len(results[i].masks) for i in usable}) != 1:
+        return [None for _ in results]
+    values = iter(ConsensusAgreement().score_models([results[i].masks for i in usable]))
+    return [next(values) if i in usable else None for i in range(len(results))]
 
 
 @dataclass(frozen=True)
@@ -78,11 +88,7 @@ class TTAConsensus:
 
     def consensus(self, results: Sequence[ModelResult]) -> list[list[float] | None]:
         """Per model, its Dice with the candidates' majority vote per image (None: no masks, or too few models)."""
-        usable = [i for i, r in enumerate(results) if r.masks and r.per_image.get(self.name) is not None]
-        if len(usable) < MIN_CONSENSUS_MODELS or len({len(results[i].masks) for i in usable}) != 1:
-            return [None for _ in results]
-        values = iter(ConsensusAgreement().score_models([results[i].masks for i in usable]))
-        return [next(values) if i in usable else None for i in range(len(results))]
+        return consensus_of(results, self.name)
 
     def score_results(self, results: Sequence[ModelResult]) -> list[list[float] | None]:
         """Per model, its combined value per image (None for a model ``tta`` did not score)."""

@@ -74,13 +74,19 @@ def view_of(estimator: Any, *, layer: str | None = None) -> PerturbationView | N
         return PerturbationView("dihedral", "hard", f"tta predicts each image flipped and rotated ({names}), maps "
                                 "each prediction back and scores how many foreground pixels agree with the clean "
                                 f"prediction (hard); drawn: the first, {first}")
-    if name == "tta+consensus":
+    if name in ("tta+consensus", "tta+consensus+boundary"):
         names = ", ".join(DIHEDRAL_NAMES[k] for k in estimator.transforms)
         first = DIHEDRAL_NAMES[estimator.transforms[0]]
-        return PerturbationView("dihedral", "hard", f"tta+consensus ranks the candidates per image by tta (each "
-                                f"image flipped and rotated: {names}; predictions mapped back, foreground pixels "
-                                "that agree with the clean prediction) and by agreement with every candidate's "
-                                f"majority vote, and averages the two ranks; drawn: tta's first, {first}")
+        if name == "tta+consensus+boundary":
+            combined = "a weighted sum with how well each mask's boundary follows the image's edges"
+        elif "weights" in estimator.settings():
+            combined = "the image's predicted Dice"
+        else:
+            combined = "the mean of the two ranks"
+        return PerturbationView("dihedral", "hard", f"{name} scores each image by tta (flipped and rotated: "
+                                f"{names}; predictions mapped back, foreground pixels that agree with the clean "
+                                f"prediction) and by agreement with every candidate's majority vote, combined into "
+                                f"{combined}; drawn: tta's first, {first}")
     if name == "cte-dihedral":
         return PerturbationView("dihedral", estimator.consistency, "cte-dihedral predicts each image under one "
                                 "seeded flip or rotation, maps the prediction back and scores its "
@@ -111,7 +117,7 @@ def perturbed_view(estimator: Any, predictor, image: np.ndarray, *, seed: int,
     name = getattr(estimator, "name", "")
     if view_of(estimator) is None:
         return None
-    if name in ("tta", "tta+consensus"):
+    if name in ("tta", "tta+consensus", "tta+consensus+boundary"):
         k = estimator.transforms[0]
         return _dihedral_pass(predictor, image, k), f"{DIHEDRAL_NAMES[k]}, mapped back"
     if name in ("cte-dihedral", "cte"):

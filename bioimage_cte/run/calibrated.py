@@ -34,10 +34,15 @@ def model_signals(results: Sequence[ModelResult], *, min_models: int = 3) -> lis
     if len(with_masks) >= min_models and len({len(results[i].masks) for i in with_masks}) == 1:
         per_model = ConsensusAgreement().score_models([results[i].masks for i in with_masks])
         consensus = {i: _median(v) for i, v in zip(with_masks, per_model, strict=True)}
-    # tta+consensus stores its tta half under its own name
-    return [{"tta": _median(r.per_image.get("tta", r.per_image.get("tta+consensus"))),
+    return [{"tta": _median(_tta(r)),
              "consensus": consensus.get(i, math.nan),
              "foreground": _median(r.foreground)} for i, r in enumerate(results)]
+
+
+def _tta(result: ModelResult) -> list[float] | None:
+    """The model's per-image ``tta`` (the combined estimators store it under their own name)."""
+    return next((result.per_image[k] for k in ("tta", "tta+consensus", "tta+consensus+boundary")
+                 if k in result.per_image), None)
 
 
 def calibration_task(tag: str | None, calibration: Calibration) -> str | None:

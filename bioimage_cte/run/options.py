@@ -29,6 +29,7 @@ from bioimage_cte.cte.perturbations import INPUT_KINDS, InputKind
 from bioimage_cte.cte.registry import AUTO_STRENGTH, ESTIMATORS, make_estimator
 from bioimage_cte.predict.images import DEFAULT_MAX_PIXELS
 from bioimage_cte.zoo.archives import DEFAULT_MAX_ENTRY_BYTES
+from bioimage_cte.zoo.tags import matches_tag
 from bioimage_cte.zoo.trust import CodePolicy
 
 if TYPE_CHECKING:
@@ -41,14 +42,28 @@ TASKS: tuple[Task, ...] = ("semantic", "instance")
 #: Seconds one model may take on one set of images: generous, a limit for a hung model, not a slow one.
 DEFAULT_TIME_LIMIT = 3600.0
 
+
+def default_estimator(tag: str | None) -> str:
+    """The default estimator for candidates of ``tag``: ``tta+consensus+boundary`` for nuclei (chosen and tested on
+    nuclei only), ``tta+consensus`` for everything else.
+
+    Examples
+    --------
+    >>> default_estimator("nuclei"), default_estimator(None)
+    ('tta+consensus+boundary', 'tta+consensus')
+    """
+    return "tta+consensus+boundary" if tag is not None and matches_tag(["nuclei"], tag) else "tta+consensus"
+
+
 @dataclass(frozen=True, kw_only=True)
 class RankOptions:
     """How to rank: the estimator and every run option that is not a model or an image.
 
     Parameters
     ----------
-    estimator : str
-        Estimator name from :data:`bioimage_cte.cte.registry.ESTIMATORS` (default ``"tta+consensus"``, chosen on
+    estimator : str, optional
+        Estimator name from :data:`bioimage_cte.cte.registry.ESTIMATORS`; default :func:`default_estimator` of
+        ``tag``: ``"tta+consensus+boundary"`` for nuclei models, else ``"tta+consensus"`` (both chosen on
         development targets with models of several training recipes: see the README's ranking-quality tables).
     task : {"semantic", "instance"}
         What the models segment; chooses the default consistency.
@@ -107,7 +122,7 @@ class RankOptions:
         Calibration file for the predicted Dice (default: the shipped ``resources/calibration/predicted_dice.json``).
     """
 
-    estimator: str = "tta+consensus"
+    estimator: str | None = None
     task: Task = "semantic"
     consistency: Consistency | None = None
     perturbation: InputKind = "gaussian"
@@ -133,6 +148,8 @@ class RankOptions:
     calibration: str | None = None
 
     def __post_init__(self) -> None:
+        if self.estimator is None:
+            object.__setattr__(self, "estimator", default_estimator(self.tag))
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {self.estimator!r}: use one of {', '.join(ESTIMATORS)}")
         _one_of("task", self.task, TASKS)
@@ -215,7 +232,8 @@ class RankOptions:
         """What changes the scores of ``estimator`` (default :attr:`estimator`): the key of the results database.
 
         The estimator's own settings plus seed, axes, layer and weights; the trust options only when set, so
-        a model skipped without them is scored again with them. Device and tag change no score.
+        a model skipped without them is scored again with them. Device and tag change no score (a tag only
+        chooses the default estimator).
         """
         settings: dict[str, Any] = {**self.make_estimator(estimator).settings(), "seed": self.seed,
                                     "axes": self.axes, "layer": self.layer, "weight_format": self.weight_format}
