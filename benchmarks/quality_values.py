@@ -345,7 +345,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", choices=("shipped", "held-out", "new-held-out", "fresh-held-out",
                                                            "recipe-held-out", "recipe-held-out-2", "recipe-held-out-3",
-                                                           "recipe-held-out-4", "recipe-held-out-5"),
+                                                           "recipe-held-out-4", "recipe-held-out-5",
+                                                           "recipe-held-out-6"),
                         required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--images", type=int, default=None,

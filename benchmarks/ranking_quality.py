@@ -67,6 +67,8 @@ RECIPE_SEED_3 = 20261210
 RECIPE_SEED_4 = 20261211
 #: ... and a fifth (20 targets), for the fourth iteration.
 RECIPE_SEED_5 = 20261212
+#: ... and a sixth (20 targets): a confirmation of the fourth iteration's choice.
+RECIPE_SEED_6 = 20261213
 RECIPE_3_STYLES = ("fluorescence",) * 20
 
 
@@ -87,7 +89,7 @@ def write_held_out_targets(n: int, root: Path, *, new: bool = False, n_images: i
     if recipe:  # 1, 2 or 3: the recipe held-out sets
         seed, prefix = {1: (RECIPE_SEED, "recipe-held-out"), 2: (RECIPE_SEED_2, "recipe-held-out-2"),
                         3: (RECIPE_SEED_3, "recipe-held-out-3"), 4: (RECIPE_SEED_4, "recipe-held-out-4"),
-                        5: (RECIPE_SEED_5, "recipe-held-out-5")}[recipe]
+                        5: (RECIPE_SEED_5, "recipe-held-out-5"), 6: (RECIPE_SEED_6, "recipe-held-out-6")}[recipe]
         styles = RECIPE_3_STYLES if recipe >= 3 else FRESH_STYLES
         new, fresh = True, True
     n_images = n_images or (FRESH_IMAGES if fresh else NEW_HELD_OUT_IMAGES if new else 6)

@@ -2,10 +2,11 @@
 
     python benchmarks/quality_values.py --set shipped --task nuclei --skip-families dropout noise \\
         --extra-model DIR/unet2d-nuclei-broad.zip --output benchmarks/results/quality_values_shipped_nuclei_broad.json
-    (same for --set held-out and, once the choice was frozen, --set fresh-held-out; with the recipe zoo too:
-    --extra-model DIR/unet2d-nuclei-broad.zip resources/zoo-recipes/*.zip, suffix _recipes, and once the choice on
-    the recipe groups was made, --set recipe-held-out)
-    python benchmarks/robust_default.py [--fresh] [--recipes-fresh] [--output benchmarks/results/robust_default.md]
+    (same for --set held-out and, once the choice was frozen, --set fresh-held-out; with the recipe zoo:
+    --extra-model resources/zoo-recipes/*.zip --save-arrays DIR, suffix _recipes, --set recipe-held-out[-2..-5]
+    each once its iteration's candidate was frozen, then python benchmarks/boundary.py VALUES.json DIR)
+    python benchmarks/robust_default.py [--fresh] [--recipes-fresh] [--fresh-4] [--fresh-5]
+                                        [--output benchmarks/results/robust_default.md]
 
 The candidates and the rule that picks one are declared in benchmarks/results/robust_default_protocol.md, written
 before any of them was computed with nuclei_broad. Every figure: pool "task" (the target's task's demo models, plus
