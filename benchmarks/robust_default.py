@@ -3,9 +3,9 @@
     python benchmarks/quality_values.py --set shipped --task nuclei --skip-families dropout noise \\
         --extra-model DIR/unet2d-nuclei-broad.zip --output benchmarks/results/quality_values_shipped_nuclei_broad.json
     (same for --set held-out and, once the choice was frozen, --set fresh-held-out; with the recipe zoo:
-    --extra-model resources/zoo-recipes/*.zip --save-arrays DIR, suffix _recipes, --set recipe-held-out[-2..-5]
+    --extra-model resources/zoo-recipes/*.zip --save-arrays DIR, suffix _recipes, --set recipe-held-out[-2..-6]
     each once its iteration's candidate was frozen, then python benchmarks/boundary.py VALUES.json DIR)
-    python benchmarks/robust_default.py [--fresh] [--recipes-fresh] [--fresh-4] [--fresh-5]
+    python benchmarks/robust_default.py [--fresh] [--recipes-fresh] [--fresh-4] [--fresh-5] [--fresh-6]
                                         [--output benchmarks/results/robust_default.md]
 
 The candidates and the rule that picks one are declared in benchmarks/results/robust_default_protocol.md, written
@@ -52,6 +52,7 @@ DEV_BOUNDARY = {"shipped nuclei + broad + recipes": "quality_values_shipped_reci
                 **RECIPES_FRESH}
 RECIPES_FRESH_4 = {"recipe held-out 4 (20 targets) + broad + recipes": "quality_values_recipe-held-out-4_recipes.json"}
 RECIPES_FRESH_5 = {"recipe held-out 5 (20 targets) + broad + recipes": "quality_values_recipe-held-out-5_recipes.json"}
+RECIPES_FRESH_6 = {"recipe held-out 6 (20 targets) + broad + recipes": "quality_values_recipe-held-out-6_recipes.json"}
 #: the fourth iteration's development groups (64 targets)
 DEV_H = {**DEV_BOUNDARY, **RECIPES_FRESH_4}
 DEFAULT = "D' per-image predicted Dice, median + guard"
@@ -384,10 +385,12 @@ def main() -> None:
                         help="also recipe held-out 4 (after the third iteration's candidate was frozen)")
     parser.add_argument("--fresh-5", action="store_true",
                         help="also recipe held-out 5 (after the fourth iteration's candidate was frozen)")
+    parser.add_argument("--fresh-6", action="store_true", help="also recipe held-out 6 (H's confirmation set)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     groups = {**DEV, **(FRESH if args.fresh else {}), **(RECIPES_FRESH if args.recipes_fresh else {}),
-              **(RECIPES_FRESH_4 if args.fresh_4 else {}), **(RECIPES_FRESH_5 if args.fresh_5 else {})}
+              **(RECIPES_FRESH_4 if args.fresh_4 else {}), **(RECIPES_FRESH_5 if args.fresh_5 else {}),
+              **(RECIPES_FRESH_6 if args.fresh_6 else {})}
     parts, means, fresh_results = [], {}, {}
     for group, file in groups.items():
         path = RESULTS / file
@@ -397,7 +400,7 @@ def main() -> None:
         values = json.loads(path.read_text())
         boundary = all("edge" in m for t in values["targets"].values() for m in t["models"].values())
         result = evaluate(values, {**SINGLE, **CANDIDATES, **LIBRARY_FORMS, **(BOUNDARY if boundary else {})})
-        if group in RECIPES_FRESH or group in RECIPES_FRESH_4 or group in RECIPES_FRESH_5:
+        if group in {**RECIPES_FRESH, **RECIPES_FRESH_4, **RECIPES_FRESH_5, **RECIPES_FRESH_6}:
             fresh_results[group] = result
         stats = summary(result)
         means[group] = {e: s[0] for e, s in stats.items()}
@@ -407,7 +410,8 @@ def main() -> None:
             parts.append(per_target(group, result, ["tta", "consensus", "cte-dihedral (hard)", *CANDIDATES,
                                                     *LIBRARY_FORMS]))
         if "recipes" in group:  # set 5 was judged for H, the nuclei default since
-            parts.append(calibration_check(group, values, H if group in RECIPES_FRESH_5 else DEFAULT))
+            parts.append(calibration_check(group, values, H if group in {**RECIPES_FRESH_5, **RECIPES_FRESH_6}
+                                           else DEFAULT))
     dev = [g for g in DEV if g in means]
     lines = ["### the frozen rule on the development groups", "",
              "| candidate | mean Spearman over dev groups | mean regret, broad dev groups |", "|---|---|---|"]
@@ -424,8 +428,10 @@ def main() -> None:
         parts.append(fit_g(list(DEV_BOUNDARY)))
     if args.fresh_4 and all((RESULTS / f).exists() for f in DEV_H.values()):
         parts.append(h_check(DEV_H))
-    if args.fresh_5 and all(g in fresh_results for g in RECIPES_FRESH_5):
-        parts.append(difference({g: fresh_results[g] for g in RECIPES_FRESH_5}, H, DEFAULT))
+    judged_h = {g: fresh_results[g] for g in {**RECIPES_FRESH_5, **RECIPES_FRESH_6} if g in fresh_results}
+    if judged_h:  # the sets H was judged on (set 6: its confirmation)
+        parts.append(difference(judged_h, H, DEFAULT))
+        parts.append(difference(judged_h, H, "consensus"))
     text = "\n".join(parts)
     print(text)
     if args.output:
