@@ -45,6 +45,11 @@ def test_help_lists_every_command_and_option_has_help():
     for command in typer.main.get_command(app).commands.values():
         for param in command.params:
             assert getattr(param, "help", None), f"{command.name} --{param.name} has no help"
+    # the default estimator follows --tag, and the help says which (round brackets: rich drops square ones)
+    for command in ("rank", "zoo-rank"):
+        output = runner.invoke(app, [command, "--help"], env={"COLUMNS": "250"}).output
+        text = " ".join(output.replace("│", " ").split())
+        assert "(default: tta+consensus+boundary with --tag nuclei, else tta+consensus)" in text, command
 
 
 _HELP_IMPORTS = """

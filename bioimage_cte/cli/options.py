@@ -17,9 +17,10 @@ from bioimage_cte.run.options import RankOptions, default_estimator
 # the choices come from the estimators' registry; few-label needs labels and is evaluate's --few-label
 Estimator = StrEnum("Estimator", {n.replace("-", "_").replace("+", "_"): n for n in ESTIMATORS
                                   if not ESTIMATORS[n].needs_labels})
-#: what --estimator's help says of the default (the library chooses it by --tag: RankOptions, default_estimator)
-ESTIMATOR_HELP = (f"Transferability estimator [default: {default_estimator('nuclei')} with --tag nuclei, "
-                  f"else {default_estimator(None)}].")
+#: what --estimator's help says of the default (the library chooses it by --tag: RankOptions, default_estimator);
+#: round brackets, as rich would take square ones for markup and drop them
+ESTIMATOR_HELP = (f"Transferability estimator (default: {default_estimator('nuclei')} with --tag nuclei, "
+                  f"else {default_estimator(None)}).")
 
 
 class Task(StrEnum):
