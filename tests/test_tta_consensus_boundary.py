@@ -78,6 +78,13 @@ def test_the_score_is_the_weighted_sum_of_the_medians_and_the_images_keep_their_
     assert [s.name for s in ranking.scores][0] == "tight" and ranking.scores[-1].name == "no-boundary"
 
 
+def test_every_form_that_keeps_tta_under_its_name_is_a_registered_estimator():
+    from bioimage_cte.cte.estimators import TTA_FORMS
+    from bioimage_cte.cte.registry import ESTIMATORS
+
+    assert NAME in TTA_FORMS and set(TTA_FORMS) <= set(ESTIMATORS)
+
+
 def test_it_is_the_default_for_nuclei_only():
     assert RankOptions(tag="nuclei").estimator == NAME and RankOptions(tag="nucleus").estimator == NAME
     assert RankOptions().estimator == "tta+consensus" and RankOptions(tag="cells").estimator == "tta+consensus"

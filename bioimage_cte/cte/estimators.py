@@ -306,6 +306,11 @@ class NegativeEntropy(_CleanOnly):
         return float(-(-(p * np.log2(p) + (1 - p) * np.log2(1 - p))).mean())
 
 
+#: Estimators whose per-image values under their own name are ``tta``'s consistency (the combined forms keep their tta
+#: half so): what a report draws for them, and what the predicted Dice reads as the ``tta`` signal.
+TTA_FORMS: tuple[str, ...] = ("tta", "tta+consensus", "tta+consensus+boundary")
+
+
 @dataclass(frozen=True)
 class TTAAgreement(_MedianAggregate):
     """Test-time augmentation: mean hard consistency of flip/rot90 predictions (mapped back) with the clean one."""

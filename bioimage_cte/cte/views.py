@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from bioimage_cte.cte.consistency import Consistency
+from bioimage_cte.cte.estimators import TTA_FORMS
 from bioimage_cte.cte.perturbations import dihedral, undo_dihedral
 from bioimage_cte.predict.segmentation import Prediction
 
@@ -74,7 +75,7 @@ def view_of(estimator: Any, *, layer: str | None = None) -> PerturbationView | N
         return PerturbationView("dihedral", "hard", f"tta predicts each image flipped and rotated ({names}), maps "
                                 "each prediction back and scores how many foreground pixels agree with the clean "
                                 f"prediction (hard); drawn: the first, {first}")
-    if name in ("tta+consensus", "tta+consensus+boundary"):
+    if name in TTA_FORMS:  # the combined forms (tta itself is above)
         names = ", ".join(DIHEDRAL_NAMES[k] for k in estimator.transforms)
         first = DIHEDRAL_NAMES[estimator.transforms[0]]
         if name == "tta+consensus+boundary":
@@ -117,7 +118,7 @@ def perturbed_view(estimator: Any, predictor, image: np.ndarray, *, seed: int,
     name = getattr(estimator, "name", "")
     if view_of(estimator) is None:
         return None
-    if name in ("tta", "tta+consensus", "tta+consensus+boundary"):
+    if name in TTA_FORMS:
         k = estimator.transforms[0]
         return _dihedral_pass(predictor, image, k), f"{DIHEDRAL_NAMES[k]}, mapped back"
     if name in ("cte-dihedral", "cte"):

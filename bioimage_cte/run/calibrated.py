@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from bioimage_cte.cte.calibration import Calibration, DicePrediction, load_calibration
-from bioimage_cte.cte.estimators import ConsensusAgreement
+from bioimage_cte.cte.estimators import TTA_FORMS, ConsensusAgreement
 from bioimage_cte.cte.outcomes import ModelResult
 from bioimage_cte.run.options import RankOptions
 from bioimage_cte.zoo.tags import matches_tag
@@ -41,8 +41,7 @@ def model_signals(results: Sequence[ModelResult], *, min_models: int = 3) -> lis
 
 def _tta(result: ModelResult) -> list[float] | None:
     """The model's per-image ``tta`` (the combined estimators store it under their own name)."""
-    return next((result.per_image[k] for k in ("tta", "tta+consensus", "tta+consensus+boundary")
-                 if k in result.per_image), None)
+    return next((result.per_image[k] for k in TTA_FORMS if k in result.per_image), None)
 
 
 def calibration_task(tag: str | None, calibration: Calibration) -> str | None:
